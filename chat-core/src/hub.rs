@@ -1,0 +1,1 @@
+//! Local fan-out: the registry of this node's live connections.

@@ -1,0 +1,733 @@
+//! In-memory [`Store`]: the reference implementation, used by tests and by
+//! single-process embedders that need no durability.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Mutex, MutexGuard},
+};
+
+use async_trait::async_trait;
+
+use crate::{
+    error::{Error, Result},
+    model::{
+        Chat, ChatId, ChatKind, MediaId, MediaRecord, Message, MessageId, MessageType, Participant,
+        Privacy, Report, ReportId, ReportStatus, Timestamp, UserId, UserRecord,
+    },
+    store::{Applied, Change, ChatListQuery, HistoryQuery, NewChat, ReportResolution, Store},
+};
+
+/// A [`Store`] that keeps everything in memory, behind one lock.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    chats: HashMap<ChatId, Chat>,
+    direct: HashMap<(UserId, UserId), ChatId>,
+    /// Per chat: messages by seq.
+    logs: HashMap<ChatId, BTreeMap<u64, Message>>,
+    message_index: HashMap<MessageId, (ChatId, u64)>,
+    client_ids: HashMap<(UserId, String), MessageId>,
+    blocks: Vec<(UserId, UserId)>,
+    users: HashMap<UserId, UserRecord>,
+    reports: BTreeMap<ReportId, Report>,
+    media: HashMap<MediaId, MediaRecord>,
+}
+
+fn pair(a: &UserId, b: &UserId) -> (UserId, UserId) {
+    if a <= b {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied change:
+        // every change is validated before it mutates, so the state is
+        // still consistent and we keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn message_mut(&mut self, chat_id: ChatId, id: MessageId) -> Result<&mut Message> {
+        let (c, seq) = *self
+            .message_index
+            .get(&id)
+            .ok_or_else(|| Error::not_found("message not found"))?;
+        if c != chat_id {
+            return Err(Error::not_found("message not found"));
+        }
+        self.logs
+            .get_mut(&c)
+            .and_then(|log| log.get_mut(&seq))
+            .ok_or_else(|| Error::not_found("message not found"))
+    }
+
+    fn next_seq(&mut self, chat_id: ChatId, at: Timestamp) -> Result<u64> {
+        let chat = self
+            .chats
+            .get_mut(&chat_id)
+            .ok_or_else(|| Error::not_found("chat not found"))?;
+        chat.last_seq += 1;
+        chat.last_activity = at;
+        Ok(chat.last_seq)
+    }
+
+    fn chat(&self, chat_id: ChatId) -> Result<&Chat> {
+        self.chats
+            .get(&chat_id)
+            .ok_or_else(|| Error::not_found("chat not found"))
+    }
+
+    fn insert_message(&mut self, message: Message) {
+        if let Some(cid) = &message.client_msg_id {
+            self.client_ids
+                .insert((message.sender_id.clone(), cid.clone()), message.id);
+        }
+        self.message_index
+            .insert(message.id, (message.chat_id, message.seq));
+        self.logs
+            .entry(message.chat_id)
+            .or_default()
+            .insert(message.seq, message);
+    }
+
+    fn system_message(&mut self, change: &Change, by: &UserId, at: Timestamp) -> Result<Message> {
+        let chat_id = change.chat_id();
+        let seq = self.next_seq(chat_id, at)?;
+        let message = Message {
+            id: MessageId::new(),
+            chat_id,
+            seq,
+            updated_seq: seq,
+            sender_id: by.clone(),
+            kind: MessageType::System,
+            content: None,
+            media: None,
+            reply_to: None,
+            client_msg_id: None,
+            created_at: at,
+            edited_at: None,
+            deleted: false,
+            reactions: Default::default(),
+            system: change.system_event(),
+        };
+        self.insert_message(message.clone());
+        Ok(message)
+    }
+
+    fn apply(&mut self, change: Change) -> Result<Applied> {
+        match &change {
+            Change::Post(new) => {
+                if let Some(cid) = &new.client_msg_id {
+                    if let Some(id) = self.client_ids.get(&(new.sender_id.clone(), cid.clone())) {
+                        let (chat_id, seq) = self.message_index[id];
+                        if chat_id != new.chat_id {
+                            return Err(Error::conflict(
+                                "client_msg_id was already used in another chat",
+                            ));
+                        }
+                        let message = self.logs[&chat_id][&seq].clone();
+                        return Ok(Applied::Posted {
+                            message,
+                            duplicate: true,
+                        });
+                    }
+                }
+                let chat = self.chat(new.chat_id)?;
+                if new.kind != MessageType::System && chat.participant(&new.sender_id).is_none() {
+                    return Err(Error::not_found("chat not found"));
+                }
+                if let Some(reply_to) = new.reply_to {
+                    match self.message_index.get(&reply_to) {
+                        Some((c, _)) if *c == new.chat_id => {}
+                        _ => {
+                            return Err(Error::not_found("reply_to message not found in this chat"));
+                        }
+                    }
+                }
+                let seq = self.next_seq(new.chat_id, new.created_at)?;
+                let message = Message {
+                    id: new.id,
+                    chat_id: new.chat_id,
+                    seq,
+                    updated_seq: seq,
+                    sender_id: new.sender_id.clone(),
+                    kind: new.kind,
+                    content: new.content.clone(),
+                    media: new.media.clone(),
+                    reply_to: new.reply_to,
+                    client_msg_id: new.client_msg_id.clone(),
+                    created_at: new.created_at,
+                    edited_at: None,
+                    deleted: false,
+                    reactions: Default::default(),
+                    system: new.system.clone(),
+                };
+                self.insert_message(message.clone());
+                Ok(Applied::Posted {
+                    message,
+                    duplicate: false,
+                })
+            }
+            Change::Edit {
+                chat_id,
+                message_id,
+                content,
+                at,
+            } => {
+                if self.message_mut(*chat_id, *message_id)?.deleted {
+                    return Err(Error::conflict("message was deleted"));
+                }
+                let seq = self.next_seq(*chat_id, *at)?;
+                let m = self.message_mut(*chat_id, *message_id)?;
+                m.content = Some(content.clone());
+                m.edited_at = Some(*at);
+                m.updated_seq = seq;
+                Ok(Applied::Updated {
+                    message: m.clone(),
+                    changed: true,
+                })
+            }
+            Change::Delete {
+                chat_id,
+                message_id,
+                at,
+            } => {
+                let m = self.message_mut(*chat_id, *message_id)?;
+                if m.deleted {
+                    return Ok(Applied::Updated {
+                        message: m.clone(),
+                        changed: false,
+                    });
+                }
+                let seq = self.next_seq(*chat_id, *at)?;
+                let m = self.message_mut(*chat_id, *message_id)?;
+                m.content = None;
+                m.media = None;
+                m.reactions.clear();
+                m.deleted = true;
+                m.updated_seq = seq;
+                Ok(Applied::Updated {
+                    message: m.clone(),
+                    changed: true,
+                })
+            }
+            Change::React {
+                chat_id,
+                message_id,
+                user_id,
+                emoji,
+                add,
+                max_distinct,
+                at,
+            } => {
+                let m = self.message_mut(*chat_id, *message_id)?;
+                if m.deleted {
+                    return Err(Error::conflict("message was deleted"));
+                }
+                let has = m
+                    .reactions
+                    .get(emoji)
+                    .is_some_and(|users| users.contains(user_id));
+                if has == *add {
+                    return Ok(Applied::Updated {
+                        message: m.clone(),
+                        changed: false,
+                    });
+                }
+                if *add && !m.reactions.contains_key(emoji) && m.reactions.len() >= *max_distinct {
+                    return Err(Error::conflict(format!(
+                        "a message has at most {max_distinct} distinct reactions"
+                    )));
+                }
+                let seq = self.next_seq(*chat_id, *at)?;
+                let m = self.message_mut(*chat_id, *message_id)?;
+                if *add {
+                    m.reactions
+                        .entry(emoji.clone())
+                        .or_default()
+                        .push(user_id.clone());
+                } else if let Some(users) = m.reactions.get_mut(emoji) {
+                    users.retain(|u| u != user_id);
+                    if users.is_empty() {
+                        m.reactions.remove(emoji);
+                    }
+                }
+                m.updated_seq = seq;
+                Ok(Applied::Updated {
+                    message: m.clone(),
+                    changed: true,
+                })
+            }
+            Change::AddParticipant {
+                chat_id,
+                user_id,
+                role,
+                by,
+                max_participants,
+                at,
+            } => {
+                let chat = self.chat(*chat_id)?;
+                if chat.participant(user_id).is_some() {
+                    return Err(Error::conflict("already a participant"));
+                }
+                if chat.participants.len() >= *max_participants {
+                    return Err(Error::conflict(format!(
+                        "the chat is full ({max_participants} participants)"
+                    )));
+                }
+                let message = self.system_message(&change, by, *at)?;
+                let chat = self
+                    .chats
+                    .get_mut(chat_id)
+                    .ok_or_else(|| Error::not_found("chat not found"))?;
+                chat.participants.push(Participant {
+                    user_id: user_id.clone(),
+                    role: *role,
+                    joined_at: *at,
+                    delivered_seq: message.seq,
+                    read_seq: message.seq,
+                    visible_from_seq: message.seq,
+                });
+                Ok(Applied::Membership {
+                    chat: chat.clone(),
+                    message: Some(message),
+                })
+            }
+            Change::RemoveParticipant {
+                chat_id,
+                user_id,
+                by,
+                at,
+            } => {
+                if self.chat(*chat_id)?.participant(user_id).is_none() {
+                    return Err(Error::not_found("not a participant"));
+                }
+                let message = self.system_message(&change, by, *at)?;
+                let chat = self
+                    .chats
+                    .get_mut(chat_id)
+                    .ok_or_else(|| Error::not_found("chat not found"))?;
+                chat.participants.retain(|p| &p.user_id != user_id);
+                Ok(Applied::Membership {
+                    chat: chat.clone(),
+                    message: Some(message),
+                })
+            }
+            Change::SetRole {
+                chat_id,
+                user_id,
+                role,
+                by,
+                at,
+            } => {
+                let chat = self.chat(*chat_id)?;
+                let current = chat
+                    .participant(user_id)
+                    .ok_or_else(|| Error::not_found("not a participant"))?
+                    .role;
+                if current == *role {
+                    return Ok(Applied::Membership {
+                        chat: chat.clone(),
+                        message: None,
+                    });
+                }
+                let message = self.system_message(&change, by, *at)?;
+                let chat = self
+                    .chats
+                    .get_mut(chat_id)
+                    .ok_or_else(|| Error::not_found("chat not found"))?;
+                for p in &mut chat.participants {
+                    if &p.user_id == user_id {
+                        p.role = *role;
+                    }
+                }
+                Ok(Applied::Membership {
+                    chat: chat.clone(),
+                    message: Some(message),
+                })
+            }
+            Change::UpdateGroup {
+                chat_id,
+                patch,
+                by,
+                at,
+            } => {
+                self.chat(*chat_id)?;
+                let message = self.system_message(&change, by, *at)?;
+                let chat = self
+                    .chats
+                    .get_mut(chat_id)
+                    .ok_or_else(|| Error::not_found("chat not found"))?;
+                let set = |field: &mut Option<String>, value: &Option<String>| {
+                    if let Some(v) = value {
+                        *field = (!v.is_empty()).then(|| v.clone());
+                    }
+                };
+                set(&mut chat.name, &patch.name);
+                set(&mut chat.description, &patch.description);
+                set(&mut chat.avatar_url, &patch.avatar_url);
+                Ok(Applied::Membership {
+                    chat: chat.clone(),
+                    message: Some(message),
+                })
+            }
+            Change::Mark {
+                chat_id,
+                user_id,
+                delivered_up_to,
+                read_up_to,
+            } => {
+                let chat = self
+                    .chats
+                    .get_mut(chat_id)
+                    .ok_or_else(|| Error::not_found("chat not found"))?;
+                let last = chat.last_seq;
+                let p = chat
+                    .participants
+                    .iter_mut()
+                    .find(|p| &p.user_id == user_id)
+                    .ok_or_else(|| Error::not_found("not a participant"))?;
+                let read = p.read_seq.max((*read_up_to).min(last));
+                let delivered = p.delivered_seq.max((*delivered_up_to).min(last)).max(read);
+                let out = Applied::Marked {
+                    delivered_seq: delivered,
+                    read_seq: read,
+                    delivered_moved: delivered != p.delivered_seq,
+                    read_moved: read != p.read_seq,
+                };
+                p.delivered_seq = delivered;
+                p.read_seq = read;
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn apply(&self, changes: Vec<Change>) -> Vec<Result<Applied>> {
+        let mut state = self.lock();
+        changes.into_iter().map(|c| state.apply(c)).collect()
+    }
+
+    async fn create_chat(&self, new: NewChat) -> Result<(Chat, bool)> {
+        let mut state = self.lock();
+        let key = match new.kind {
+            ChatKind::Direct => {
+                let [(a, _), (b, _)] = new.participants.as_slice() else {
+                    return Err(Error::invalid("a direct chat has exactly two participants"));
+                };
+                if a == b {
+                    return Err(Error::invalid("a direct chat needs two different users"));
+                }
+                let key = pair(a, b);
+                if let Some(id) = state.direct.get(&key) {
+                    return Ok((state.chats[id].clone(), false));
+                }
+                Some(key)
+            }
+            ChatKind::Group => None,
+        };
+        let mut seen = HashSet::new();
+        let participants = new
+            .participants
+            .iter()
+            .filter(|(u, _)| seen.insert(u.clone()))
+            .map(|(user_id, role)| Participant {
+                user_id: user_id.clone(),
+                role: *role,
+                joined_at: new.created_at,
+                delivered_seq: 0,
+                read_seq: 0,
+                visible_from_seq: 0,
+            })
+            .collect();
+        let chat = Chat {
+            id: new.id,
+            kind: new.kind,
+            name: new.name,
+            description: new.description,
+            avatar_url: new.avatar_url,
+            encryption: new.encryption,
+            last_seq: 0,
+            last_activity: new.created_at,
+            created_at: new.created_at,
+            participants,
+        };
+        if state.chats.contains_key(&chat.id) {
+            return Err(Error::conflict("chat id exists"));
+        }
+        if let Some(key) = key {
+            state.direct.insert(key, chat.id);
+        }
+        state.chats.insert(chat.id, chat.clone());
+        Ok((chat, true))
+    }
+
+    async fn get_chat(&self, id: ChatId) -> Result<Option<Chat>> {
+        Ok(self.lock().chats.get(&id).cloned())
+    }
+
+    async fn find_direct_chat(&self, a: &UserId, b: &UserId) -> Result<Option<Chat>> {
+        let state = self.lock();
+        Ok(state
+            .direct
+            .get(&pair(a, b))
+            .map(|id| state.chats[id].clone()))
+    }
+
+    async fn list_chats(&self, user: &UserId, query: ChatListQuery) -> Result<Vec<Chat>> {
+        let state = self.lock();
+        let mut chats: Vec<&Chat> = state
+            .chats
+            .values()
+            .filter(|c| c.participant(user).is_some())
+            .filter(|c| {
+                query
+                    .after
+                    .is_none_or(|after| (c.last_activity, c.id) < after)
+            })
+            .collect();
+        chats.sort_by(|a, b| (b.last_activity, b.id).cmp(&(a.last_activity, a.id)));
+        Ok(chats.into_iter().take(query.limit).cloned().collect())
+    }
+
+    async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>> {
+        let state = self.lock();
+        let mut out: Vec<UserId> = state
+            .chats
+            .values()
+            .filter(|c| c.participant(user).is_some())
+            .flat_map(|c| c.participants.iter().map(|p| p.user_id.clone()))
+            .filter(|u| u != user)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn get_message(&self, id: MessageId) -> Result<Option<Message>> {
+        let state = self.lock();
+        Ok(state
+            .message_index
+            .get(&id)
+            .and_then(|(c, seq)| state.logs.get(c)?.get(seq))
+            .cloned())
+    }
+
+    async fn find_by_client_id(
+        &self,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>> {
+        let state = self.lock();
+        Ok(state
+            .client_ids
+            .get(&(sender.clone(), client_msg_id.to_owned()))
+            .and_then(|id| state.message_index.get(id))
+            .and_then(|(c, seq)| state.logs.get(c)?.get(seq))
+            .cloned())
+    }
+
+    async fn history(&self, chat: ChatId, q: HistoryQuery) -> Result<Vec<Message>> {
+        let state = self.lock();
+        let Some(log) = state.logs.get(&chat) else {
+            return Ok(Vec::new());
+        };
+        let lo = q
+            .from_seq
+            .max(q.after_seq.map_or(0, |a| a.saturating_add(1)));
+        let hi = q.before_seq.unwrap_or(u64::MAX);
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        Ok(log
+            .range(lo..hi)
+            .rev()
+            .take(q.limit)
+            .map(|(_, m)| m.clone())
+            .collect())
+    }
+
+    async fn changes(
+        &self,
+        chat: ChatId,
+        after: u64,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        let state = self.lock();
+        let Some(log) = state.logs.get(&chat) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<&Message> = log
+            .range(from_seq..)
+            .map(|(_, m)| m)
+            .filter(|m| m.updated_seq > after)
+            .collect();
+        out.sort_by_key(|m| m.updated_seq);
+        Ok(out.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn unread_count(&self, chat: ChatId, user: &UserId, after_seq: u64) -> Result<u64> {
+        let state = self.lock();
+        let Some(log) = state.logs.get(&chat) else {
+            return Ok(0);
+        };
+        Ok(log
+            .range(after_seq.saturating_add(1)..)
+            .filter(|(_, m)| &m.sender_id != user && m.kind != MessageType::System && !m.deleted)
+            .count() as u64)
+    }
+
+    async fn set_block(&self, blocker: &UserId, blocked: &UserId, on: bool) -> Result<bool> {
+        let mut state = self.lock();
+        let key = (blocker.clone(), blocked.clone());
+        let pos = state.blocks.iter().position(|b| *b == key);
+        Ok(match (on, pos) {
+            (true, None) => {
+                state.blocks.push(key);
+                true
+            }
+            (false, Some(i)) => {
+                state.blocks.remove(i);
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn blocked_by_user(&self, user: &UserId) -> Result<Vec<UserId>> {
+        Ok(self
+            .lock()
+            .blocks
+            .iter()
+            .filter(|(a, _)| a == user)
+            .map(|(_, b)| b.clone())
+            .collect())
+    }
+
+    async fn blockers_of(&self, user: &UserId) -> Result<Vec<UserId>> {
+        Ok(self
+            .lock()
+            .blocks
+            .iter()
+            .filter(|(_, b)| b == user)
+            .map(|(a, _)| a.clone())
+            .collect())
+    }
+
+    async fn is_blocked_either(&self, a: &UserId, b: &UserId) -> Result<bool> {
+        Ok(self
+            .lock()
+            .blocks
+            .iter()
+            .any(|(x, y)| (x == a && y == b) || (x == b && y == a)))
+    }
+
+    async fn get_user(&self, user: &UserId) -> Result<Option<UserRecord>> {
+        Ok(self.lock().users.get(user).cloned())
+    }
+
+    async fn set_last_seen(&self, user: &UserId, at: Timestamp) -> Result<()> {
+        self.lock()
+            .users
+            .entry(user.clone())
+            .or_insert_with(|| UserRecord::new(user.clone()))
+            .last_seen = Some(at);
+        Ok(())
+    }
+
+    async fn set_privacy(&self, user: &UserId, privacy: Privacy) -> Result<()> {
+        self.lock()
+            .users
+            .entry(user.clone())
+            .or_insert_with(|| UserRecord::new(user.clone()))
+            .privacy = privacy;
+        Ok(())
+    }
+
+    async fn set_suspension(&self, user: &UserId, until: Option<Timestamp>) -> Result<()> {
+        self.lock()
+            .users
+            .entry(user.clone())
+            .or_insert_with(|| UserRecord::new(user.clone()))
+            .suspended_until = until;
+        Ok(())
+    }
+
+    async fn insert_report(&self, report: Report) -> Result<Report> {
+        let mut state = self.lock();
+        if let Some(existing) = state.reports.values().find(|r| {
+            r.reporter_id == report.reporter_id
+                && r.message_id == report.message_id
+                && r.status == ReportStatus::Open
+        }) {
+            return Ok(existing.clone());
+        }
+        state.reports.insert(report.id, report.clone());
+        Ok(report)
+    }
+
+    async fn get_report(&self, id: ReportId) -> Result<Option<Report>> {
+        Ok(self.lock().reports.get(&id).cloned())
+    }
+
+    async fn list_reports(
+        &self,
+        status: Option<ReportStatus>,
+        limit: usize,
+    ) -> Result<Vec<Report>> {
+        Ok(self
+            .lock()
+            .reports
+            .values()
+            .filter(|r| status.is_none_or(|s| r.status == s))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn resolve_report(&self, res: ReportResolution) -> Result<Report> {
+        let mut state = self.lock();
+        let report = state
+            .reports
+            .get_mut(&res.id)
+            .ok_or_else(|| Error::not_found("report not found"))?;
+        if report.status != ReportStatus::Open {
+            return Err(Error::conflict("report is not open"));
+        }
+        report.status = res.status;
+        report.resolved_at = Some(res.at);
+        report.resolved_by = Some(res.by);
+        report.resolution_note = res.note;
+        Ok(report.clone())
+    }
+
+    async fn insert_media(&self, record: MediaRecord) -> Result<()> {
+        let mut state = self.lock();
+        if state.media.contains_key(&record.id) {
+            return Err(Error::conflict("media id exists"));
+        }
+        state.media.insert(record.id, record);
+        Ok(())
+    }
+
+    async fn get_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
+        Ok(self.lock().media.get(&id).cloned())
+    }
+}

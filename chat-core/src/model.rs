@@ -1,0 +1,770 @@
+//! The domain model: identifiers, chats, participants, messages, reports.
+//!
+//! These types are also the wire objects of PROTOCOL.md; their serde form is
+//! the contract, so field names here are never renamed.
+
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use ulid::Ulid;
+
+use crate::error::{Error, Result};
+
+macro_rules! ulid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        ///
+        /// Time-ordered (ULID), so sorting by id sorts by creation time.
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Ulid);
+
+        impl $name {
+            /// A fresh id for the current time.
+            #[allow(clippy::new_without_default)]
+            pub fn new() -> Self {
+                Self(Ulid::new())
+            }
+
+            /// Wraps an existing ULID.
+            pub fn from_ulid(ulid: Ulid) -> Self {
+                Self(ulid)
+            }
+
+            /// The ULID inside.
+            pub fn ulid(self) -> Ulid {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+
+            fn from_str(s: &str) -> Result<Self> {
+                Ulid::from_string(s)
+                    .map(Self)
+                    .map_err(|_| Error::invalid(format!("{} is not a valid {}", Truncated(s), stringify!($name))))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+ulid_id!(
+    /// Identifies a chat.
+    ChatId
+);
+ulid_id!(
+    /// Identifies a message.
+    MessageId
+);
+ulid_id!(
+    /// Identifies an uploaded media object.
+    MediaId
+);
+ulid_id!(
+    /// Identifies a report.
+    ReportId
+);
+ulid_id!(
+    /// Identifies one live connection, unique across nodes.
+    ConnectionId
+);
+
+/// Shows at most 64 characters of untrusted input in an error message.
+struct Truncated<'a>(&'a str);
+
+impl fmt::Display for Truncated<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(64) {
+            Some((i, _)) => write!(f, "{:?}...", &self.0[..i]),
+            None => write!(f, "{:?}", self.0),
+        }
+    }
+}
+
+fn valid_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-')
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Longest accepted id, in characters.
+            pub const MAX_LEN: usize = $max;
+
+            /// Validates and wraps an id: 1..=MAX_LEN characters of
+            /// `[A-Za-z0-9_.:@-]`.
+            pub fn new(id: impl Into<String>) -> Result<Self> {
+                let id = id.into();
+                if id.is_empty() || id.len() > Self::MAX_LEN || !id.chars().all(valid_name_char) {
+                    return Err(Error::invalid(format!(
+                        "{} must be 1..={} characters of [A-Za-z0-9_.:@-], got {}",
+                        stringify!($name),
+                        Self::MAX_LEN,
+                        Truncated(&id)
+                    )));
+                }
+                Ok(Self(id))
+            }
+
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+
+            fn from_str(s: &str) -> Result<Self> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+
+            fn try_from(s: String) -> Result<Self> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = Error;
+
+            fn try_from(s: &str) -> Result<Self> {
+                Self::new(s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                Self::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A user: the `sub` claim of the host application's token. The engine
+    /// does not own users; any valid id names one.
+    UserId,
+    128
+);
+string_id!(
+    /// One device of a user (the token's `device` claim).
+    DeviceId,
+    64
+);
+
+impl DeviceId {
+    /// The device of a token without a `device` claim.
+    pub fn default_device() -> Self {
+        Self("default".to_owned())
+    }
+}
+
+/// A point in time, in milliseconds since the Unix epoch (UTC).
+///
+/// On the wire it is RFC 3339 with milliseconds: `2026-11-23T20:00:00.123Z`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The end of time, for suspensions without an end.
+    pub const FOREVER: Timestamp = Timestamp(253_402_300_799_999); // 9999-12-31T23:59:59.999Z
+
+    /// From milliseconds since the epoch, clamped to years 0..=9999 so that
+    /// every timestamp can be formatted.
+    pub fn from_millis(ms: i64) -> Self {
+        Self(ms.clamp(-62_167_219_200_000, Self::FOREVER.0))
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self::from_millis(Utc::now().timestamp_millis())
+    }
+
+    /// Parses RFC 3339.
+    pub fn parse(s: &str) -> Result<Self> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| Self::from_millis(t.timestamp_millis()))
+            .map_err(|_| Error::invalid(format!("{} is not an RFC 3339 timestamp", Truncated(s))))
+    }
+
+    /// This time plus `d`.
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        Self::from_millis(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match DateTime::<Utc>::from_timestamp_millis(self.0) {
+            Some(t) => f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            None => write!(f, "{}ms", self.0),
+        }
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Timestamp::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Direct (two people) or group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatKind {
+    /// A 1:1 chat; there is at most one per pair of users.
+    Direct,
+    /// A group with roles.
+    Group,
+}
+
+impl ChatKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatKind::Direct => "direct",
+            ChatKind::Group => "group",
+        }
+    }
+}
+
+/// How a chat's message bodies are protected; fixed at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encryption {
+    /// The server encrypts bodies under per-chat data keys.
+    #[default]
+    AtRest,
+    /// End to end: the server only relays opaque ciphertext.
+    E2ee,
+}
+
+impl Encryption {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::AtRest => "at_rest",
+            Encryption::E2ee => "e2ee",
+        }
+    }
+}
+
+/// A participant's role in a group. Direct chats have two `member`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// May do everything in the group.
+    Admin,
+    /// May add and remove members and delete their messages.
+    Moderator,
+    /// May read and write.
+    Member,
+}
+
+impl Role {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Moderator => "moderator",
+            Role::Member => "member",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "moderator" => Ok(Role::Moderator),
+            "member" => Ok(Role::Member),
+            other => Err(Error::invalid(format!("unknown role {}", Truncated(other)))),
+        }
+    }
+}
+
+/// A user's membership of a chat, with their receipt watermarks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    /// Who.
+    pub user_id: UserId,
+    /// Their role.
+    pub role: Role,
+    /// When they joined.
+    pub joined_at: Timestamp,
+    /// Every message with `seq <= delivered_seq` reached one of their devices.
+    pub delivered_seq: u64,
+    /// Every message with `seq <= read_seq` was read by them.
+    pub read_seq: u64,
+    /// The first `seq` they may see: 0 for founding members, the seq of the
+    /// system message that added them otherwise, so that a member added to
+    /// a support group does not read what was said before they came.
+    #[serde(default)]
+    pub visible_from_seq: u64,
+}
+
+/// A chat and its participants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chat {
+    /// Its id.
+    pub id: ChatId,
+    /// Direct or group.
+    #[serde(rename = "type")]
+    pub kind: ChatKind,
+    /// Group name; `None` for direct chats.
+    pub name: Option<String>,
+    /// Group description.
+    pub description: Option<String>,
+    /// Group avatar.
+    pub avatar_url: Option<String>,
+    /// Fixed at creation.
+    pub encryption: Encryption,
+    /// The chat's change counter: the seq of its latest change.
+    pub last_seq: u64,
+    /// When the latest change happened.
+    pub last_activity: Timestamp,
+    /// When the chat was created.
+    pub created_at: Timestamp,
+    /// Everyone in it, in joining order.
+    pub participants: Vec<Participant>,
+}
+
+impl Chat {
+    /// The participant record of `user`, if they are in the chat.
+    pub fn participant(&self, user: &UserId) -> Option<&Participant> {
+        self.participants.iter().find(|p| &p.user_id == user)
+    }
+
+    /// The user ids of all participants.
+    pub fn member_ids(&self) -> Vec<UserId> {
+        self.participants
+            .iter()
+            .map(|p| p.user_id.clone())
+            .collect()
+    }
+}
+
+/// A chat as one user sees it: with their unread count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatView {
+    /// The chat.
+    #[serde(flatten)]
+    pub chat: Chat,
+    /// Non-system, non-deleted messages from others with `seq > read_seq`.
+    pub unread_count: u64,
+}
+
+/// The kind of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageType {
+    /// Text.
+    #[default]
+    Text,
+    /// An image upload, with an optional caption.
+    Image,
+    /// A voice note.
+    Voice,
+    /// Any other allowed file.
+    File,
+    /// Written by the engine: membership changes and group updates.
+    System,
+}
+
+impl MessageType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::Text => "text",
+            MessageType::Image => "image",
+            MessageType::Voice => "voice",
+            MessageType::File => "file",
+            MessageType::System => "system",
+        }
+    }
+
+    /// Whether messages of this type carry a media object.
+    pub fn has_media(self) -> bool {
+        matches!(
+            self,
+            MessageType::Image | MessageType::Voice | MessageType::File
+        )
+    }
+}
+
+impl FromStr for MessageType {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "text" => Ok(MessageType::Text),
+            "image" => Ok(MessageType::Image),
+            "voice" => Ok(MessageType::Voice),
+            "file" => Ok(MessageType::File),
+            "system" => Ok(MessageType::System),
+            other => Err(Error::invalid(format!(
+                "unknown message type {}",
+                Truncated(other)
+            ))),
+        }
+    }
+}
+
+/// The media object attached to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRef {
+    /// The upload's id.
+    pub id: MediaId,
+    /// The type found from the bytes, not the client's claim.
+    pub mime: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Where participants fetch it (relative to the server's base URL).
+    pub url: String,
+    /// Where participants fetch its thumbnail, for images.
+    pub thumbnail_url: Option<String>,
+    /// Length of voice notes.
+    pub duration_ms: Option<u64>,
+}
+
+impl MediaRef {
+    /// The reference that messages carry for an upload.
+    pub fn for_record(record: &MediaRecord) -> Self {
+        let url = format!("/api/v1/chat/media/{}", record.id);
+        Self {
+            id: record.id,
+            mime: record.mime.clone(),
+            size: record.size,
+            thumbnail_url: record
+                .has_thumbnail
+                .then(|| format!("{url}?thumbnail=true")),
+            url,
+            duration_ms: record.duration_ms,
+        }
+    }
+}
+
+/// What a `system` message records. Membership changes and group updates are
+/// written into the chat's log as these, so `sync` brings them to a device
+/// that was offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SystemEvent {
+    /// `user_id` joined with `role`, added by the message's sender.
+    ParticipantAdded {
+        /// Who joined.
+        user_id: UserId,
+        /// With which role.
+        role: Role,
+    },
+    /// `user_id` left or was removed by the message's sender.
+    ParticipantRemoved {
+        /// Who left.
+        user_id: UserId,
+    },
+    /// `user_id` now has `role`.
+    RoleChanged {
+        /// Whose role changed.
+        user_id: UserId,
+        /// The new role.
+        role: Role,
+    },
+    /// The group's name, description or avatar changed.
+    GroupUpdated {
+        /// The new name, if it changed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The new description, if it changed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        /// The new avatar, if it changed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        avatar_url: Option<String>,
+    },
+}
+
+/// Emoji to the users who reacted with it, in the order they reacted.
+pub type Reactions = BTreeMap<String, Vec<UserId>>;
+
+/// A message: one entry of its chat's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Unique, time-ordered.
+    pub id: MessageId,
+    /// The chat it belongs to.
+    pub chat_id: ChatId,
+    /// The chat's change counter when the message was created.
+    pub seq: u64,
+    /// The chat's change counter at the message's last change.
+    pub updated_seq: u64,
+    /// Who wrote it (for system messages: who caused the change).
+    pub sender_id: UserId,
+    /// Its kind.
+    #[serde(rename = "type")]
+    pub kind: MessageType,
+    /// Text or caption; `None` when deleted. For E2EE chats opaque ciphertext.
+    pub content: Option<String>,
+    /// The attached upload.
+    pub media: Option<MediaRef>,
+    /// The message this one answers, in the same chat.
+    pub reply_to: Option<MessageId>,
+    /// The sender's idempotency key.
+    pub client_msg_id: Option<String>,
+    /// When it was stored.
+    pub created_at: Timestamp,
+    /// When it was last edited.
+    pub edited_at: Option<Timestamp>,
+    /// A tombstone: content, media and reactions are gone.
+    pub deleted: bool,
+    /// Reactions by emoji.
+    #[serde(default)]
+    pub reactions: Reactions,
+    /// For `system` messages: what happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemEvent>,
+}
+
+/// What a user lets others see about them (`set_privacy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Privacy {
+    /// Others see when this user has read their messages.
+    pub read_receipts: bool,
+    /// Others see when this user types.
+    pub typing: bool,
+    /// Others see when this user is online, and their last_seen.
+    pub presence: bool,
+}
+
+impl Default for Privacy {
+    fn default() -> Self {
+        Self {
+            read_receipts: true,
+            typing: true,
+            presence: true,
+        }
+    }
+}
+
+/// What the engine keeps about a user (who is otherwise the host app's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Who.
+    pub user_id: UserId,
+    /// When their last connection closed.
+    pub last_seen: Option<Timestamp>,
+    /// Their privacy settings.
+    pub privacy: Privacy,
+    /// Suspended by a moderator until this time.
+    pub suspended_until: Option<Timestamp>,
+}
+
+impl UserRecord {
+    /// The record of a user the engine has not stored anything about yet.
+    pub fn new(user_id: UserId) -> Self {
+        Self {
+            user_id,
+            last_seen: None,
+            privacy: Privacy::default(),
+            suspended_until: None,
+        }
+    }
+
+    /// Whether the user is suspended at `now`.
+    pub fn is_suspended(&self, now: Timestamp) -> bool {
+        self.suspended_until.is_some_and(|until| until > now)
+    }
+}
+
+/// Where a report is in the moderation queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportStatus {
+    /// Waiting for an admin.
+    Open,
+    /// An admin acted on it.
+    Resolved,
+    /// An admin found nothing to do.
+    Dismissed,
+}
+
+impl ReportStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportStatus::Open => "open",
+            ReportStatus::Resolved => "resolved",
+            ReportStatus::Dismissed => "dismissed",
+        }
+    }
+}
+
+impl FromStr for ReportStatus {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "open" => Ok(ReportStatus::Open),
+            "resolved" => Ok(ReportStatus::Resolved),
+            "dismissed" => Ok(ReportStatus::Dismissed),
+            other => Err(Error::invalid(format!(
+                "unknown report status {}",
+                Truncated(other)
+            ))),
+        }
+    }
+}
+
+/// A user's (or a hook's) report of a message, for admins to work through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Its id.
+    pub id: ReportId,
+    /// Who reported; hooks report as `system`.
+    pub reporter_id: UserId,
+    /// The chat of the message.
+    pub chat_id: ChatId,
+    /// The reported message.
+    pub message_id: MessageId,
+    /// Its sender.
+    pub reported_user_id: UserId,
+    /// Why.
+    pub reason: String,
+    /// The message's content when it was reported, so that a later deletion
+    /// does not hide the evidence.
+    pub content: Option<String>,
+    /// Where it is in the queue.
+    pub status: ReportStatus,
+    /// When it was filed.
+    pub created_at: Timestamp,
+    /// When an admin closed it.
+    pub resolved_at: Option<Timestamp>,
+    /// Which admin closed it.
+    pub resolved_by: Option<UserId>,
+    /// The admin's note.
+    pub resolution_note: Option<String>,
+}
+
+/// The engine's record of an upload; the bytes live in a [`MediaStore`](crate::MediaStore).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRecord {
+    /// Its id.
+    pub id: MediaId,
+    /// The chat it was uploaded to; only its participants may fetch it.
+    pub chat_id: ChatId,
+    /// Who uploaded it; only they may attach it to a message.
+    pub uploader_id: UserId,
+    /// The type found from the bytes.
+    pub mime: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// For voice notes.
+    pub duration_ms: Option<u64>,
+    /// Whether a thumbnail was made.
+    pub has_thumbnail: bool,
+    /// When it was uploaded.
+    pub created_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_are_validated() {
+        assert!(UserId::new("alice").is_ok());
+        assert!(UserId::new("a.b:c@d-e_f").is_ok());
+        assert!(UserId::new("").is_err());
+        assert!(UserId::new("a b").is_err());
+        assert!(UserId::new("x".repeat(129)).is_err());
+        assert!(UserId::new("x".repeat(128)).is_ok());
+        assert!(serde_json::from_str::<UserId>("\"bad id\"").is_err());
+    }
+
+    #[test]
+    fn timestamps_use_rfc3339_millis() {
+        let t = Timestamp::from_millis(1_795_464_000_123);
+        let s = serde_json::to_string(&t).unwrap_or_default();
+        assert_eq!(s, "\"2026-11-23T20:00:00.123Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&s).ok(), Some(t));
+        assert_eq!(Timestamp::FOREVER.to_string(), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn ids_round_trip_and_reject_garbage() {
+        let id = ChatId::new();
+        let s = serde_json::to_string(&id).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<ChatId>(&s).ok(), Some(id));
+        assert!("nope".parse::<ChatId>().is_err());
+    }
+}

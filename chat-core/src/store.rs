@@ -1,0 +1,484 @@
+//! The [`Store`] trait: durable state of the engine.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+
+use crate::{
+    error::Result,
+    model::{
+        Chat, ChatId, ChatKind, Encryption, MediaRecord, MediaRef, Message, MessageId, MessageType,
+        Privacy, Report, ReportId, ReportStatus, Role, SystemEvent, Timestamp, UserId, UserRecord,
+    },
+};
+
+/// Durable state: chats, participants, messages, receipts, blocks, reports,
+/// media records and what the engine keeps about users.
+///
+/// The engine holds every rule; a store keeps data and enforces only the
+/// invariants that must hold atomically (sequencing, idempotency, watermark
+/// monotonicity, unique direct chats, counts checked under concurrency).
+///
+/// # Contract
+///
+/// - **Chats as logs.** Every [`Change`] that alters a chat's log takes the
+///   next value of the chat's counter (`last_seq + 1`) in the same
+///   transaction that stores it: a new message gets `seq == updated_seq ==`
+///   that value; an edit, deletion or reaction moves the message's
+///   `updated_seq` to it; membership changes and group updates store a
+///   `system` message with it. `seq`s of one chat are unique and gap-free,
+///   also under concurrent callers on several nodes. `last_activity` becomes
+///   the change's time.
+/// - **Batches.** [`Store::apply`] applies its changes in order, each
+///   atomically, and returns one result per change in the same order. A
+///   change that fails leaves no trace and does not affect the others. When
+///   `apply` returns, every `Ok` change is durable (committed, and fsynced as
+///   far as the store's configured durability promises).
+/// - **Idempotency.** `(sender_id, client_msg_id)` is unique. Posting a
+///   message whose pair exists returns the stored message with
+///   `duplicate: true` and writes nothing, also when the two posts race;
+///   if the stored message is in another chat the post fails with
+///   [`Error::Conflict`](crate::Error::Conflict).
+/// - **Watermarks** (`delivered_seq`, `read_seq`) never move backwards, are
+///   clamped to the chat's `last_seq`, and `delivered_seq >= read_seq`.
+/// - **Direct chats** are unique per unordered pair of users:
+///   [`Store::create_chat`] of a direct chat whose pair has one returns the
+///   existing chat and `false`.
+/// - Reads see every change whose `apply` returned.
+/// - Errors: a missing chat, message or participant is
+///   [`Error::NotFound`](crate::Error::NotFound); a state conflict
+///   (editing a deleted message, a duplicate participant, a full group, too
+///   many distinct reactions) is [`Error::Conflict`](crate::Error::Conflict);
+///   a backend failure is [`Error::Backend`](crate::Error::Backend).
+///
+/// The conformance suite in `chat_core::testing` (feature `testing`) checks
+/// all of this; every store runs it against its real backend.
+///
+/// # Implementing a store
+///
+/// ```
+/// use chat_core::{Store, MemoryStore};
+/// use std::sync::Arc;
+///
+/// // A store is used as a trait object; the in-memory store is the
+/// // reference implementation.
+/// let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+/// # let _ = store;
+/// ```
+#[async_trait]
+pub trait Store: Debug + Send + Sync + 'static {
+    // --- the log ---------------------------------------------------------
+
+    /// Applies `changes` in order, each atomically, durably before returning;
+    /// one result per change, in order (see the trait's contract).
+    async fn apply(&self, changes: Vec<Change>) -> Vec<Result<Applied>>;
+
+    // --- chats -----------------------------------------------------------
+
+    /// Creates a chat with its founding participants (`visible_from_seq`
+    /// 0, watermarks 0, `last_seq` 0). For a direct chat whose pair already
+    /// has one, returns that chat and `false` and writes nothing.
+    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool)>;
+
+    /// A chat with its participants in joining order.
+    async fn get_chat(&self, id: ChatId) -> Result<Option<Chat>>;
+
+    /// The direct chat of the unordered pair `{a, b}`.
+    async fn find_direct_chat(&self, a: &UserId, b: &UserId) -> Result<Option<Chat>>;
+
+    /// The chats `user` takes part in, most recent `last_activity` first
+    /// (ties broken by id, descending), starting after `query.after`.
+    async fn list_chats(&self, user: &UserId, query: ChatListQuery) -> Result<Vec<Chat>>;
+
+    /// Everyone who shares at least one chat with `user`, without `user`,
+    /// each once.
+    async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>>;
+
+    // --- messages --------------------------------------------------------
+
+    /// A message by id, with its reactions.
+    async fn get_message(&self, id: MessageId) -> Result<Option<Message>>;
+
+    /// The message `sender` posted with `client_msg_id`.
+    async fn find_by_client_id(
+        &self,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>>;
+
+    /// Messages of a chat with `from_seq <= seq`, `after_seq < seq <
+    /// before_seq` (each bound optional), newest first, at most `limit`.
+    async fn history(&self, chat: ChatId, query: HistoryQuery) -> Result<Vec<Message>>;
+
+    /// Messages of a chat with `updated_seq > after_updated_seq` and
+    /// `seq >= from_seq`, in ascending `updated_seq`, at most `limit`.
+    async fn changes(
+        &self,
+        chat: ChatId,
+        after_updated_seq: u64,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>>;
+
+    /// How many messages of the chat have `seq > after_seq`, were not sent
+    /// by `user`, are not `system` messages and are not deleted.
+    async fn unread_count(&self, chat: ChatId, user: &UserId, after_seq: u64) -> Result<u64>;
+
+    // --- blocks ----------------------------------------------------------
+
+    /// Records (`on`) or lifts that `blocker` blocks `blocked`; returns
+    /// whether anything changed.
+    async fn set_block(&self, blocker: &UserId, blocked: &UserId, on: bool) -> Result<bool>;
+
+    /// The users `user` has blocked, in the order they were blocked.
+    async fn blocked_by_user(&self, user: &UserId) -> Result<Vec<UserId>>;
+
+    /// The users who have blocked `user`.
+    async fn blockers_of(&self, user: &UserId) -> Result<Vec<UserId>>;
+
+    /// Whether `a` blocks `b` or `b` blocks `a`.
+    async fn is_blocked_either(&self, a: &UserId, b: &UserId) -> Result<bool>;
+
+    // --- users -----------------------------------------------------------
+
+    /// What is stored about `user`; `None` if nothing is.
+    async fn get_user(&self, user: &UserId) -> Result<Option<UserRecord>>;
+
+    /// Stores when `user` was last online.
+    async fn set_last_seen(&self, user: &UserId, at: Timestamp) -> Result<()>;
+
+    /// Stores `user`'s privacy settings.
+    async fn set_privacy(&self, user: &UserId, privacy: Privacy) -> Result<()>;
+
+    /// Suspends `user` until `until`, or lifts the suspension (`None`).
+    async fn set_suspension(&self, user: &UserId, until: Option<Timestamp>) -> Result<()>;
+
+    // --- reports ---------------------------------------------------------
+
+    /// Files a report. If `reporter_id` already has an open report of the
+    /// same message, returns that one and writes nothing.
+    async fn insert_report(&self, report: Report) -> Result<Report>;
+
+    /// A report by id.
+    async fn get_report(&self, id: ReportId) -> Result<Option<Report>>;
+
+    /// Reports with `status` (all if `None`), oldest first, at most `limit`.
+    async fn list_reports(&self, status: Option<ReportStatus>, limit: usize)
+    -> Result<Vec<Report>>;
+
+    /// Closes an open report. Not open: [`Error::Conflict`](crate::Error::Conflict).
+    async fn resolve_report(&self, resolution: ReportResolution) -> Result<Report>;
+
+    // --- media -----------------------------------------------------------
+
+    /// Stores the record of an upload.
+    async fn insert_media(&self, record: MediaRecord) -> Result<()>;
+
+    /// The record of an upload.
+    async fn get_media(&self, id: crate::model::MediaId) -> Result<Option<MediaRecord>>;
+}
+
+/// A change of a chat's log (or of a participant's watermarks), applied by
+/// [`Store::apply`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Change {
+    /// Store a new message (user or system) with the next seq.
+    ///
+    /// Fails with `NotFound` if the chat does not exist, if a non-system
+    /// sender is not a participant, or if `reply_to` is not a message of the
+    /// same chat.
+    Post(NewMessage),
+    /// Replace a message's content, set `edited_at`, take the next seq.
+    /// `NotFound` if the message is not in `chat_id`; `Conflict` if deleted.
+    Edit {
+        /// The chat of the message.
+        chat_id: ChatId,
+        /// The message.
+        message_id: MessageId,
+        /// The new content.
+        content: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// Make a message a tombstone (content and media `None`, reactions
+    /// removed, `deleted`), taking the next seq. Deleting a tombstone again
+    /// changes nothing and returns `changed: false`.
+    Delete {
+        /// The chat of the message.
+        chat_id: ChatId,
+        /// The message.
+        message_id: MessageId,
+        /// When.
+        at: Timestamp,
+    },
+    /// Add or remove `user_id`'s reaction `emoji`, taking the next seq if
+    /// anything changed (`changed: false` otherwise). Adding a new distinct
+    /// emoji to a message that has `max_distinct` already is a `Conflict`, as
+    /// is reacting to a deleted message.
+    React {
+        /// The chat of the message.
+        chat_id: ChatId,
+        /// The message.
+        message_id: MessageId,
+        /// Who reacts.
+        user_id: UserId,
+        /// With what.
+        emoji: String,
+        /// Add (`true`) or remove.
+        add: bool,
+        /// Limit of distinct emoji on one message.
+        max_distinct: usize,
+        /// When.
+        at: Timestamp,
+    },
+    /// Add a participant (watermarks and `visible_from_seq` set to the seq of
+    /// the system message recording it). `Conflict` if already in, or if the
+    /// chat has `max_participants` already.
+    AddParticipant {
+        /// The chat.
+        chat_id: ChatId,
+        /// Who joins.
+        user_id: UserId,
+        /// With which role.
+        role: Role,
+        /// Who adds them (the system message's sender).
+        by: UserId,
+        /// Capacity of the chat.
+        max_participants: usize,
+        /// When.
+        at: Timestamp,
+    },
+    /// Remove a participant; `NotFound` if not in the chat.
+    RemoveParticipant {
+        /// The chat.
+        chat_id: ChatId,
+        /// Who leaves.
+        user_id: UserId,
+        /// Who removes them (themselves when leaving).
+        by: UserId,
+        /// When.
+        at: Timestamp,
+    },
+    /// Change a participant's role; `NotFound` if not in the chat. Setting
+    /// the role they have changes nothing (`message: None`).
+    SetRole {
+        /// The chat.
+        chat_id: ChatId,
+        /// Whose role.
+        user_id: UserId,
+        /// The new role.
+        role: Role,
+        /// Who changes it.
+        by: UserId,
+        /// When.
+        at: Timestamp,
+    },
+    /// Change a group's name, description or avatar (fields that are
+    /// `Some`); `NotFound` if the chat does not exist.
+    UpdateGroup {
+        /// The chat.
+        chat_id: ChatId,
+        /// What changes.
+        patch: GroupPatch,
+        /// Who changes it.
+        by: UserId,
+        /// When.
+        at: Timestamp,
+    },
+    /// Move a participant's watermarks forward (never back, clamped to
+    /// `last_seq`; read implies delivered). Takes no seq. `NotFound` if not a
+    /// participant.
+    Mark {
+        /// The chat.
+        chat_id: ChatId,
+        /// Whose watermarks.
+        user_id: UserId,
+        /// Delivered up to here.
+        delivered_up_to: u64,
+        /// Read up to here (`0`: no change).
+        read_up_to: u64,
+    },
+}
+
+impl Change {
+    /// The chat the change belongs to.
+    pub fn chat_id(&self) -> ChatId {
+        match self {
+            Change::Post(m) => m.chat_id,
+            Change::Edit { chat_id, .. }
+            | Change::Delete { chat_id, .. }
+            | Change::React { chat_id, .. }
+            | Change::AddParticipant { chat_id, .. }
+            | Change::RemoveParticipant { chat_id, .. }
+            | Change::SetRole { chat_id, .. }
+            | Change::UpdateGroup { chat_id, .. }
+            | Change::Mark { chat_id, .. } => *chat_id,
+        }
+    }
+
+    /// The system event recorded by a membership change or group update.
+    pub fn system_event(&self) -> Option<SystemEvent> {
+        match self {
+            Change::AddParticipant { user_id, role, .. } => Some(SystemEvent::ParticipantAdded {
+                user_id: user_id.clone(),
+                role: *role,
+            }),
+            Change::RemoveParticipant { user_id, .. } => Some(SystemEvent::ParticipantRemoved {
+                user_id: user_id.clone(),
+            }),
+            Change::SetRole { user_id, role, .. } => Some(SystemEvent::RoleChanged {
+                user_id: user_id.clone(),
+                role: *role,
+            }),
+            Change::UpdateGroup { patch, .. } => Some(SystemEvent::GroupUpdated {
+                name: patch.name.clone(),
+                description: patch.description.clone(),
+                avatar_url: patch.avatar_url.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of one [`Change`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Applied {
+    /// A [`Change::Post`]: the stored message; `duplicate` if it had been
+    /// stored before under the same `(sender, client_msg_id)`.
+    Posted {
+        /// The message as stored.
+        message: Message,
+        /// Whether this was a retry of an earlier post.
+        duplicate: bool,
+    },
+    /// An edit, deletion or reaction: the message after it.
+    Updated {
+        /// The message after the change.
+        message: Message,
+        /// Whether anything changed (and a seq was taken).
+        changed: bool,
+    },
+    /// A membership change or group update: the chat after it and the
+    /// system message recording it (`None` if nothing changed).
+    Membership {
+        /// The chat after the change.
+        chat: Chat,
+        /// The system message.
+        message: Option<Message>,
+    },
+    /// A [`Change::Mark`]: the watermarks after it.
+    Marked {
+        /// Delivered watermark after the change.
+        delivered_seq: u64,
+        /// Read watermark after the change.
+        read_seq: u64,
+        /// Whether the delivered watermark moved.
+        delivered_moved: bool,
+        /// Whether the read watermark moved.
+        read_moved: bool,
+    },
+}
+
+/// A message to post.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    /// Its id, chosen by the engine.
+    pub id: MessageId,
+    /// Where.
+    pub chat_id: ChatId,
+    /// Who.
+    pub sender_id: UserId,
+    /// Kind.
+    pub kind: MessageType,
+    /// Body (validated by the engine).
+    pub content: Option<String>,
+    /// Attached upload.
+    pub media: Option<MediaRef>,
+    /// The answered message (must be in the same chat).
+    pub reply_to: Option<MessageId>,
+    /// The sender's idempotency key (`None` for system messages).
+    pub client_msg_id: Option<String>,
+    /// For system messages.
+    pub system: Option<SystemEvent>,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// A chat to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewChat {
+    /// Its id.
+    pub id: ChatId,
+    /// Direct or group. A direct chat has exactly two distinct participants.
+    pub kind: ChatKind,
+    /// Group name.
+    pub name: Option<String>,
+    /// Group description.
+    pub description: Option<String>,
+    /// Group avatar.
+    pub avatar_url: Option<String>,
+    /// Fixed encryption mode.
+    pub encryption: Encryption,
+    /// The founding participants in order, each once.
+    pub participants: Vec<(UserId, Role)>,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// The changed fields of a group; `None` leaves a field as it is, and
+/// `Some("")` clears it (stored as `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New avatar.
+    pub avatar_url: Option<String>,
+}
+
+impl GroupPatch {
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.description.is_none() && self.avatar_url.is_none()
+    }
+}
+
+/// Paging of [`Store::list_chats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatListQuery {
+    /// Continue after this `(last_activity, id)`, exclusive.
+    pub after: Option<(Timestamp, ChatId)>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Paging of [`Store::history`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only `seq < before_seq`.
+    pub before_seq: Option<u64>,
+    /// Only `seq > after_seq`.
+    pub after_seq: Option<u64>,
+    /// Only `seq >= from_seq` (the reader's visibility).
+    pub from_seq: u64,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// An admin's decision on a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportResolution {
+    /// Which report.
+    pub id: ReportId,
+    /// `Resolved` or `Dismissed`.
+    pub status: ReportStatus,
+    /// Which admin.
+    pub by: UserId,
+    /// Their note.
+    pub note: Option<String>,
+    /// When.
+    pub at: Timestamp,
+}

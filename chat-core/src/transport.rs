@@ -1,0 +1,181 @@
+//! The [`Transport`] trait: how a transport's live connections receive
+//! events from the [`Hub`](crate::hub::Hub), and a bounded queue that
+//! implements it.
+
+use std::{
+    fmt::Debug,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+/// Close code: the connection's outgoing queue was full.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Close code: authentication failed or expired.
+pub const CLOSE_AUTH_FAILED: u16 = 4001;
+/// Close code: the user was suspended by a moderator.
+pub const CLOSE_SUSPENDED: u16 = 4003;
+/// Close code: the server is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The queue is full: the client is too slow.
+    Full,
+    /// The connection is gone.
+    Closed,
+}
+
+/// The outgoing half of one live connection, as the hub sees it.
+///
+/// Each transport (`/ws`, and later Socket.IO) registers its connections
+/// with the engine through this trait. The hub never waits on a
+/// connection: [`Transport::try_send`] queues or fails at once.
+///
+/// # Contract
+///
+/// - `try_send` never blocks; frames queued by one caller are sent in the
+///   order they were queued.
+/// - [`SendError::Full`] means the client cannot keep up; the hub then
+///   calls [`Transport::close`] with [`CLOSE_TOO_SLOW`] and the client
+///   recovers with `sync`.
+/// - `close` is idempotent; frames queued after it are dropped.
+pub trait Transport: Debug + Send + Sync + 'static {
+    /// Queues one serialized event (a JSON text frame) without waiting.
+    fn try_send(&self, frame: Bytes) -> Result<(), SendError>;
+
+    /// Asks the transport to close the connection with `code` and `reason`.
+    fn close(&self, code: u16, reason: &str);
+}
+
+/// What a transport's writer task takes from an [`Outbox`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A text frame to write.
+    Frame(Bytes),
+    /// Close the connection with this code and reason, then stop.
+    Close(u16, String),
+}
+
+/// The sending half of a bounded outgoing queue: a ready-made
+/// [`Transport`] for transports that run one writer task per connection.
+#[derive(Debug, Clone)]
+pub struct QueueTransport {
+    tx: mpsc::Sender<Bytes>,
+    shared: Arc<Shared>,
+}
+
+/// The receiving half of a bounded outgoing queue; see [`outbox`].
+#[derive(Debug)]
+pub struct Outbox {
+    rx: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    closing: AtomicBool,
+    close: Mutex<Option<(u16, String)>>,
+    notify: Notify,
+}
+
+/// A bounded outgoing queue of `capacity` frames: hand the
+/// [`QueueTransport`] to the engine and drain the [`Outbox`] into the socket.
+pub fn outbox(capacity: usize) -> (QueueTransport, Outbox) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let shared = Arc::new(Shared::default());
+    (
+        QueueTransport {
+            tx,
+            shared: shared.clone(),
+        },
+        Outbox { rx, shared },
+    )
+}
+
+impl Transport for QueueTransport {
+    fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        let mut slot = self.shared.close.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some((code, reason.to_owned()));
+            self.shared.closing.store(true, Ordering::Release);
+            self.shared.notify.notify_one();
+        }
+    }
+}
+
+impl Outbox {
+    /// The next thing to do: a frame to write, or a close. `None` when every
+    /// sender is gone.
+    pub async fn next(&mut self) -> Option<Outgoing> {
+        loop {
+            if let Some((code, reason)) = self.take_close() {
+                return Some(Outgoing::Close(code, reason));
+            }
+            tokio::select! {
+                biased;
+                _ = self.shared.notify.notified() => continue,
+                frame = self.rx.recv() => return frame.map(Outgoing::Frame),
+            }
+        }
+    }
+
+    /// Frames that are queued right now, without waiting (for batching
+    /// writes). Stops at a close request.
+    pub fn try_next_frame(&mut self) -> Option<Bytes> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.rx.try_recv().ok()
+    }
+
+    fn take_close(&self) -> Option<(u16, String)> {
+        if !self.shared.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.shared
+            .close
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_reports_full_and_close_wins() {
+        let (t, mut out) = outbox(2);
+        assert_eq!(t.try_send(Bytes::from_static(b"1")), Ok(()));
+        assert_eq!(t.try_send(Bytes::from_static(b"2")), Ok(()));
+        assert_eq!(t.try_send(Bytes::from_static(b"3")), Err(SendError::Full));
+        assert_eq!(
+            out.next().await,
+            Some(Outgoing::Frame(Bytes::from_static(b"1")))
+        );
+        t.close(CLOSE_TOO_SLOW, "too slow");
+        t.close(1000, "ignored: first close wins");
+        assert_eq!(
+            out.next().await,
+            Some(Outgoing::Close(CLOSE_TOO_SLOW, "too slow".into()))
+        );
+        assert_eq!(t.try_send(Bytes::from_static(b"4")), Err(SendError::Closed));
+    }
+}
