@@ -1,1 +1,206 @@
 //! Local fan-out: the registry of this node's live connections.
+//!
+//! An event is serialized once into [`Bytes`] and the same buffer is queued
+//! on every recipient connection. Queues are bounded by the transport; a
+//! connection whose queue is full is closed with
+//! [`CLOSE_TOO_SLOW`](crate::transport::CLOSE_TOO_SLOW) rather than
+//! buffered without bound: the client reconnects and calls `sync`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use crate::{
+    bus::{Action, Delivery, DeliverySink},
+    error::{Error, Result},
+    model::{ChatId, ConnectionId, DeviceId, UserId},
+    transport::{CLOSE_TOO_SLOW, SendError, Transport},
+};
+
+/// One live connection as the hub knows it.
+#[derive(Debug)]
+pub struct Conn {
+    /// Unique across nodes.
+    pub id: ConnectionId,
+    /// The authenticated user.
+    pub user_id: UserId,
+    /// The user's device.
+    pub device_id: DeviceId,
+    transport: Arc<dyn Transport>,
+    /// Chats open on this connection (`join_chat`), for typing events.
+    open: Mutex<HashSet<ChatId>>,
+}
+
+impl Conn {
+    /// Queues a frame on this connection only; a full queue closes it.
+    pub fn send(&self, frame: bytes::Bytes) {
+        if let Err(SendError::Full) = self.transport.try_send(frame) {
+            self.transport.close(CLOSE_TOO_SLOW, "outgoing queue full");
+        }
+    }
+
+    /// Closes the connection.
+    pub fn close(&self, code: u16, reason: &str) {
+        self.transport.close(code, reason);
+    }
+
+    fn open_chats(&self) -> std::sync::MutexGuard<'_, HashSet<ChatId>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `chat` is open on this connection.
+    pub fn has_open(&self, chat: ChatId) -> bool {
+        self.open_chats().contains(&chat)
+    }
+}
+
+/// Counters of the hub, for metrics.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Frames queued on connections.
+    pub frames_queued: AtomicU64,
+    /// Connections closed because their queue was full.
+    pub slow_closed: AtomicU64,
+}
+
+/// The registry of this node's live connections, by user.
+#[derive(Debug, Default)]
+pub struct Hub {
+    users: RwLock<HashMap<UserId, Vec<Arc<Conn>>>>,
+    stats: HubStats,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<UserId, Vec<Arc<Conn>>>> {
+        self.users.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<UserId, Vec<Arc<Conn>>>> {
+        self.users.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection unless its user has `max_per_user` already;
+    /// returns the connection and how many the user has now.
+    pub fn register(
+        &self,
+        user_id: UserId,
+        device_id: DeviceId,
+        transport: Arc<dyn Transport>,
+        max_per_user: usize,
+    ) -> Result<(Arc<Conn>, usize)> {
+        let mut users = self.write();
+        let conns = users.entry(user_id.clone()).or_default();
+        if conns.len() >= max_per_user {
+            return Err(Error::conflict(format!(
+                "at most {max_per_user} connections per user"
+            )));
+        }
+        let conn = Arc::new(Conn {
+            id: ConnectionId::new(),
+            user_id,
+            device_id,
+            transport,
+            open: Mutex::new(HashSet::new()),
+        });
+        conns.push(conn.clone());
+        Ok((conn, conns.len()))
+    }
+
+    /// Removes a connection; returns how many its user has left.
+    pub fn unregister(&self, conn: &Conn) -> usize {
+        let mut users = self.write();
+        let Some(conns) = users.get_mut(&conn.user_id) else {
+            return 0;
+        };
+        conns.retain(|c| c.id != conn.id);
+        let left = conns.len();
+        if left == 0 {
+            users.remove(&conn.user_id);
+        }
+        left
+    }
+
+    /// How many connections `user` has on this node.
+    pub fn connection_count(&self, user: &UserId) -> usize {
+        self.read().get(user).map_or(0, Vec::len)
+    }
+
+    /// How many connections this node holds.
+    pub fn total_connections(&self) -> usize {
+        self.read().values().map(Vec::len).sum()
+    }
+
+    /// Marks `chat` open on `conn` unless it has `max_open` open already.
+    pub fn open_chat(&self, conn: &Conn, chat: ChatId, max_open: usize) -> Result<()> {
+        let mut open = conn.open_chats();
+        if !open.contains(&chat) && open.len() >= max_open {
+            return Err(Error::invalid(format!(
+                "at most {max_open} chats can be open on one connection; leave_chat first"
+            )));
+        }
+        open.insert(chat);
+        Ok(())
+    }
+
+    /// Marks `chat` closed on `conn`.
+    pub fn close_chat(&self, conn: &Conn, chat: ChatId) {
+        conn.open_chats().remove(&chat);
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for conn in self.read().values().flatten() {
+            conn.close(code, reason);
+        }
+    }
+}
+
+impl DeliverySink for Hub {
+    fn deliver(&self, delivery: &Delivery) {
+        let users = self.read();
+        let audience = &delivery.audience;
+        for user in &audience.users {
+            if audience.except_user.as_ref() == Some(user) {
+                continue;
+            }
+            let Some(conns) = users.get(user) else {
+                continue;
+            };
+            for conn in conns {
+                if let Some(chat) = audience.chat_open {
+                    if !conn.has_open(chat) {
+                        continue;
+                    }
+                }
+                match &delivery.action {
+                    Action::Frame(frame) => match conn.transport.try_send(frame.clone()) {
+                        Ok(()) => {
+                            self.stats.frames_queued.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(SendError::Full) => {
+                            self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+                            conn.transport.close(CLOSE_TOO_SLOW, "outgoing queue full");
+                        }
+                        Err(SendError::Closed) => {}
+                    },
+                    Action::CloseChat(chat) => self.close_chat(conn, *chat),
+                    Action::Disconnect { code, reason } => conn.close(*code, reason),
+                }
+            }
+        }
+    }
+}

@@ -35,7 +35,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> chat_core::Result<()> {
-//! let engine = ChatEngine::builder(Arc::new(MemoryStore::new())).build();
+//! let engine = ChatEngine::builder(Arc::new(MemoryStore::new())).build().await?;
 //! let alice = Actor::user(UserId::new("alice")?);
 //! let bob = UserId::new("bob")?;
 //!
@@ -64,6 +64,9 @@ pub mod testing;
 pub mod transport;
 
 pub use bus::{Bus, LocalBus};
+pub use engine::{
+    Actor, ChatEngine, EngineBuilder, EngineConfig, NewGroup, Receipt, SendMessage, Session,
+};
 
 pub use error::{BoxError, Error, ErrorCode, Result};
 pub use hooks::{ContactPolicy, MessageHook, Notifier};

@@ -153,7 +153,9 @@ impl State {
                     match self.message_index.get(&reply_to) {
                         Some((c, _)) if *c == new.chat_id => {}
                         _ => {
-                            return Err(Error::not_found("reply_to message not found in this chat"));
+                            return Err(Error::not_found(
+                                "reply_to message not found in this chat",
+                            ));
                         }
                     }
                 }

@@ -1,1 +1,17 @@
-//! The wire protocol.
+//! The wire language of PROTOCOL.md: commands, events, error codes, and the
+//! dispatcher that turns a command of an authenticated connection into
+//! engine calls.
+//!
+//! Frames are JSON objects `{"type": ..., "id": ..., "data": ...}`. Every
+//! command that carries an `id` is answered exactly once by `ack` or
+//! `error` with that `id`; a failing command without `id` is answered by an
+//! `error` event without `id`, a succeeding one by nothing.
+
+mod commands;
+mod dispatch;
+mod events;
+
+pub use commands::{ClientCommand, MAX_REQUEST_ID_LEN, ParseError, Request, parse_request};
+
+pub use dispatch::{ack_frame, dispatch_text, error_frame, execute};
+pub use events::{ErrorBody, PresenceEntry, ServerEvent};

@@ -182,6 +182,9 @@ pub trait Store: Debug + Send + Sync + 'static {
 /// [`Store::apply`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
+// Changes are built once and moved into a batch; boxing the large `Post`
+// variant would cost an allocation per message on the hottest path.
+#[allow(clippy::large_enum_variant)]
 pub enum Change {
     /// Store a new message (user or system) with the next seq.
     ///

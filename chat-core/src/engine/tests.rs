@@ -1,0 +1,1377 @@
+//! Tests of every rule of the engine, through its public API, with live
+//! sessions on in-memory queues so that events can be observed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use super::*;
+use crate::{
+    hooks::{HookContext, HookDecision, MessageHook, Notification, Notifier},
+    memory::MemoryStore,
+    store::Store,
+    transport::{Outbox, Outgoing, outbox},
+};
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn actor(s: &str) -> Actor {
+    Actor::user(uid(s))
+}
+
+async fn engine_with(config: EngineConfig) -> (ChatEngine, Arc<MemoryStore>) {
+    let store = Arc::new(MemoryStore::new());
+    let engine = ChatEngine::builder(store.clone())
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    (engine, store)
+}
+
+async fn engine() -> ChatEngine {
+    engine_with(EngineConfig::default()).await.0
+}
+
+struct Client {
+    session: Session,
+    out: Outbox,
+}
+
+impl Client {
+    async fn connect(engine: &ChatEngine, user: &str) -> Client {
+        Self::connect_with(engine, user, "default", 256).await
+    }
+
+    async fn connect_with(
+        engine: &ChatEngine,
+        user: &str,
+        device: &str,
+        capacity: usize,
+    ) -> Client {
+        let (tx, out) = outbox(capacity);
+        let session = engine
+            .connect(actor(user), DeviceId::new(device).unwrap(), Arc::new(tx))
+            .await
+            .unwrap();
+        let mut client = Client { session, out };
+        let first = client.next().await;
+        assert_eq!(
+            first["type"], "presence_update",
+            "first frame after connect"
+        );
+        client
+    }
+
+    /// The next frame, waiting at most a (virtual) second.
+    async fn next(&mut self) -> Value {
+        match tokio::time::timeout(Duration::from_secs(1), self.out.next()).await {
+            Ok(Some(Outgoing::Frame(f))) => serde_json::from_slice(&f).unwrap(),
+            Ok(Some(Outgoing::Close(code, reason))) => {
+                serde_json::json!({"closed": code, "reason": reason})
+            }
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others.
+    async fn next_of(&mut self, kind: &str) -> Value {
+        for _ in 0..50 {
+            let f = self.next().await;
+            if f["type"] == kind {
+                return f["data"].clone();
+            }
+        }
+        panic!("no {kind} frame");
+    }
+
+    /// Every frame queued now.
+    fn drain(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(f) = self.out.try_next_frame() {
+            out.push(serde_json::from_slice(&f).unwrap());
+        }
+        out
+    }
+
+    fn types(&mut self) -> Vec<String> {
+        self.drain()
+            .into_iter()
+            .map(|f| f["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    async fn cmd(&self, json: Value) -> Value {
+        let reply = crate::protocol::dispatch_text(&self.session, &json.to_string())
+            .await
+            .expect("a command with an id is answered");
+        serde_json::from_slice(&reply).unwrap()
+    }
+}
+
+async fn direct(engine: &ChatEngine, a: &str, b: &str) -> ChatId {
+    engine
+        .create_direct(&actor(a), &uid(b), Encryption::AtRest)
+        .await
+        .unwrap()
+        .chat
+        .chat
+        .id
+}
+
+async fn group(engine: &ChatEngine, admin: &str, members: &[&str]) -> ChatId {
+    let g = NewGroup {
+        name: "support".into(),
+        member_ids: members.iter().map(|m| uid(m)).collect(),
+        ..Default::default()
+    };
+    engine.create_group(&actor(admin), g).await.unwrap().chat.id
+}
+
+async fn send(
+    engine: &ChatEngine,
+    who: &str,
+    chat: ChatId,
+    cid: &str,
+    text: &str,
+) -> Result<Message> {
+    engine
+        .send(&actor(who), SendMessage::text(chat, cid, text))
+        .await
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T>) -> crate::ErrorCode {
+    r.expect_err("expected an error").code()
+}
+
+use crate::ErrorCode as C;
+
+// --- direct chats ---------------------------------------------------------
+
+#[tokio::test]
+async fn direct_chat_is_unique_per_pair() {
+    let e = engine().await;
+    let a = e
+        .create_direct(&actor("alice"), &uid("bob"), Encryption::AtRest)
+        .await
+        .unwrap();
+    assert!(a.created);
+    let b = e
+        .create_direct(&actor("bob"), &uid("alice"), Encryption::E2ee)
+        .await
+        .unwrap();
+    assert!(!b.created);
+    assert_eq!(a.chat.chat.id, b.chat.chat.id);
+    assert_eq!(
+        b.chat.chat.encryption,
+        Encryption::AtRest,
+        "encryption is fixed at creation"
+    );
+    assert_eq!(
+        code(
+            e.create_direct(&actor("alice"), &uid("alice"), Encryption::AtRest)
+                .await
+        ),
+        C::BadRequest
+    );
+}
+
+#[derive(Debug)]
+struct OnlyMatched;
+
+#[async_trait::async_trait]
+impl ContactPolicy for OnlyMatched {
+    async fn may_open_direct(&self, from: &UserId, to: &UserId) -> Result<bool> {
+        Ok(from.as_str() == "alice" && to.as_str() == "bob"
+            || from.as_str() == "bob" && to.as_str() == "alice")
+    }
+}
+
+#[tokio::test]
+async fn contact_policy_and_blocks_guard_direct_chats() {
+    let store = Arc::new(MemoryStore::new());
+    let e = ChatEngine::builder(store)
+        .contact_policy(Arc::new(OnlyMatched))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            e.create_direct(&actor("alice"), &uid("carol"), Encryption::AtRest)
+                .await
+        ),
+        C::Forbidden
+    );
+    e.block(&actor("bob"), &uid("alice"), true).await.unwrap();
+    assert_eq!(
+        code(
+            e.create_direct(&actor("alice"), &uid("bob"), Encryption::AtRest)
+                .await
+        ),
+        C::Forbidden
+    );
+    assert_eq!(
+        code(
+            e.create_direct(&actor("bob"), &uid("alice"), Encryption::AtRest)
+                .await
+        ),
+        C::Forbidden
+    );
+    e.block(&actor("bob"), &uid("alice"), false).await.unwrap();
+    assert!(
+        e.create_direct(&actor("alice"), &uid("bob"), Encryption::AtRest)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        code(e.block(&actor("bob"), &uid("bob"), true).await),
+        C::BadRequest
+    );
+}
+
+#[tokio::test]
+async fn blocked_users_cannot_write_into_an_existing_direct_chat() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    send(&e, "alice", chat, "c1", "hi").await.unwrap();
+    e.block(&actor("bob"), &uid("alice"), true).await.unwrap();
+    assert_eq!(
+        code(send(&e, "alice", chat, "c2", "hi?").await),
+        C::Forbidden
+    );
+    assert_eq!(code(send(&e, "bob", chat, "c3", "no").await), C::Forbidden);
+    assert_eq!(
+        e.blocked_users(&actor("bob")).await.unwrap(),
+        vec![uid("alice")]
+    );
+    e.block(&actor("bob"), &uid("alice"), false).await.unwrap();
+    assert!(send(&e, "alice", chat, "c2", "hi?").await.is_ok());
+}
+
+// --- sending ----------------------------------------------------------------
+
+#[tokio::test]
+async fn send_assigns_seq_and_is_idempotent() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let mut bob = Client::connect(&e, "bob").await;
+    let m1 = send(&e, "alice", chat, "c1", "  hello  ").await.unwrap();
+    assert_eq!((m1.seq, m1.updated_seq), (1, 1));
+    assert_eq!(m1.content.as_deref(), Some("hello"), "stored trimmed");
+    let again = send(&e, "alice", chat, "c1", "different text")
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.seq), (m1.id, 1));
+    let m2 = send(&e, "alice", chat, "c2", "second").await.unwrap();
+    assert_eq!(m2.seq, 2);
+    // bob saw each message once
+    let got: Vec<Value> = bob
+        .drain()
+        .into_iter()
+        .filter(|f| f["type"] == "message_received")
+        .collect();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0]["data"]["seq"], 1);
+    assert_eq!(got[1]["data"]["seq"], 2);
+    // the same client_msg_id in another chat is a conflict
+    let other = direct(&e, "alice", "carol").await;
+    assert_eq!(code(send(&e, "alice", other, "c1", "x").await), C::Conflict);
+}
+
+#[tokio::test]
+async fn send_validates_content() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    assert_eq!(
+        code(send(&e, "alice", chat, "c", "   ").await),
+        C::BadRequest
+    );
+    assert_eq!(
+        code(send(&e, "alice", chat, "c", "bell\u{7}").await),
+        C::BadRequest
+    );
+    assert_eq!(
+        code(send(&e, "alice", chat, "c", &"x".repeat(8193)).await),
+        C::BadRequest
+    );
+    assert!(
+        send(&e, "alice", chat, "c", &"é".repeat(8192))
+            .await
+            .is_ok()
+    );
+    assert_eq!(code(send(&e, "alice", chat, "", "x").await), C::BadRequest);
+    assert_eq!(
+        code(send(&e, "alice", chat, &"k".repeat(65), "x").await),
+        C::BadRequest
+    );
+    let mut sys = SendMessage::text(chat, "s", "x");
+    sys.kind = Some(MessageType::System);
+    assert_eq!(code(e.send(&actor("alice"), sys).await), C::BadRequest);
+    let mut no_content = SendMessage::text(chat, "n", "x");
+    no_content.content = None;
+    assert_eq!(
+        code(e.send(&actor("alice"), no_content).await),
+        C::BadRequest
+    );
+    // nothing was stored by the refused sends
+    assert_eq!(
+        e.get_chat(&actor("alice"), chat)
+            .await
+            .unwrap()
+            .chat
+            .last_seq,
+        1
+    );
+}
+
+#[tokio::test]
+async fn outsiders_get_not_found() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let m = send(&e, "alice", chat, "c1", "private").await.unwrap();
+    let eve = actor("eve");
+    assert_eq!(code(e.get_chat(&eve, chat).await), C::NotFound);
+    assert_eq!(code(send(&e, "eve", chat, "e1", "hi").await), C::NotFound);
+    assert_eq!(code(e.get_message(&eve, m.id).await), C::NotFound);
+    assert_eq!(code(e.edit(&eve, m.id, "x").await), C::NotFound);
+    assert_eq!(code(e.delete(&eve, m.id).await), C::NotFound);
+    assert_eq!(code(e.react(&eve, m.id, "👍", true).await), C::NotFound);
+    assert_eq!(code(e.report(&eve, m.id, "spam").await), C::NotFound);
+    assert_eq!(
+        code(e.history(&eve, chat, HistoryRequest::default()).await),
+        C::NotFound
+    );
+    assert_eq!(
+        code(e.mark(&eve, chat, Receipt::Read, 1).await),
+        C::NotFound
+    );
+    assert_eq!(
+        code(
+            e.add_participant(&eve, chat, &uid("eve"), Role::Member)
+                .await
+        ),
+        C::NotFound
+    );
+    assert!(
+        e.list_chats(
+            &eve,
+            ChatListQuery {
+                after: None,
+                limit: 50
+            }
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn replies_stay_within_their_chat() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let other = direct(&e, "alice", "carol").await;
+    let elsewhere = send(&e, "alice", other, "o1", "x").await.unwrap();
+    let first = send(&e, "alice", chat, "c1", "q").await.unwrap();
+    let mut reply = SendMessage::text(chat, "c2", "a");
+    reply.reply_to = Some(first.id);
+    assert_eq!(
+        e.send(&actor("bob"), reply).await.unwrap().reply_to,
+        Some(first.id)
+    );
+    let mut bad = SendMessage::text(chat, "c3", "a");
+    bad.reply_to = Some(elsewhere.id);
+    assert_eq!(code(e.send(&actor("alice"), bad).await), C::NotFound);
+}
+
+#[tokio::test]
+async fn media_messages_need_the_senders_upload_to_that_chat() {
+    let (e, store) = engine_with(EngineConfig::default()).await;
+    let chat = direct(&e, "alice", "bob").await;
+    let upload = |uploader: &str, chat_id| MediaRecord {
+        id: MediaId::new(),
+        chat_id,
+        uploader_id: uid(uploader),
+        mime: "image/png".into(),
+        size: 10,
+        duration_ms: None,
+        has_thumbnail: true,
+        created_at: Timestamp::from_millis(0),
+    };
+    let mine = upload("alice", chat);
+    let bobs = upload("bob", chat);
+    store.insert_media(mine.clone()).await.unwrap();
+    store.insert_media(bobs.clone()).await.unwrap();
+    let image = |cid: &str, media| SendMessage {
+        chat_id: chat,
+        client_msg_id: cid.into(),
+        kind: Some(MessageType::Image),
+        content: None,
+        media_id: media,
+        reply_to: None,
+    };
+    let m = e
+        .send(&actor("alice"), image("i1", Some(mine.id)))
+        .await
+        .unwrap();
+    let media = m.media.unwrap();
+    assert_eq!(media.url, format!("/api/v1/chat/media/{}", mine.id));
+    assert!(media.thumbnail_url.is_some());
+    assert_eq!(
+        code(e.send(&actor("alice"), image("i2", Some(bobs.id))).await),
+        C::NotFound
+    );
+    assert_eq!(
+        code(e.send(&actor("alice"), image("i3", None)).await),
+        C::BadRequest
+    );
+    let mut text_with_media = SendMessage::text(chat, "t", "x");
+    text_with_media.media_id = Some(mine.id);
+    assert_eq!(
+        code(e.send(&actor("alice"), text_with_media).await),
+        C::BadRequest
+    );
+}
+
+#[tokio::test]
+async fn e2ee_content_is_opaque() {
+    let e = engine().await;
+    let chat = e
+        .create_direct(&actor("alice"), &uid("bob"), Encryption::E2ee)
+        .await
+        .unwrap()
+        .chat
+        .chat
+        .id;
+    let m = send(&e, "alice", chat, "c1", "  base64+/=  \u{1}")
+        .await
+        .unwrap();
+    assert_eq!(
+        m.content.as_deref(),
+        Some("  base64+/=  \u{1}"),
+        "ciphertext is stored as sent"
+    );
+}
+
+// --- edits, deletions, reactions ------------------------------------------
+
+#[tokio::test]
+async fn edit_and_delete_rules() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let mut bob = Client::connect(&e, "bob").await;
+    let m = send(&e, "alice", chat, "c1", "helo").await.unwrap();
+    assert_eq!(code(e.edit(&actor("bob"), m.id, "x").await), C::Forbidden);
+    let edited = e.edit(&actor("alice"), m.id, "hello").await.unwrap();
+    assert_eq!((edited.seq, edited.updated_seq), (1, 2));
+    assert!(edited.edited_at.is_some());
+    assert_eq!(
+        code(e.delete(&actor("bob"), m.id).await),
+        C::Forbidden,
+        "direct chats have no moderators"
+    );
+    let deleted = e.delete(&actor("alice"), m.id).await.unwrap();
+    assert!(deleted.deleted && deleted.content.is_none());
+    assert_eq!(deleted.updated_seq, 3);
+    assert_eq!(
+        code(e.edit(&actor("alice"), m.id, "again").await),
+        C::Conflict
+    );
+    assert_eq!(
+        e.delete(&actor("alice"), m.id).await.unwrap().updated_seq,
+        3,
+        "idempotent"
+    );
+    let types = bob.types();
+    assert_eq!(
+        types,
+        vec!["message_received", "message_edited", "message_deleted"]
+    );
+}
+
+#[tokio::test]
+async fn group_moderators_delete_others_messages() {
+    let e = engine().await;
+    let g = group(&e, "admin", &["mod", "m1", "m2"]).await;
+    e.set_role(&actor("admin"), g, &uid("mod"), Role::Moderator)
+        .await
+        .unwrap();
+    let a = send(&e, "m1", g, "a", "x").await.unwrap();
+    let b = send(&e, "m1", g, "b", "y").await.unwrap();
+    assert_eq!(code(e.delete(&actor("m2"), a.id).await), C::Forbidden);
+    assert!(e.delete(&actor("mod"), a.id).await.unwrap().deleted);
+    assert!(e.delete(&actor("admin"), b.id).await.unwrap().deleted);
+}
+
+#[tokio::test]
+async fn reactions() {
+    let e = engine_with(EngineConfig {
+        max_reactions_per_message: 2,
+        ..Default::default()
+    })
+    .await
+    .0;
+    let chat = direct(&e, "alice", "bob").await;
+    let mut alice = Client::connect(&e, "alice").await;
+    let m = send(&e, "alice", chat, "c1", "hi").await.unwrap();
+    let r = e.react(&actor("bob"), m.id, "👍", true).await.unwrap();
+    assert_eq!(r.reactions["👍"], vec![uid("bob")]);
+    assert_eq!(r.updated_seq, 2);
+    assert_eq!(
+        e.react(&actor("bob"), m.id, "👍", true)
+            .await
+            .unwrap()
+            .updated_seq,
+        2,
+        "no change"
+    );
+    e.react(&actor("alice"), m.id, "👍", true).await.unwrap();
+    e.react(&actor("alice"), m.id, "❤️", true).await.unwrap();
+    assert_eq!(
+        code(e.react(&actor("alice"), m.id, "🎉", true).await),
+        C::Conflict
+    );
+    let r = e.react(&actor("bob"), m.id, "👍", false).await.unwrap();
+    assert_eq!(r.reactions["👍"], vec![uid("alice")]);
+    assert_eq!(
+        code(e.react(&actor("bob"), m.id, "bad emoji", true).await),
+        C::BadRequest
+    );
+    let added = alice.next_of("reaction_added").await;
+    assert_eq!(added["emoji"], "👍");
+    assert_eq!(added["updated_seq"], 2);
+    assert_eq!(alice.next_of("reaction_removed").await["user_id"], "bob");
+}
+
+// --- history, sync, receipts -----------------------------------------------
+
+#[tokio::test]
+async fn history_pages_newest_first() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    for i in 0..7 {
+        send(&e, "alice", chat, &format!("c{i}"), "x")
+            .await
+            .unwrap();
+    }
+    let req = |before_seq, limit| HistoryRequest {
+        before_seq,
+        after_seq: None,
+        limit,
+    };
+    let p = e
+        .history(&actor("bob"), chat, req(None, Some(3)))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![7, 6, 5]
+    );
+    assert!(p.has_more);
+    let p = e
+        .history(&actor("bob"), chat, req(Some(3), Some(3)))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    assert!(!p.has_more);
+    assert_eq!(
+        code(e.history(&actor("bob"), chat, req(None, Some(0))).await),
+        C::BadRequest
+    );
+    assert_eq!(
+        code(e.history(&actor("bob"), chat, req(None, Some(201))).await),
+        C::BadRequest
+    );
+}
+
+#[tokio::test]
+async fn sync_brings_everything_an_offline_device_missed() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let g = group(&e, "alice", &["bob"]).await;
+    let m1 = send(&e, "alice", chat, "c1", "one").await.unwrap();
+    let bob = actor("bob");
+    let first = e.sync(&bob, &HashMap::new()).await.unwrap();
+    assert_eq!(first.chats.len(), 2);
+    let cursor: HashMap<ChatId, u64> = first
+        .chats
+        .iter()
+        .map(|c| {
+            (
+                c.chat.chat.id,
+                c.changes.last().map_or(0, |m| m.updated_seq),
+            )
+        })
+        .collect();
+    // while bob is offline: new message, edit, reaction, deletion, membership
+    let m2 = send(&e, "alice", chat, "c2", "two").await.unwrap();
+    e.edit(&actor("alice"), m1.id, "one!").await.unwrap();
+    e.react(&actor("alice"), m2.id, "👍", true).await.unwrap();
+    e.delete(&actor("alice"), m2.id).await.unwrap();
+    e.add_participant(&actor("alice"), g, &uid("carol"), Role::Member)
+        .await
+        .unwrap();
+    let again = e.sync(&bob, &cursor).await.unwrap();
+    let direct_changes = &again
+        .chats
+        .iter()
+        .find(|c| c.chat.chat.id == chat)
+        .unwrap()
+        .changes;
+    let seqs: Vec<(u64, u64, bool)> = direct_changes
+        .iter()
+        .map(|m| (m.seq, m.updated_seq, m.deleted))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![(1, 3, false), (2, 5, true)],
+        "edits and deletions arrive as the current state"
+    );
+    let group_changes = &again
+        .chats
+        .iter()
+        .find(|c| c.chat.chat.id == g)
+        .unwrap()
+        .changes;
+    assert_eq!(group_changes.len(), 1);
+    assert_eq!(group_changes[0].kind, MessageType::System);
+    assert!(
+        matches!(&group_changes[0].system, Some(SystemEvent::ParticipantAdded { user_id, .. }) if user_id.as_str() == "carol")
+    );
+    // removal shows as removed_chat_ids
+    e.remove_participant(&actor("alice"), g, &uid("bob"))
+        .await
+        .unwrap();
+    let after = e.sync(&bob, &cursor).await.unwrap();
+    assert_eq!(after.removed_chat_ids, vec![g]);
+}
+
+#[tokio::test]
+async fn sync_pages_long_logs() {
+    let e = engine_with(EngineConfig {
+        sync_page: 3,
+        ..Default::default()
+    })
+    .await
+    .0;
+    let chat = direct(&e, "alice", "bob").await;
+    for i in 0..7 {
+        send(&e, "alice", chat, &format!("c{i}"), "x")
+            .await
+            .unwrap();
+    }
+    let mut cursors = HashMap::new();
+    let mut seen = Vec::new();
+    loop {
+        let r = e.sync(&actor("bob"), &cursors).await.unwrap();
+        let c = &r.chats[0];
+        seen.extend(c.changes.iter().map(|m| m.seq));
+        if let Some(last) = c.changes.last() {
+            cursors.insert(chat, last.updated_seq);
+        }
+        if !c.has_more {
+            break;
+        }
+    }
+    assert_eq!(seen, (1..=7).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn watermarks_and_unread_counts() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let mut alice = Client::connect(&e, "alice").await;
+    for i in 0..3 {
+        send(&e, "alice", chat, &format!("c{i}"), "x")
+            .await
+            .unwrap();
+    }
+    send(&e, "bob", chat, "b", "mine").await.unwrap();
+    let bob = actor("bob");
+    assert_eq!(e.get_chat(&bob, chat).await.unwrap().unread_count, 3);
+    assert_eq!(
+        e.get_chat(&actor("alice"), chat)
+            .await
+            .unwrap()
+            .unread_count,
+        1
+    );
+    e.mark(&bob, chat, Receipt::Delivered, 3).await.unwrap();
+    e.mark(&bob, chat, Receipt::Read, 2).await.unwrap();
+    assert_eq!(e.get_chat(&bob, chat).await.unwrap().unread_count, 1);
+    e.mark(&bob, chat, Receipt::Read, 1).await.unwrap(); // backwards: no change, no event
+    e.mark(&bob, chat, Receipt::Read, 99).await.unwrap(); // clamped to last_seq
+    let view = e.get_chat(&bob, chat).await.unwrap();
+    let me = view.chat.participant(&uid("bob")).unwrap();
+    assert_eq!(
+        (me.delivered_seq, me.read_seq, view.unread_count),
+        (4, 4, 0)
+    );
+    let moves: Vec<(String, u64)> = alice
+        .drain()
+        .into_iter()
+        .filter(|f| f["type"] == "message_delivered" || f["type"] == "message_read")
+        .map(|f| {
+            (
+                f["type"].as_str().unwrap().to_owned(),
+                f["data"]["up_to_seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("message_delivered", 3),
+        ("message_read", 2),
+        ("message_delivered", 4),
+        ("message_read", 4),
+    ];
+    let expected: Vec<(String, u64)> = expected.iter().map(|(t, s)| (t.to_string(), *s)).collect();
+    assert_eq!(moves, expected, "only forward moves are announced");
+    let e2 = engine().await;
+    let chat2 = direct(&e2, "alice", "bob").await;
+    let mut a2 = Client::connect(&e2, "alice").await;
+    send(&e2, "alice", chat2, "c", "x").await.unwrap();
+    e2.mark(&bob, chat2, Receipt::Read, 1).await.unwrap();
+    e2.mark(&bob, chat2, Receipt::Read, 1).await.unwrap();
+    let types = a2.types();
+    assert_eq!(
+        types,
+        vec!["message_received", "message_delivered", "message_read"]
+    );
+}
+
+#[tokio::test]
+async fn read_receipts_can_be_private() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let mut alice = Client::connect(&e, "alice").await;
+    let mut bob2 = Client::connect_with(&e, "bob", "tablet", 64).await;
+    alice.drain(); // bob's user_online
+    send(&e, "alice", chat, "c", "x").await.unwrap();
+    let bob = actor("bob");
+    let p = e
+        .set_privacy(
+            &bob,
+            PrivacyPatch {
+                read_receipts: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!p.read_receipts && p.typing && p.presence);
+    e.mark(&bob, chat, Receipt::Read, 1).await.unwrap();
+    assert_eq!(alice.types(), vec!["message_received", "message_delivered"]);
+    assert_eq!(
+        bob2.types(),
+        vec!["message_received", "message_delivered", "message_read"]
+    );
+}
+
+// --- groups ---------------------------------------------------------------
+
+#[tokio::test]
+async fn group_permissions_follow_the_protocol() {
+    let e = engine().await;
+    let g = group(&e, "admin", &["mod", "m1"]).await;
+    let (admin, moder, m1) = (actor("admin"), actor("mod"), actor("m1"));
+    assert_eq!(
+        code(e.set_role(&moder, g, &uid("mod"), Role::Moderator).await),
+        C::Forbidden
+    );
+    e.set_role(&admin, g, &uid("mod"), Role::Moderator)
+        .await
+        .unwrap();
+    // add: admin any role, moderator members only, member never
+    assert_eq!(
+        code(e.add_participant(&m1, g, &uid("x1"), Role::Member).await),
+        C::Forbidden
+    );
+    assert_eq!(
+        code(
+            e.add_participant(&moder, g, &uid("x1"), Role::Moderator)
+                .await
+        ),
+        C::Forbidden
+    );
+    e.add_participant(&moder, g, &uid("x1"), Role::Member)
+        .await
+        .unwrap();
+    e.add_participant(&admin, g, &uid("x2"), Role::Moderator)
+        .await
+        .unwrap();
+    assert_eq!(
+        code(e.add_participant(&admin, g, &uid("x2"), Role::Member).await),
+        C::Conflict
+    );
+    // remove: moderator members only, member only self, admin anyone
+    assert_eq!(
+        code(e.remove_participant(&moder, g, &uid("x2")).await),
+        C::Forbidden
+    );
+    assert_eq!(
+        code(e.remove_participant(&m1, g, &uid("x1")).await),
+        C::Forbidden
+    );
+    e.remove_participant(&moder, g, &uid("x1")).await.unwrap();
+    e.remove_participant(&m1, g, &uid("m1")).await.unwrap();
+    e.remove_participant(&admin, g, &uid("x2")).await.unwrap();
+    assert_eq!(
+        code(e.remove_participant(&admin, g, &uid("nobody")).await),
+        C::NotFound
+    );
+    // update_group: admins only
+    let patch = GroupPatch {
+        name: Some("renamed".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(e.update_group(&moder, g, patch.clone()).await),
+        C::Forbidden
+    );
+    assert_eq!(
+        e.update_group(&admin, g, patch)
+            .await
+            .unwrap()
+            .chat
+            .name
+            .as_deref(),
+        Some("renamed")
+    );
+    assert_eq!(
+        code(e.update_group(&admin, g, GroupPatch::default()).await),
+        C::BadRequest
+    );
+    // direct chats have no membership operations
+    let d = direct(&e, "admin", "mod").await;
+    assert_eq!(
+        code(e.add_participant(&admin, d, &uid("z"), Role::Member).await),
+        C::BadRequest
+    );
+}
+
+#[tokio::test]
+async fn the_last_admin_cannot_step_down_and_leaving_hands_over() {
+    let e = engine().await;
+    let g = group(&e, "admin", &["mod", "m1"]).await;
+    let admin = actor("admin");
+    e.set_role(&admin, g, &uid("mod"), Role::Moderator)
+        .await
+        .unwrap();
+    assert_eq!(
+        code(e.set_role(&admin, g, &uid("admin"), Role::Member).await),
+        C::Conflict
+    );
+    e.remove_participant(&admin, g, &uid("admin"))
+        .await
+        .unwrap();
+    let chat = e.get_chat(&actor("m1"), g).await.unwrap().chat;
+    assert_eq!(chat.participant(&uid("mod")).unwrap().role, Role::Admin);
+}
+
+#[tokio::test]
+async fn group_size_is_limited() {
+    let e = engine_with(EngineConfig {
+        max_group_members: 3,
+        ..Default::default()
+    })
+    .await
+    .0;
+    let too_many = NewGroup {
+        name: "g".into(),
+        member_ids: vec![uid("a"), uid("b"), uid("c")],
+        ..Default::default()
+    };
+    assert_eq!(
+        code(e.create_group(&actor("admin"), too_many).await),
+        C::BadRequest
+    );
+    let g = group(&e, "admin", &["a", "b"]).await;
+    assert_eq!(
+        code(
+            e.add_participant(&actor("admin"), g, &uid("c"), Role::Member)
+                .await
+        ),
+        C::Conflict
+    );
+}
+
+#[tokio::test]
+async fn new_members_do_not_read_what_came_before() {
+    let e = engine().await;
+    let g = group(&e, "admin", &["m1"]).await;
+    let old = send(&e, "m1", g, "old", "before you came").await.unwrap();
+    e.add_participant(&actor("admin"), g, &uid("new"), Role::Member)
+        .await
+        .unwrap();
+    send(&e, "m1", g, "new", "welcome").await.unwrap();
+    let newbie = actor("new");
+    let h = e
+        .history(&newbie, g, HistoryRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(h.messages.len(), 2, "the join and what follows");
+    assert_eq!(code(e.get_message(&newbie, old.id).await), C::NotFound);
+    assert_eq!(e.get_chat(&newbie, g).await.unwrap().unread_count, 1);
+}
+
+#[tokio::test]
+async fn membership_events() {
+    let e = engine().await;
+    let g = group(&e, "admin", &["m1"]).await;
+    let mut m1 = Client::connect(&e, "m1").await;
+    let mut newbie = Client::connect(&e, "new").await;
+    e.add_participant(&actor("admin"), g, &uid("new"), Role::Member)
+        .await
+        .unwrap();
+    assert_eq!(m1.types(), vec!["message_received", "participant_added"]);
+    assert_eq!(
+        newbie.types(),
+        vec!["message_received", "participant_added", "chat_created"]
+    );
+    e.set_role(&actor("admin"), g, &uid("m1"), Role::Moderator)
+        .await
+        .unwrap();
+    let updated = m1.next_of("chat_updated").await;
+    assert_eq!(updated["id"], g.to_string());
+    e.remove_participant(&actor("admin"), g, &uid("new"))
+        .await
+        .unwrap();
+    assert_eq!(
+        newbie.drain().last().unwrap()["type"],
+        "participant_removed"
+    );
+}
+
+// --- typing and presence -----------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn typing_goes_to_open_chats_and_expires() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let mut alice = Client::connect(&e, "alice").await;
+    let mut bob = Client::connect(&e, "bob").await;
+    let mut bob_closed = Client::connect_with(&e, "bob", "phone", 64).await;
+    bob.session.join_chat(chat).await.unwrap();
+    alice.session.join_chat(chat).await.unwrap();
+    alice.drain();
+    bob.drain();
+    alice.session.typing(chat, true).await.unwrap();
+    assert_eq!(bob.next_of("user_typing").await["user_id"], "alice");
+    assert!(alice.types().is_empty(), "not the typist");
+    assert!(
+        bob_closed.types().iter().all(|t| t != "user_typing"),
+        "only where the chat is open"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    alice.session.typing(chat, true).await.unwrap(); // renews, no second event
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        bob.types().is_empty(),
+        "renewed at 4 s, so still typing at 8 s"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(bob.types(), vec!["user_stopped_typing"]);
+    // explicit stop and stop-on-send
+    alice.session.typing(chat, true).await.unwrap();
+    send(&e, "alice", chat, "c", "x").await.unwrap();
+    assert_eq!(
+        bob.types(),
+        vec!["user_typing", "message_received", "user_stopped_typing"]
+    );
+    bob.session.leave_chat(chat);
+    alice.session.typing(chat, true).await.unwrap();
+    assert!(bob.types().is_empty(), "left the chat on this connection");
+}
+
+#[tokio::test(start_paused = true)]
+async fn presence_with_grace_and_blocks() {
+    let e = engine().await;
+    direct(&e, "alice", "bob").await;
+    direct(&e, "alice", "carol").await;
+    direct(&e, "alice", "dave").await;
+    e.block(&actor("dave"), &uid("alice"), true).await.unwrap();
+    let mut bob = Client::connect(&e, "bob").await;
+    let mut dave = Client::connect(&e, "dave").await;
+    let alice = Client::connect(&e, "alice").await;
+    assert_eq!(bob.next_of("user_online").await["user_id"], "alice");
+    // a second device does not announce again; closing one keeps her online
+    let alice2 = Client::connect_with(&e, "alice", "tablet", 64).await;
+    alice2.session.close().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(bob.types().is_empty());
+    // a reconnect within the grace period does not flap
+    alice.session.close().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let alice = Client::connect(&e, "alice").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(bob.types().is_empty());
+    alice.session.close().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let off = bob.next_of("user_offline").await;
+    assert_eq!(off["user_id"], "alice");
+    assert!(off["last_seen"].is_string());
+    assert!(dave.types().is_empty(), "no presence across a block");
+    // presence_update lists contacts with their state
+    let mut carol = Client::connect(&e, "carol").await;
+    let _ = &mut carol;
+    let (tx, mut out) = outbox(16);
+    let s = e
+        .connect(actor("alice"), DeviceId::default_device(), Arc::new(tx))
+        .await
+        .unwrap();
+    let Some(Outgoing::Frame(f)) = out.next().await else {
+        panic!()
+    };
+    let v: Value = serde_json::from_slice(&f).unwrap();
+    let users = v["data"]["users"].as_array().unwrap();
+    let bob_entry = users.iter().find(|u| u["user_id"] == "bob").unwrap();
+    assert_eq!(bob_entry["online"], true);
+    assert!(users.iter().all(|u| u["user_id"] != "dave"));
+    s.close().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn explicit_status_and_private_presence() {
+    let e = engine().await;
+    direct(&e, "alice", "bob").await;
+    let mut bob = Client::connect(&e, "bob").await;
+    let alice = Client::connect(&e, "alice").await;
+    bob.next_of("user_online").await;
+    alice.session.set_status(false).await.unwrap();
+    assert_eq!(bob.next_of("user_offline").await["user_id"], "alice");
+    alice.session.set_status(true).await.unwrap();
+    bob.next_of("user_online").await;
+    e.set_privacy(
+        &actor("alice"),
+        PrivacyPatch {
+            presence: Some(false),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    alice.session.close().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(bob.types().is_empty(), "presence turned off");
+}
+
+// --- safety, moderation, hooks ----------------------------------------------
+
+#[tokio::test]
+async fn suspension_closes_connections_and_refuses_access() {
+    let e = engine().await;
+    let mut eve = Client::connect(&e, "eve").await;
+    assert_eq!(
+        code(e.suspend(&actor("bob"), &uid("eve"), None).await),
+        C::Forbidden,
+        "admins only"
+    );
+    e.suspend(&Actor::admin(uid("root")), &uid("eve"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        eve.next().await["closed"],
+        crate::transport::CLOSE_SUSPENDED
+    );
+    assert_eq!(code(e.authorize(uid("eve"), false).await), C::Forbidden);
+    e.unsuspend(&Actor::admin(uid("root")), &uid("eve"))
+        .await
+        .unwrap();
+    assert!(e.authorize(uid("eve"), false).await.is_ok());
+}
+
+#[tokio::test]
+async fn reports_and_their_resolution() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let m = send(&e, "alice", chat, "c", "nasty").await.unwrap();
+    let r1 = e.report(&actor("bob"), m.id, "abuse").await.unwrap();
+    assert_eq!(
+        e.report(&actor("bob"), m.id, "abuse again").await.unwrap(),
+        r1,
+        "one open report per reporter"
+    );
+    assert_eq!(
+        code(e.report(&actor("bob"), m.id, "  ").await),
+        C::BadRequest
+    );
+    e.delete(&actor("alice"), m.id).await.unwrap();
+    let admin = Actor::admin(uid("root"));
+    assert_eq!(
+        code(e.list_reports(&actor("bob"), None, 10).await),
+        C::Forbidden
+    );
+    let open = e
+        .list_reports(&admin, Some(ReportStatus::Open), 10)
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        open[0].content.as_deref(),
+        Some("nasty"),
+        "evidence survives deletion"
+    );
+    let done = e
+        .resolve_report(&admin, r1, ReportStatus::Resolved, Some("warned".into()))
+        .await
+        .unwrap();
+    assert_eq!(done.resolved_by, Some(uid("root")));
+    assert_eq!(
+        code(
+            e.resolve_report(&admin, r1, ReportStatus::Dismissed, None)
+                .await
+        ),
+        C::Conflict
+    );
+}
+
+#[derive(Debug)]
+struct WordHook;
+
+#[async_trait::async_trait]
+impl MessageHook for WordHook {
+    async fn before_store(&self, ctx: &HookContext<'_>) -> Result<HookDecision> {
+        Ok(match ctx.content {
+            Some(c) if c.contains("forbidden") => HookDecision::Reject {
+                reason: "not here".into(),
+            },
+            Some(c) if c.contains("hopeless") => HookDecision::Flag {
+                reason: "crisis".into(),
+            },
+            _ => HookDecision::Allow,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<Notification>>);
+
+#[async_trait::async_trait]
+impl Notifier for Recorder {
+    async fn notify(&self, batch: Vec<Notification>) -> Result<()> {
+        self.0.lock().unwrap().extend(batch);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn hooks_reject_or_flag_and_offline_users_get_pushed() {
+    let recorder = Arc::new(Recorder::default());
+    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
+        .hook(Arc::new(WordHook))
+        .notifier(recorder.clone())
+        .build()
+        .await
+        .unwrap();
+    let chat = direct(&e, "alice", "bob").await;
+    let _carol_online = Client::connect(&e, "carol").await;
+    assert_eq!(
+        code(send(&e, "alice", chat, "c1", "forbidden word").await),
+        C::Forbidden
+    );
+    let m = send(&e, "alice", chat, "c2", "I feel hopeless")
+        .await
+        .unwrap();
+    let reports = e
+        .list_reports(&Actor::admin(uid("root")), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].reporter_id.as_str(), SYSTEM_REPORTER);
+    assert_eq!(reports[0].message_id, m.id);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pushed = recorder.0.lock().unwrap().clone();
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].user_id.as_str(), "bob");
+    assert_eq!(pushed[0].message_id, m.id);
+}
+
+// --- connections ---------------------------------------------------------
+
+#[tokio::test]
+async fn slow_consumers_are_closed_not_buffered() {
+    let e = engine().await;
+    let g = group(&e, "alice", &["bob"]).await;
+    let (tx, mut out) = outbox(4);
+    let _bob = e
+        .connect(actor("bob"), DeviceId::default_device(), Arc::new(tx))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        send(&e, "alice", g, &format!("c{i}"), "flood")
+            .await
+            .unwrap();
+    }
+    let mut frames = 0;
+    loop {
+        match out.next().await {
+            Some(Outgoing::Frame(_)) => frames += 1,
+            Some(Outgoing::Close(code, _)) => {
+                assert_eq!(code, crate::transport::CLOSE_TOO_SLOW);
+                break;
+            }
+            None => panic!("no close"),
+        }
+    }
+    assert!(frames <= 4);
+    assert_eq!(
+        e.hub()
+            .stats()
+            .slow_closed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn connections_per_user_are_limited() {
+    let e = engine_with(EngineConfig {
+        max_connections_per_user: 2,
+        ..Default::default()
+    })
+    .await
+    .0;
+    let _a = Client::connect(&e, "alice").await;
+    let _b = Client::connect_with(&e, "alice", "d2", 8).await;
+    let (tx, _out) = outbox(8);
+    let third = e
+        .connect(actor("alice"), DeviceId::default_device(), Arc::new(tx))
+        .await;
+    assert_eq!(code(third), C::Conflict);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_arrive_in_seq_order() {
+    let e = engine().await;
+    let g = group(&e, "alice", &["bob", "carol"]).await;
+    let mut bob = Client::connect_with(&e, "bob", "default", 10_000).await;
+    let mut tasks = Vec::new();
+    for sender in ["alice", "carol"] {
+        for t in 0..8 {
+            let e = e.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    send(&e, sender, g, &format!("{sender}-{t}-{i}"), "x")
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seqs: Vec<u64> = bob
+        .drain()
+        .into_iter()
+        .filter(|f| f["type"] == "message_received")
+        .map(|f| f["data"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn shutdown_finishes_queued_writes_then_refuses() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let pending: Vec<_> = (0..20)
+        .map(|i| {
+            let e = e.clone();
+            tokio::spawn(async move { send(&e, "alice", chat, &format!("c{i}"), "x").await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    e.shutdown().await;
+    let acked = futures::future::join_all(pending)
+        .await
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Ok(_))))
+        .count() as u64;
+    assert_eq!(
+        e.store().get_chat(chat).await.unwrap().unwrap().last_seq,
+        acked,
+        "every ack is stored"
+    );
+    assert_eq!(
+        code(send(&e, "alice", chat, "late", "x").await),
+        C::Internal
+    );
+}
+
+// --- the dispatcher --------------------------------------------------------
+
+#[tokio::test]
+async fn dispatcher_answers_every_command_with_an_id() {
+    let e = engine().await;
+    let alice = Client::connect(&e, "alice").await;
+    let r = alice
+        .cmd(serde_json::json!({"type": "ping", "id": "p1"}))
+        .await;
+    assert_eq!(
+        r,
+        serde_json::json!({"type": "ack", "id": "p1", "data": {}})
+    );
+    let r = alice
+        .cmd(serde_json::json!({"type": "create_direct", "id": "r1", "data": {"user_id": "bob"}}))
+        .await;
+    assert_eq!(r["type"], "ack");
+    let chat_id = r["data"]["chat"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["data"]["chat"]["type"], "direct");
+    assert_eq!(r["data"]["chat"]["unread_count"], 0);
+    let r = alice
+        .cmd(serde_json::json!({"type": "send_message", "id": "r2",
+            "data": {"chat_id": chat_id, "client_msg_id": "c-1", "content": "hello"}}))
+        .await;
+    assert_eq!(r["data"]["message"]["seq"], 1);
+    assert_eq!(r["data"]["message"]["type"], "text");
+    assert_eq!(r["data"]["message"]["client_msg_id"], "c-1");
+    let r = alice
+        .cmd(serde_json::json!({"type": "history", "id": "r3", "data": {"chat_id": chat_id}}))
+        .await;
+    assert_eq!(r["data"]["has_more"], false);
+    let r = alice
+        .cmd(serde_json::json!({"type": "sync", "id": "r4", "data": {"cursors": {}}}))
+        .await;
+    assert_eq!(r["data"]["chats"][0]["changes"][0]["content"], "hello");
+    // errors carry the id and a code
+    let r = alice
+        .cmd(serde_json::json!({"type": "nope", "id": "r5"}))
+        .await;
+    assert_eq!(
+        (
+            r["type"].as_str(),
+            r["id"].as_str(),
+            r["data"]["code"].as_str()
+        ),
+        (Some("error"), Some("r5"), Some("bad_request"))
+    );
+    let r = alice
+        .cmd(serde_json::json!({"type": "send_message", "id": "r6", "data": {"chat_id": chat_id}}))
+        .await;
+    assert_eq!(r["data"]["code"], "bad_request");
+    let r = alice
+        .cmd(serde_json::json!({"type": "join_chat", "id": "r7", "data": {"chat_id": ChatId::new()}}))
+        .await;
+    assert_eq!(r["data"]["code"], "not_found");
+    let raw = crate::protocol::dispatch_text(&alice.session, "{not json")
+        .await
+        .unwrap();
+    let r: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(r["type"], "error");
+    assert!(r.get("id").is_none());
+    // without id: success is silent
+    assert!(
+        crate::protocol::dispatch_text(&alice.session, r#"{"type":"ping"}"#)
+            .await
+            .is_none()
+    );
+}

@@ -1,0 +1,215 @@
+//! From a parsed command of an authenticated connection to engine calls.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{
+    commands::{ClientCommand, ParseError, parse_request},
+    events::{ErrorBody, to_frame},
+};
+use crate::{
+    engine::{HistoryRequest, Receipt, Session},
+    error::{Error, Result},
+    model::Role,
+    store::GroupPatch,
+};
+
+#[derive(Serialize)]
+struct Reply<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    data: T,
+}
+
+/// An `ack` frame answering request `id`.
+pub fn ack_frame(id: &str, data: &Value) -> Bytes {
+    to_frame(&Reply {
+        kind: "ack",
+        id: Some(id),
+        data,
+    })
+}
+
+/// An `error` frame, answering request `id` if there is one.
+pub fn error_frame(id: Option<&str>, error: &Error) -> Bytes {
+    if let Error::Backend { source } = error {
+        tracing::error!(error = %source, "internal error answering a command");
+    }
+    to_frame(&Reply {
+        kind: "error",
+        id,
+        data: ErrorBody::from(error),
+    })
+}
+
+/// Handles one text frame of an authenticated connection: parses it, runs
+/// the command, and returns the answer to send back, if any (an `ack` for
+/// commands with an `id`, an `error` for any failure).
+pub async fn dispatch_text(session: &Session, text: &str) -> Option<Bytes> {
+    match parse_request(text) {
+        Ok(request) => {
+            let id = request.id;
+            match execute(session, request.command).await {
+                Ok(data) => id.map(|id| ack_frame(&id, &data)),
+                Err(e) => Some(error_frame(id.as_deref(), &e)),
+            }
+        }
+        Err(ParseError { id, error }) => Some(error_frame(id.as_deref(), &error)),
+    }
+}
+
+fn to_value<T: Serialize>(value: T) -> Result<Value> {
+    serde_json::to_value(value).map_err(Error::backend)
+}
+
+/// Runs a command; the result is the `data` of its `ack`.
+pub async fn execute(session: &Session, command: ClientCommand) -> Result<Value> {
+    let engine = session.engine();
+    let actor = session.actor();
+    let empty = || Ok(json!({}));
+    match command {
+        ClientCommand::Authenticate { .. } => {
+            Err(Error::invalid("this connection is already authenticated"))
+        }
+        ClientCommand::CreateDirect {
+            user_id,
+            encryption,
+        } => {
+            let opened = engine.create_direct(actor, &user_id, encryption).await?;
+            Ok(json!({ "chat": to_value(opened.chat)? }))
+        }
+        ClientCommand::CreateGroup(group) => {
+            let chat = engine.create_group(actor, group).await?;
+            Ok(json!({ "chat": to_value(chat)? }))
+        }
+        ClientCommand::JoinChat { chat_id } => {
+            let (chat, messages) = session.join_chat(chat_id).await?;
+            Ok(json!({ "chat": to_value(chat)?, "messages": to_value(messages)? }))
+        }
+        ClientCommand::LeaveChat { chat_id } => {
+            session.leave_chat(chat_id);
+            empty()
+        }
+        ClientCommand::SendMessage(req) => {
+            let message = engine.send(actor, req).await?;
+            Ok(json!({ "message": to_value(message)? }))
+        }
+        ClientCommand::EditMessage {
+            message_id,
+            content,
+        } => {
+            let message = engine.edit(actor, message_id, &content).await?;
+            Ok(json!({ "message": to_value(message)? }))
+        }
+        ClientCommand::DeleteMessage { message_id } => {
+            engine.delete(actor, message_id).await?;
+            Ok(json!({ "message_id": message_id }))
+        }
+        ClientCommand::MarkDelivered { chat_id, up_to_seq } => {
+            engine
+                .mark(actor, chat_id, Receipt::Delivered, up_to_seq)
+                .await?;
+            empty()
+        }
+        ClientCommand::MarkAsRead { chat_id, up_to_seq } => {
+            engine
+                .mark(actor, chat_id, Receipt::Read, up_to_seq)
+                .await?;
+            empty()
+        }
+        ClientCommand::TypingStart { chat_id } => {
+            session.typing(chat_id, true).await?;
+            empty()
+        }
+        ClientCommand::TypingStop { chat_id } => {
+            session.typing(chat_id, false).await?;
+            empty()
+        }
+        ClientCommand::UserOnline {} => {
+            session.set_status(true).await?;
+            empty()
+        }
+        ClientCommand::UserOffline {} => {
+            session.set_status(false).await?;
+            empty()
+        }
+        ClientCommand::AddParticipant {
+            chat_id,
+            user_id,
+            role,
+        } => {
+            engine
+                .add_participant(actor, chat_id, &user_id, role.unwrap_or(Role::Member))
+                .await?;
+            empty()
+        }
+        ClientCommand::RemoveParticipant { chat_id, user_id } => {
+            engine.remove_participant(actor, chat_id, &user_id).await?;
+            empty()
+        }
+        ClientCommand::UpdateGroup {
+            chat_id,
+            name,
+            description,
+            avatar_url,
+        } => {
+            let patch = GroupPatch {
+                name,
+                description,
+                avatar_url,
+            };
+            let chat = engine.update_group(actor, chat_id, patch).await?;
+            Ok(json!({ "chat": to_value(chat)? }))
+        }
+        ClientCommand::SetRole {
+            chat_id,
+            user_id,
+            role,
+        } => {
+            engine.set_role(actor, chat_id, &user_id, role).await?;
+            empty()
+        }
+        ClientCommand::History {
+            chat_id,
+            before_seq,
+            after_seq,
+            limit,
+        } => {
+            let req = HistoryRequest {
+                before_seq,
+                after_seq,
+                limit,
+            };
+            to_value(engine.history(actor, chat_id, req).await?)
+        }
+        ClientCommand::Sync { cursors } => to_value(engine.sync(actor, &cursors).await?),
+        ClientCommand::React { message_id, emoji } => {
+            let message = engine.react(actor, message_id, &emoji, true).await?;
+            Ok(json!({ "message": to_value(message)? }))
+        }
+        ClientCommand::Unreact { message_id, emoji } => {
+            let message = engine.react(actor, message_id, &emoji, false).await?;
+            Ok(json!({ "message": to_value(message)? }))
+        }
+        ClientCommand::SetPrivacy(patch) => {
+            let privacy = engine.set_privacy(actor, patch).await?;
+            Ok(json!({ "privacy": to_value(privacy)? }))
+        }
+        ClientCommand::BlockUser { user_id } => {
+            engine.block(actor, &user_id, true).await?;
+            empty()
+        }
+        ClientCommand::UnblockUser { user_id } => {
+            engine.block(actor, &user_id, false).await?;
+            empty()
+        }
+        ClientCommand::Report { message_id, reason } => {
+            let report_id = engine.report(actor, message_id, &reason).await?;
+            Ok(json!({ "report_id": report_id }))
+        }
+        ClientCommand::Ping {} => empty(),
+    }
+}

@@ -1,0 +1,143 @@
+//! Server-to-client frames.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::{
+    error::{Error, ErrorCode},
+    model::{ChatId, ChatView, Message, MessageId, Role, Timestamp, UserId},
+};
+
+/// An event from the server to a client (PROTOCOL.md, "Events").
+///
+/// Serialized as `{"type": "<snake_case name>", "data": {...}}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+#[non_exhaustive]
+#[allow(missing_docs)] // the fields are documented in PROTOCOL.md
+pub enum ServerEvent {
+    /// A new message (also the system messages of membership changes).
+    MessageReceived(Message),
+    /// A message was edited.
+    MessageEdited(Message),
+    /// A message was deleted.
+    MessageDeleted {
+        chat_id: ChatId,
+        message_id: MessageId,
+        seq: u64,
+        updated_seq: u64,
+    },
+    /// A participant's delivered watermark moved.
+    MessageDelivered {
+        chat_id: ChatId,
+        user_id: UserId,
+        up_to_seq: u64,
+    },
+    /// A participant's read watermark moved.
+    MessageRead {
+        chat_id: ChatId,
+        user_id: UserId,
+        up_to_seq: u64,
+    },
+    /// Someone started typing.
+    UserTyping { chat_id: ChatId, user_id: UserId },
+    /// Someone stopped typing (or their typing expired).
+    UserStoppedTyping { chat_id: ChatId, user_id: UserId },
+    /// A contact came online.
+    UserOnline { user_id: UserId },
+    /// A contact went offline.
+    UserOffline {
+        user_id: UserId,
+        last_seen: Option<Timestamp>,
+    },
+    /// Presence of every contact, once after authentication.
+    PresenceUpdate { users: Vec<PresenceEntry> },
+    /// A reaction was added.
+    ReactionAdded {
+        chat_id: ChatId,
+        message_id: MessageId,
+        user_id: UserId,
+        emoji: String,
+        updated_seq: u64,
+    },
+    /// A reaction was removed.
+    ReactionRemoved {
+        chat_id: ChatId,
+        message_id: MessageId,
+        user_id: UserId,
+        emoji: String,
+        updated_seq: u64,
+    },
+    /// The recipient is a member of a new chat.
+    ChatCreated(ChatView),
+    /// Someone joined a chat.
+    ParticipantAdded {
+        chat_id: ChatId,
+        user_id: UserId,
+        role: Role,
+    },
+    /// Someone left or was removed.
+    ParticipantRemoved { chat_id: ChatId, user_id: UserId },
+    /// Group fields or roles changed.
+    ChatUpdated(ChatView),
+    /// An error not tied to a request id.
+    Error(ErrorBody),
+    /// Authentication failed; the connection closes.
+    AuthenticationError { message: String },
+    /// A command was refused by the rate limiter and not executed.
+    RateLimitExceeded {
+        retry_after_ms: u64,
+        command: String,
+    },
+}
+
+/// One user's presence in a `presence_update`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresenceEntry {
+    /// Who.
+    pub user_id: UserId,
+    /// Whether they have a live connection (and let others see it).
+    pub online: bool,
+    /// When they were last online (`None` if unknown or private).
+    pub last_seen: Option<Timestamp>,
+}
+
+/// The `data` of an `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl From<&Error> for ErrorBody {
+    fn from(e: &Error) -> Self {
+        Self {
+            code: e.code(),
+            message: e.public_message(),
+        }
+    }
+}
+
+impl ServerEvent {
+    /// The event serialized as one text frame.
+    pub fn to_frame(&self) -> Bytes {
+        to_frame(self)
+    }
+}
+
+/// Serializes a frame. Our types always serialize (string keys, no
+/// non-finite floats); should that ever break, the client gets an
+/// `internal` error instead of a panic.
+pub(crate) fn to_frame<T: Serialize>(value: &T) -> Bytes {
+    match serde_json::to_vec(value) {
+        Ok(v) => Bytes::from(v),
+        Err(e) => {
+            tracing::error!(error = %e, "failed to serialize a frame");
+            Bytes::from_static(
+                br#"{"type":"error","data":{"code":"internal","message":"internal error"}}"#,
+            )
+        }
+    }
+}
