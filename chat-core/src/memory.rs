@@ -503,7 +503,7 @@ impl Store for MemoryStore {
                     .is_none_or(|after| (c.last_activity, c.id) < after)
             })
             .collect();
-        chats.sort_by(|a, b| (b.last_activity, b.id).cmp(&(a.last_activity, a.id)));
+        chats.sort_by_key(|c| std::cmp::Reverse((c.last_activity, c.id)));
         Ok(chats.into_iter().take(query.limit).cloned().collect())
     }
 
