@@ -65,7 +65,8 @@ pub mod transport;
 
 pub use bus::{Bus, LocalBus};
 pub use engine::{
-    Actor, ChatEngine, EngineBuilder, EngineConfig, NewGroup, Receipt, SendMessage, Session,
+    Actor, ChatEngine, EngineBuilder, EngineConfig, ModerationAction, NewGroup, Receipt,
+    SendMessage, Session,
 };
 
 pub use error::{BoxError, Error, ErrorCode, Result};

@@ -1,1 +1,489 @@
-//! placeholder
+//! SQLite implementation of the chat engine's [`Store`]: the embedded
+//! default, for a single node.
+//!
+//! [`SqliteStore`] keeps everything in one database file (through
+//! [`rusqlite`], SQLite compiled in):
+//!
+//! - **One writer, group commit.** Every write is a job for one thread that
+//!   owns the write connection. It takes the first waiting job and every job
+//!   queued behind it at that moment (up to [`SqliteConfig::batch_max`]
+//!   changes), runs them in one transaction, each change inside its own
+//!   SAVEPOINT (a failing change rolls back only itself and fails only its
+//!   caller), commits once and then answers the callers. One fsync serves
+//!   the whole group. Seqs are taken on that thread, so they are gap-free
+//!   without locks.
+//! - **Readers** use their own connections ([`SqliteConfig::readers`] of
+//!   them) on tokio's blocking pool, each read in one snapshot. Callers
+//!   never block a runtime thread.
+//! - **Durability.** `journal_mode=WAL` and, by default,
+//!   `synchronous=FULL`: when [`Store::apply`] returns, its `Ok` changes
+//!   are in the WAL and fsynced, so they survive a crash of the process
+//!   and a power loss. [`Synchronous::Normal`] keeps them across a process
+//!   crash but may lose the last commits on power loss;
+//!   [`Synchronous::Off`] is for tests.
+//! - **Schema.** Versioned migrations (`PRAGMA user_version`, see
+//!   [`SCHEMA_VERSION`]) run in one transaction when the store opens.
+//!
+//! Dropping the store lets the writer finish the jobs already queued, then
+//! it closes its connection and exits; [`SqliteStore::close`] does the same
+//! and waits for it.
+//!
+//! # Layout
+//!
+//! | module | what |
+//! |---|---|
+//! | `schema` | migrations |
+//! | `writer` | the writer thread and its group commit |
+//! | `write` | write operations, run by the writer |
+//! | `readers`, `read` | the read pool and the queries |
+//! | `error` | [`Error`] and its conversion into [`chat_core::Error`] |
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use chat_core::{
+//!     ChatId, ChatKind, MessageId, MessageType, Role, Store, Timestamp, UserId,
+//!     store::{Applied, Change, NewChat, NewMessage},
+//! };
+//! use chat_store_sqlite::SqliteStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("chat.db"))?);
+//!
+//! let alice = UserId::new("alice")?;
+//! let (chat, created) = store
+//!     .create_chat(NewChat {
+//!         id: ChatId::new(),
+//!         kind: ChatKind::Group,
+//!         name: Some("team".into()),
+//!         description: None,
+//!         avatar_url: None,
+//!         encryption: Default::default(),
+//!         participants: vec![(alice.clone(), Role::Admin)],
+//!         created_at: Timestamp::now(),
+//!     })
+//!     .await?;
+//! assert!(created);
+//!
+//! let post = Change::Post(NewMessage {
+//!     id: MessageId::new(),
+//!     chat_id: chat.id,
+//!     sender_id: alice,
+//!     kind: MessageType::Text,
+//!     content: Some("hello".into()),
+//!     media: None,
+//!     reply_to: None,
+//!     client_msg_id: Some("c-1".into()),
+//!     system: None,
+//!     created_at: Timestamp::now(),
+//! });
+//! let mut results = store.apply(vec![post]).await;
+//! let Some(Ok(Applied::Posted { message, .. })) = results.pop() else {
+//!     panic!("the post failed");
+//! };
+//! assert_eq!(message.seq, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod read;
+mod readers;
+mod schema;
+mod write;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use chat_core::{
+    Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Privacy, Report, ReportId,
+    ReportStatus, Store, Timestamp, UserId, UserRecord,
+    store::{Applied, Change, ChatListQuery, HistoryQuery, NewChat, ReportResolution},
+};
+use rusqlite::{Connection, OpenFlags};
+
+pub use error::Error;
+pub use rusqlite;
+pub use schema::SCHEMA_VERSION;
+pub use writer::CommitStats;
+
+use crate::{readers::Readers, writer::Writer};
+
+/// SQLite's `synchronous` setting: how much durability a commit buys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// fsync the WAL at every commit: an acknowledged write survives a
+    /// crash of the process and a power loss. The default.
+    #[default]
+    Full,
+    /// fsync only at checkpoints: an acknowledged write survives a crash of
+    /// the process, but the last ones may be lost on power loss.
+    Normal,
+    /// Never fsync: fastest, for tests and throwaway data.
+    Off,
+}
+
+impl Synchronous {
+    fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Off => "OFF",
+        }
+    }
+}
+
+/// How a [`SqliteStore`] is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// Durability of a commit. Default [`Synchronous::Full`].
+    pub synchronous: Synchronous,
+    /// Number of read connections (at least 1). Default 4.
+    pub readers: usize,
+    /// How long a connection waits for a lock held by another connection
+    /// (another process, or a checkpoint) before failing. Default 5 s.
+    pub busy_timeout: Duration,
+    /// Most changes one group commit carries (at least 1; a single
+    /// `apply` with more changes is committed alone). Default 1000.
+    pub batch_max: usize,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            batch_max: 1000,
+        }
+    }
+}
+
+/// The SQLite [`Store`]. See the [crate docs](crate) for how it works.
+pub struct SqliteStore {
+    path: PathBuf,
+    config: SqliteConfig,
+    writer: Writer,
+    writer_thread: JoinHandle<()>,
+    readers: Arc<Readers>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Prepared statements cached per connection; more than the store uses.
+const STATEMENT_CACHE: usize = 128;
+
+fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection, Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(config.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::NotWal(mode));
+    }
+    conn.pragma_update(None, "synchronous", config.synchronous.as_str())?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path` with the default
+    /// [`SqliteConfig`], and migrates it to [`SCHEMA_VERSION`].
+    ///
+    /// Blocks while it opens the file and migrates; call it before the
+    /// runtime is busy, or inside `spawn_blocking`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_with(path, SqliteConfig::default())
+    }
+
+    /// Opens (or creates) the database at `path` with `config`, and
+    /// migrates it to [`SCHEMA_VERSION`].
+    pub fn open_with(path: impl AsRef<Path>, config: SqliteConfig) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = connect(&path, &config)?;
+        schema::migrate(&mut conn)?;
+        let readers = (0..config.readers.max(1))
+            .map(|_| {
+                let conn = connect(&path, &config)?;
+                conn.pragma_update(None, "query_only", true)?;
+                Ok(conn)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let (writer, writer_thread) = Writer::spawn(conn, config.batch_max)?;
+        tracing::debug!(path = %path.display(), ?config, "opened SQLite store");
+        Ok(Self {
+            path,
+            config,
+            writer,
+            writer_thread,
+            readers: Arc::new(Readers::new(readers)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &SqliteConfig {
+        &self.config
+    }
+
+    /// How many group commits the writer has made, and what they carried:
+    /// `changes / commits` is the average group size.
+    pub fn stats(&self) -> CommitStats {
+        self.writer.stats()
+    }
+
+    /// Closes the store: the writer finishes every queued job, closes its
+    /// connection and exits; returns when it has.
+    pub async fn close(self) -> Result<(), Error> {
+        let SqliteStore {
+            writer,
+            writer_thread,
+            readers,
+            ..
+        } = self;
+        drop(writer);
+        drop(readers);
+        tokio::task::spawn_blocking(move || writer_thread.join())
+            .await?
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Runs one write operation as its own step of a group commit.
+    async fn write<T, F>(&self, f: F) -> chat_core::Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.writer.submit(1, move |batch| batch.step(f)).await {
+            Ok(out) => out.map_err(Into::into),
+            Err(failed) => Err(Error::from(failed).into()),
+        }
+    }
+
+    /// Runs a query on a read connection.
+    async fn read<T, F>(&self, f: F) -> chat_core::Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.readers.read(f).await.map_err(Into::into)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn apply(&self, changes: Vec<Change>) -> Vec<chat_core::Result<Applied>> {
+        let n = changes.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let submitted = self
+            .writer
+            .submit(n, move |batch| {
+                changes
+                    .into_iter()
+                    .map(|change| {
+                        batch
+                            .step(|conn| write::apply(conn, change))
+                            .map_err(chat_core::Error::from)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        match submitted {
+            Ok(results) => results,
+            Err(failed) => (0..n)
+                .map(|_| Err(Error::from(failed.clone()).into()))
+                .collect(),
+        }
+    }
+
+    async fn create_chat(&self, chat: NewChat) -> chat_core::Result<(Chat, bool)> {
+        self.write(move |conn| write::create_chat(conn, chat)).await
+    }
+
+    async fn get_chat(&self, id: ChatId) -> chat_core::Result<Option<Chat>> {
+        self.read(move |conn| read::chat(conn, id)).await
+    }
+
+    async fn find_direct_chat(&self, a: &UserId, b: &UserId) -> chat_core::Result<Option<Chat>> {
+        let (a, b) = (a.clone(), b.clone());
+        self.read(move |conn| read::direct_chat(conn, &a, &b)).await
+    }
+
+    async fn list_chats(
+        &self,
+        user: &UserId,
+        query: ChatListQuery,
+    ) -> chat_core::Result<Vec<Chat>> {
+        let user = user.clone();
+        self.read(move |conn| read::list_chats(conn, &user, query))
+            .await
+    }
+
+    async fn co_members(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {
+        let user = user.clone();
+        self.read(move |conn| read::co_members(conn, &user)).await
+    }
+
+    async fn get_message(&self, id: MessageId) -> chat_core::Result<Option<Message>> {
+        self.read(move |conn| read::message(conn, id)).await
+    }
+
+    async fn find_by_client_id(
+        &self,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> chat_core::Result<Option<Message>> {
+        let (sender, cid) = (sender.clone(), client_msg_id.to_owned());
+        self.read(move |conn| read::by_client_id(conn, &sender, &cid))
+            .await
+    }
+
+    async fn history(&self, chat: ChatId, query: HistoryQuery) -> chat_core::Result<Vec<Message>> {
+        self.read(move |conn| read::history(conn, chat, query))
+            .await
+    }
+
+    async fn changes(
+        &self,
+        chat: ChatId,
+        after_updated_seq: u64,
+        from_seq: u64,
+        limit: usize,
+    ) -> chat_core::Result<Vec<Message>> {
+        self.read(move |conn| read::changes(conn, chat, after_updated_seq, from_seq, limit))
+            .await
+    }
+
+    async fn unread_count(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        after_seq: u64,
+    ) -> chat_core::Result<u64> {
+        let user = user.clone();
+        self.read(move |conn| read::unread_count(conn, chat, &user, after_seq))
+            .await
+    }
+
+    async fn set_block(
+        &self,
+        blocker: &UserId,
+        blocked: &UserId,
+        on: bool,
+    ) -> chat_core::Result<bool> {
+        let (blocker, blocked) = (blocker.clone(), blocked.clone());
+        self.write(move |conn| write::set_block(conn, &blocker, &blocked, on))
+            .await
+    }
+
+    async fn blocked_by_user(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {
+        let user = user.clone();
+        self.read(move |conn| read::blocked_by_user(conn, &user))
+            .await
+    }
+
+    async fn blockers_of(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {
+        let user = user.clone();
+        self.read(move |conn| read::blockers_of(conn, &user)).await
+    }
+
+    async fn is_blocked_either(&self, a: &UserId, b: &UserId) -> chat_core::Result<bool> {
+        let (a, b) = (a.clone(), b.clone());
+        self.read(move |conn| read::is_blocked_either(conn, &a, &b))
+            .await
+    }
+
+    async fn get_user(&self, user: &UserId) -> chat_core::Result<Option<UserRecord>> {
+        let user = user.clone();
+        self.read(move |conn| read::user_record(conn, &user)).await
+    }
+
+    async fn set_last_seen(&self, user: &UserId, at: Timestamp) -> chat_core::Result<()> {
+        let user = user.clone();
+        self.write(move |conn| write::set_last_seen(conn, &user, at))
+            .await
+    }
+
+    async fn set_privacy(&self, user: &UserId, privacy: Privacy) -> chat_core::Result<()> {
+        let user = user.clone();
+        self.write(move |conn| write::set_privacy(conn, &user, privacy))
+            .await
+    }
+
+    async fn set_suspension(
+        &self,
+        user: &UserId,
+        until: Option<Timestamp>,
+    ) -> chat_core::Result<()> {
+        let user = user.clone();
+        self.write(move |conn| write::set_suspension(conn, &user, until))
+            .await
+    }
+
+    async fn insert_report(&self, report: Report) -> chat_core::Result<Report> {
+        self.write(move |conn| write::insert_report(conn, report))
+            .await
+    }
+
+    async fn get_report(&self, id: ReportId) -> chat_core::Result<Option<Report>> {
+        self.read(move |conn| read::report(conn, id)).await
+    }
+
+    async fn list_reports(
+        &self,
+        status: Option<ReportStatus>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<Report>> {
+        self.read(move |conn| read::list_reports(conn, status, limit))
+            .await
+    }
+
+    async fn resolve_report(&self, resolution: ReportResolution) -> chat_core::Result<Report> {
+        self.write(move |conn| write::resolve_report(conn, resolution))
+            .await
+    }
+
+    async fn insert_media(&self, record: MediaRecord) -> chat_core::Result<()> {
+        self.write(move |conn| write::insert_media(conn, record))
+            .await
+    }
+
+    async fn get_media(&self, id: MediaId) -> chat_core::Result<Option<MediaRecord>> {
+        self.read(move |conn| read::media(conn, id)).await
+    }
+}
+
+/// The embedding example of the workspace README, compiled and run as a
+/// doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

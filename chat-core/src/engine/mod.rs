@@ -1297,19 +1297,39 @@ impl ChatEngine {
             .await
     }
 
-    /// Closes a report as resolved or dismissed.
+    /// Closes a report: dismisses it, or deletes the reported message, or
+    /// suspends its sender (forever, or until `until`), and records who
+    /// decided and why.
     pub async fn resolve_report(
         &self,
         actor: &Actor,
         id: ReportId,
-        status: ReportStatus,
+        action: ModerationAction,
         note: Option<String>,
     ) -> Result<Report> {
         Self::require_admin(actor)?;
-        if status == ReportStatus::Open {
-            return Err(Error::invalid("a resolution is resolved or dismissed"));
-        }
         let note = optional_text("note", note.as_deref(), MAX_REASON)?;
+        let report = self
+            .inner
+            .store
+            .get_report(id)
+            .await?
+            .ok_or_else(|| Error::not_found("report not found"))?;
+        if report.status != ReportStatus::Open {
+            return Err(Error::conflict("the report is closed already"));
+        }
+        let status = match action {
+            ModerationAction::Dismiss => ReportStatus::Dismissed,
+            ModerationAction::DeleteMessage => {
+                self.moderator_delete(actor, report.message_id).await?;
+                ReportStatus::Resolved
+            }
+            ModerationAction::SuspendUser { until } => {
+                self.suspend(actor, &report.reported_user_id, until).await?;
+                ReportStatus::Resolved
+            }
+        };
+        tracing::info!(admin = %actor.user_id, report = %id, ?action, "report resolved");
         self.inner
             .store
             .resolve_report(ReportResolution {
@@ -1321,6 +1341,49 @@ impl ChatEngine {
             })
             .await
     }
+
+    /// Deletes any message (service admins), leaving a tombstone.
+    pub async fn moderator_delete(&self, actor: &Actor, message_id: MessageId) -> Result<Message> {
+        Self::require_admin(actor)?;
+        let message = self
+            .inner
+            .store
+            .get_message(message_id)
+            .await?
+            .ok_or_else(|| Error::not_found("message not found"))?;
+        let chat = self
+            .inner
+            .store
+            .get_chat(message.chat_id)
+            .await?
+            .ok_or_else(|| Error::not_found("message not found"))?;
+        if message.deleted {
+            return Ok(message);
+        }
+        let change = Change::Delete {
+            chat_id: chat.id,
+            message_id,
+            at: self.now(),
+        };
+        self.updated(change, Fanout::new(&chat, EventKind::Delete))
+            .await
+    }
+}
+
+/// What an admin does about a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum ModerationAction {
+    /// Nothing to do.
+    Dismiss,
+    /// Delete the reported message.
+    DeleteMessage,
+    /// Suspend the reported message's sender.
+    SuspendUser {
+        /// Until when; forever if absent.
+        #[serde(default)]
+        until: Option<Timestamp>,
+    },
 }
 
 fn unexpected() -> Error {

@@ -1121,17 +1121,38 @@ async fn reports_and_their_resolution() {
         "evidence survives deletion"
     );
     let done = e
-        .resolve_report(&admin, r1, ReportStatus::Resolved, Some("warned".into()))
+        .resolve_report(&admin, r1, ModerationAction::Dismiss, Some("warned".into()))
         .await
         .unwrap();
     assert_eq!(done.resolved_by, Some(uid("root")));
+    assert_eq!(done.status, ReportStatus::Dismissed);
     assert_eq!(
         code(
-            e.resolve_report(&admin, r1, ReportStatus::Dismissed, None)
+            e.resolve_report(&admin, r1, ModerationAction::Dismiss, None)
                 .await
         ),
         C::Conflict
     );
+    // acting on a report: delete the message, suspend the sender
+    let m2 = send(&e, "alice", chat, "c2", "worse").await.unwrap();
+    let r2 = e.report(&actor("bob"), m2.id, "abuse").await.unwrap();
+    let done = e
+        .resolve_report(&admin, r2, ModerationAction::DeleteMessage, None)
+        .await
+        .unwrap();
+    assert_eq!(done.status, ReportStatus::Resolved);
+    assert!(e.get_message(&actor("bob"), m2.id).await.unwrap().deleted);
+    let m3 = send(&e, "alice", chat, "c3", "again").await.unwrap();
+    let r3 = e.report(&actor("bob"), m3.id, "abuse").await.unwrap();
+    e.resolve_report(
+        &admin,
+        r3,
+        ModerationAction::SuspendUser { until: None },
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code(e.authorize(uid("alice"), false).await), C::Forbidden);
 }
 
 #[derive(Debug)]

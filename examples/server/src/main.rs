@@ -1,1 +1,189 @@
-fn main() {}
+//! Run with: cargo run -p chat-server -- --dev
+//!
+//! The standalone chat server: `chat-core` with the SQLite store, the local
+//! bus and the WebSocket/HTTP transport, speaking PROTOCOL.md.
+
+mod config;
+
+use std::{io::Write, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+
+use chat_core::{ChatEngine, UserId};
+use chat_store_sqlite::SqliteStore;
+use chat_transport_ws::{WsConfig, auth::AuthConfig, auth::issue_hs256};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Cli, ServeArgs, Settings, TokenArgs};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("token") => TokenArgs::try_parse_from(args.iter().skip(1))
+            .map_err(clap_exit)
+            .and_then(token),
+        Some("serve") => ServeArgs::try_parse_from(args.iter().skip(1))
+            .map_err(clap_exit)
+            .and_then(serve),
+        _ => Cli::try_parse_from(&args)
+            .map_err(clap_exit)
+            .and_then(|cli| serve(cli.serve)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            if !msg.is_empty() {
+                eprintln!("{msg}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// An exit code and what to print.
+struct Failure(u8, String);
+
+fn clap_exit(e: clap::Error) -> Failure {
+    let code = if e.use_stderr() { 2 } else { 0 };
+    let _ = e.print();
+    Failure(code, String::new())
+}
+
+fn fail(msg: impl std::fmt::Display) -> Failure {
+    Failure(1, format!("chat-server: {msg}"))
+}
+
+fn token(args: TokenArgs) -> Result<(), Failure> {
+    let secret = std::env::var("CHAT_JWT_SECRET").map_err(|_| {
+        Failure(
+            2,
+            "chat-server: CHAT_JWT_SECRET is not set; `token` signs with it".into(),
+        )
+    })?;
+    let user = UserId::new(args.user).map_err(fail)?;
+    let ttl = config::parse_duration(&args.ttl).map_err(fail)?;
+    let token = issue_hs256(secret.as_bytes(), &user, args.admin, ttl).map_err(fail)?;
+    println!("{token}");
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = Settings::resolve(args).map_err(|e| Failure(2, format!("chat-server: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(fail)?;
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> Result<(), Failure> {
+    if settings.postgres.is_some() || settings.redis.is_some() {
+        return Err(Failure(
+            2,
+            "chat-server: --postgres and --redis are not available in this version yet; use --sqlite".into(),
+        ));
+    }
+    let secret = match (&settings.jwt_secret, settings.dev) {
+        (Some(secret), _) => secret.clone().into_bytes(),
+        (None, true) => {
+            let mut secret = vec![0u8; 32];
+            getrandom::fill(&mut secret)
+                .map_err(|e| fail(format!("no randomness for a dev secret: {e}")))?;
+            tracing::warn!(
+                "--dev without CHAT_JWT_SECRET: using a random secret; get tokens from GET /dev/token?user=<id>"
+            );
+            secret
+        }
+        (None, false) => {
+            return Err(Failure(
+                2,
+                "chat-server: CHAT_JWT_SECRET is not set; set it, or pass --dev for a throwaway secret".into(),
+            ));
+        }
+    };
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+        ])
+        .map_err(fail)?
+        .install_recorder()
+        .map_err(fail)?;
+
+    let sqlite = settings.sqlite.clone();
+    let sqlite_config = settings.sqlite_config();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open_with(&sqlite, sqlite_config))
+        .await
+        .map_err(fail)?
+        .map_err(|e| {
+            fail(format!(
+                "cannot open SQLite database {}: {e}",
+                settings.sqlite.display()
+            ))
+        })?;
+    if let Some(dir) = &settings.media_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fail(format!("cannot create media dir {}: {e}", dir.display())))?;
+    }
+    let engine = ChatEngine::builder(Arc::new(store))
+        .config(settings.engine.clone())
+        .build()
+        .await
+        .map_err(fail)?;
+
+    let mut auth = AuthConfig::hs256(secret.clone());
+    auth.audience = settings.jwt_audience.clone();
+    auth.issuer = settings.jwt_issuer.clone();
+    let mut ws = WsConfig::new(auth);
+    ws.allowed_origins = settings.allowed_origins.clone();
+    ws.rate_limits = settings.rate_limits;
+    ws.max_connections = settings.max_connections;
+    ws.outgoing_queue = settings.outgoing_queue;
+    ws.dev_token_secret = settings.dev.then(|| secret.clone());
+    ws.metrics = Some(Arc::new(move || metrics.render()));
+
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", settings.bind)))?;
+    let addr: SocketAddr = listener.local_addr().map_err(fail)?;
+    tracing::info!(%addr, sqlite = %settings.sqlite.display(), dev = settings.dev, "chat server ready");
+    // The one line scripts wait for.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "listening on http://{addr}");
+    let _ = stdout.flush();
+
+    chat_transport_ws::serve(listener, engine, ws, shutdown_signal())
+        .await
+        .map_err(fail)?;
+    // Give the store's writer a moment to finish its last commit on drop.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

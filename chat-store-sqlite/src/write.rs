@@ -1,0 +1,710 @@
+//! Write operations. Each runs on the writer's connection inside its own
+//! savepoint of the group's transaction, so it either happens whole or not
+//! at all; being on the single writer, it sees no concurrent writes.
+
+use std::collections::HashSet;
+
+use chat_core::{
+    Chat, ChatId, ChatKind, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
+    Participant, Privacy, Report, ReportStatus, Role, Timestamp, UserId,
+    store::{Applied, Change, NewChat, NewMessage, ReportResolution},
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{
+    Error,
+    read::{self, direct_key, sql_u64},
+};
+
+fn not_found(what: &str) -> Error {
+    Error::Contract(CoreError::not_found(what))
+}
+
+fn conflict(what: impl Into<String>) -> Error {
+    Error::Contract(CoreError::conflict(what))
+}
+
+fn to_i64(what: &str, v: u64) -> Result<i64, Error> {
+    i64::try_from(v)
+        .map_err(|_| Error::Contract(CoreError::invalid(format!("{what} is too large"))))
+}
+
+/// Takes the chat's next seq and moves its `last_activity` to `at`.
+fn next_seq(conn: &Connection, chat: ChatId, at: Timestamp) -> Result<u64, Error> {
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "UPDATE chats SET last_seq = last_seq + 1, last_activity = ?2 \
+             WHERE id = ?1 RETURNING last_seq",
+        )?
+        .query_row(params![chat.to_string(), at.as_millis()], |r| r.get(0))
+        .optional()?;
+    let seq = seq.ok_or_else(|| not_found("chat not found"))?;
+    u64::try_from(seq).map_err(|e| Error::corrupt("chats.last_seq", e))
+}
+
+fn chat_exists(conn: &Connection, chat: ChatId) -> Result<bool, Error> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM chats WHERE id = ?1)")?
+        .query_row([chat.to_string()], |r| r.get(0))?)
+}
+
+fn role_of(conn: &Connection, chat: ChatId, user: &UserId) -> Result<Option<Role>, Error> {
+    let role: Option<String> = conn
+        .prepare_cached("SELECT role FROM participants WHERE chat_id = ?1 AND user_id = ?2")?
+        .query_row(params![chat.to_string(), user.as_str()], |r| r.get(0))
+        .optional()?;
+    role.map(|r| {
+        r.parse()
+            .map_err(|e| Error::corrupt("participants.role", e))
+    })
+    .transpose()
+}
+
+fn load_chat(conn: &Connection, chat: ChatId) -> Result<Chat, Error> {
+    read::chat(conn, chat)?.ok_or_else(|| not_found("chat not found"))
+}
+
+fn load_message(conn: &Connection, id: MessageId) -> Result<Message, Error> {
+    read::message(conn, id)?.ok_or_else(|| not_found("message not found"))
+}
+
+fn insert_message(conn: &Connection, m: &Message) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, content, media, \
+         reply_to, client_msg_id, created_at, edited_at, deleted, system) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        m.id.to_string(),
+        m.chat_id.to_string(),
+        sql_u64(m.seq),
+        sql_u64(m.updated_seq),
+        m.sender_id.as_str(),
+        m.kind.as_str(),
+        m.content,
+        m.media.as_ref().map(serde_json::to_string).transpose()?,
+        m.reply_to.map(|id| id.to_string()),
+        m.client_msg_id,
+        m.created_at.as_millis(),
+        m.edited_at.map(Timestamp::as_millis),
+        m.deleted,
+        m.system.as_ref().map(serde_json::to_string).transpose()?,
+    ])?;
+    Ok(())
+}
+
+/// Applies one change of [`Store::apply`](chat_core::Store::apply).
+pub(crate) fn apply(conn: &Connection, change: Change) -> Result<Applied, Error> {
+    let event = change.system_event();
+    match change {
+        Change::Post(new) => post(conn, new),
+        Change::Edit {
+            chat_id,
+            message_id,
+            content,
+            at,
+        } => {
+            if message_state(conn, chat_id, message_id)? {
+                return Err(conflict("message was deleted"));
+            }
+            let seq = next_seq(conn, chat_id, at)?;
+            conn.prepare_cached(
+                "UPDATE messages SET content = ?2, edited_at = ?3, updated_seq = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                message_id.to_string(),
+                content,
+                at.as_millis(),
+                sql_u64(seq)
+            ])?;
+            Ok(Applied::Updated {
+                message: load_message(conn, message_id)?,
+                changed: true,
+            })
+        }
+        Change::Delete {
+            chat_id,
+            message_id,
+            at,
+        } => {
+            if message_state(conn, chat_id, message_id)? {
+                return Ok(Applied::Updated {
+                    message: load_message(conn, message_id)?,
+                    changed: false,
+                });
+            }
+            let seq = next_seq(conn, chat_id, at)?;
+            conn.prepare_cached(
+                "UPDATE messages SET content = NULL, media = NULL, deleted = 1, updated_seq = ?2 \
+                 WHERE id = ?1",
+            )?
+            .execute(params![message_id.to_string(), sql_u64(seq)])?;
+            conn.prepare_cached("DELETE FROM reactions WHERE message_id = ?1")?
+                .execute([message_id.to_string()])?;
+            Ok(Applied::Updated {
+                message: load_message(conn, message_id)?,
+                changed: true,
+            })
+        }
+        Change::React {
+            chat_id,
+            message_id,
+            user_id,
+            emoji,
+            add,
+            max_distinct,
+            at,
+        } => react(
+            conn,
+            chat_id,
+            message_id,
+            &user_id,
+            &emoji,
+            add,
+            max_distinct,
+            at,
+        ),
+        Change::AddParticipant {
+            chat_id,
+            user_id,
+            role,
+            by,
+            max_participants,
+            at,
+        } => {
+            if !chat_exists(conn, chat_id)? {
+                return Err(not_found("chat not found"));
+            }
+            if role_of(conn, chat_id, &user_id)?.is_some() {
+                return Err(conflict("already a participant"));
+            }
+            let count: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM participants WHERE chat_id = ?1")?
+                .query_row([chat_id.to_string()], |r| r.get(0))?;
+            if usize::try_from(count).unwrap_or(usize::MAX) >= max_participants {
+                return Err(conflict(format!(
+                    "the chat is full ({max_participants} participants)"
+                )));
+            }
+            let message = system_message(conn, chat_id, event, &by, at)?;
+            let seq = sql_u64(message.seq);
+            conn.prepare_cached(
+                "INSERT INTO participants (chat_id, user_id, role, joined_at, delivered_seq, \
+                 read_seq, visible_from_seq, ordinal) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, \
+                   (SELECT COALESCE(MAX(ordinal), 0) + 1 FROM participants WHERE chat_id = ?1))",
+            )?
+            .execute(params![
+                chat_id.to_string(),
+                user_id.as_str(),
+                role.as_str(),
+                at.as_millis(),
+                seq
+            ])?;
+            Ok(Applied::Membership {
+                chat: load_chat(conn, chat_id)?,
+                message: Some(message),
+            })
+        }
+        Change::RemoveParticipant {
+            chat_id,
+            user_id,
+            by,
+            at,
+        } => {
+            if !chat_exists(conn, chat_id)? {
+                return Err(not_found("chat not found"));
+            }
+            if role_of(conn, chat_id, &user_id)?.is_none() {
+                return Err(not_found("not a participant"));
+            }
+            let message = system_message(conn, chat_id, event, &by, at)?;
+            conn.prepare_cached("DELETE FROM participants WHERE chat_id = ?1 AND user_id = ?2")?
+                .execute(params![chat_id.to_string(), user_id.as_str()])?;
+            Ok(Applied::Membership {
+                chat: load_chat(conn, chat_id)?,
+                message: Some(message),
+            })
+        }
+        Change::SetRole {
+            chat_id,
+            user_id,
+            role,
+            by,
+            at,
+        } => {
+            if !chat_exists(conn, chat_id)? {
+                return Err(not_found("chat not found"));
+            }
+            let current =
+                role_of(conn, chat_id, &user_id)?.ok_or_else(|| not_found("not a participant"))?;
+            if current == role {
+                return Ok(Applied::Membership {
+                    chat: load_chat(conn, chat_id)?,
+                    message: None,
+                });
+            }
+            let message = system_message(conn, chat_id, event, &by, at)?;
+            conn.prepare_cached(
+                "UPDATE participants SET role = ?3 WHERE chat_id = ?1 AND user_id = ?2",
+            )?
+            .execute(params![
+                chat_id.to_string(),
+                user_id.as_str(),
+                role.as_str()
+            ])?;
+            Ok(Applied::Membership {
+                chat: load_chat(conn, chat_id)?,
+                message: Some(message),
+            })
+        }
+        Change::UpdateGroup {
+            chat_id,
+            patch,
+            by,
+            at,
+        } => {
+            if !chat_exists(conn, chat_id)? {
+                return Err(not_found("chat not found"));
+            }
+            let message = system_message(conn, chat_id, event, &by, at)?;
+            // NULL leaves a field as it is; '' clears it.
+            conn.prepare_cached(
+                "UPDATE chats SET \
+                   name = CASE WHEN ?2 IS NULL THEN name ELSE NULLIF(?2, '') END, \
+                   description = CASE WHEN ?3 IS NULL THEN description ELSE NULLIF(?3, '') END, \
+                   avatar_url = CASE WHEN ?4 IS NULL THEN avatar_url ELSE NULLIF(?4, '') END \
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                chat_id.to_string(),
+                patch.name,
+                patch.description,
+                patch.avatar_url
+            ])?;
+            Ok(Applied::Membership {
+                chat: load_chat(conn, chat_id)?,
+                message: Some(message),
+            })
+        }
+        Change::Mark {
+            chat_id,
+            user_id,
+            delivered_up_to,
+            read_up_to,
+        } => mark(conn, chat_id, &user_id, delivered_up_to, read_up_to),
+        other => Err(Error::Contract(CoreError::invalid(format!(
+            "this store does not know the change {other:?}"
+        )))),
+    }
+}
+
+/// Whether the message of `chat` is deleted; `NotFound` if it is not a
+/// message of `chat`.
+fn message_state(conn: &Connection, chat: ChatId, message: MessageId) -> Result<bool, Error> {
+    conn.prepare_cached("SELECT deleted FROM messages WHERE id = ?1 AND chat_id = ?2")?
+        .query_row(params![message.to_string(), chat.to_string()], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| not_found("message not found"))
+}
+
+fn post(conn: &Connection, new: NewMessage) -> Result<Applied, Error> {
+    if let Some(cid) = &new.client_msg_id {
+        if let Some(message) = read::by_client_id(conn, &new.sender_id, cid)? {
+            if message.chat_id != new.chat_id {
+                return Err(conflict("client_msg_id was already used in another chat"));
+            }
+            return Ok(Applied::Posted {
+                message,
+                duplicate: true,
+            });
+        }
+    }
+    if !chat_exists(conn, new.chat_id)? {
+        return Err(not_found("chat not found"));
+    }
+    if new.kind != MessageType::System && role_of(conn, new.chat_id, &new.sender_id)?.is_none() {
+        return Err(not_found("chat not found"));
+    }
+    if let Some(reply_to) = new.reply_to {
+        let chat: Option<String> = conn
+            .prepare_cached("SELECT chat_id FROM messages WHERE id = ?1")?
+            .query_row([reply_to.to_string()], |r| r.get(0))
+            .optional()?;
+        if chat.as_deref() != Some(new.chat_id.to_string().as_str()) {
+            return Err(not_found("reply_to message not found in this chat"));
+        }
+    }
+    let seq = next_seq(conn, new.chat_id, new.created_at)?;
+    let message = Message {
+        id: new.id,
+        chat_id: new.chat_id,
+        seq,
+        updated_seq: seq,
+        sender_id: new.sender_id,
+        kind: new.kind,
+        content: new.content,
+        media: new.media,
+        reply_to: new.reply_to,
+        client_msg_id: new.client_msg_id,
+        created_at: new.created_at,
+        edited_at: None,
+        deleted: false,
+        reactions: Default::default(),
+        system: new.system,
+    };
+    insert_message(conn, &message)?;
+    Ok(Applied::Posted {
+        message,
+        duplicate: false,
+    })
+}
+
+fn system_message(
+    conn: &Connection,
+    chat_id: ChatId,
+    system: Option<chat_core::SystemEvent>,
+    by: &UserId,
+    at: Timestamp,
+) -> Result<Message, Error> {
+    let seq = next_seq(conn, chat_id, at)?;
+    let message = Message {
+        id: MessageId::new(),
+        chat_id,
+        seq,
+        updated_seq: seq,
+        sender_id: by.clone(),
+        kind: MessageType::System,
+        content: None,
+        media: None,
+        reply_to: None,
+        client_msg_id: None,
+        created_at: at,
+        edited_at: None,
+        deleted: false,
+        reactions: Default::default(),
+        system,
+    };
+    insert_message(conn, &message)?;
+    Ok(message)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn react(
+    conn: &Connection,
+    chat_id: ChatId,
+    message_id: MessageId,
+    user_id: &UserId,
+    emoji: &str,
+    add: bool,
+    max_distinct: usize,
+    at: Timestamp,
+) -> Result<Applied, Error> {
+    if message_state(conn, chat_id, message_id)? {
+        return Err(conflict("message was deleted"));
+    }
+    let id = message_id.to_string();
+    let has: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM reactions \
+             WHERE message_id = ?1 AND emoji = ?2 AND user_id = ?3)",
+        )?
+        .query_row(params![id, emoji, user_id.as_str()], |r| r.get(0))?;
+    if has == add {
+        return Ok(Applied::Updated {
+            message: load_message(conn, message_id)?,
+            changed: false,
+        });
+    }
+    if add {
+        let (present, distinct): (bool, i64) = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM reactions WHERE message_id = ?1 AND emoji = ?2), \
+                 (SELECT COUNT(DISTINCT emoji) FROM reactions WHERE message_id = ?1)",
+            )?
+            .query_row(params![id, emoji], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if !present && usize::try_from(distinct).unwrap_or(usize::MAX) >= max_distinct {
+            return Err(conflict(format!(
+                "a message has at most {max_distinct} distinct reactions"
+            )));
+        }
+    }
+    let seq = next_seq(conn, chat_id, at)?;
+    if add {
+        conn.prepare_cached(
+            "INSERT INTO reactions (message_id, emoji, user_id, ordinal) VALUES (?1, ?2, ?3, \
+             (SELECT COALESCE(MAX(ordinal), 0) + 1 FROM reactions WHERE message_id = ?1))",
+        )?
+        .execute(params![id, emoji, user_id.as_str()])?;
+    } else {
+        conn.prepare_cached(
+            "DELETE FROM reactions WHERE message_id = ?1 AND emoji = ?2 AND user_id = ?3",
+        )?
+        .execute(params![id, emoji, user_id.as_str()])?;
+    }
+    conn.prepare_cached("UPDATE messages SET updated_seq = ?2 WHERE id = ?1")?
+        .execute(params![id, sql_u64(seq)])?;
+    Ok(Applied::Updated {
+        message: load_message(conn, message_id)?,
+        changed: true,
+    })
+}
+
+fn mark(
+    conn: &Connection,
+    chat_id: ChatId,
+    user_id: &UserId,
+    delivered_up_to: u64,
+    read_up_to: u64,
+) -> Result<Applied, Error> {
+    let last: i64 = conn
+        .prepare_cached("SELECT last_seq FROM chats WHERE id = ?1")?
+        .query_row([chat_id.to_string()], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| not_found("chat not found"))?;
+    let (delivered_was, read_was): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT delivered_seq, read_seq FROM participants WHERE chat_id = ?1 AND user_id = ?2",
+        )?
+        .query_row(params![chat_id.to_string(), user_id.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?
+        .ok_or_else(|| not_found("not a participant"))?;
+    let read = read_was.max(sql_u64(read_up_to).min(last));
+    let delivered = delivered_was
+        .max(sql_u64(delivered_up_to).min(last))
+        .max(read);
+    if delivered != delivered_was || read != read_was {
+        conn.prepare_cached(
+            "UPDATE participants SET delivered_seq = ?3, read_seq = ?4 \
+             WHERE chat_id = ?1 AND user_id = ?2",
+        )?
+        .execute(params![
+            chat_id.to_string(),
+            user_id.as_str(),
+            delivered,
+            read
+        ])?;
+    }
+    let unsigned = |v: i64, column| u64::try_from(v).map_err(|e| Error::corrupt(column, e));
+    Ok(Applied::Marked {
+        delivered_seq: unsigned(delivered, "participants.delivered_seq")?,
+        read_seq: unsigned(read, "participants.read_seq")?,
+        delivered_moved: delivered != delivered_was,
+        read_moved: read != read_was,
+    })
+}
+
+/// [`Store::create_chat`](chat_core::Store::create_chat).
+pub(crate) fn create_chat(conn: &Connection, new: NewChat) -> Result<(Chat, bool), Error> {
+    let key = match new.kind {
+        ChatKind::Direct => {
+            let [(a, _), (b, _)] = new.participants.as_slice() else {
+                return Err(Error::Contract(CoreError::invalid(
+                    "a direct chat has exactly two participants",
+                )));
+            };
+            if a == b {
+                return Err(Error::Contract(CoreError::invalid(
+                    "a direct chat needs two different users",
+                )));
+            }
+            if let Some(existing) = read::direct_chat(conn, a, b)? {
+                return Ok((existing, false));
+            }
+            Some(direct_key(a, b))
+        }
+        ChatKind::Group => None,
+    };
+    if chat_exists(conn, new.id)? {
+        return Err(conflict("chat id exists"));
+    }
+    conn.prepare_cached(
+        "INSERT INTO chats (id, kind, name, description, avatar_url, encryption, last_seq, \
+         last_activity, created_at, direct_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7, ?8)",
+    )?
+    .execute(params![
+        new.id.to_string(),
+        new.kind.as_str(),
+        new.name,
+        new.description,
+        new.avatar_url,
+        new.encryption.as_str(),
+        new.created_at.as_millis(),
+        key,
+    ])?;
+    let mut seen = HashSet::new();
+    let mut participants = Vec::with_capacity(new.participants.len());
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO participants (chat_id, user_id, role, joined_at, delivered_seq, read_seq, \
+         visible_from_seq, ordinal) VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5)",
+    )?;
+    for (user_id, role) in new.participants {
+        if !seen.insert(user_id.clone()) {
+            continue;
+        }
+        let ordinal = i64::try_from(participants.len()).unwrap_or(i64::MAX);
+        insert.execute(params![
+            new.id.to_string(),
+            user_id.as_str(),
+            role.as_str(),
+            new.created_at.as_millis(),
+            ordinal
+        ])?;
+        participants.push(Participant {
+            user_id,
+            role,
+            joined_at: new.created_at,
+            delivered_seq: 0,
+            read_seq: 0,
+            visible_from_seq: 0,
+        });
+    }
+    let chat = Chat {
+        id: new.id,
+        kind: new.kind,
+        name: new.name,
+        description: new.description,
+        avatar_url: new.avatar_url,
+        encryption: new.encryption,
+        last_seq: 0,
+        last_activity: new.created_at,
+        created_at: new.created_at,
+        participants,
+    };
+    Ok((chat, true))
+}
+
+/// [`Store::set_block`](chat_core::Store::set_block).
+pub(crate) fn set_block(
+    conn: &Connection,
+    blocker: &UserId,
+    blocked: &UserId,
+    on: bool,
+) -> Result<bool, Error> {
+    let sql = if on {
+        "INSERT INTO blocks (blocker, blocked) VALUES (?1, ?2) ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2"
+    };
+    let n = conn
+        .prepare_cached(sql)?
+        .execute(params![blocker.as_str(), blocked.as_str()])?;
+    Ok(n > 0)
+}
+
+/// [`Store::set_last_seen`](chat_core::Store::set_last_seen).
+pub(crate) fn set_last_seen(conn: &Connection, user: &UserId, at: Timestamp) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO users (user_id, last_seen) VALUES (?1, ?2) \
+         ON CONFLICT (user_id) DO UPDATE SET last_seen = excluded.last_seen",
+    )?
+    .execute(params![user.as_str(), at.as_millis()])?;
+    Ok(())
+}
+
+/// [`Store::set_privacy`](chat_core::Store::set_privacy).
+pub(crate) fn set_privacy(conn: &Connection, user: &UserId, p: Privacy) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO users (user_id, read_receipts, typing, presence) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (user_id) DO UPDATE SET read_receipts = excluded.read_receipts, \
+           typing = excluded.typing, presence = excluded.presence",
+    )?
+    .execute(params![
+        user.as_str(),
+        p.read_receipts,
+        p.typing,
+        p.presence
+    ])?;
+    Ok(())
+}
+
+/// [`Store::set_suspension`](chat_core::Store::set_suspension).
+pub(crate) fn set_suspension(
+    conn: &Connection,
+    user: &UserId,
+    until: Option<Timestamp>,
+) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO users (user_id, suspended_until) VALUES (?1, ?2) \
+         ON CONFLICT (user_id) DO UPDATE SET suspended_until = excluded.suspended_until",
+    )?
+    .execute(params![user.as_str(), until.map(Timestamp::as_millis)])?;
+    Ok(())
+}
+
+/// [`Store::insert_report`](chat_core::Store::insert_report).
+pub(crate) fn insert_report(conn: &Connection, r: Report) -> Result<Report, Error> {
+    if let Some(existing) = read::open_report(conn, &r.reporter_id, r.message_id)? {
+        return Ok(existing);
+    }
+    conn.prepare_cached(
+        "INSERT INTO reports (id, reporter_id, chat_id, message_id, reported_user_id, reason, \
+         content, status, created_at, resolved_at, resolved_by, resolution_note) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        r.id.to_string(),
+        r.reporter_id.as_str(),
+        r.chat_id.to_string(),
+        r.message_id.to_string(),
+        r.reported_user_id.as_str(),
+        r.reason,
+        r.content,
+        r.status.as_str(),
+        r.created_at.as_millis(),
+        r.resolved_at.map(Timestamp::as_millis),
+        r.resolved_by.as_ref().map(UserId::as_str),
+        r.resolution_note,
+    ])?;
+    Ok(r)
+}
+
+/// [`Store::resolve_report`](chat_core::Store::resolve_report).
+pub(crate) fn resolve_report(conn: &Connection, res: ReportResolution) -> Result<Report, Error> {
+    let mut report = read::report(conn, res.id)?.ok_or_else(|| not_found("report not found"))?;
+    if report.status != ReportStatus::Open {
+        return Err(conflict("report is not open"));
+    }
+    conn.prepare_cached(
+        "UPDATE reports SET status = ?2, resolved_at = ?3, resolved_by = ?4, \
+         resolution_note = ?5 WHERE id = ?1",
+    )?
+    .execute(params![
+        res.id.to_string(),
+        res.status.as_str(),
+        res.at.as_millis(),
+        res.by.as_str(),
+        res.note,
+    ])?;
+    report.status = res.status;
+    report.resolved_at = Some(res.at);
+    report.resolved_by = Some(res.by);
+    report.resolution_note = res.note;
+    Ok(report)
+}
+
+/// [`Store::insert_media`](chat_core::Store::insert_media).
+pub(crate) fn insert_media(conn: &Connection, m: MediaRecord) -> Result<(), Error> {
+    if read::media(conn, m.id)?.is_some() {
+        return Err(conflict("media id exists"));
+    }
+    conn.prepare_cached(
+        "INSERT INTO media (id, chat_id, uploader_id, mime, size, duration_ms, has_thumbnail, \
+         created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        m.id.to_string(),
+        m.chat_id.to_string(),
+        m.uploader_id.as_str(),
+        m.mime,
+        to_i64("size", m.size)?,
+        m.duration_ms
+            .map(|d| to_i64("duration_ms", d))
+            .transpose()?,
+        m.has_thumbnail,
+        m.created_at.as_millis(),
+    ])?;
+    Ok(())
+}

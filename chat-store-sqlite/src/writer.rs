@@ -1,0 +1,479 @@
+//! The single writer thread and its group commit.
+//!
+//! Every write of the store is a job sent to one thread that owns the write
+//! connection. The thread takes the first waiting job, then every job that
+//! is waiting at that moment (up to `batch_max` changes), runs them all in
+//! one transaction, each step inside its own SAVEPOINT so that a failing
+//! step rolls back only itself, COMMITs once (one fsync for the group) and
+//! only then answers the callers.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Failed};
+
+/// How many jobs may wait for the writer before callers wait to enqueue.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// One transaction of the writer, as a job sees it: a sequence of steps,
+/// each atomic on its own.
+pub(crate) struct Batch<'c> {
+    conn: &'c Connection,
+    /// Set when the group's transaction can no longer be committed (a
+    /// savepoint could not be rolled back, or SQLite rolled the whole
+    /// transaction back after an I/O error): the rest of the group fails.
+    broken: Option<Arc<rusqlite::Error>>,
+    in_step: bool,
+}
+
+impl<'c> Batch<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Self {
+            conn,
+            broken: None,
+            in_step: false,
+        }
+    }
+
+    /// Runs `f` inside its own savepoint: if it fails, everything it wrote
+    /// is rolled back and the rest of the group is unaffected.
+    pub(crate) fn step<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        if let Some(e) = &self.broken {
+            return Err(Error::Commit(e.clone()));
+        }
+        exec(self.conn, "SAVEPOINT step")?;
+        self.in_step = true;
+        let out = f(self.conn).and_then(|value| {
+            exec(self.conn, "RELEASE step")?;
+            self.in_step = false;
+            Ok(value)
+        });
+        if out.is_err() {
+            self.abandon_step();
+        }
+        out
+    }
+
+    /// Rolls back the open step, if any; marks the group broken if that is
+    /// not possible.
+    fn abandon_step(&mut self) {
+        if !self.in_step {
+            return;
+        }
+        self.in_step = false;
+        if self.conn.is_autocommit() {
+            // SQLite rolled back the whole transaction (SQLITE_FULL,
+            // SQLITE_IOERR, ...): the steps before this one are gone too.
+            self.broken = Some(Arc::new(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the transaction was rolled back by SQLite".to_owned()),
+            )));
+            return;
+        }
+        let rolled_back =
+            exec(self.conn, "ROLLBACK TO step").and_then(|()| exec(self.conn, "RELEASE step"));
+        if let Err(e) = rolled_back {
+            tracing::error!(error = %e, "could not roll back a savepoint; failing the group");
+            self.broken = Some(Arc::new(e));
+        }
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// A job for the writer, type-erased.
+pub(crate) trait Work: Send {
+    /// How many changes it carries (for `batch_max`).
+    fn size(&self) -> usize;
+    /// Runs it inside the group's transaction; the returned value answers
+    /// the caller once the group's fate is known.
+    fn run(self: Box<Self>, batch: &mut Batch<'_>) -> Box<dyn Reply>;
+    /// Answers the caller without running (the group could not start).
+    fn fail(self: Box<Self>, why: Failed);
+}
+
+/// The pending answer of a job that ran.
+pub(crate) trait Reply: Send {
+    /// Answers the caller: with the job's output if the group committed.
+    fn finish(self: Box<Self>, commit: Result<(), Failed>);
+}
+
+struct Task<F, T> {
+    f: F,
+    size: usize,
+    reply: oneshot::Sender<Result<T, Failed>>,
+}
+
+struct Ran<T> {
+    out: T,
+    reply: oneshot::Sender<Result<T, Failed>>,
+}
+
+impl<F, T> Work for Task<F, T>
+where
+    F: FnOnce(&mut Batch<'_>) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn run(self: Box<Self>, batch: &mut Batch<'_>) -> Box<dyn Reply> {
+        let Task { f, reply, .. } = *self;
+        Box::new(Ran {
+            out: f(batch),
+            reply,
+        })
+    }
+
+    fn fail(self: Box<Self>, why: Failed) {
+        // The caller may have gone away; then nobody needs the answer.
+        let _ = self.reply.send(Err(why));
+    }
+}
+
+impl<T: Send> Reply for Ran<T> {
+    fn finish(self: Box<Self>, commit: Result<(), Failed>) {
+        let Ran { out, reply } = *self;
+        let _ = reply.send(commit.map(|()| out));
+    }
+}
+
+/// Counters of the writer since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed (one fsync each with `synchronous=FULL`).
+    pub commits: u64,
+    /// Write calls (`apply` and the other writes) they carried.
+    pub jobs: u64,
+    /// Changes they carried (an `apply` counts its changes; other writes
+    /// count one).
+    pub changes: u64,
+    /// Groups whose transaction failed as a whole.
+    pub failed: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    commits: AtomicU64,
+    jobs: AtomicU64,
+    changes: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> CommitStats {
+        CommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            jobs: self.jobs.load(Ordering::Relaxed),
+            changes: self.changes.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The handle of the writer thread: where jobs are sent.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Box<dyn Work>>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`. Dropping the returned `Writer`
+    /// lets the thread finish every queued job, close the connection and
+    /// exit.
+    pub(crate) fn spawn(
+        conn: Connection,
+        batch_max: usize,
+    ) -> Result<(Self, JoinHandle<()>), Error> {
+        let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let counters = Arc::new(Counters::default());
+        let shared = Arc::clone(&counters);
+        let handle = std::thread::Builder::new()
+            .name("chat-store-sqlite-writer".to_owned())
+            .spawn(move || run(conn, rx, batch_max.max(1), &shared))
+            .map_err(Error::Spawn)?;
+        Ok((Self { jobs, counters }, handle))
+    }
+
+    /// The writer's counters.
+    pub(crate) fn stats(&self) -> CommitStats {
+        self.counters.snapshot()
+    }
+
+    /// Sends a job carrying `size` changes and waits for its answer, which
+    /// comes after its group committed.
+    pub(crate) async fn submit<T, F>(&self, size: usize, f: F) -> Result<T, Failed>
+    where
+        F: FnOnce(&mut Batch<'_>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Box::new(Task { f, size, reply }))
+            .await
+            .map_err(|_| Failed::Closed)?;
+        // A dropped sender means the writer panicked while running the job.
+        answer.await.unwrap_or(Err(Failed::Closed))
+    }
+}
+
+/// The writer thread's loop: one group per iteration, until every `Writer`
+/// is dropped and the queue is empty.
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn Work>>,
+    batch_max: usize,
+    counters: &Counters,
+) {
+    let mut carried: Option<Box<dyn Work>> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.blocking_recv() {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let mut total = first.size();
+        let mut group = vec![first];
+        while total < batch_max {
+            match rx.try_recv() {
+                Ok(job) if total + job.size() > batch_max => {
+                    carried = Some(job);
+                    break;
+                }
+                Ok(job) => {
+                    total += job.size();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(&conn, group, total, counters);
+    }
+    tracing::debug!("SQLite writer stopped");
+}
+
+/// Runs `group` in one transaction and answers every job of it.
+fn commit_group(conn: &Connection, group: Vec<Box<dyn Work>>, changes: usize, counters: &Counters) {
+    counters
+        .jobs
+        .fetch_add(group.len() as u64, Ordering::Relaxed);
+    counters
+        .changes
+        .fetch_add(changes as u64, Ordering::Relaxed);
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+        let why = Failed::Commit(Arc::new(e));
+        tracing::error!(error = ?why, "could not begin a write transaction");
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+        for job in group {
+            job.fail(why.clone());
+        }
+        return;
+    }
+    let jobs = group.len();
+    let mut batch = Batch::new(conn);
+    let mut replies = Vec::with_capacity(jobs);
+    for job in group {
+        match catch_unwind(AssertUnwindSafe(|| job.run(&mut batch))) {
+            Ok(reply) => replies.push(reply),
+            Err(_) => {
+                // The job's answer channel was dropped while unwinding, so
+                // its caller sees the store as closed for this call; its
+                // partial writes are rolled back like a failed step's.
+                tracing::error!("a write job panicked; rolled back its step");
+                batch.abandon_step();
+            }
+        }
+    }
+    let result = match batch.broken.take() {
+        Some(e) => Err(Failed::Commit(e)),
+        None => exec(conn, "COMMIT").map_err(|e| Failed::Commit(Arc::new(e))),
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = ?e, jobs, changes, "group commit failed");
+        if !conn.is_autocommit() {
+            if let Err(e) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "could not roll back a failed group");
+            }
+        }
+    } else {
+        tracing::trace!(jobs, changes, "group committed");
+    }
+    // Counted before the callers hear of it.
+    let counter = match result {
+        Ok(()) => &counters.commits,
+        Err(_) => &counters.failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    for reply in replies {
+        reply.finish(result.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc as std_mpsc, time::Duration};
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    fn start() -> Result<(Arc<Writer>, tempfile::TempDir), Box<dyn std::error::Error + Send + Sync>>
+    {
+        let dir = tempfile::tempdir()?;
+        let conn = Connection::open(dir.path().join("w.db"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA foreign_keys = ON;
+             CREATE TABLE t (v INTEGER UNIQUE);
+             CREATE TABLE parent (id INTEGER PRIMARY KEY);
+             CREATE TABLE child (parent INTEGER REFERENCES parent (id)
+                 DEFERRABLE INITIALLY DEFERRED);",
+        )?;
+        let (writer, _thread) = Writer::spawn(conn, 100)?;
+        Ok((Arc::new(writer), dir))
+    }
+
+    fn insert(v: i64) -> impl FnOnce(&mut Batch<'_>) -> Result<(), Error> + Send + 'static {
+        move |batch| {
+            batch.step(|conn| {
+                conn.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                Ok(())
+            })
+        }
+    }
+
+    fn count(dir: &tempfile::TempDir) -> Result<i64, Error> {
+        let conn = Connection::open(dir.path().join("w.db"))?;
+        Ok(conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
+    }
+
+    /// Holds the writer inside a job until the returned sender is dropped,
+    /// so that the jobs submitted meanwhile form the next group, in order.
+    async fn hold(writer: &Arc<Writer>) -> Result<std_mpsc::Sender<()>, oneshot::error::RecvError> {
+        let (release, wait) = std_mpsc::channel::<()>();
+        let (started, running) = oneshot::channel();
+        let w = Arc::clone(writer);
+        tokio::spawn(async move {
+            w.submit(1, move |_| {
+                let _ = started.send(());
+                let _ = wait.recv();
+            })
+            .await
+        });
+        running.await?;
+        Ok(release)
+    }
+
+    /// Submits `f` and waits until it is queued (the writer is held, so it
+    /// stays queued), so that jobs queue in the order of the calls.
+    async fn enqueue<T, F>(writer: &Arc<Writer>, f: F) -> tokio::task::JoinHandle<Result<T, Failed>>
+    where
+        F: FnOnce(&mut Batch<'_>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let before = writer.jobs.capacity();
+        let w = Arc::clone(writer);
+        let handle = tokio::spawn(async move { w.submit(1, f).await });
+        while writer.jobs.capacity() == before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        handle
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_fails_only_its_own_caller() -> TestResult {
+        let (writer, dir) = start()?;
+        let release = hold(&writer).await?;
+        let first = enqueue(&writer, insert(1)).await;
+        let clash = enqueue(&writer, insert(1)).await;
+        let third = enqueue(&writer, insert(2)).await;
+        drop(release);
+
+        assert!(matches!(first.await?, Ok(Ok(()))));
+        let clash = clash.await?;
+        assert!(
+            matches!(&clash, Ok(Err(e)) if e.is_unique_violation()),
+            "{clash:?}"
+        );
+        assert!(matches!(third.await?, Ok(Ok(()))));
+        assert_eq!(count(&dir)?, 2);
+        let stats = writer.stats();
+        // The holding job's group, then one group of the three.
+        assert_eq!((stats.commits, stats.jobs, stats.failed), (2, 4, 0));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_every_caller_of_the_group() -> TestResult {
+        let (writer, dir) = start()?;
+        let release = hold(&writer).await?;
+        let fine = enqueue(&writer, insert(1)).await;
+        // A deferred foreign key is only checked by COMMIT, which fails.
+        let orphan = enqueue(&writer, |batch: &mut Batch<'_>| {
+            batch.step(|conn| {
+                conn.execute("INSERT INTO child (parent) VALUES (42)", [])?;
+                Ok(())
+            })
+        })
+        .await;
+        drop(release);
+
+        assert!(matches!(fine.await?, Err(Failed::Commit(_))));
+        assert!(matches!(orphan.await?, Err(Failed::Commit(_))));
+        assert_eq!(count(&dir)?, 0);
+        assert_eq!(writer.stats().failed, 1);
+
+        // The writer goes on with the next group.
+        assert!(matches!(writer.submit(1, insert(3)).await, Ok(Ok(()))));
+        assert_eq!(count(&dir)?, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_rolled_back_alone() -> TestResult {
+        let (writer, dir) = start()?;
+        let release = hold(&writer).await?;
+        let before = enqueue(&writer, insert(1)).await;
+        let panics = enqueue(&writer, |batch: &mut Batch<'_>| {
+            batch.step(|conn| {
+                conn.execute("INSERT INTO t (v) VALUES (2)", [])?;
+                panic!("a bug in a write");
+                #[allow(unreachable_code)]
+                Ok(())
+            })
+        })
+        .await;
+        let after = enqueue(&writer, insert(3)).await;
+        drop(release);
+
+        assert!(matches!(before.await?, Ok(Ok(()))));
+        assert!(matches!(panics.await?, Err(Failed::Closed)));
+        assert!(matches!(after.await?, Ok(Ok(()))));
+        let conn = Connection::open(dir.path().join("w.db"))?;
+        let values: Vec<i64> = conn
+            .prepare("SELECT v FROM t ORDER BY v")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        assert_eq!(values, vec![1, 3]);
+        Ok(())
+    }
+}

@@ -1,0 +1,594 @@
+//! The HTTP API of PROTOCOL.md section 4. Every mutation goes through the
+//! engine, so it emits the same events as its WebSocket twin.
+
+use std::{collections::HashMap, str::FromStr, time::Duration};
+
+use axum::{
+    Json,
+    extract::{FromRequest, FromRequestParts, Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use chat_core::{
+    Actor, ChatId, Encryption, Error, MessageId, ModerationAction, NewGroup, Receipt, ReportId,
+    ReportStatus, Role, Timestamp, UserId,
+    engine::{HistoryRequest, PrivacyPatch},
+    protocol::ErrorBody,
+    store::{ChatListQuery, GroupPatch},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+
+use crate::{AppState, auth::issue_hs256, limits::CommandClass, metrics as m};
+
+/// An engine error as an HTTP response: the matching status and
+/// `{"code", "message"}`; 429 carries `Retry-After`.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.0.code();
+        m::error(code);
+        if let Error::Backend { source } = &self.0 {
+            tracing::error!(error = %source, "internal error answering an HTTP request");
+        }
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(ErrorBody::from(&self.0))).into_response();
+        if let Error::RateLimited { retry_after } = &self.0 {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+/// Not available until its issue lands: routed, answered 501.
+pub(crate) async fn not_implemented() -> Response {
+    let body = json!({"code": "internal", "message": "not implemented yet in this server version"});
+    (StatusCode::NOT_IMPLEMENTED, Json(body)).into_response()
+}
+
+/// The bearer token of a request, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The authenticated, rate-limited caller of an API request.
+#[derive(Debug)]
+pub(crate) struct Caller(pub(crate) Actor);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            Error::Unauthenticated("Authorization: Bearer <token> required".into())
+        })?;
+        let identity = app.verifier.verify(token)?;
+        let actor = app
+            .engine
+            .authorize(identity.user_id, identity.admin)
+            .await?;
+        let class = if parts.method == Method::GET {
+            CommandClass::Other
+        } else {
+            CommandClass::Write
+        };
+        if let Err(retry_after) = app.limiter.check(&actor.user_id, class) {
+            metrics::counter!(m::RATE_LIMITED).increment(1);
+            return Err(ApiError(Error::RateLimited { retry_after }));
+        }
+        Ok(Caller(actor))
+    }
+}
+
+/// A JSON body whose rejections are answered in the API's error format.
+#[derive(Debug)]
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError(Error::TooLarge("request body too large".into())))
+            }
+            Err(rejection) => Err(ApiError(Error::invalid(rejection.body_text()))),
+        }
+    }
+}
+
+/// Query strings whose rejections are answered in the API's error format.
+#[derive(Debug)]
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Params(v))
+            .map_err(|r| ApiError(Error::invalid(r.body_text())))
+    }
+}
+
+fn id<T: FromStr<Err = Error>>(s: &str) -> Result<T, ApiError> {
+    s.parse().map_err(ApiError)
+}
+
+fn to_json<T: serde::Serialize>(v: T) -> ApiResult {
+    serde_json::to_value(v)
+        .map(Json)
+        .map_err(|e| ApiError(Error::backend(e)))
+}
+
+fn ok() -> ApiResult {
+    Ok(Json(json!({})))
+}
+
+// --- chats ------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListParams {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn parse_cursor(cursor: &str) -> Result<(Timestamp, ChatId), ApiError> {
+    let bad = || ApiError(Error::invalid("cursor is not one this server issued"));
+    let (ms, chat) = cursor.split_once('_').ok_or_else(bad)?;
+    let ms: i64 = ms.parse().map_err(|_| bad())?;
+    Ok((Timestamp::from_millis(ms), chat.parse().map_err(|_| bad())?))
+}
+
+pub(crate) async fn list_sessions(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Params(p): Params<ListParams>,
+) -> ApiResult {
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError(Error::invalid("limit must be 1..=200")));
+    }
+    let after = p.cursor.as_deref().map(parse_cursor).transpose()?;
+    let chats = app
+        .engine
+        .list_chats(&actor, ChatListQuery { after, limit })
+        .await?;
+    let next_cursor = (chats.len() == limit)
+        .then(|| {
+            chats
+                .last()
+                .map(|c| format!("{}_{}", c.chat.last_activity.as_millis(), c.chat.id))
+        })
+        .flatten();
+    Ok(Json(
+        json!({ "chats": to_json(chats)?.0, "next_cursor": next_cursor }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct OpenDirect {
+    user_id: UserId,
+    #[serde(default)]
+    encryption: Encryption,
+}
+
+pub(crate) async fn open_direct(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Body(b): Body<OpenDirect>,
+) -> ApiResult<Response> {
+    let opened = app
+        .engine
+        .create_direct(&actor, &b.user_id, b.encryption)
+        .await?;
+    let status = if opened.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, to_json(opened.chat)?).into_response())
+}
+
+pub(crate) async fn get_session(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(chat): Path<String>,
+) -> ApiResult {
+    to_json(app.engine.get_chat(&actor, id(&chat)?).await?)
+}
+
+pub(crate) async fn update_session(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(chat): Path<String>,
+    Body(b): Body<GroupFields>,
+) -> ApiResult {
+    let chat_id: ChatId = id(&chat)?;
+    let patch = b.patch();
+    if patch.is_empty() {
+        return to_json(app.engine.get_chat(&actor, chat_id).await?);
+    }
+    to_json(app.engine.update_group(&actor, chat_id, patch).await?)
+}
+
+pub(crate) async fn leave_session(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(chat): Path<String>,
+) -> ApiResult {
+    let chat_id: ChatId = id(&chat)?;
+    let view = app.engine.get_chat(&actor, chat_id).await?;
+    match view.chat.kind {
+        chat_core::ChatKind::Group => {
+            app.engine
+                .remove_participant(&actor, chat_id, &actor.user_id)
+                .await?;
+            ok()
+        }
+        chat_core::ChatKind::Direct => Err(ApiError(Error::invalid(
+            "hiding direct chats is not available yet in this server version",
+        ))),
+    }
+}
+
+pub(crate) async fn session_messages(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(chat): Path<String>,
+    Params(q): Params<HistoryRequest>,
+) -> ApiResult {
+    to_json(app.engine.history(&actor, id(&chat)?, q).await?)
+}
+
+// --- messages ---------------------------------------------------------------
+
+pub(crate) async fn get_message(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(msg): Path<String>,
+) -> ApiResult {
+    to_json(app.engine.get_message(&actor, id(&msg)?).await?)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Edit {
+    content: String,
+}
+
+pub(crate) async fn edit_message(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(msg): Path<String>,
+    Body(b): Body<Edit>,
+) -> ApiResult {
+    to_json(app.engine.edit(&actor, id(&msg)?, &b.content).await?)
+}
+
+pub(crate) async fn delete_message(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(msg): Path<String>,
+) -> ApiResult {
+    let message_id: MessageId = id(&msg)?;
+    app.engine.delete(&actor, message_id).await?;
+    Ok(Json(json!({ "message_id": message_id })))
+}
+
+pub(crate) async fn read_up_to(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(msg): Path<String>,
+) -> ApiResult {
+    let message = app.engine.get_message(&actor, id(&msg)?).await?;
+    app.engine
+        .mark(&actor, message.chat_id, Receipt::Read, message.seq)
+        .await?;
+    ok()
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReportBody {
+    reason: String,
+}
+
+pub(crate) async fn report_message(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(msg): Path<String>,
+    Body(b): Body<ReportBody>,
+) -> ApiResult<Response> {
+    let report_id = app.engine.report(&actor, id(&msg)?, &b.reason).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "report_id": report_id }))).into_response())
+}
+
+// --- groups -----------------------------------------------------------------
+
+pub(crate) async fn create_group(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Body(b): Body<NewGroup>,
+) -> ApiResult<Response> {
+    let chat = app.engine.create_group(&actor, b).await?;
+    Ok((StatusCode::CREATED, to_json(chat)?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Invite {
+    user_id: UserId,
+    #[serde(default)]
+    role: Option<Role>,
+}
+
+pub(crate) async fn invite(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(chat): Path<String>,
+    Body(b): Body<Invite>,
+) -> ApiResult {
+    let role = b.role.unwrap_or(Role::Member);
+    app.engine
+        .add_participant(&actor, id(&chat)?, &b.user_id, role)
+        .await?;
+    ok()
+}
+
+pub(crate) async fn remove_participant(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path((chat, user)): Path<(String, String)>,
+) -> ApiResult {
+    app.engine
+        .remove_participant(&actor, id(&chat)?, &id(&user)?)
+        .await?;
+    ok()
+}
+
+/// Group fields of `PUT /chat/groups/:id` and `PUT /chat/sessions/:id`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct GroupFields {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    avatar_url: Option<String>,
+}
+
+impl GroupFields {
+    fn patch(self) -> GroupPatch {
+        GroupPatch {
+            name: self.name,
+            description: self.description,
+            avatar_url: self.avatar_url,
+        }
+    }
+}
+
+pub(crate) async fn update_group(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(chat): Path<String>,
+    Body(b): Body<GroupFields>,
+) -> ApiResult {
+    to_json(
+        app.engine
+            .update_group(&actor, id(&chat)?, b.patch())
+            .await?,
+    )
+}
+
+// --- sync, blocks, privacy -------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SyncParams {
+    cursors: Option<String>,
+}
+
+pub(crate) async fn sync(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Params(p): Params<SyncParams>,
+) -> ApiResult {
+    let cursors: HashMap<ChatId, u64> = match p.cursors.as_deref() {
+        None | Some("") => HashMap::new(),
+        Some(json) => serde_json::from_str(json).map_err(|e| {
+            ApiError(Error::invalid(format!(
+                "cursors must be a JSON object of chat id to seq: {e}"
+            )))
+        })?,
+    };
+    to_json(app.engine.sync(&actor, &cursors).await?)
+}
+
+pub(crate) async fn block(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(user): Path<String>,
+) -> ApiResult {
+    app.engine.block(&actor, &id(&user)?, true).await?;
+    ok()
+}
+
+pub(crate) async fn unblock(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(user): Path<String>,
+) -> ApiResult {
+    app.engine.block(&actor, &id(&user)?, false).await?;
+    ok()
+}
+
+pub(crate) async fn list_blocks(State(app): State<AppState>, Caller(actor): Caller) -> ApiResult {
+    Ok(Json(
+        json!({ "blocked": app.engine.blocked_users(&actor).await? }),
+    ))
+}
+
+pub(crate) async fn set_privacy(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Body(b): Body<PrivacyPatch>,
+) -> ApiResult {
+    Ok(Json(
+        json!({ "privacy": app.engine.set_privacy(&actor, b).await? }),
+    ))
+}
+
+// --- admin --------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReportParams {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list_reports(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Params(p): Params<ReportParams>,
+) -> ApiResult {
+    let status = match p.status.as_deref() {
+        None | Some("open") => Some(ReportStatus::Open),
+        Some("all") => None,
+        Some(s) => Some(s.parse()?),
+    };
+    let reports = app
+        .engine
+        .list_reports(&actor, status, p.limit.unwrap_or(100))
+        .await?;
+    Ok(Json(json!({ "reports": reports })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Resolve {
+    #[serde(flatten)]
+    action: ModerationAction,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+pub(crate) async fn resolve_report(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(report): Path<String>,
+    Body(b): Body<Resolve>,
+) -> ApiResult {
+    let report_id: ReportId = id(&report)?;
+    to_json(
+        app.engine
+            .resolve_report(&actor, report_id, b.action, b.note)
+            .await?,
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Suspend {
+    #[serde(default)]
+    until: Option<Timestamp>,
+}
+
+pub(crate) async fn suspend(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(user): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let until = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<Suspend>(&body)
+            .map_err(|e| ApiError(Error::invalid(format!("invalid body: {e}"))))?
+            .until
+    };
+    app.engine.suspend(&actor, &id(&user)?, until).await?;
+    ok()
+}
+
+pub(crate) async fn unsuspend(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(user): Path<String>,
+) -> ApiResult {
+    app.engine.unsuspend(&actor, &id(&user)?).await?;
+    ok()
+}
+
+// --- operations -------------------------------------------------------------
+
+pub(crate) async fn healthz(State(app): State<AppState>) -> Response {
+    match app.engine.store().get_chat(ChatId::new()).await {
+        Ok(_) => Json(json!({"status": "ok"})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: the store does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
+    let Some(render) = &app.config.metrics else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let stats = app.engine.hub().stats();
+    let queued = stats
+        .frames_queued
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let slow = stats.slow_closed.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::counter!(m::EVENTS_DELIVERED).absolute(queued);
+    metrics::counter!(m::SLOW_CLOSED).absolute(slow);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct DevToken {
+    user: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+pub(crate) async fn dev_token(
+    State(app): State<AppState>,
+    Params(p): Params<DevToken>,
+) -> ApiResult {
+    let Some(secret) = &app.config.dev_token_secret else {
+        return Err(ApiError(Error::not_found(
+            "dev tokens are only issued in --dev mode",
+        )));
+    };
+    let user: UserId = id(&p.user)?;
+    let token = issue_hs256(secret, &user, p.admin, Duration::from_secs(24 * 3600))?;
+    Ok(Json(json!({ "token": token, "user_id": user })))
+}

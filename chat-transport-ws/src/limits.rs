@@ -1,0 +1,178 @@
+//! Per-user token buckets per command class (governor).
+
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
+
+use chat_core::UserId;
+use governor::{
+    Quota, RateLimiter, clock::Clock as _, clock::DefaultClock,
+    state::keyed::DefaultKeyedStateStore,
+};
+
+/// A class of commands sharing one budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandClass {
+    /// Commands that write: messages, edits, reactions, chats, reports.
+    Write,
+    /// Typing indicators.
+    Typing,
+    /// Everything else (reads, receipts, presence, ping).
+    Other,
+}
+
+impl CommandClass {
+    /// The class of a command by its wire name.
+    pub fn of(kind: &str) -> Self {
+        match kind {
+            "send_message" | "edit_message" | "delete_message" | "react" | "unreact"
+            | "create_direct" | "create_group" | "add_participant" | "remove_participant"
+            | "update_group" | "set_role" | "report" | "block_user" | "unblock_user" => {
+                CommandClass::Write
+            }
+            "typing_start" | "typing_stop" => CommandClass::Typing,
+            _ => CommandClass::Other,
+        }
+    }
+}
+
+/// A budget: `per_second` sustained, `burst` at once. `per_second == 0`
+/// turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct Rate {
+    /// Sustained commands per second.
+    pub per_second: u32,
+    /// Commands allowed at once.
+    pub burst: u32,
+}
+
+/// The budgets of each class, per user and node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct RateLimits {
+    /// Write commands.
+    pub write: Rate,
+    /// Typing indicators.
+    pub typing: Rate,
+    /// Everything else.
+    pub other: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            write: Rate {
+                per_second: 20,
+                burst: 60,
+            },
+            typing: Rate {
+                per_second: 5,
+                burst: 10,
+            },
+            other: Rate {
+                per_second: 50,
+                burst: 200,
+            },
+        }
+    }
+}
+
+impl RateLimits {
+    /// No limits (benchmarks, trusted embedders).
+    pub fn unlimited() -> Self {
+        let off = Rate {
+            per_second: 0,
+            burst: 0,
+        };
+        Self {
+            write: off,
+            typing: off,
+            other: off,
+        }
+    }
+}
+
+type Keyed = RateLimiter<UserId, DefaultKeyedStateStore<UserId>, DefaultClock>;
+
+/// The token buckets of every user.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    write: Option<Arc<Keyed>>,
+    typing: Option<Arc<Keyed>>,
+    other: Option<Arc<Keyed>>,
+}
+
+fn keyed(rate: Rate) -> Option<Arc<Keyed>> {
+    let per_second = NonZeroU32::new(rate.per_second)?;
+    let burst = NonZeroU32::new(rate.burst.max(rate.per_second)).unwrap_or(per_second);
+    Some(Arc::new(RateLimiter::keyed(
+        Quota::per_second(per_second).allow_burst(burst),
+    )))
+}
+
+impl Limiter {
+    /// Buckets for `limits`.
+    pub fn new(limits: RateLimits) -> Self {
+        Self {
+            write: keyed(limits.write),
+            typing: keyed(limits.typing),
+            other: keyed(limits.other),
+        }
+    }
+
+    /// Takes one token of `user`'s budget for `class`; `Err(wait)` if empty.
+    pub fn check(&self, user: &UserId, class: CommandClass) -> Result<(), Duration> {
+        let limiter = match class {
+            CommandClass::Write => &self.write,
+            CommandClass::Typing => &self.typing,
+            CommandClass::Other => &self.other,
+        };
+        let Some(limiter) = limiter else {
+            return Ok(());
+        };
+        limiter
+            .check_key(user)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Forgets buckets that are full again, so that memory follows the
+    /// number of recently active users, not of all users ever seen.
+    pub fn forget_idle(&self) {
+        for limiter in [&self.write, &self.typing, &self.other]
+            .into_iter()
+            .flatten()
+        {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refuse_past_the_burst() {
+        let limits = RateLimits {
+            write: Rate {
+                per_second: 1,
+                burst: 3,
+            },
+            ..RateLimits::unlimited()
+        };
+        let l = Limiter::new(limits);
+        let u = UserId::new("u").unwrap();
+        for _ in 0..3 {
+            assert!(l.check(&u, CommandClass::Write).is_ok());
+        }
+        let wait = l.check(&u, CommandClass::Write).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        assert!(
+            l.check(&UserId::new("v").unwrap(), CommandClass::Write)
+                .is_ok(),
+            "per user"
+        );
+        for _ in 0..100 {
+            assert!(l.check(&u, CommandClass::Other).is_ok(), "unlimited class");
+        }
+        l.forget_idle();
+    }
+}

@@ -1,0 +1,29 @@
+//! Metric names. The transport records through the `metrics` facade; the
+//! server installs a Prometheus recorder and serves `/metrics`.
+
+use chat_core::ErrorCode;
+
+/// Gauge: live WebSocket connections.
+pub const CONNECTIONS: &str = "chat_connections";
+/// Counter by `type`: commands received.
+pub const COMMANDS: &str = "chat_commands_total";
+/// Counter: messages stored (sends acknowledged).
+pub const MESSAGES_STORED: &str = "chat_messages_stored_total";
+/// Counter: events queued on connections.
+pub const EVENTS_DELIVERED: &str = "chat_events_delivered_total";
+/// Histogram: seconds from receiving a send to its ack.
+pub const SEND_ACK_SECONDS: &str = "chat_send_ack_seconds";
+/// Counter by `code`: errors answered.
+pub const ERRORS: &str = "chat_errors_total";
+/// Counter: commands refused by the rate limiter.
+pub const RATE_LIMITED: &str = "chat_rate_limited_total";
+/// Counter: connections closed for being too slow.
+pub const SLOW_CLOSED: &str = "chat_slow_consumers_closed_total";
+
+pub(crate) fn command(kind: &str) {
+    metrics::counter!(COMMANDS, "type" => kind.to_owned()).increment(1);
+}
+
+pub(crate) fn error(code: ErrorCode) {
+    metrics::counter!(ERRORS, "code" => code.as_str()).increment(1);
+}

@@ -1,0 +1,326 @@
+//! The `/ws` endpoint: authentication, the command loop, outgoing queue,
+//! heartbeats.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::{
+        Query, State, WebSocketUpgrade,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket},
+    },
+    http::{HeaderMap, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use chat_core::{
+    Error, Session,
+    protocol::{ClientCommand, ServerEvent, ack_frame, error_frame, execute, parse_request},
+    transport::{
+        CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, CLOSE_SUSPENDED, Outgoing, Transport, outbox,
+    },
+};
+use futures::{SinkExt, StreamExt, stream::SplitSink};
+use serde::Deserialize;
+use tokio::time::{Instant, sleep_until};
+
+use crate::{
+    AppState,
+    auth::{Identity, unix_now},
+    http::ApiError,
+    limits::CommandClass,
+    metrics as m,
+};
+
+/// Close code: a message was larger than allowed.
+const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: policy violation (e.g. too many connections).
+const CLOSE_POLICY: u16 = 1008;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct WsQuery {
+    token: Option<String>,
+}
+
+pub(crate) async fn upgrade(
+    State(app): State<AppState>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = origin.to_str().is_ok_and(|o| app.config.origin_allowed(o));
+        if !allowed {
+            return ApiError(Error::forbidden("origin not allowed")).into_response();
+        }
+    }
+    let Ok(permit) = app.connections.clone().try_acquire_owned() else {
+        return ApiError(Error::conflict(
+            "the server holds all the connections it can",
+        ))
+        .into_response();
+    };
+    let token = crate::http::bearer(&headers)
+        .map(str::to_owned)
+        .or(query.token);
+    let max = app.config.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            let _permit = permit;
+            connection(app, socket, token).await;
+        })
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn send_text(sink: &mut Sink, frame: Bytes) -> bool {
+    match Utf8Bytes::try_from(frame) {
+        Ok(text) => sink.send(Message::Text(text)).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn close(sink: &mut Sink, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+}
+
+async fn auth_failed(sink: &mut Sink, message: &str, code: u16) {
+    let event = ServerEvent::AuthenticationError {
+        message: message.to_owned(),
+    };
+    send_text(sink, event.to_frame()).await;
+    close(sink, code, message).await;
+}
+
+async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
+    let (mut sink, mut stream) = socket.split();
+    let identity = match token {
+        Some(token) => match app.verifier.verify(&token) {
+            Ok(identity) => identity,
+            Err(e) => return auth_failed(&mut sink, &e.public_message(), CLOSE_AUTH_FAILED).await,
+        },
+        None => match authenticate_first(&app, &mut sink, &mut stream).await {
+            Some(identity) => identity,
+            None => return,
+        },
+    };
+    let actor = match app
+        .engine
+        .authorize(identity.user_id.clone(), identity.admin)
+        .await
+    {
+        Ok(actor) => actor,
+        Err(Error::Forbidden(why)) => return auth_failed(&mut sink, &why, CLOSE_SUSPENDED).await,
+        Err(e) => return auth_failed(&mut sink, &e.public_message(), CLOSE_AUTH_FAILED).await,
+    };
+    let (transport, mut out) = outbox(app.config.outgoing_queue);
+    let transport = Arc::new(transport);
+    let session = match app
+        .engine
+        .connect(actor, identity.device_id.clone(), transport.clone())
+        .await
+    {
+        Ok(session) => session,
+        Err(e) => {
+            send_text(&mut sink, error_frame(None, &e)).await;
+            return close(&mut sink, CLOSE_POLICY, &e.public_message()).await;
+        }
+    };
+    metrics::gauge!(m::CONNECTIONS).increment(1.0);
+    tracing::info!(user = %identity.user_id, device = %identity.device_id, conn = %session.connection_id(), "connection open");
+
+    // The writer drains the outgoing queue into the socket and pings; the
+    // reader (this task) runs commands one at a time, so that one client's
+    // messages are stored in the order it sent them.
+    let ping_every = app.config.ping_interval;
+    let mut writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        loop {
+            tokio::select! {
+                item = out.next() => match item {
+                    Some(Outgoing::Frame(frame)) => {
+                        if !send_text(&mut sink, frame).await {
+                            return "write failed".to_owned();
+                        }
+                    }
+                    Some(Outgoing::Close(code, reason)) => {
+                        close(&mut sink, code, &reason).await;
+                        return reason;
+                    }
+                    None => return "closed".to_owned(),
+                },
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                        return "ping failed".to_owned();
+                    }
+                }
+            }
+        }
+    });
+
+    let expiry =
+        Instant::now() + Duration::from_secs(identity.expires_at.saturating_sub(unix_now()));
+    let idle = app.config.idle_timeout;
+    let mut last_heard = Instant::now();
+    let mut shutdown = app.shutdown.clone();
+    let reason = loop {
+        tokio::select! {
+            msg = stream.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => handle_text(&app, &session, &text).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        session.send(error_frame(None, &Error::invalid("binary frames are not accepted; send JSON text")));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break "client closed".to_owned(),
+                    Some(Err(e)) => {
+                        let too_big = e.to_string().to_ascii_lowercase().contains("too long")
+                            || e.to_string().to_ascii_lowercase().contains("capacity");
+                        if too_big {
+                            transport.close(CLOSE_TOO_BIG, "message too big");
+                            break "message too big".to_owned();
+                        }
+                        break format!("read error: {e}");
+                    }
+                }
+            }
+            _ = sleep_until(last_heard + idle) => {
+                transport.close(CLOSE_GOING_AWAY, "idle");
+                break "idle".to_owned();
+            }
+            _ = sleep_until(expiry) => {
+                session.send(ServerEvent::AuthenticationError { message: "token expired".into() }.to_frame());
+                transport.close(CLOSE_AUTH_FAILED, "token expired");
+                break "token expired".to_owned();
+            }
+            _ = stopped(&mut shutdown) => {
+                transport.close(CLOSE_GOING_AWAY, "server shutting down");
+                break "server shutting down".to_owned();
+            }
+            done = &mut writer => {
+                break done.unwrap_or_else(|e| format!("writer failed: {e}"));
+            }
+        }
+    };
+    let conn = session.connection_id();
+    let user = session.user_id().clone();
+    session.close().await;
+    // Let the writer flush what is queued (the close frame above).
+    if !writer.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        writer.abort();
+    }
+    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+    tracing::info!(%user, %conn, %reason, "connection closed");
+}
+
+/// Waits for an `authenticate` frame; answers anything else with
+/// `unauthenticated`.
+async fn authenticate_first(
+    app: &AppState,
+    sink: &mut Sink,
+    stream: &mut futures::stream::SplitStream<WebSocket>,
+) -> Option<Identity> {
+    let deadline = Instant::now() + app.config.auth_timeout;
+    loop {
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            _ = sleep_until(deadline) => {
+                auth_failed(sink, "authentication timed out", CLOSE_AUTH_FAILED).await;
+                return None;
+            }
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
+                let e = Error::invalid("binary frames are not accepted; send JSON text");
+                send_text(sink, error_frame(None, &e)).await;
+                continue;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            _ => return None,
+        };
+        match parse_request(&text) {
+            Ok(req) => match req.command {
+                ClientCommand::Authenticate { token } => match app.verifier.verify(&token) {
+                    Ok(identity) => {
+                        if let Some(id) = req.id {
+                            let data = serde_json::json!({
+                                "user_id": identity.user_id,
+                                "device_id": identity.device_id,
+                            });
+                            send_text(sink, ack_frame(&id, &data)).await;
+                        }
+                        return Some(identity);
+                    }
+                    Err(e) => {
+                        auth_failed(sink, &e.public_message(), CLOSE_AUTH_FAILED).await;
+                        return None;
+                    }
+                },
+                _ => {
+                    let e = Error::Unauthenticated("authenticate first".into());
+                    send_text(sink, error_frame(req.id.as_deref(), &e)).await;
+                }
+            },
+            Err(parse) => {
+                send_text(sink, error_frame(parse.id.as_deref(), &parse.error)).await;
+            }
+        }
+    }
+}
+
+async fn handle_text(app: &AppState, session: &Session, text: &str) {
+    let req = match parse_request(text) {
+        Ok(req) => req,
+        Err(parse) => {
+            m::error(parse.error.code());
+            session.send(error_frame(parse.id.as_deref(), &parse.error));
+            return;
+        }
+    };
+    if let Err(wait) = app
+        .limiter
+        .check(session.user_id(), CommandClass::of(&req.kind))
+    {
+        metrics::counter!(m::RATE_LIMITED).increment(1);
+        let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let event = ServerEvent::RateLimitExceeded {
+            retry_after_ms,
+            command: req.kind.clone(),
+        };
+        session.send(event.to_frame());
+        let e = Error::RateLimited { retry_after: wait };
+        m::error(e.code());
+        session.send(error_frame(req.id.as_deref(), &e));
+        return;
+    }
+    let started = std::time::Instant::now();
+    let kind = req.kind;
+    m::command(&kind);
+    match execute(session, req.command).await {
+        Ok(data) => {
+            if kind == "send_message" {
+                metrics::counter!(m::MESSAGES_STORED).increment(1);
+                metrics::histogram!(m::SEND_ACK_SECONDS).record(started.elapsed().as_secs_f64());
+            }
+            if let Some(id) = req.id {
+                session.send(ack_frame(&id, &data));
+            }
+        }
+        Err(e) => {
+            m::error(e.code());
+            session.send(error_frame(req.id.as_deref(), &e));
+        }
+    }
+}
+
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped here, before any other await.
+    let _ = rx.wait_for(|stop| *stop).await.is_ok();
+}

@@ -1,0 +1,218 @@
+//! Command line, environment and the optional TOML file, merged into
+//! [`Settings`]. Precedence: flag, then its environment twin, then the
+//! file, then the default.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use chat_core::EngineConfig;
+use chat_store_sqlite::{SqliteConfig, Synchronous};
+use chat_transport_ws::limits::RateLimits;
+use clap::Parser;
+use serde::Deserialize;
+
+/// `chat-server [serve] [options]`
+#[derive(Debug, Parser)]
+#[command(
+    name = "chat-server",
+    version,
+    about = "The chat engine's standalone server"
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// Options of `serve` (the default command).
+#[derive(Debug, Parser)]
+#[command(name = "serve")]
+pub(crate) struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "CHAT_BIND")]
+    bind: Option<SocketAddr>,
+    /// SQLite database file (the default store).
+    #[arg(long, env = "CHAT_SQLITE", conflicts_with = "postgres")]
+    sqlite: Option<PathBuf>,
+    /// PostgreSQL URL (many nodes).
+    #[arg(long, env = "CHAT_POSTGRES_URL")]
+    postgres: Option<String>,
+    /// Redis URL (fan-out between nodes).
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    redis: Option<String>,
+    /// Where uploads are kept.
+    #[arg(long, env = "CHAT_MEDIA_DIR")]
+    media_dir: Option<PathBuf>,
+    /// TOML file with further settings.
+    #[arg(long, env = "CHAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Browser origins allowed to connect, comma-separated (`*` for all).
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
+    /// Development mode: a random JWT secret if none is set, and
+    /// `GET /dev/token?user=<id>`.
+    #[arg(long)]
+    dev: bool,
+}
+
+/// `chat-server token <user> [--admin] [--ttl 24h]`
+#[derive(Debug, Parser)]
+#[command(name = "token", about = "Prints a token signed with CHAT_JWT_SECRET")]
+pub(crate) struct TokenArgs {
+    /// The user id (the token's `sub`).
+    pub(crate) user: String,
+    /// Grant the moderation API.
+    #[arg(long)]
+    pub(crate) admin: bool,
+    /// Lifetime: `90s`, `30m`, `24h`, `7d`.
+    #[arg(long, default_value = "24h")]
+    pub(crate) ttl: String,
+}
+
+/// The TOML file. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<SocketAddr>,
+    sqlite: Option<PathBuf>,
+    postgres: Option<String>,
+    redis: Option<String>,
+    media_dir: Option<PathBuf>,
+    allowed_origins: Option<Vec<String>>,
+    jwt_audience: Option<String>,
+    jwt_issuer: Option<String>,
+    /// `full` (default), `normal` or `off`.
+    sqlite_synchronous: Option<String>,
+    max_connections: Option<usize>,
+    outgoing_queue: Option<usize>,
+    rate_limits: Option<RateLimits>,
+    limits: Option<FileLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_text_chars: Option<usize>,
+    max_group_members: Option<usize>,
+    max_connections_per_user: Option<usize>,
+    max_open_chats: Option<usize>,
+    write_lanes: Option<usize>,
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) bind: SocketAddr,
+    pub(crate) sqlite: PathBuf,
+    pub(crate) postgres: Option<String>,
+    pub(crate) redis: Option<String>,
+    pub(crate) media_dir: Option<PathBuf>,
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) dev: bool,
+    pub(crate) jwt_secret: Option<String>,
+    pub(crate) jwt_audience: Option<String>,
+    pub(crate) jwt_issuer: Option<String>,
+    pub(crate) synchronous: Synchronous,
+    pub(crate) max_connections: usize,
+    pub(crate) outgoing_queue: usize,
+    pub(crate) rate_limits: RateLimits,
+    pub(crate) engine: EngineConfig,
+}
+
+impl Settings {
+    pub(crate) fn resolve(args: ServeArgs) -> Result<Self, String> {
+        let file: FileConfig = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| format!("invalid config {}: {e}", path.display()))?
+            }
+        };
+        let synchronous = match file.sqlite_synchronous.as_deref() {
+            None | Some("full") => Synchronous::Full,
+            Some("normal") => Synchronous::Normal,
+            Some("off") => Synchronous::Off,
+            Some(other) => {
+                return Err(format!(
+                    "sqlite_synchronous must be full, normal or off, not {other:?}"
+                ));
+            }
+        };
+        let mut engine = EngineConfig::default();
+        if let Some(l) = &file.limits {
+            engine.max_text_chars = l.max_text_chars.unwrap_or(engine.max_text_chars);
+            engine.max_group_members = l.max_group_members.unwrap_or(engine.max_group_members);
+            engine.max_connections_per_user = l
+                .max_connections_per_user
+                .unwrap_or(engine.max_connections_per_user);
+            engine.max_open_chats = l.max_open_chats.unwrap_or(engine.max_open_chats);
+            engine.write_lanes = l.write_lanes.unwrap_or(engine.write_lanes);
+        }
+        let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        Ok(Self {
+            bind: args
+                .bind
+                .or(file.bind)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            sqlite: args
+                .sqlite
+                .or(file.sqlite)
+                .unwrap_or_else(|| PathBuf::from("./chat.db")),
+            postgres: non_empty(args.postgres.or(file.postgres)),
+            redis: non_empty(args.redis.or(file.redis)),
+            media_dir: args.media_dir.or(file.media_dir),
+            allowed_origins: args
+                .allowed_origins
+                .or(file.allowed_origins)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            dev: args.dev,
+            jwt_secret: non_empty(std::env::var("CHAT_JWT_SECRET").ok()),
+            jwt_audience: file.jwt_audience,
+            jwt_issuer: file.jwt_issuer,
+            synchronous,
+            max_connections: file.max_connections.unwrap_or(50_000),
+            outgoing_queue: file.outgoing_queue.unwrap_or(1024),
+            rate_limits: file.rate_limits.unwrap_or_default(),
+            engine,
+        })
+    }
+
+    pub(crate) fn sqlite_config(&self) -> SqliteConfig {
+        SqliteConfig {
+            synchronous: self.synchronous,
+            ..SqliteConfig::default()
+        }
+    }
+}
+
+/// `90s`, `30m`, `24h`, `7d`, or plain seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("invalid duration unit in {s:?}; use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}
