@@ -12,7 +12,8 @@ use crate::{
     error::{Error, Result},
     model::{
         Chat, ChatId, ChatKind, MediaId, MediaRecord, Message, MessageId, MessageType, Participant,
-        Privacy, Report, ReportId, ReportStatus, Timestamp, UserId, UserRecord,
+        ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Timestamp, UserId,
+        UserRecord,
     },
     store::{Applied, Change, ChatListQuery, HistoryQuery, NewChat, ReportResolution, Store},
 };
@@ -302,6 +303,7 @@ impl State {
                     delivered_seq: message.seq,
                     read_seq: message.seq,
                     visible_from_seq: message.seq,
+                    settings: Default::default(),
                 });
                 Ok(Applied::Membership {
                     chat: chat.clone(),
@@ -455,6 +457,7 @@ impl Store for MemoryStore {
                 delivered_seq: 0,
                 read_seq: 0,
                 visible_from_seq: 0,
+                settings: Default::default(),
             })
             .collect();
         let chat = Chat {
@@ -505,6 +508,22 @@ impl Store for MemoryStore {
             .collect();
         chats.sort_by_key(|c| std::cmp::Reverse((c.last_activity, c.id)));
         Ok(chats.into_iter().take(query.limit).cloned().collect())
+    }
+
+    async fn set_participant_settings(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        settings: ParticipantSettings,
+    ) -> Result<()> {
+        let mut state = self.lock();
+        let p = state
+            .chats
+            .get_mut(&chat)
+            .and_then(|c| c.participants.iter_mut().find(|p| &p.user_id == user))
+            .ok_or_else(|| Error::not_found("not a participant"))?;
+        p.settings = settings;
+        Ok(())
     }
 
     async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>> {

@@ -371,6 +371,20 @@ pub struct Participant {
     /// a support group does not read what was said before they came.
     #[serde(default)]
     pub visible_from_seq: u64,
+    /// The participant's own settings; never sent to others.
+    #[serde(skip)]
+    pub settings: ParticipantSettings,
+}
+
+/// A participant's own settings of a chat (`PUT /chat/sessions/:id`,
+/// `DELETE` of a direct chat).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ParticipantSettings {
+    /// No push notifications until then.
+    pub muted_until: Option<Timestamp>,
+    /// The chat is hidden from the chat list while its `last_seq` is at
+    /// most this (a new message brings it back).
+    pub hidden_seq: Option<u64>,
 }
 
 /// A chat and its participants.
@@ -422,6 +436,9 @@ pub struct ChatView {
     pub chat: Chat,
     /// Non-system, non-deleted messages from others with `seq > read_seq`.
     pub unread_count: u64,
+    /// The viewer has muted push notifications of this chat until then.
+    #[serde(default)]
+    pub muted_until: Option<Timestamp>,
 }
 
 /// The kind of a message.

@@ -8,7 +8,8 @@ use crate::{
     error::Result,
     model::{
         Chat, ChatId, ChatKind, Encryption, MediaRecord, MediaRef, Message, MessageId, MessageType,
-        Privacy, Report, ReportId, ReportStatus, Role, SystemEvent, Timestamp, UserId, UserRecord,
+        ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Role, SystemEvent, Timestamp,
+        UserId, UserRecord,
     },
 };
 
@@ -89,6 +90,15 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// The chats `user` takes part in, most recent `last_activity` first
     /// (ties broken by id, descending), starting after `query.after`.
     async fn list_chats(&self, user: &UserId, query: ChatListQuery) -> Result<Vec<Chat>>;
+
+    /// Replaces `user`'s own settings of `chat`; `NotFound` if they are not
+    /// a participant. Settings take no seq and survive watermark moves.
+    async fn set_participant_settings(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        settings: ParticipantSettings,
+    ) -> Result<()>;
 
     /// Everyone who shares at least one chat with `user`, without `user`,
     /// each once.

@@ -172,6 +172,7 @@ macro_rules! store_conformance_tests {
             resolve_report_closes_it_once,
             media_records_round_trip,
             duplicate_media_id_conflicts,
+            participant_settings_round_trip,
             concurrent_posts_take_unique_gap_free_seqs,
             concurrent_retries_store_one_message,
             concurrent_marks_never_move_backwards,
@@ -229,8 +230,8 @@ pub mod store_suite {
         error::{Error, Result},
         model::{
             Chat, ChatId, ChatKind, Encryption, MediaId, MediaRecord, MediaRef, Message, MessageId,
-            MessageType, Participant, Privacy, Reactions, Report, ReportId, ReportStatus, Role,
-            SystemEvent, Timestamp, UserId, UserRecord,
+            MessageType, Participant, ParticipantSettings, Privacy, Reactions, Report, ReportId,
+            ReportStatus, Role, SystemEvent, Timestamp, UserId, UserRecord,
         },
         store::{
             Applied, Change, ChatListQuery, GroupPatch, HistoryQuery, NewChat, NewMessage,
@@ -744,6 +745,7 @@ pub mod store_suite {
             delivered_seq: 0,
             read_seq: 0,
             visible_from_seq: 0,
+            settings: Default::default(),
         };
         let expected = Chat {
             id: new.id,
@@ -1821,6 +1823,7 @@ pub mod store_suite {
                 delivered_seq: 3,
                 read_seq: 3,
                 visible_from_seq: 3,
+                settings: Default::default(),
             },
             "a newcomer's watermarks and visible_from_seq are the system message's seq"
         );
@@ -3028,6 +3031,67 @@ pub mod store_suite {
             );
         }
         assert_eq!(ok(s.get_media(MediaId::new()).await, "get_media"), None);
+    }
+
+    /// A participant's own settings are stored, replaced whole, survive
+    /// watermark moves and new messages, and are refused for outsiders.
+    pub async fn participant_settings_round_trip(store: Arc<dyn Store>) {
+        let s = &*store;
+        let (alice, bob, eve) = (user("alice"), user("bob"), user("eve"));
+        let chat = group(s, &[&alice, &bob], at(0)).await;
+        let settings_of = |c: &Chat, u: &UserId| c.participant(u).map(|p| p.settings);
+        let fresh = ok(s.get_chat(chat.id).await, "get_chat").expect("chat exists");
+        assert_eq!(
+            settings_of(&fresh, &alice),
+            Some(ParticipantSettings::default())
+        );
+        let muted = ParticipantSettings {
+            muted_until: Some(at(99)),
+            hidden_seq: Some(0),
+        };
+        ok(
+            s.set_participant_settings(chat.id, &alice, muted).await,
+            "set_participant_settings",
+        );
+        let mark = Change::Mark {
+            chat_id: chat.id,
+            user_id: alice.clone(),
+            delivered_up_to: 0,
+            read_up_to: 0,
+        };
+        let _ = s.apply(vec![mark]).await;
+        let after = ok(s.get_chat(chat.id).await, "get_chat").expect("chat exists");
+        assert_eq!(
+            settings_of(&after, &alice),
+            Some(muted),
+            "settings are stored"
+        );
+        assert_eq!(
+            settings_of(&after, &bob),
+            Some(ParticipantSettings::default()),
+            "per participant"
+        );
+        assert_eq!(after.last_seq, fresh.last_seq, "settings take no seq");
+        ok(
+            s.set_participant_settings(chat.id, &alice, ParticipantSettings::default())
+                .await,
+            "set_participant_settings",
+        );
+        let cleared = ok(s.get_chat(chat.id).await, "get_chat").expect("chat exists");
+        assert_eq!(
+            settings_of(&cleared, &alice),
+            Some(ParticipantSettings::default()),
+            "replaced whole"
+        );
+        not_found(
+            s.set_participant_settings(chat.id, &eve, muted).await,
+            "settings of a non-participant",
+        );
+        not_found(
+            s.set_participant_settings(ChatId::new(), &alice, muted)
+                .await,
+            "settings in a missing chat",
+        );
     }
 
     /// Inserting a media record whose id exists is a `Conflict` and keeps

@@ -367,6 +367,7 @@ async fn check_final(
                 )
                 .await
                 .map_err(fail)?
+                .chats
                 .iter()
                 .any(|v| v.chat.id == chat_id);
             match chat.members.get(&u) {

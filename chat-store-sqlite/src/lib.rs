@@ -106,8 +106,8 @@ use std::{
 
 use async_trait::async_trait;
 use chat_core::{
-    Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Privacy, Report, ReportId,
-    ReportStatus, Store, Timestamp, UserId, UserRecord,
+    Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy, Report,
+    ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
     store::{Applied, Change, ChatListQuery, HistoryQuery, NewChat, ReportResolution},
 };
 use rusqlite::{Connection, OpenFlags};
@@ -430,6 +430,17 @@ impl Store for SqliteStore {
     async fn set_last_seen(&self, user: &UserId, at: Timestamp) -> chat_core::Result<()> {
         let user = user.clone();
         self.write(move |conn| write::set_last_seen(conn, &user, at))
+            .await
+    }
+
+    async fn set_participant_settings(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        settings: ParticipantSettings,
+    ) -> chat_core::Result<()> {
+        let user = user.clone();
+        self.write(move |conn| write::set_participant_settings(conn, chat, &user, settings))
             .await
     }
 

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use chat_core::{
     Chat, ChatId, ChatKind, Encryption, MediaId, MediaRecord, Message, MessageId, Participant,
-    Privacy, Reactions, Report, ReportId, ReportStatus, Timestamp, UserId, UserRecord,
+    ParticipantSettings, Privacy, Reactions, Report, ReportId, ReportStatus, Timestamp, UserId,
+    UserRecord,
     store::{ChatListQuery, HistoryQuery},
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -128,8 +129,8 @@ impl ChatRow {
 
 fn participants(conn: &Connection, chat: ChatId) -> Result<Vec<Participant>, Error> {
     let mut stmt = conn.prepare_cached(
-        "SELECT user_id, role, joined_at, delivered_seq, read_seq, visible_from_seq \
-         FROM participants WHERE chat_id = ?1 ORDER BY ordinal",
+        "SELECT user_id, role, joined_at, delivered_seq, read_seq, visible_from_seq, \
+         muted_until, hidden_seq FROM participants WHERE chat_id = ?1 ORDER BY ordinal",
     )?;
     let rows = stmt.query_map([chat.to_string()], |r| {
         Ok((
@@ -139,11 +140,13 @@ fn participants(conn: &Connection, chat: ChatId) -> Result<Vec<Participant>, Err
             r.get::<_, i64>(3)?,
             r.get::<_, i64>(4)?,
             r.get::<_, i64>(5)?,
+            r.get::<_, Option<i64>>(6)?,
+            r.get::<_, Option<i64>>(7)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (user_id, role, joined_at, delivered, read, visible) = row?;
+        let (user_id, role, joined_at, delivered, read, visible, muted_until, hidden_seq) = row?;
         out.push(Participant {
             user_id: user("participants.user_id", user_id)?,
             role: parse("participants.role", &role)?,
@@ -151,6 +154,12 @@ fn participants(conn: &Connection, chat: ChatId) -> Result<Vec<Participant>, Err
             delivered_seq: unsigned("participants.delivered_seq", delivered)?,
             read_seq: unsigned("participants.read_seq", read)?,
             visible_from_seq: unsigned("participants.visible_from_seq", visible)?,
+            settings: ParticipantSettings {
+                muted_until: muted_until.map(ts),
+                hidden_seq: hidden_seq
+                    .map(|s| unsigned("participants.hidden_seq", s))
+                    .transpose()?,
+            },
         });
     }
     Ok(out)

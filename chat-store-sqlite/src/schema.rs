@@ -121,6 +121,11 @@ const MIGRATIONS: &[&str] = &[
         created_at    INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 2: a participant's own settings of a chat.
+    r#"
+    ALTER TABLE participants ADD COLUMN muted_until INTEGER;
+    ALTER TABLE participants ADD COLUMN hidden_seq INTEGER;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use chat_core::{
     Chat, ChatId, ChatKind, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
-    Participant, Privacy, Report, ReportStatus, Role, Timestamp, UserId,
+    Participant, ParticipantSettings, Privacy, Report, ReportStatus, Role, Timestamp, UserId,
     store::{Applied, Change, NewChat, NewMessage, ReportResolution},
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -559,6 +559,7 @@ pub(crate) fn create_chat(conn: &Connection, new: NewChat) -> Result<(Chat, bool
             delivered_seq: 0,
             read_seq: 0,
             visible_from_seq: 0,
+            settings: Default::default(),
         });
     }
     let chat = Chat {
@@ -621,6 +622,32 @@ pub(crate) fn set_privacy(conn: &Connection, user: &UserId, p: Privacy) -> Resul
 }
 
 /// [`Store::set_suspension`](chat_core::Store::set_suspension).
+pub(crate) fn set_participant_settings(
+    conn: &Connection,
+    chat: ChatId,
+    user: &UserId,
+    settings: ParticipantSettings,
+) -> Result<(), Error> {
+    let hidden = settings
+        .hidden_seq
+        .map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+    let changed = conn
+        .prepare_cached(
+            "UPDATE participants SET muted_until = ?3, hidden_seq = ?4 \
+             WHERE chat_id = ?1 AND user_id = ?2",
+        )?
+        .execute(params![
+            chat.to_string(),
+            user.as_str(),
+            settings.muted_until.map(Timestamp::as_millis),
+            hidden
+        ])?;
+    if changed == 0 {
+        return Err(not_found("not a participant"));
+    }
+    Ok(())
+}
+
 pub(crate) fn set_suspension(
     conn: &Connection,
     user: &UserId,

@@ -171,19 +171,15 @@ pub(crate) async fn list_sessions(
         return Err(ApiError(Error::invalid("limit must be 1..=200")));
     }
     let after = p.cursor.as_deref().map(parse_cursor).transpose()?;
-    let chats = app
+    let page = app
         .engine
         .list_chats(&actor, ChatListQuery { after, limit })
         .await?;
-    let next_cursor = (chats.len() == limit)
-        .then(|| {
-            chats
-                .last()
-                .map(|c| format!("{}_{}", c.chat.last_activity.as_millis(), c.chat.id))
-        })
-        .flatten();
+    let next_cursor = page
+        .next
+        .map(|(at, chat)| format!("{}_{}", at.as_millis(), chat));
     Ok(Json(
-        json!({ "chats": to_json(chats)?.0, "next_cursor": next_cursor }),
+        json!({ "chats": to_json(page.chats)?.0, "next_cursor": next_cursor }),
     ))
 }
 
@@ -226,11 +222,19 @@ pub(crate) async fn update_session(
     Body(b): Body<GroupFields>,
 ) -> ApiResult {
     let chat_id: ChatId = id(&chat)?;
+    let muted_until = b.muted_until;
     let patch = b.patch();
-    if patch.is_empty() {
-        return to_json(app.engine.get_chat(&actor, chat_id).await?);
+    let mut view = None;
+    if let Some(until) = muted_until {
+        view = Some(app.engine.set_muted(&actor, chat_id, until).await?);
     }
-    to_json(app.engine.update_group(&actor, chat_id, patch).await?)
+    if !patch.is_empty() {
+        view = Some(app.engine.update_group(&actor, chat_id, patch).await?);
+    }
+    match view {
+        Some(view) => to_json(view),
+        None => to_json(app.engine.get_chat(&actor, chat_id).await?),
+    }
 }
 
 pub(crate) async fn leave_session(
@@ -247,9 +251,10 @@ pub(crate) async fn leave_session(
                 .await?;
             ok()
         }
-        chat_core::ChatKind::Direct => Err(ApiError(Error::invalid(
-            "hiding direct chats is not available yet in this server version",
-        ))),
+        chat_core::ChatKind::Direct => {
+            app.engine.hide_chat(&actor, chat_id).await?;
+            ok()
+        }
     }
 }
 
@@ -365,15 +370,27 @@ pub(crate) async fn remove_participant(
     ok()
 }
 
-/// Group fields of `PUT /chat/groups/:id` and `PUT /chat/sessions/:id`.
+/// Group fields of `PUT /chat/groups/:id` and `PUT /chat/sessions/:id`
+/// (which also takes `muted_until`: a timestamp, or `null` to unmute).
 #[derive(Debug, Deserialize)]
 pub(crate) struct GroupFields {
+    #[serde(default, deserialize_with = "present")]
+    muted_until: Option<Option<Timestamp>>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
     avatar_url: Option<String>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 impl GroupFields {

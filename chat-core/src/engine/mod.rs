@@ -282,6 +282,15 @@ pub struct Opened {
     pub created: bool,
 }
 
+/// One page of the chat list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatPage {
+    /// Most recent activity first.
+    pub chats: Vec<ChatView>,
+    /// Where the next page starts, if there may be one.
+    pub next: Option<(Timestamp, ChatId)>,
+}
+
 /// One page of history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HistoryPage {
@@ -444,7 +453,12 @@ impl ChatEngine {
         } else {
             self.inner.store.unread_count(chat.id, user, read).await?
         };
-        Ok(ChatView { chat, unread_count })
+        let muted_until = chat.participant(user).and_then(|p| p.settings.muted_until);
+        Ok(ChatView {
+            chat,
+            unread_count,
+            muted_until,
+        })
     }
 
     /// A chat as the actor sees it.
@@ -453,19 +467,78 @@ impl ChatEngine {
         self.view(chat, &actor.user_id).await
     }
 
-    /// The actor's chats, most recent activity first.
-    pub async fn list_chats(&self, actor: &Actor, query: ChatListQuery) -> Result<Vec<ChatView>> {
+    /// The actor's chats, most recent activity first, without the ones
+    /// they hid (until those have new activity); `next` continues the list.
+    pub async fn list_chats(&self, actor: &Actor, query: ChatListQuery) -> Result<ChatPage> {
         let limit = query.limit.clamp(1, HISTORY_MAX);
-        let chats = self
-            .inner
-            .store
-            .list_chats(&actor.user_id, ChatListQuery { limit, ..query })
-            .await?;
-        let mut out = Vec::with_capacity(chats.len());
-        for chat in chats {
-            out.push(self.view(chat, &actor.user_id).await?);
+        let me = &actor.user_id;
+        let mut out = Vec::with_capacity(limit);
+        let mut after = query.after;
+        loop {
+            let batch = self
+                .inner
+                .store
+                .list_chats(me, ChatListQuery { after, limit })
+                .await?;
+            let exhausted = batch.len() < limit;
+            for chat in batch {
+                after = Some((chat.last_activity, chat.id));
+                let hidden = chat
+                    .participant(me)
+                    .and_then(|p| p.settings.hidden_seq)
+                    .is_some_and(|h| chat.last_seq <= h);
+                if !hidden {
+                    out.push(self.view(chat, me).await?);
+                    if out.len() == limit {
+                        return Ok(ChatPage {
+                            chats: out,
+                            next: after,
+                        });
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(ChatPage {
+                    chats: out,
+                    next: None,
+                });
+            }
         }
-        Ok(out)
+    }
+
+    /// Mutes push notifications of a chat for the actor until `until`
+    /// (`None` unmutes).
+    pub async fn set_muted(
+        &self,
+        actor: &Actor,
+        chat_id: ChatId,
+        until: Option<Timestamp>,
+    ) -> Result<ChatView> {
+        let mut chat = self.chat_of(actor, chat_id).await?;
+        let me = &actor.user_id;
+        let mut settings = chat.participant(me).map(|p| p.settings).unwrap_or_default();
+        settings.muted_until = until;
+        self.inner
+            .store
+            .set_participant_settings(chat_id, me, settings)
+            .await?;
+        if let Some(p) = chat.participants.iter_mut().find(|p| &p.user_id == me) {
+            p.settings = settings;
+        }
+        self.view(chat, me).await
+    }
+
+    /// Hides a chat from the actor's chat list until it has new activity.
+    /// Membership and history stay.
+    pub async fn hide_chat(&self, actor: &Actor, chat_id: ChatId) -> Result<()> {
+        let chat = self.chat_of(actor, chat_id).await?;
+        let me = &actor.user_id;
+        let mut settings = chat.participant(me).map(|p| p.settings).unwrap_or_default();
+        settings.hidden_seq = Some(chat.last_seq);
+        self.inner
+            .store
+            .set_participant_settings(chat_id, me, settings)
+            .await
     }
 
     /// A message the actor may see.
@@ -671,6 +744,7 @@ impl ChatEngine {
         let frame = ServerEvent::ChatCreated(ChatView {
             chat: chat.clone(),
             unread_count: 0,
+            muted_until: None,
         })
         .to_frame();
         self.publish(Audience::users(chat.member_ids()), Action::Frame(frame))
@@ -752,11 +826,15 @@ impl ChatEngine {
             system: None,
             created_at: self.now(),
         };
-        let applied = self
-            .inner
-            .writer
-            .submit(Change::Post(new), Fanout::new(&chat, EventKind::Post))
-            .await?;
+        let mut fanout = Fanout::new(&chat, EventKind::Post);
+        let now = self.now();
+        fanout.muted = chat
+            .participants
+            .iter()
+            .filter(|p| p.settings.muted_until.is_some_and(|t| t > now))
+            .map(|p| p.user_id.clone())
+            .collect();
+        let applied = self.inner.writer.submit(Change::Post(new), fanout).await?;
         let crate::store::Applied::Posted { message, duplicate } = applied else {
             return Err(unexpected());
         };

@@ -368,6 +368,7 @@ async fn outsiders_get_not_found() {
         )
         .await
         .unwrap()
+        .chats
         .is_empty()
     );
 }
@@ -1395,4 +1396,53 @@ async fn dispatcher_answers_every_command_with_an_id() {
             .await
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn muted_chats_get_no_push_and_hidden_chats_come_back_with_activity() {
+    let recorder = Arc::new(Recorder::default());
+    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
+        .notifier(recorder.clone())
+        .build()
+        .await
+        .unwrap();
+    let chat = direct(&e, "alice", "bob").await;
+    let bob = actor("bob");
+    let until = Timestamp::now().plus(Duration::from_secs(3600));
+    let view = e.set_muted(&bob, chat, Some(until)).await.unwrap();
+    assert_eq!(view.muted_until, Some(until));
+    send(&e, "alice", chat, "c1", "shh").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(recorder.0.lock().unwrap().is_empty(), "muted: no push");
+    e.set_muted(&bob, chat, None).await.unwrap();
+    send(&e, "alice", chat, "c2", "now").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(recorder.0.lock().unwrap().len(), 1);
+
+    let list = |e: ChatEngine| async move {
+        e.list_chats(
+            &actor("bob"),
+            ChatListQuery {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap()
+        .chats
+        .len()
+    };
+    e.hide_chat(&bob, chat).await.unwrap();
+    assert_eq!(list(e.clone()).await, 0, "hidden");
+    assert_eq!(
+        e.history(&bob, chat, HistoryRequest::default())
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        2,
+        "history stays"
+    );
+    send(&e, "alice", chat, "c3", "hello again").await.unwrap();
+    assert_eq!(list(e.clone()).await, 1, "new activity brings it back");
 }

@@ -54,6 +54,8 @@ pub(super) struct Fanout {
     kind: EventKind,
     /// Read receipts of this user go only to their own devices.
     pub(super) private_reads_of: Option<UserId>,
+    /// Members who muted the chat: no push for them.
+    pub(super) muted: Vec<UserId>,
 }
 
 impl Fanout {
@@ -62,6 +64,7 @@ impl Fanout {
             members: chat.member_ids(),
             kind,
             private_reads_of: None,
+            muted: Vec::new(),
         }
     }
 }
@@ -216,7 +219,7 @@ async fn fan_out(
                 let others = fanout
                     .members
                     .iter()
-                    .filter(|u| **u != message.sender_id)
+                    .filter(|u| **u != message.sender_id && !fanout.muted.contains(u))
                     .cloned()
                     .collect();
                 notes.push((message.clone(), others));
@@ -352,6 +355,7 @@ async fn membership_events(inner: &Inner, chat: &Chat, message: &Message) {
             let created = ServerEvent::ChatCreated(ChatView {
                 chat: chat.clone(),
                 unread_count: 0,
+                muted_until: None,
             });
             frame(inner, vec![user_id.clone()], created).await;
         }
@@ -400,6 +404,7 @@ async fn chat_updated(inner: &Inner, chat: &Chat) {
         let view = ChatView {
             chat: chat.clone(),
             unread_count,
+            muted_until: p.settings.muted_until,
         };
         frame(
             inner,
