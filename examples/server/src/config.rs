@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use chat_core::EngineConfig;
 use chat_store_sqlite::{SqliteConfig, Synchronous};
-use chat_transport_ws::limits::RateLimits;
+use chat_transport_ws::{auth::JwtKey, limits::RateLimits};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -79,6 +79,10 @@ struct FileConfig {
     allowed_origins: Option<Vec<String>>,
     jwt_audience: Option<String>,
     jwt_issuer: Option<String>,
+    /// `HS256` (default, secret from CHAT_JWT_SECRET), `RS256` or `EdDSA`.
+    jwt_algorithm: Option<String>,
+    /// PEM public key for RS256 / EdDSA.
+    jwt_public_key_file: Option<PathBuf>,
     /// `full` (default), `normal` or `off`.
     sqlite_synchronous: Option<String>,
     max_connections: Option<usize>,
@@ -110,6 +114,8 @@ pub(crate) struct Settings {
     pub(crate) jwt_secret: Option<String>,
     pub(crate) jwt_audience: Option<String>,
     pub(crate) jwt_issuer: Option<String>,
+    /// A public key verifies tokens instead of the HS256 secret.
+    pub(crate) jwt_public_key: Option<JwtKey>,
     pub(crate) synchronous: Synchronous,
     pub(crate) max_connections: usize,
     pub(crate) outgoing_queue: usize,
@@ -135,6 +141,31 @@ impl Settings {
             Some(other) => {
                 return Err(format!(
                     "sqlite_synchronous must be full, normal or off, not {other:?}"
+                ));
+            }
+        };
+        let jwt_public_key = match (file.jwt_algorithm.as_deref(), &file.jwt_public_key_file) {
+            (None | Some("HS256"), None) => None,
+            (None | Some("HS256"), Some(_)) => {
+                return Err(
+                    "jwt_public_key_file needs jwt_algorithm = \"RS256\" or \"EdDSA\"".into(),
+                );
+            }
+            (Some(alg @ ("RS256" | "EdDSA")), Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                Some(if alg == "RS256" {
+                    JwtKey::Rs256Pem(pem)
+                } else {
+                    JwtKey::EdDsaPem(pem)
+                })
+            }
+            (Some("RS256" | "EdDSA"), None) => {
+                return Err("jwt_algorithm RS256/EdDSA needs jwt_public_key_file".into());
+            }
+            (Some(other), _) => {
+                return Err(format!(
+                    "jwt_algorithm must be HS256, RS256 or EdDSA, not {other:?}"
                 ));
             }
         };
@@ -173,6 +204,7 @@ impl Settings {
             jwt_secret: non_empty(std::env::var("CHAT_JWT_SECRET").ok()),
             jwt_audience: file.jwt_audience,
             jwt_issuer: file.jwt_issuer,
+            jwt_public_key,
             synchronous,
             max_connections: file.max_connections.unwrap_or(50_000),
             outgoing_queue: file.outgoing_queue.unwrap_or(1024),

@@ -72,6 +72,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let settings = Settings::resolve(args).map_err(|e| Failure(2, format!("chat-server: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -90,6 +91,8 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     }
     let secret = match (&settings.jwt_secret, settings.dev) {
         (Some(secret), _) => secret.clone().into_bytes(),
+        // Tokens are verified with a public key; a secret only signs dev tokens.
+        (None, false) if settings.jwt_public_key.is_some() => Vec::new(),
         (None, true) => {
             let mut secret = vec![0u8; 32];
             getrandom::fill(&mut secret)
@@ -136,6 +139,9 @@ async fn run(settings: Settings) -> Result<(), Failure> {
         .map_err(fail)?;
 
     let mut auth = AuthConfig::hs256(secret.clone());
+    if let Some(key) = settings.jwt_public_key.clone() {
+        auth.key = key;
+    }
     auth.audience = settings.jwt_audience.clone();
     auth.issuer = settings.jwt_issuer.clone();
     let mut ws = WsConfig::new(auth);
@@ -143,7 +149,8 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     ws.rate_limits = settings.rate_limits;
     ws.max_connections = settings.max_connections;
     ws.outgoing_queue = settings.outgoing_queue;
-    ws.dev_token_secret = settings.dev.then(|| secret.clone());
+    ws.dev_token_secret =
+        (settings.dev && settings.jwt_public_key.is_none()).then(|| secret.clone());
     ws.metrics = Some(Arc::new(move || metrics.render()));
 
     let listener = tokio::net::TcpListener::bind(settings.bind)
