@@ -85,6 +85,14 @@ pub struct Delivery {
 pub trait DeliverySink: Debug + Send + Sync + 'static {
     /// Hands `delivery` to this node's live connections. Must not block.
     fn deliver(&self, delivery: &Delivery);
+
+    /// The bus found that these users went offline everywhere without a
+    /// [`Bus::user_disconnected`] (their node died and its presence
+    /// expired). Called on one surviving node per user, which announces
+    /// `user_offline` to their contacts. Must not block.
+    fn users_went_offline(&self, users: Vec<UserId>) {
+        let _ = users;
+    }
 }
 
 /// Publish/subscribe between server nodes, and cluster-wide presence.
@@ -102,6 +110,9 @@ pub trait DeliverySink: Debug + Send + Sync + 'static {
 ///   last one closed; they return whether the user thereby came online or
 ///   went offline across the whole cluster. A node that dies stops counting
 ///   after a bounded time (Redis: a TTL refreshed by a heartbeat).
+/// - When a node dies, its users go offline within a bounded time (Redis: a
+///   TTL refreshed by a heartbeat); a surviving node then calls
+///   [`DeliverySink::users_went_offline`] once for them.
 /// - A bus that loses its backend keeps serving the local node, logs, and
 ///   reconnects; it never panics. Clients catch up with `sync`.
 #[async_trait]

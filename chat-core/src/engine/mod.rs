@@ -176,21 +176,56 @@ impl EngineBuilder {
     /// Must be called within a Tokio runtime.
     pub async fn build(self) -> Result<ChatEngine> {
         let hub = Arc::new(Hub::new());
-        self.bus.attach(hub.clone()).await?;
-        let inner = Arc::new_cyclic(|weak| Inner {
-            writer: Writer::start(weak.clone(), &self.config),
-            store: self.store,
-            bus: self.bus,
-            clock: self.clock,
-            policy: self.policy,
-            hooks: self.hooks,
-            notifier: self.notifier,
-            presence: Presence::default(),
-            typing: Typing::default(),
-            config: self.config,
-            hub,
+        let mut attached = None;
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
+            attached = Some(Arc::new(EngineSink {
+                hub: hub.clone(),
+                engine: weak.clone(),
+            }));
+            Inner {
+                writer: Writer::start(weak.clone(), &self.config),
+                store: self.store,
+                bus: self.bus,
+                clock: self.clock,
+                policy: self.policy,
+                hooks: self.hooks,
+                notifier: self.notifier,
+                presence: Presence::default(),
+                typing: Typing::default(),
+                config: self.config,
+                hub,
+            }
         });
+        if let Some(sink) = attached {
+            inner.bus.attach(sink).await?;
+        }
         Ok(ChatEngine { inner })
+    }
+}
+
+/// What the bus delivers into: the hub for events, the engine for presence
+/// that expired on another node.
+#[derive(Debug)]
+struct EngineSink {
+    hub: Arc<Hub>,
+    engine: std::sync::Weak<Inner>,
+}
+
+impl crate::bus::DeliverySink for EngineSink {
+    fn deliver(&self, delivery: &Delivery) {
+        self.hub.deliver(delivery);
+    }
+
+    fn users_went_offline(&self, users: Vec<UserId>) {
+        let Some(inner) = self.engine.upgrade() else {
+            return;
+        };
+        let engine = ChatEngine { inner };
+        tokio::spawn(async move {
+            for user in users {
+                engine.expired_offline(&user).await;
+            }
+        });
     }
 }
 

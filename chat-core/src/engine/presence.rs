@@ -172,6 +172,16 @@ impl ChatEngine {
         }
     }
 
+    /// A user's node died: they are offline everywhere, so store last_seen
+    /// and tell their contacts, as if their last connection had closed.
+    pub(super) async fn expired_offline(&self, user: &UserId) {
+        let now = self.now();
+        if let Err(e) = self.inner.store.set_last_seen(user, now).await {
+            tracing::warn!(error = %e, "failed to store last_seen");
+        }
+        self.announce(user, false, Some(now)).await;
+    }
+
     /// `user_online` / `user_offline`: an explicit status; connections still
     /// receive events either way.
     async fn set_status(&self, user: &UserId, online: bool) -> Result<()> {
