@@ -1,0 +1,713 @@
+//! The load generator: N authenticated WebSocket clients in direct chats or
+//! groups, sending at a fixed rate (open loop, intended send times in the
+//! messages, so a stalled server cannot hide its latency) or as fast as acks
+//! allow, for a fixed time; then it checks that every acknowledged message
+//! reached every member, and reports throughput, latency percentiles,
+//! errors, and the server's memory and CPU.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chat_core::UserId;
+use clap::{Args, ValueEnum};
+use futures::{SinkExt, StreamExt, stream::SplitSink};
+use hdrhistogram::Histogram;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    net::TcpStream,
+    process::{Child, Command},
+    sync::Semaphore,
+};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+
+use crate::{Error, procstat};
+
+/// What to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Target {
+    /// The chat server (spawned from the same target directory, or `--addr`).
+    Chat,
+    /// The bare broadcast relay baseline (spawned).
+    Relay,
+}
+
+/// `chat-bench load`
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LoadArgs {
+    /// What to drive.
+    #[arg(long, value_enum, default_value = "chat")]
+    target: Target,
+    /// A running chat server instead of spawning one (needs --secret).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// The server's CHAT_JWT_SECRET (random for a spawned server).
+    #[arg(long)]
+    secret: Option<String>,
+    /// The chat-server binary (default: next to this one).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// WebSocket connections, one user each.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Members per group; 2 makes direct chats.
+    #[arg(long, default_value_t = 50)]
+    group_size: usize,
+    /// Messages per second over all senders; 0: as fast as acks allow.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Unacknowledged sends per connection when --rate is 0.
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Bytes of text per message.
+    #[arg(long, default_value_t = 100)]
+    message_bytes: usize,
+    /// Only connect and hold the connections (memory per idle connection).
+    #[arg(long)]
+    idle: bool,
+    /// The spawned server's SQLite durability: full or normal.
+    #[arg(long, default_value = "full")]
+    synchronous: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    count: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: h.max() as f64 / 1000.0,
+            count: h.len(),
+        }
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct Report {
+    target: String,
+    connections: usize,
+    group_size: usize,
+    rate: u64,
+    duration_s: f64,
+    sends_acked: u64,
+    sends_per_sec: f64,
+    deliveries: u64,
+    deliveries_per_sec: f64,
+    send_to_ack_ms: Percentiles,
+    send_to_receive_ms: Percentiles,
+    errors: HashMap<String, u64>,
+    lost: u64,
+    duplicates: u64,
+    server_rss_mib_before: f64,
+    server_rss_mib_after: f64,
+    idle_bytes_per_connection: Option<f64>,
+    server_cpu_s: f64,
+    server_cpu_s_per_million_deliveries: Option<f64>,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The server under test, killed on drop.
+struct Server {
+    addr: SocketAddr,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+}
+
+async fn spawn_server(args: &LoadArgs, secret: &str) -> Result<Server, Error> {
+    let dir = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = match args.target {
+        Target::Relay => {
+            let mut c = Command::new(&exe);
+            c.args(["relay", "--bind", "127.0.0.1:0"]);
+            c
+        }
+        Target::Chat => {
+            let bin = args
+                .server_bin
+                .clone()
+                .unwrap_or_else(|| exe.with_file_name("chat-server"));
+            if !bin.exists() {
+                return Err(format!(
+                    "{} not found: build it first (cargo build --release -p chat-server)",
+                    bin.display()
+                )
+                .into());
+            }
+            let config = dir.path().join("bench.toml");
+            let unlimited = "{ per_second = 10000000, burst = 10000000 }";
+            std::fs::write(
+                &config,
+                format!(
+                    "sqlite_synchronous = \"{}\"\noutgoing_queue = 8192\nmax_connections = 200000\n\
+                     [rate_limits]\nwrite = {unlimited}\ntyping = {unlimited}\nother = {unlimited}\n\
+                     [limits]\nmax_group_members = 10000\n",
+                    args.synchronous
+                ),
+            )?;
+            let mut c = Command::new(bin);
+            c.arg("--bind")
+                .arg("127.0.0.1:0")
+                .arg("--sqlite")
+                .arg(dir.path().join("bench.db"))
+                .arg("--config")
+                .arg(&config)
+                .env("CHAT_JWT_SECRET", secret)
+                .env("RUST_LOG", "warn");
+            c
+        }
+    };
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                return Ok::<_, Error>(addr.parse::<SocketAddr>()?);
+            }
+        }
+        Err("the server exited before listening".into())
+    })
+    .await
+    .map_err(|_| "the server did not start within 30 s")??;
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Server {
+        addr,
+        child: Some(child),
+        _dir: dir,
+    })
+}
+
+fn random_secret() -> Result<String, Error> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+async fn connect(args: &LoadArgs, addr: SocketAddr, secret: &str, i: usize) -> Result<Ws, Error> {
+    let url = match args.target {
+        Target::Chat => {
+            let user = UserId::new(format!("u{i}"))?;
+            let token = chat_transport_ws::auth::issue_hs256(
+                secret.as_bytes(),
+                &user,
+                false,
+                Duration::from_secs(3600),
+            )?;
+            format!("ws://{addr}/ws?token={token}")
+        }
+        Target::Relay => format!("ws://{addr}/?group=g{}", i / args.group_size.max(1)),
+    };
+    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    Ok(ws)
+}
+
+/// Sends a command and reads until its ack; returns the ack's `data`.
+async fn request(
+    ws: &mut Ws,
+    id: &str,
+    kind: &str,
+    data: serde_json::Value,
+) -> Result<serde_json::Value, Error> {
+    let frame = serde_json::json!({"type": kind, "id": id, "data": data});
+    ws.send(Message::Text(frame.to_string().into())).await?;
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(text) = msg? {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            if v["id"] == id {
+                if v["type"] == "ack" {
+                    return Ok(v["data"].clone());
+                }
+                return Err(format!("{kind} failed: {}", v["data"]).into());
+            }
+        }
+    }
+    Err("connection closed during setup".into())
+}
+
+/// Per-connection results, merged at the end.
+struct ConnStats {
+    ack: Histogram<u64>,
+    recv: Histogram<u64>,
+    /// Messages received from each sender (by connection index).
+    received: HashMap<u32, u64>,
+    errors: HashMap<String, u64>,
+    acked: u64,
+}
+
+fn histogram() -> Result<Histogram<u64>, Error> {
+    // Microseconds up to 100 s, 3 significant digits.
+    Ok(Histogram::new_with_bounds(1, 100_000_000, 3)?)
+}
+
+/// Finds `"<key>":"` in a frame and returns the text up to the next quote.
+fn field<'a>(frame: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":\"");
+    let start = frame.find(&pat)? + pat.len();
+    let end = frame[start..].find('"')? + start;
+    Some(&frame[start..end])
+}
+
+pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
+    let secret = match &args.secret {
+        Some(s) => s.clone(),
+        None => random_secret()?,
+    };
+    let server = match args.addr {
+        Some(addr) => Server {
+            addr,
+            child: None,
+            _dir: tempfile::tempdir()?,
+        },
+        None => spawn_server(&args, &secret).await?,
+    };
+    let pid = server.pid();
+    let before = pid.map(procstat::sample).unwrap_or_default();
+    let n = args.connections.max(1);
+    let group = args.group_size.max(2).min(n);
+
+    // Connect, 64 at a time.
+    let progress = (!args.quiet && !args.json).then(|| indicatif::ProgressBar::new(n as u64));
+    let limit = Arc::new(Semaphore::new(64));
+    let mut pending = Vec::with_capacity(n);
+    for i in 0..n {
+        let (args, secret, limit) = (args.clone(), secret.clone(), limit.clone());
+        let addr = server.addr;
+        pending.push(tokio::spawn(async move {
+            let _permit = limit.acquire().await;
+            connect(&args, addr, &secret, i).await
+        }));
+    }
+    let mut sockets = Vec::with_capacity(n);
+    for p in pending {
+        sockets.push(p.await??);
+        if let Some(bar) = &progress {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+
+    if args.idle {
+        tokio::time::sleep(Duration::from_secs(args.duration.max(1))).await;
+        let after = pid.map(procstat::sample).unwrap_or_default();
+        let report = Report {
+            target: format!("{:?}", args.target).to_lowercase(),
+            connections: n,
+            server_rss_mib_before: before.rss as f64 / 1048576.0,
+            server_rss_mib_after: after.rss as f64 / 1048576.0,
+            idle_bytes_per_connection: Some(after.rss.saturating_sub(before.rss) as f64 / n as f64),
+            ..Report::default()
+        };
+        print_report(&args, &report)?;
+        drop(sockets);
+        return Ok(());
+    }
+
+    // Chats: groups of `group` consecutive users (the first creates it), or
+    // direct chats of pairs.
+    let groups: Vec<Vec<usize>> = (0..n)
+        .step_by(group)
+        .map(|s| (s..(s + group).min(n)).collect())
+        .collect();
+    let mut chat_of = vec![String::new(); n];
+    if args.target == Target::Chat {
+        for (g, members) in groups.iter().enumerate() {
+            let Some(&creator) = members.first() else {
+                continue;
+            };
+            let others: Vec<String> = members[1..].iter().map(|m| format!("u{m}")).collect();
+            let data = if group == 2 && others.len() == 1 {
+                request(
+                    &mut sockets[creator],
+                    &format!("setup-{g}"),
+                    "create_direct",
+                    serde_json::json!({"user_id": others[0]}),
+                )
+                .await?
+            } else {
+                request(
+                    &mut sockets[creator],
+                    &format!("setup-{g}"),
+                    "create_group",
+                    serde_json::json!({"name": format!("g{g}"), "member_ids": others}),
+                )
+                .await?
+            };
+            let chat_id = data["chat"]["id"]
+                .as_str()
+                .ok_or("no chat id in ack")?
+                .to_owned();
+            for &m in members {
+                chat_of[m] = chat_id.clone();
+            }
+        }
+    }
+    let group_of: Vec<usize> = (0..n).map(|i| i / group).collect();
+
+    // Run.
+    let base = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let stop_at = base + Duration::from_secs(args.duration);
+    let mut readers = Vec::with_capacity(n);
+    let mut writers = Vec::with_capacity(n);
+    let cpu_before = pid.map(procstat::sample).unwrap_or_default();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let (sink, stream) = ws.split();
+        let window = Arc::new(Semaphore::new(args.inflight.max(1)));
+        let outstanding: Arc<Mutex<std::collections::VecDeque<u64>>> = Arc::default();
+        let relay = args.target == Target::Relay;
+        readers.push(tokio::spawn(read_loop(
+            stream,
+            i,
+            base,
+            relay,
+            window.clone(),
+            outstanding.clone(),
+            delivered.clone(),
+        )));
+        writers.push(tokio::spawn(write_loop(
+            sink,
+            i,
+            n,
+            chat_of[i].clone(),
+            args.clone(),
+            base,
+            stop_at,
+            window,
+            outstanding,
+            sent.clone(),
+        )));
+    }
+    let bar = (!args.quiet && !args.json).then(|| {
+        let bar = indicatif::ProgressBar::new(args.duration);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    while Instant::now() < stop_at {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(bar) = &bar {
+            bar.set_position(base.elapsed().as_secs().min(args.duration));
+            bar.set_message(format!(
+                "sent {}  delivered {}",
+                sent.load(Ordering::Relaxed),
+                delivered.load(Ordering::Relaxed)
+            ));
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let mut sent_by = vec![0u64; n];
+    let mut sinks = Vec::with_capacity(n);
+    for (i, w) in writers.into_iter().enumerate() {
+        let (count, sink) = w.await??;
+        sent_by[i] = count;
+        sinks.push(sink);
+    }
+    let send_elapsed = base.elapsed();
+    // Drain: every member should receive every message of its chat.
+    let expected: u64 = (0..n)
+        .map(|i| sent_by[i] * groups[group_of[i]].len() as u64)
+        .sum();
+    let drain_deadline = Instant::now() + Duration::from_secs(15);
+    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cpu_after = pid.map(procstat::sample).unwrap_or_default();
+    for mut sink in sinks {
+        let _ = sink.close().await;
+    }
+    let mut stats = Vec::with_capacity(n);
+    for r in readers {
+        stats.push(r.await??);
+    }
+
+    let mut ack = histogram()?;
+    let mut recv = histogram()?;
+    let mut errors: HashMap<String, u64> = HashMap::new();
+    let mut acked = 0;
+    let (mut lost, mut duplicates) = (0u64, 0u64);
+    for (m, s) in stats.iter().enumerate() {
+        ack.add(&s.ack)?;
+        recv.add(&s.recv)?;
+        acked += s.acked;
+        for (code, count) in &s.errors {
+            *errors.entry(code.clone()).or_default() += count;
+        }
+        for &sender in &groups[group_of[m]] {
+            let got = s.received.get(&(sender as u32)).copied().unwrap_or(0);
+            let want = sent_by[sender];
+            lost += want.saturating_sub(got);
+            duplicates += got.saturating_sub(want);
+        }
+    }
+    let deliveries = delivered.load(Ordering::Relaxed);
+    let secs = send_elapsed.as_secs_f64();
+    let cpu = cpu_after.cpu.saturating_sub(cpu_before.cpu).as_secs_f64();
+    let report = Report {
+        target: format!("{:?}", args.target).to_lowercase(),
+        connections: n,
+        group_size: group,
+        rate: args.rate,
+        duration_s: secs,
+        sends_acked: acked,
+        sends_per_sec: acked as f64 / secs,
+        deliveries,
+        deliveries_per_sec: deliveries as f64 / secs,
+        send_to_ack_ms: Percentiles::of(&ack),
+        send_to_receive_ms: Percentiles::of(&recv),
+        errors,
+        lost,
+        duplicates,
+        server_rss_mib_before: before.rss as f64 / 1048576.0,
+        server_rss_mib_after: cpu_after.rss as f64 / 1048576.0,
+        idle_bytes_per_connection: None,
+        server_cpu_s: cpu,
+        server_cpu_s_per_million_deliveries: (deliveries > 0 && pid.is_some())
+            .then(|| cpu / deliveries as f64 * 1e6),
+    };
+    print_report(&args, &report)?;
+    drop(server);
+    Ok(())
+}
+
+type Sink = SplitSink<Ws, Message>;
+
+#[allow(clippy::too_many_arguments)]
+async fn write_loop(
+    mut sink: Sink,
+    i: usize,
+    n: usize,
+    chat_id: String,
+    args: LoadArgs,
+    base: Instant,
+    stop_at: Instant,
+    window: Arc<Semaphore>,
+    outstanding: Arc<Mutex<std::collections::VecDeque<u64>>>,
+    sent: Arc<AtomicU64>,
+) -> Result<(u64, Sink), Error> {
+    let padding = "x".repeat(args.message_bytes.saturating_sub(24));
+    // Open loop: connection i sends at rate/n, staggered so that the
+    // connections do not all fire in the same millisecond.
+    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(n as f64 / args.rate as f64));
+    let offset = interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
+    let mut count = 0u64;
+    loop {
+        let intended = match interval {
+            Some(iv) => {
+                let at = base + offset + iv.mul_f64(count as f64);
+                if at >= stop_at {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+            None => {
+                if Instant::now() >= stop_at {
+                    break;
+                }
+                window.acquire().await?.forget();
+                Instant::now()
+            }
+        };
+        let t = intended.duration_since(base).as_micros() as u64;
+        let content = format!("t={t};s={i};{padding}");
+        let frame = serde_json::json!({
+            "type": "send_message",
+            "id": format!("m{count}"),
+            "data": {"chat_id": chat_id, "client_msg_id": format!("{i}-{count}"), "content": content},
+        });
+        outstanding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(t);
+        sink.send(Message::Text(frame.to_string().into())).await?;
+        count += 1;
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok((count, sink))
+}
+
+async fn read_loop(
+    mut stream: futures::stream::SplitStream<Ws>,
+    me: usize,
+    base: Instant,
+    relay: bool,
+    window: Arc<Semaphore>,
+    outstanding: Arc<Mutex<std::collections::VecDeque<u64>>>,
+    delivered: Arc<AtomicU64>,
+) -> Result<ConnStats, Error> {
+    let mut stats = ConnStats {
+        ack: histogram()?,
+        recv: histogram()?,
+        received: HashMap::new(),
+        errors: HashMap::new(),
+        acked: 0,
+    };
+    let on_ack = |stats: &mut ConnStats| {
+        let now = base.elapsed().as_micros() as u64;
+        if let Some(t) = outstanding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+        {
+            let _ = stats.ack.record(now.saturating_sub(t).max(1));
+        }
+        stats.acked += 1;
+        window.add_permits(1);
+    };
+    while let Some(msg) = stream.next().await {
+        let Ok(Message::Text(text)) = msg else {
+            continue;
+        };
+        let frame: &str = &text;
+        let delivery = if relay {
+            frame.starts_with("{\"type\":\"send_message\"")
+        } else {
+            frame.starts_with("{\"type\":\"message_received\"")
+        };
+        if delivery {
+            let Some(content) = field(frame, "content") else {
+                continue;
+            };
+            let mut parts = content.split(';');
+            let t: u64 = parts
+                .next()
+                .and_then(|p| p.strip_prefix("t="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let sender: u32 = parts
+                .next()
+                .and_then(|p| p.strip_prefix("s="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u32::MAX);
+            let now = base.elapsed().as_micros() as u64;
+            let _ = stats.recv.record(now.saturating_sub(t).max(1));
+            *stats.received.entry(sender).or_default() += 1;
+            delivered.fetch_add(1, Ordering::Relaxed);
+            if relay && sender as usize == me {
+                on_ack(&mut stats);
+            }
+        } else if frame.starts_with("{\"type\":\"ack\"") {
+            if field(frame, "id").is_some_and(|id| id.starts_with('m')) {
+                on_ack(&mut stats);
+            }
+        } else if frame.starts_with("{\"type\":\"error\"") {
+            let code = field(frame, "code").unwrap_or("unknown").to_owned();
+            *stats.errors.entry(code).or_default() += 1;
+            // An error answers a send too: release its slot.
+            window.add_permits(1);
+            outstanding
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+        }
+    }
+    Ok(stats)
+}
+
+fn print_report(args: &LoadArgs, r: &Report) -> Result<(), Error> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!(
+        "target {}: {} connections, group size {}, rate {}",
+        r.target,
+        r.connections,
+        r.group_size,
+        if r.rate == 0 {
+            "as fast as acks allow".to_owned()
+        } else {
+            format!("{}/s", r.rate)
+        }
+    );
+    if let Some(b) = r.idle_bytes_per_connection {
+        println!(
+            "  idle: server RSS {:.1} -> {:.1} MiB, {:.1} KiB per connection",
+            r.server_rss_mib_before,
+            r.server_rss_mib_after,
+            b / 1024.0
+        );
+        return Ok(());
+    }
+    println!(
+        "  sends acked    {:>10} ({:.0}/s)",
+        r.sends_acked, r.sends_per_sec
+    );
+    println!(
+        "  deliveries     {:>10} ({:.0}/s)",
+        r.deliveries, r.deliveries_per_sec
+    );
+    let p = |name: &str, p: &Percentiles| {
+        println!(
+            "  {name:<14} p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            p.p50, p.p90, p.p99, p.p999, p.max
+        );
+    };
+    p("send->ack", &r.send_to_ack_ms);
+    p("send->receive", &r.send_to_receive_ms);
+    println!(
+        "  lost {}  duplicates {}  errors {:?}",
+        r.lost, r.duplicates, r.errors
+    );
+    println!(
+        "  server RSS {:.1} -> {:.1} MiB, CPU {:.2} s{}",
+        r.server_rss_mib_before,
+        r.server_rss_mib_after,
+        r.server_cpu_s,
+        r.server_cpu_s_per_million_deliveries
+            .map(|c| format!(", {c:.2} CPU-s per million deliveries"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
