@@ -76,9 +76,17 @@ struct Model {
     next_client_id: usize,
 }
 
-fn system_msg(chat: usize, seq: u64) -> MMsg {
+/// The model's record of the system message the engine stored at `seq`.
+async fn system_msg(store: &MemoryStore, chat_id: ChatId, chat: usize, seq: u64) -> MMsg {
+    let query = HistoryQuery {
+        before_seq: Some(seq + 1),
+        after_seq: Some(seq - 1),
+        from_seq: 0,
+        limit: 1,
+    };
+    let stored = store.history(chat_id, query).await.unwrap_or_default();
     MMsg {
-        id: MessageId::new(),
+        id: stored.first().map_or_else(MessageId::new, |m| m.id),
         chat,
         seq,
         sender: usize::MAX,
@@ -222,7 +230,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     chat.members
                         .insert(b, (false, chat.last_seq, chat.last_seq));
                     let seq = chat.last_seq;
-                    m.msgs.push(system_msg(c, seq));
+                    m.msgs.push(system_msg(&store, chat_id, c, seq).await);
                 }
             }
             Op::Remove(a, c, b) => {
@@ -241,7 +249,8 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(result_code(&r), expected);
                 if expected.is_none() {
                     chat.last_seq += 1;
-                    m.msgs.push(system_msg(c, chat.last_seq));
+                    let seq = chat.last_seq;
+                    m.msgs.push(system_msg(&store, chat_id, c, seq).await);
                     chat.members.remove(&b);
                     let admins = chat.members.values().filter(|(admin, ..)| *admin).count();
                     if admins == 0 {
@@ -249,7 +258,8 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         // member); the model checks there is exactly one.
                         if !chat.members.is_empty() {
                             chat.last_seq += 1;
-                            m.msgs.push(system_msg(c, chat.last_seq));
+                            let seq = chat.last_seq;
+                            m.msgs.push(system_msg(&store, chat_id, c, seq).await);
                             let view = engine
                                 .store()
                                 .get_chat(chat_id)

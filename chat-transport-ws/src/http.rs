@@ -112,6 +112,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError(Error::TooLarge("request body too large".into())))
             }
+            Err(rejection) if rejection.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Err(ApiError(Error::UnsupportedMediaType(
+                    "send JSON with Content-Type: application/json".into(),
+                )))
+            }
             Err(rejection) => Err(ApiError(Error::invalid(rejection.body_text()))),
         }
     }

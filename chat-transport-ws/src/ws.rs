@@ -85,7 +85,14 @@ async fn close(sink: &mut Sink, code: u16, reason: &str) {
         code,
         reason: Utf8Bytes::from(reason),
     };
-    let _ = sink.send(Message::Close(Some(frame))).await;
+    if let Err(e) = sink.send(Message::Close(Some(frame))).await {
+        tracing::debug!(error = %e, "close frame not sent");
+    }
+    // Completes the closing handshake: flushes a close reply the socket
+    // queued for a client's close.
+    if let Err(e) = sink.close().await {
+        tracing::debug!(error = %e, "close handshake incomplete");
+    }
 }
 
 async fn auth_failed(sink: &mut Sink, message: &str, code: u16) {
@@ -177,7 +184,13 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
                         session.send(error_frame(None, &Error::invalid("binary frames are not accepted; send JSON text")));
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break "client closed".to_owned(),
+                    Some(Ok(Message::Close(_))) => {
+                        // Answer the closing handshake (the writer sends
+                        // the close frame and stops).
+                        transport.close(1000, "");
+                        break "client closed".to_owned();
+                    }
+                    None => break "client went away".to_owned(),
                     Some(Err(e)) => {
                         let too_big = e.to_string().to_ascii_lowercase().contains("too long")
                             || e.to_string().to_ascii_lowercase().contains("capacity");
@@ -269,7 +282,13 @@ async fn authenticate_first(
                 }
             },
             Err(parse) => {
-                send_text(sink, error_frame(parse.id.as_deref(), &parse.error)).await;
+                // Only a malformed `authenticate` is worth a detailed
+                // answer; anything else is refused for what it is: early.
+                let error = match parse.kind.as_deref() {
+                    Some("authenticate") | None => parse.error,
+                    Some(_) => Error::Unauthenticated("authenticate first".into()),
+                };
+                send_text(sink, error_frame(parse.id.as_deref(), &error)).await;
             }
         }
     }

@@ -300,8 +300,7 @@ pub struct NewGroup {
     /// Its avatar (http or https URL).
     #[serde(default)]
     pub avatar_url: Option<String>,
-    /// Members besides the creator (who becomes admin).
-    #[serde(default)]
+    /// Members besides the creator (who becomes admin); may be empty.
     pub member_ids: Vec<UserId>,
     /// Encryption mode, fixed at creation.
     #[serde(default)]

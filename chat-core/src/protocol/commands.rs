@@ -137,6 +137,8 @@ pub struct Request {
 pub struct ParseError {
     /// The request id, if the frame had a valid one.
     pub id: Option<String>,
+    /// The command's `type`, if the frame had one.
+    pub kind: Option<String>,
     /// What is wrong.
     pub error: Error,
 }
@@ -145,6 +147,7 @@ pub struct ParseError {
 pub fn parse_request(text: &str) -> std::result::Result<Request, ParseError> {
     let fail = |id: Option<String>, msg: String| ParseError {
         id,
+        kind: None,
         error: Error::invalid(msg),
     };
     let value: serde_json::Value =
@@ -180,7 +183,10 @@ pub fn parse_request(text: &str) -> std::result::Result<Request, ParseError> {
             } else {
                 format!("invalid {kind}: {e}")
             };
-            Err(fail(id, msg))
+            Err(ParseError {
+                kind: Some(kind),
+                ..fail(id, msg)
+            })
         }
     }
 }

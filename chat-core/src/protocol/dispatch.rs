@@ -57,7 +57,7 @@ pub async fn dispatch_text(session: &Session, text: &str) -> Option<Bytes> {
                 Err(e) => Some(error_frame(id.as_deref(), &e)),
             }
         }
-        Err(ParseError { id, error }) => Some(error_frame(id.as_deref(), &error)),
+        Err(ParseError { id, error, .. }) => Some(error_frame(id.as_deref(), &error)),
     }
 }
 
