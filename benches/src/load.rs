@@ -396,6 +396,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
     let stop_at = base + Duration::from_secs(args.duration);
     let mut readers = Vec::with_capacity(n);
     let mut writers = Vec::with_capacity(n);
+    let (stop_readers, reader_stop) = tokio::sync::watch::channel(false);
     let cpu_before = pid.map(procstat::sample).unwrap_or_default();
     for (i, ws) in sockets.into_iter().enumerate() {
         let (sink, stream) = ws.split();
@@ -404,6 +405,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
         let relay = args.target == Target::Relay;
         readers.push(tokio::spawn(read_loop(
             stream,
+            reader_stop.clone(),
             i,
             base,
             relay,
@@ -463,12 +465,13 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cpu_after = pid.map(procstat::sample).unwrap_or_default();
-    for mut sink in sinks {
-        let _ = sink.close().await;
-    }
+    let _ = stop_readers.send(true);
     let mut stats = Vec::with_capacity(n);
     for r in readers {
         stats.push(r.await??);
+    }
+    for mut sink in sinks {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     }
 
     let mut ack = histogram()?;
@@ -555,30 +558,36 @@ async fn write_loop(
                 if Instant::now() >= stop_at {
                     break;
                 }
-                window.acquire().await?.forget();
+                match tokio::time::timeout_at(stop_at.into(), window.acquire()).await {
+                    Ok(permit) => permit?.forget(),
+                    Err(_) => break,
+                }
                 Instant::now()
             }
         };
         let t = intended.duration_since(base).as_micros() as u64;
         let content = format!("t={t};s={i};{padding}");
-        let frame = serde_json::json!({
-            "type": "send_message",
-            "id": format!("m{count}"),
-            "data": {"chat_id": chat_id, "client_msg_id": format!("{i}-{count}"), "content": content},
-        });
+        // Written by hand so that "type" comes first (the relay echoes the
+        // frame as sent, and readers classify frames by their prefix); no
+        // field needs escaping.
+        let frame = format!(
+            r#"{{"type":"send_message","id":"m{count}","data":{{"chat_id":"{chat_id}","client_msg_id":"{i}-{count}","content":"{content}"}}}}"#
+        );
         outstanding
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(t);
-        sink.send(Message::Text(frame.to_string().into())).await?;
+        sink.send(Message::Text(frame.into())).await?;
         count += 1;
         sent.fetch_add(1, Ordering::Relaxed);
     }
     Ok((count, sink))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
     mut stream: futures::stream::SplitStream<Ws>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     me: usize,
     base: Instant,
     relay: bool,
@@ -605,7 +614,12 @@ async fn read_loop(
         stats.acked += 1;
         window.add_permits(1);
     };
-    while let Some(msg) = stream.next().await {
+    loop {
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Some(msg) = msg else { break };
         let Ok(Message::Text(text)) = msg else {
             continue;
         };

@@ -83,6 +83,9 @@ pub(crate) async fn serve(listener: TcpListener) -> Result<(), Error> {
                 }
             });
             while let Some(Ok(msg)) = stream.next().await {
+                if let Message::Close(_) = msg {
+                    break;
+                }
                 if let Message::Text(text) = msg {
                     let frame = Bytes::from(text);
                     let groups = groups.lock().unwrap_or_else(|e| e.into_inner());

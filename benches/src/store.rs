@@ -185,6 +185,12 @@ pub(crate) async fn compare(
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // The same page cache as the store's writer.
+    conn.pragma_update(
+        None,
+        "cache_size",
+        -i64::from(SqliteConfig::default().writer_cache_kib),
+    )?;
     let chat_ids: Vec<String> = chats.iter().map(ToString::to_string).collect();
     for id in &chat_ids {
         conn.execute(

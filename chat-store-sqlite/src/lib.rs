@@ -156,6 +156,12 @@ pub struct SqliteConfig {
     /// Most changes one group commit carries (at least 1; a single
     /// `apply` with more changes is committed alone). Default 1000.
     pub batch_max: usize,
+    /// Page cache of the write connection, KiB. Default 64 MiB: appends
+    /// touch every index of the messages table at many chats' positions,
+    /// and SQLite's 2 MiB default turns that into page reads and writes.
+    pub writer_cache_kib: u32,
+    /// Page cache of each read connection, KiB. Default 16 MiB.
+    pub reader_cache_kib: u32,
 }
 
 impl Default for SqliteConfig {
@@ -165,6 +171,8 @@ impl Default for SqliteConfig {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             batch_max: 1000,
+            writer_cache_kib: 64 * 1024,
+            reader_cache_kib: 16 * 1024,
         }
     }
 }
@@ -206,6 +214,7 @@ fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection, Error> {
     }
     conn.pragma_update(None, "synchronous", config.synchronous.as_str())?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 
@@ -224,11 +233,14 @@ impl SqliteStore {
     pub fn open_with(path: impl AsRef<Path>, config: SqliteConfig) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
         let mut conn = connect(&path, &config)?;
+        // Negative: KiB rather than pages.
+        conn.pragma_update(None, "cache_size", -i64::from(config.writer_cache_kib))?;
         schema::migrate(&mut conn)?;
         let readers = (0..config.readers.max(1))
             .map(|_| {
                 let conn = connect(&path, &config)?;
                 conn.pragma_update(None, "query_only", true)?;
+                conn.pragma_update(None, "cache_size", -i64::from(config.reader_cache_kib))?;
                 Ok(conn)
             })
             .collect::<Result<Vec<_>, Error>>()?;
