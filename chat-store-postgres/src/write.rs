@@ -665,7 +665,9 @@ pub(crate) async fn create_chat(pool: &PgPool, new: NewChat) -> Result<(Chat, bo
         .into_iter()
         .filter(|(u, _)| seen.insert(u.clone()))
         .collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await?;
     let created: Option<String> = sqlx::query_scalar(
         "INSERT INTO chats (id, kind, name, description, avatar_url, encryption, last_seq, \
            last_activity, created_at, direct_key) \

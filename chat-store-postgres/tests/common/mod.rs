@@ -244,3 +244,12 @@ fn with_database_replaces_only_the_path() {
         "postgres://h:5432/x"
     );
 }
+
+#[test]
+fn redacted_hides_only_the_password() {
+    assert_eq!(
+        redacted("postgres://u:secret@h:5432/db?x=1"),
+        "postgres://u:***@h:5432/db?x=1"
+    );
+    assert_eq!(redacted(DEFAULT_URL), DEFAULT_URL);
+}
