@@ -39,6 +39,7 @@ use crate::{
 
 /// How batches were applied; see [`PostgresStore::stats`](crate::PostgresStore::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BatchStats {
     /// Transactions committed by `apply`.
     pub batches: u64,
