@@ -1,7 +1,391 @@
-//! PostgreSQL implementation of the chat engine's [`Store`](chat_core::Store).
+//! PostgreSQL implementation of the chat engine's [`Store`]: for several
+//! server nodes sharing one database.
 //!
-//! Not implemented yet: this crate is a placeholder in the workspace until
-//! its issue ("PostgreSQL store and Redis fan-out") lands. Use
-//! `chat-store-sqlite` for a single node.
+//! [`PostgresStore`] keeps everything in PostgreSQL through a pool of
+//! [`sqlx`] connections. Any number of nodes (processes, each with its own
+//! store and pool) may write to the same database at once; every rule of
+//! the [`Store`] contract holds across them, because the database enforces
+//! it, not the process:
+//!
+//! - **Seqs.** Every change of a chat's log takes the chat's next seq with
+//!   `UPDATE chats SET last_seq = last_seq + 1 ... RETURNING last_seq` in the
+//!   transaction that stores the change. A batch first locks the rows of the
+//!   chats it touches (in id order, so batches never deadlock), so the
+//!   writers of one chat, on every node, queue on its row: seqs are unique
+//!   and gap-free, and the checks a change makes (a deleted message, a full
+//!   group, the distinct-reaction limit) still hold when it writes.
+//! - **Idempotency.** `(sender_id, client_msg_id)` has a unique index. A
+//!   post looks the key up, then inserts with `ON CONFLICT DO NOTHING`; if a
+//!   concurrent post of the same key on another connection won in between,
+//!   the post rolls back to its savepoint (giving back the seq it took) and
+//!   returns the stored message with `duplicate: true` (or `Conflict` if it
+//!   is in another chat).
+//! - **Batches.** [`Store::apply`] runs its batch in one transaction, each
+//!   change in its own `SAVEPOINT` (a failing change fails alone and leaves
+//!   no trace) and commits once. Runs of consecutive posts are stored with
+//!   multi-row statements (one `UPDATE chats ... last_seq + n` and one
+//!   `INSERT ... SELECT FROM UNNEST(...)`) when none of them can fail; see
+//!   [`PostgresConfig::bulk_posts`].
+//! - **Direct chats** have a unique key per unordered pair of users, so
+//!   concurrent creations of one pair's chat store one chat; open reports
+//!   are unique per reporter and message the same way.
+//! - **Durability** is PostgreSQL's: `apply` returns after `COMMIT`, so with
+//!   the default `synchronous_commit = on` an `Ok` change survives a crash.
+//! - **Reads** use the pool; each is a single statement, hence one
+//!   consistent snapshot that includes every committed change.
+//! - **Schema.** [`PostgresStore::migrate`] runs the migrations of this
+//!   crate's `migrations/` directory ([`MIGRATOR`]); sqlx records them in
+//!   `_sqlx_migrations` and serializes concurrent runs with an advisory
+//!   lock, so every node may call it at startup.
+//!
+//! # Layout
+//!
+//! | module | what |
+//! |---|---|
+//! | `batch` | `apply`: the transaction, savepoints, bulk posts |
+//! | `write` | the changes and the other writes |
+//! | `read` | queries and row mapping |
+//! | `error` | [`Error`] and its conversion into [`chat_core::Error`] |
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use chat_core::{
+//!     ChatId, ChatKind, MessageId, MessageType, Role, Store, Timestamp, UserId,
+//!     store::{Applied, Change, NewChat, NewMessage},
+//! };
+//! use chat_store_postgres::PostgresStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = PostgresStore::connect("postgres://chat@127.0.0.1:5432/chat").await?;
+//! store.migrate().await?;
+//! let store: Arc<dyn Store> = Arc::new(store);
+//!
+//! let alice = UserId::new("alice")?;
+//! let (chat, _) = store
+//!     .create_chat(NewChat {
+//!         id: ChatId::new(),
+//!         kind: ChatKind::Group,
+//!         name: Some("team".into()),
+//!         description: None,
+//!         avatar_url: None,
+//!         encryption: Default::default(),
+//!         participants: vec![(alice.clone(), Role::Admin)],
+//!         created_at: Timestamp::now(),
+//!     })
+//!     .await?;
+//!
+//! let post = Change::Post(NewMessage {
+//!     id: MessageId::new(),
+//!     chat_id: chat.id,
+//!     sender_id: alice,
+//!     kind: MessageType::Text,
+//!     content: Some("hello".into()),
+//!     media: None,
+//!     reply_to: None,
+//!     client_msg_id: Some("c-1".into()),
+//!     system: None,
+//!     created_at: Timestamp::now(),
+//! });
+//! let mut results = store.apply(vec![post]).await;
+//! let Some(Ok(Applied::Posted { message, .. })) = results.pop() else {
+//!     panic!("the post failed");
+//! };
+//! assert_eq!(message.seq, 1);
+//! # Ok(())
+//! # }
+//! ```
 
-pub use chat_core;
+mod batch;
+mod error;
+mod read;
+mod write;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chat_core::{
+    Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy, Report,
+    ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
+    store::{Applied, Change, ChatListQuery, HistoryQuery, NewChat, ReportResolution},
+};
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+pub use batch::BatchStats;
+pub use error::Error;
+pub use sqlx;
+
+/// The migrations of this crate (`migrations/`), embedded at build time.
+/// [`PostgresStore::migrate`] runs them; use this to run them elsewhere
+/// (a deploy step) or to inspect them.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How a [`PostgresStore`] connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// Most connections the pool opens. Each running `apply` holds one for
+    /// its transaction, and each read one for its statement. Default 10.
+    pub max_connections: u32,
+    /// Connections the pool keeps open when idle. Default 0.
+    pub min_connections: u32,
+    /// How long a caller waits for a connection before failing with a
+    /// backend error. Default 30 s.
+    pub acquire_timeout: Duration,
+    /// Store runs of consecutive posts of a batch with multi-row statements
+    /// when none of them can fail (the per-change path decides the others).
+    /// Both paths give the same results; `false` is for comparing them.
+    /// Default `true`.
+    pub bulk_posts: bool,
+    /// `application_name` of the connections, as `pg_stat_activity` shows
+    /// it. Default `"chat-store-postgres"`.
+    pub application_name: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            min_connections: 0,
+            acquire_timeout: Duration::from_secs(30),
+            bulk_posts: true,
+            application_name: "chat-store-postgres".to_owned(),
+        }
+    }
+}
+
+/// The PostgreSQL [`Store`]. See the [crate docs](crate) for how it works.
+///
+/// Cloning is cheap and shares the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    config: PostgresConfig,
+    counters: Arc<batch::Counters>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("config", &self.config)
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects a pool with the default [`PostgresConfig`] to the database
+    /// at `url` (`postgres://user:password@host:port/database?options`).
+    /// Does not migrate: call [`migrate`](Self::migrate).
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, PostgresConfig::default()).await
+    }
+
+    /// Connects a pool with `config` to the database at `url`; fails if no
+    /// connection can be opened. Does not migrate.
+    pub async fn connect_with(url: &str, config: PostgresConfig) -> Result<Self, Error> {
+        let options: PgConnectOptions = url.parse()?;
+        let options = options.application_name(&config.application_name);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .min_connections(config.min_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await?;
+        tracing::debug!(?config, "connected the PostgreSQL store");
+        Ok(Self::from_pool(pool, config))
+    }
+
+    /// A store over an existing pool (the pool's own options apply;
+    /// `config` is read for [`PostgresConfig::bulk_posts`]).
+    pub fn from_pool(pool: PgPool, config: PostgresConfig) -> Self {
+        Self {
+            pool,
+            config,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Brings the database's schema up to date: runs the migrations of
+    /// [`MIGRATOR`] that it lacks. Safe to call from several nodes at once.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The configuration the store was made with.
+    pub fn config(&self) -> &PostgresConfig {
+        &self.config
+    }
+
+    /// How this store's `apply` calls went so far (this process only).
+    pub fn stats(&self) -> BatchStats {
+        self.counters.snapshot()
+    }
+
+    /// Closes the pool: waits for the connections in use to come back and
+    /// closes all of them.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Converts the crate's error into the engine's.
+fn core<T>(r: Result<T, Error>) -> chat_core::Result<T> {
+    r.map_err(Into::into)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn apply(&self, changes: Vec<Change>) -> Vec<chat_core::Result<Applied>> {
+        batch::apply(&self.pool, changes, self.config.bulk_posts, &self.counters).await
+    }
+
+    async fn create_chat(&self, chat: NewChat) -> chat_core::Result<(Chat, bool)> {
+        core(write::create_chat(&self.pool, chat).await)
+    }
+
+    async fn get_chat(&self, id: ChatId) -> chat_core::Result<Option<Chat>> {
+        core(read::chat(&self.pool, id).await)
+    }
+
+    async fn find_direct_chat(&self, a: &UserId, b: &UserId) -> chat_core::Result<Option<Chat>> {
+        core(read::direct_chat(&self.pool, a, b).await)
+    }
+
+    async fn list_chats(
+        &self,
+        user: &UserId,
+        query: ChatListQuery,
+    ) -> chat_core::Result<Vec<Chat>> {
+        core(read::list_chats(&self.pool, user, query).await)
+    }
+
+    async fn set_participant_settings(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        settings: ParticipantSettings,
+    ) -> chat_core::Result<()> {
+        core(write::set_participant_settings(&self.pool, chat, user, settings).await)
+    }
+
+    async fn co_members(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {
+        core(read::co_members(&self.pool, user).await)
+    }
+
+    async fn get_message(&self, id: MessageId) -> chat_core::Result<Option<Message>> {
+        core(read::message(&self.pool, id).await)
+    }
+
+    async fn find_by_client_id(
+        &self,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> chat_core::Result<Option<Message>> {
+        core(read::by_client_id(&self.pool, sender, client_msg_id).await)
+    }
+
+    async fn history(&self, chat: ChatId, query: HistoryQuery) -> chat_core::Result<Vec<Message>> {
+        core(read::history(&self.pool, chat, query).await)
+    }
+
+    async fn changes(
+        &self,
+        chat: ChatId,
+        after_updated_seq: u64,
+        from_seq: u64,
+        limit: usize,
+    ) -> chat_core::Result<Vec<Message>> {
+        core(read::changes(&self.pool, chat, after_updated_seq, from_seq, limit).await)
+    }
+
+    async fn unread_count(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        after_seq: u64,
+    ) -> chat_core::Result<u64> {
+        core(read::unread_count(&self.pool, chat, user, after_seq).await)
+    }
+
+    async fn set_block(
+        &self,
+        blocker: &UserId,
+        blocked: &UserId,
+        on: bool,
+    ) -> chat_core::Result<bool> {
+        core(write::set_block(&self.pool, blocker, blocked, on).await)
+    }
+
+    async fn blocked_by_user(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {
+        core(read::blocked_by_user(&self.pool, user).await)
+    }
+
+    async fn blockers_of(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {
+        core(read::blockers_of(&self.pool, user).await)
+    }
+
+    async fn is_blocked_either(&self, a: &UserId, b: &UserId) -> chat_core::Result<bool> {
+        core(read::is_blocked_either(&self.pool, a, b).await)
+    }
+
+    async fn get_user(&self, user: &UserId) -> chat_core::Result<Option<UserRecord>> {
+        core(read::user_record(&self.pool, user).await)
+    }
+
+    async fn set_last_seen(&self, user: &UserId, at: Timestamp) -> chat_core::Result<()> {
+        core(write::set_last_seen(&self.pool, user, at).await)
+    }
+
+    async fn set_privacy(&self, user: &UserId, privacy: Privacy) -> chat_core::Result<()> {
+        core(write::set_privacy(&self.pool, user, privacy).await)
+    }
+
+    async fn set_suspension(
+        &self,
+        user: &UserId,
+        until: Option<Timestamp>,
+    ) -> chat_core::Result<()> {
+        core(write::set_suspension(&self.pool, user, until).await)
+    }
+
+    async fn insert_report(&self, report: Report) -> chat_core::Result<Report> {
+        core(write::insert_report(&self.pool, report).await)
+    }
+
+    async fn get_report(&self, id: ReportId) -> chat_core::Result<Option<Report>> {
+        core(read::report(&self.pool, id).await)
+    }
+
+    async fn list_reports(
+        &self,
+        status: Option<ReportStatus>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<Report>> {
+        core(read::list_reports(&self.pool, status, limit).await)
+    }
+
+    async fn resolve_report(&self, resolution: ReportResolution) -> chat_core::Result<Report> {
+        core(write::resolve_report(&self.pool, resolution).await)
+    }
+
+    async fn insert_media(&self, record: MediaRecord) -> chat_core::Result<()> {
+        core(write::insert_media(&self.pool, record).await)
+    }
+
+    async fn get_media(&self, id: MediaId) -> chat_core::Result<Option<MediaRecord>> {
+        core(read::media(&self.pool, id).await)
+    }
+}

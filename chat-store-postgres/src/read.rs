@@ -1,0 +1,606 @@
+//! Queries, and the mapping between rows and model types.
+//!
+//! Every read is one statement, so it sees one snapshot: a chat comes with
+//! its participants and a message with its reactions (aggregated into
+//! arrays by a `LATERAL` subquery) without a transaction around them. The
+//! functions take any executor: the pool for the store's reads, the
+//! transaction's connection for the writes that read back.
+
+use std::str::FromStr;
+
+use chat_core::{
+    Chat, ChatId, ChatKind, Encryption, MediaId, MediaRecord, Message, MessageId, Participant,
+    ParticipantSettings, Privacy, Reactions, Report, ReportId, ReportStatus, Timestamp, UserId,
+    UserRecord,
+    store::{ChatListQuery, HistoryQuery},
+};
+use sqlx::{PgExecutor, Row, postgres::PgRow};
+
+use crate::Error;
+
+// --- conversions ---------------------------------------------------------
+
+/// A seq, count or limit as PostgreSQL's BIGINT, saturating: no stored
+/// value comes near `i64::MAX`, so a larger bound means "no bound".
+pub(crate) fn sql_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A limit as BIGINT, saturating.
+pub(crate) fn sql_limit(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn unsigned(column: &'static str, v: i64) -> Result<u64, Error> {
+    u64::try_from(v).map_err(|e| Error::corrupt(column, e))
+}
+
+pub(crate) fn parse<T: FromStr>(column: &'static str, s: &str) -> Result<T, Error>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e| Error::corrupt(column, e))
+}
+
+fn user(column: &'static str, s: String) -> Result<UserId, Error> {
+    UserId::new(s).map_err(|e| Error::corrupt(column, e))
+}
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+fn chat_kind(s: &str) -> Result<ChatKind, Error> {
+    match s {
+        "direct" => Ok(ChatKind::Direct),
+        "group" => Ok(ChatKind::Group),
+        other => Err(Error::corrupt(
+            "chats.kind",
+            format!("unknown kind {other:?}"),
+        )),
+    }
+}
+
+fn encryption(s: &str) -> Result<Encryption, Error> {
+    match s {
+        "at_rest" => Ok(Encryption::AtRest),
+        "e2ee" => Ok(Encryption::E2ee),
+        other => Err(Error::corrupt(
+            "chats.encryption",
+            format!("unknown encryption {other:?}"),
+        )),
+    }
+}
+
+/// The key of the direct chat of the unordered pair `{a, b}`.
+pub(crate) fn direct_key(a: &UserId, b: &UserId) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    // '/' cannot occur in a user id, so the key is unambiguous.
+    format!("{lo}/{hi}")
+}
+
+/// An array aggregate (NULL over no rows) as a vector of `len` elements.
+fn array<T>(column: &'static str, v: Option<Vec<T>>, len: usize) -> Result<Vec<T>, Error> {
+    let v = v.unwrap_or_default();
+    if v.len() != len {
+        return Err(Error::corrupt(
+            column,
+            format!("{} elements where {len} were expected", v.len()),
+        ));
+    }
+    Ok(v)
+}
+
+// --- chats ---------------------------------------------------------------
+
+/// The columns [`chat_from_row`] reads, from `chats c` and the participant
+/// arrays `p` of [`CHAT_PARTICIPANTS`].
+macro_rules! chat_columns {
+    () => {
+        "c.id, c.kind, c.name, c.description, c.avatar_url, c.encryption, c.last_seq, \
+         c.last_activity, c.created_at, p.users, p.roles, p.joined, p.delivered, p.read, \
+         p.visible, p.muted, p.hidden"
+    };
+}
+
+/// The participants of chat `c`, in joining order, as one array per column.
+macro_rules! chat_participants {
+    () => {
+        " LEFT JOIN LATERAL (SELECT \
+             array_agg(user_id ORDER BY ordinal) AS users, \
+             array_agg(role ORDER BY ordinal) AS roles, \
+             array_agg(joined_at ORDER BY ordinal) AS joined, \
+             array_agg(delivered_seq ORDER BY ordinal) AS delivered, \
+             array_agg(read_seq ORDER BY ordinal) AS read, \
+             array_agg(visible_from_seq ORDER BY ordinal) AS visible, \
+             array_agg(muted_until ORDER BY ordinal) AS muted, \
+             array_agg(hidden_seq ORDER BY ordinal) AS hidden \
+           FROM participants WHERE chat_id = c.id) p ON TRUE "
+    };
+}
+
+fn chat_from_row(r: &PgRow) -> Result<Chat, Error> {
+    let users: Option<Vec<String>> = r.try_get("users")?;
+    let n = users.as_ref().map_or(0, Vec::len);
+    let roles: Vec<String> = array("participants.role", r.try_get("roles")?, n)?;
+    let joined: Vec<i64> = array("participants.joined_at", r.try_get("joined")?, n)?;
+    let delivered: Vec<i64> = array("participants.delivered_seq", r.try_get("delivered")?, n)?;
+    let read: Vec<i64> = array("participants.read_seq", r.try_get("read")?, n)?;
+    let visible: Vec<i64> = array("participants.visible_from_seq", r.try_get("visible")?, n)?;
+    let muted: Vec<Option<i64>> = array("participants.muted_until", r.try_get("muted")?, n)?;
+    let hidden: Vec<Option<i64>> = array("participants.hidden_seq", r.try_get("hidden")?, n)?;
+    let mut participants = Vec::with_capacity(n);
+    for (i, user_id) in users.unwrap_or_default().into_iter().enumerate() {
+        participants.push(Participant {
+            user_id: user("participants.user_id", user_id)?,
+            role: parse("participants.role", &roles[i])?,
+            joined_at: ts(joined[i]),
+            delivered_seq: unsigned("participants.delivered_seq", delivered[i])?,
+            read_seq: unsigned("participants.read_seq", read[i])?,
+            visible_from_seq: unsigned("participants.visible_from_seq", visible[i])?,
+            settings: ParticipantSettings {
+                muted_until: muted[i].map(ts),
+                hidden_seq: hidden[i]
+                    .map(|s| unsigned("participants.hidden_seq", s))
+                    .transpose()?,
+            },
+        });
+    }
+    Ok(Chat {
+        id: parse("chats.id", r.try_get::<&str, _>("id")?)?,
+        kind: chat_kind(r.try_get("kind")?)?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        avatar_url: r.try_get("avatar_url")?,
+        encryption: encryption(r.try_get("encryption")?)?,
+        last_seq: unsigned("chats.last_seq", r.try_get("last_seq")?)?,
+        last_activity: ts(r.try_get("last_activity")?),
+        created_at: ts(r.try_get("created_at")?),
+        participants,
+    })
+}
+
+/// A chat with its participants in joining order.
+pub(crate) async fn chat<'e>(ex: impl PgExecutor<'e>, id: ChatId) -> Result<Option<Chat>, Error> {
+    sqlx::query(concat!(
+        "SELECT ",
+        chat_columns!(),
+        " FROM chats c",
+        chat_participants!(),
+        "WHERE c.id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(ex)
+    .await?
+    .map(|r| chat_from_row(&r))
+    .transpose()
+}
+
+/// The direct chat of the pair `{a, b}`.
+pub(crate) async fn direct_chat<'e>(
+    ex: impl PgExecutor<'e>,
+    a: &UserId,
+    b: &UserId,
+) -> Result<Option<Chat>, Error> {
+    sqlx::query(concat!(
+        "SELECT ",
+        chat_columns!(),
+        " FROM chats c",
+        chat_participants!(),
+        "WHERE c.direct_key = $1"
+    ))
+    .bind(direct_key(a, b))
+    .fetch_optional(ex)
+    .await?
+    .map(|r| chat_from_row(&r))
+    .transpose()
+}
+
+/// The chats of `user`, most recent first. The page is chosen first, so
+/// only its chats' participants are aggregated.
+pub(crate) async fn list_chats<'e>(
+    ex: impl PgExecutor<'e>,
+    user: &UserId,
+    q: ChatListQuery,
+) -> Result<Vec<Chat>, Error> {
+    if q.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let (activity, after) = match q.after {
+        Some((activity, id)) => (Some(activity.as_millis()), Some(id.to_string())),
+        None => (None, None),
+    };
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        chat_columns!(),
+        " FROM (SELECT c.* FROM participants me JOIN chats c ON c.id = me.chat_id \
+           WHERE me.user_id = $1 \
+             AND ($2::bigint IS NULL OR (c.last_activity, c.id) < ($2, $3::text)) \
+           ORDER BY c.last_activity DESC, c.id DESC LIMIT $4) c",
+        chat_participants!(),
+        "ORDER BY c.last_activity DESC, c.id DESC"
+    ))
+    .bind(user.as_str())
+    .bind(activity)
+    .bind(after)
+    .bind(sql_limit(q.limit))
+    .fetch_all(ex)
+    .await?;
+    rows.iter().map(chat_from_row).collect()
+}
+
+/// Everyone sharing a chat with `user`, sorted, each once.
+pub(crate) async fn co_members<'e>(
+    ex: impl PgExecutor<'e>,
+    who: &UserId,
+) -> Result<Vec<UserId>, Error> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT o.user_id FROM participants p \
+         JOIN participants o ON o.chat_id = p.chat_id \
+         WHERE p.user_id = $1 AND o.user_id <> $1 ORDER BY o.user_id",
+    )
+    .bind(who.as_str())
+    .fetch_all(ex)
+    .await?;
+    ids.into_iter()
+        .map(|id| user("participants.user_id", id))
+        .collect()
+}
+
+// --- messages ------------------------------------------------------------
+
+/// `SELECT` of messages `m` with their reactions `r` in reaction order,
+/// the columns [`message_from_row`] reads. Continue with `WHERE`.
+macro_rules! select_messages {
+    () => {
+        "SELECT m.id, m.chat_id, m.seq, m.updated_seq, m.sender_id, m.kind, m.content, \
+           m.media::text AS media, m.reply_to, m.client_msg_id, m.created_at, m.edited_at, \
+           m.deleted, m.system::text AS system, r.emoji, r.users \
+         FROM messages m \
+         LEFT JOIN LATERAL (SELECT array_agg(emoji ORDER BY ordinal) AS emoji, \
+             array_agg(user_id ORDER BY ordinal) AS users \
+           FROM reactions WHERE message_id = m.id) r ON TRUE "
+    };
+}
+
+pub(crate) fn message_from_row(r: &PgRow) -> Result<Message, Error> {
+    let emoji: Option<Vec<String>> = r.try_get("emoji")?;
+    let n = emoji.as_ref().map_or(0, Vec::len);
+    let users: Vec<String> = array("reactions.user_id", r.try_get("users")?, n)?;
+    let mut reactions = Reactions::new();
+    for (emoji, user_id) in emoji.unwrap_or_default().into_iter().zip(users) {
+        reactions
+            .entry(emoji)
+            .or_default()
+            .push(user("reactions.user_id", user_id)?);
+    }
+    let media: Option<&str> = r.try_get("media")?;
+    let system: Option<&str> = r.try_get("system")?;
+    let reply_to: Option<&str> = r.try_get("reply_to")?;
+    Ok(Message {
+        id: parse("messages.id", r.try_get::<&str, _>("id")?)?,
+        chat_id: parse("messages.chat_id", r.try_get::<&str, _>("chat_id")?)?,
+        seq: unsigned("messages.seq", r.try_get("seq")?)?,
+        updated_seq: unsigned("messages.updated_seq", r.try_get("updated_seq")?)?,
+        sender_id: user("messages.sender_id", r.try_get("sender_id")?)?,
+        kind: parse("messages.kind", r.try_get::<&str, _>("kind")?)?,
+        content: r.try_get("content")?,
+        media: media.map(serde_json::from_str).transpose()?,
+        reply_to: reply_to
+            .map(|s| parse("messages.reply_to", s))
+            .transpose()?,
+        client_msg_id: r.try_get("client_msg_id")?,
+        created_at: ts(r.try_get("created_at")?),
+        edited_at: r.try_get::<Option<i64>, _>("edited_at")?.map(ts),
+        deleted: r.try_get("deleted")?,
+        reactions,
+        system: system.map(serde_json::from_str).transpose()?,
+    })
+}
+
+/// A message by id, with its reactions.
+pub(crate) async fn message<'e>(
+    ex: impl PgExecutor<'e>,
+    id: MessageId,
+) -> Result<Option<Message>, Error> {
+    sqlx::query(concat!(select_messages!(), "WHERE m.id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?
+        .map(|r| message_from_row(&r))
+        .transpose()
+}
+
+/// The message `sender` posted with `client_msg_id`.
+pub(crate) async fn by_client_id<'e>(
+    ex: impl PgExecutor<'e>,
+    sender: &UserId,
+    client_msg_id: &str,
+) -> Result<Option<Message>, Error> {
+    sqlx::query(concat!(
+        select_messages!(),
+        "WHERE m.sender_id = $1 AND m.client_msg_id = $2"
+    ))
+    .bind(sender.as_str())
+    .bind(client_msg_id)
+    .fetch_optional(ex)
+    .await?
+    .map(|r| message_from_row(&r))
+    .transpose()
+}
+
+/// A page of a chat's log, newest first.
+pub(crate) async fn history<'e>(
+    ex: impl PgExecutor<'e>,
+    chat: ChatId,
+    q: HistoryQuery,
+) -> Result<Vec<Message>, Error> {
+    let lo = q
+        .from_seq
+        .max(q.after_seq.map_or(0, |a| a.saturating_add(1)));
+    let hi = q.before_seq.unwrap_or(u64::MAX);
+    if lo >= hi || q.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(concat!(
+        select_messages!(),
+        "WHERE m.chat_id = $1 AND m.seq >= $2 AND m.seq < $3 ORDER BY m.seq DESC LIMIT $4"
+    ))
+    .bind(chat.to_string())
+    .bind(sql_u64(lo))
+    .bind(sql_u64(hi))
+    .bind(sql_limit(q.limit))
+    .fetch_all(ex)
+    .await?;
+    rows.iter().map(message_from_row).collect()
+}
+
+/// What changed in a chat after a sync cursor, oldest change first.
+pub(crate) async fn changes<'e>(
+    ex: impl PgExecutor<'e>,
+    chat: ChatId,
+    after_updated_seq: u64,
+    from_seq: u64,
+    limit: usize,
+) -> Result<Vec<Message>, Error> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(concat!(
+        select_messages!(),
+        "WHERE m.chat_id = $1 AND m.updated_seq > $2 AND m.seq >= $3 \
+         ORDER BY m.updated_seq LIMIT $4"
+    ))
+    .bind(chat.to_string())
+    .bind(sql_u64(after_updated_seq))
+    .bind(sql_u64(from_seq))
+    .bind(sql_limit(limit))
+    .fetch_all(ex)
+    .await?;
+    rows.iter().map(message_from_row).collect()
+}
+
+/// Messages of others after `after_seq` that count as unread.
+pub(crate) async fn unread_count<'e>(
+    ex: impl PgExecutor<'e>,
+    chat: ChatId,
+    who: &UserId,
+    after_seq: u64,
+) -> Result<u64, Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM messages \
+         WHERE chat_id = $1 AND seq > $2 AND sender_id <> $3 \
+           AND kind <> 'system' AND NOT deleted",
+    )
+    .bind(chat.to_string())
+    .bind(sql_u64(after_seq))
+    .bind(who.as_str())
+    .fetch_one(ex)
+    .await?;
+    unsigned("COUNT(*)", n)
+}
+
+// --- blocks --------------------------------------------------------------
+
+async fn users<'e>(
+    ex: impl PgExecutor<'e>,
+    sql: &'static str,
+    who: &UserId,
+    column: &'static str,
+) -> Result<Vec<UserId>, Error> {
+    let ids: Vec<String> = sqlx::query_scalar(sql)
+        .bind(who.as_str())
+        .fetch_all(ex)
+        .await?;
+    ids.into_iter().map(|id| user(column, id)).collect()
+}
+
+/// Whom `who` blocks, in blocking order.
+pub(crate) async fn blocked_by_user<'e>(
+    ex: impl PgExecutor<'e>,
+    who: &UserId,
+) -> Result<Vec<UserId>, Error> {
+    users(
+        ex,
+        "SELECT blocked FROM blocks WHERE blocker = $1 ORDER BY ordinal",
+        who,
+        "blocks.blocked",
+    )
+    .await
+}
+
+/// Who blocks `who`, in blocking order.
+pub(crate) async fn blockers_of<'e>(
+    ex: impl PgExecutor<'e>,
+    who: &UserId,
+) -> Result<Vec<UserId>, Error> {
+    users(
+        ex,
+        "SELECT blocker FROM blocks WHERE blocked = $1 ORDER BY ordinal",
+        who,
+        "blocks.blocker",
+    )
+    .await
+}
+
+/// Whether either blocks the other.
+pub(crate) async fn is_blocked_either<'e>(
+    ex: impl PgExecutor<'e>,
+    a: &UserId,
+    b: &UserId,
+) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM blocks \
+         WHERE (blocker = $1 AND blocked = $2) OR (blocker = $2 AND blocked = $1))",
+    )
+    .bind(a.as_str())
+    .bind(b.as_str())
+    .fetch_one(ex)
+    .await?)
+}
+
+// --- users ---------------------------------------------------------------
+
+/// What is stored about a user.
+pub(crate) async fn user_record<'e>(
+    ex: impl PgExecutor<'e>,
+    who: &UserId,
+) -> Result<Option<UserRecord>, Error> {
+    let row = sqlx::query(
+        "SELECT last_seen, read_receipts, typing, presence, suspended_until \
+         FROM users WHERE user_id = $1",
+    )
+    .bind(who.as_str())
+    .fetch_optional(ex)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    Ok(Some(UserRecord {
+        user_id: who.clone(),
+        last_seen: r.try_get::<Option<i64>, _>("last_seen")?.map(ts),
+        privacy: Privacy {
+            read_receipts: r.try_get("read_receipts")?,
+            typing: r.try_get("typing")?,
+            presence: r.try_get("presence")?,
+        },
+        suspended_until: r.try_get::<Option<i64>, _>("suspended_until")?.map(ts),
+    }))
+}
+
+// --- reports -------------------------------------------------------------
+
+/// The columns [`report_from_row`] reads.
+macro_rules! report_columns {
+    () => {
+        "id, reporter_id, chat_id, message_id, reported_user_id, reason, content, status, \
+         created_at, resolved_at, resolved_by, resolution_note"
+    };
+}
+pub(crate) use report_columns;
+
+pub(crate) fn report_from_row(r: &PgRow) -> Result<Report, Error> {
+    Ok(Report {
+        id: parse("reports.id", r.try_get::<&str, _>("id")?)?,
+        reporter_id: user("reports.reporter_id", r.try_get("reporter_id")?)?,
+        chat_id: parse("reports.chat_id", r.try_get::<&str, _>("chat_id")?)?,
+        message_id: parse("reports.message_id", r.try_get::<&str, _>("message_id")?)?,
+        reported_user_id: user("reports.reported_user_id", r.try_get("reported_user_id")?)?,
+        reason: r.try_get("reason")?,
+        content: r.try_get("content")?,
+        status: parse("reports.status", r.try_get::<&str, _>("status")?)?,
+        created_at: ts(r.try_get("created_at")?),
+        resolved_at: r.try_get::<Option<i64>, _>("resolved_at")?.map(ts),
+        resolved_by: r
+            .try_get::<Option<String>, _>("resolved_by")?
+            .map(|u| user("reports.resolved_by", u))
+            .transpose()?,
+        resolution_note: r.try_get("resolution_note")?,
+    })
+}
+
+/// A report by id.
+pub(crate) async fn report<'e>(
+    ex: impl PgExecutor<'e>,
+    id: ReportId,
+) -> Result<Option<Report>, Error> {
+    sqlx::query(concat!(
+        "SELECT ",
+        report_columns!(),
+        " FROM reports WHERE id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(ex)
+    .await?
+    .map(|r| report_from_row(&r))
+    .transpose()
+}
+
+/// The open report of `reporter` about `message`, if any.
+pub(crate) async fn open_report<'e>(
+    ex: impl PgExecutor<'e>,
+    reporter: &UserId,
+    message: MessageId,
+) -> Result<Option<Report>, Error> {
+    sqlx::query(concat!(
+        "SELECT ",
+        report_columns!(),
+        " FROM reports WHERE reporter_id = $1 AND message_id = $2 AND status = 'open'"
+    ))
+    .bind(reporter.as_str())
+    .bind(message.to_string())
+    .fetch_optional(ex)
+    .await?
+    .map(|r| report_from_row(&r))
+    .transpose()
+}
+
+/// Reports with `status` (all if `None`), oldest first.
+pub(crate) async fn list_reports<'e>(
+    ex: impl PgExecutor<'e>,
+    status: Option<ReportStatus>,
+    limit: usize,
+) -> Result<Vec<Report>, Error> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        report_columns!(),
+        " FROM reports WHERE ($1::text IS NULL OR status = $1) ORDER BY id LIMIT $2"
+    ))
+    .bind(status.map(ReportStatus::as_str))
+    .bind(sql_limit(limit))
+    .fetch_all(ex)
+    .await?;
+    rows.iter().map(report_from_row).collect()
+}
+
+// --- media ---------------------------------------------------------------
+
+/// The record of an upload.
+pub(crate) async fn media<'e>(
+    ex: impl PgExecutor<'e>,
+    id: MediaId,
+) -> Result<Option<MediaRecord>, Error> {
+    let row = sqlx::query(
+        "SELECT chat_id, uploader_id, mime, size, duration_ms, has_thumbnail, created_at \
+         FROM media WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(ex)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    Ok(Some(MediaRecord {
+        id,
+        chat_id: parse("media.chat_id", r.try_get::<&str, _>("chat_id")?)?,
+        uploader_id: user("media.uploader_id", r.try_get("uploader_id")?)?,
+        mime: r.try_get("mime")?,
+        size: unsigned("media.size", r.try_get("size")?)?,
+        duration_ms: r
+            .try_get::<Option<i64>, _>("duration_ms")?
+            .map(|d| unsigned("media.duration_ms", d))
+            .transpose()?,
+        has_thumbnail: r.try_get("has_thumbnail")?,
+        created_at: ts(r.try_get("created_at")?),
+    }))
+}

@@ -1,0 +1,922 @@
+//! Write operations.
+//!
+//! The changes of [`Store::apply`](chat_core::Store::apply) run on the
+//! batch's connection, each inside its own savepoint (see `batch`), with
+//! the row of their chat locked: the lock serializes every writer of one
+//! chat on every node, so the checks a change makes (is the message
+//! deleted, is the group full) still hold when it writes. The other writes
+//! are single statements, or their own short transaction.
+
+use std::collections::HashSet;
+
+use chat_core::{
+    Chat, ChatId, ChatKind, MediaRecord, Message, MessageId, MessageType, Participant,
+    ParticipantSettings, Privacy, Report, ReportStatus, Role, SystemEvent, Timestamp, UserId,
+    store::{Applied, Change, NewChat, NewMessage, ReportResolution},
+};
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::{
+    Error,
+    error::{conflict, invalid, not_found},
+    read::{self, direct_key, report_columns, sql_u64, unsigned},
+};
+
+/// Opens the savepoint each change of a batch runs in.
+pub(crate) const SAVEPOINT: &str = "SAVEPOINT change";
+/// Keeps what the change did.
+pub(crate) const RELEASE: &str = "RELEASE SAVEPOINT change";
+/// Undoes what the change did; the savepoint stays open.
+const ROLLBACK: &str = "ROLLBACK TO SAVEPOINT change";
+/// Undoes what the change did and ends the savepoint.
+pub(crate) const ROLLBACK_AND_RELEASE: &str =
+    "ROLLBACK TO SAVEPOINT change; RELEASE SAVEPOINT change";
+
+/// The chat rows a batch's transaction holds locked.
+///
+/// The batch locks the rows of every chat it touches up front, in id
+/// order (so that two batches never wait for each other in a cycle). A
+/// chat that did not exist then is locked when a change needs it, inside
+/// that change's savepoint: the lock is kept only if the change is.
+#[derive(Debug, Default)]
+pub(crate) struct Locks {
+    held: HashSet<ChatId>,
+    pending: Vec<ChatId>,
+}
+
+impl Locks {
+    pub(crate) fn new(held: HashSet<ChatId>) -> Self {
+        Self {
+            held,
+            pending: Vec::new(),
+        }
+    }
+
+    pub(crate) fn holds(&self, chat: ChatId) -> bool {
+        self.held.contains(&chat)
+    }
+
+    /// Locks the chat's row unless the transaction holds it; whether the
+    /// chat exists.
+    async fn ensure(&mut self, conn: &mut PgConnection, chat: ChatId) -> Result<bool, Error> {
+        if self.held.contains(&chat) {
+            return Ok(true);
+        }
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM chats WHERE id = $1 FOR NO KEY UPDATE")
+                .bind(chat.to_string())
+                .fetch_optional(conn)
+                .await?;
+        if found.is_some() {
+            self.pending.push(chat);
+        }
+        Ok(found.is_some())
+    }
+
+    /// The change's savepoint was released: its locks are the batch's.
+    pub(crate) fn keep_pending(&mut self) {
+        self.held.extend(self.pending.drain(..));
+    }
+
+    /// The change's savepoint was rolled back, and its locks with it.
+    pub(crate) fn drop_pending(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// The message that posting `new` stores with `seq`.
+pub(crate) fn stored(new: NewMessage, seq: u64) -> Message {
+    Message {
+        id: new.id,
+        chat_id: new.chat_id,
+        seq,
+        updated_seq: seq,
+        sender_id: new.sender_id,
+        kind: new.kind,
+        content: new.content,
+        media: new.media,
+        reply_to: new.reply_to,
+        client_msg_id: new.client_msg_id,
+        created_at: new.created_at,
+        edited_at: None,
+        deleted: false,
+        reactions: Default::default(),
+        system: new.system,
+    }
+}
+
+/// `new.media` and `new.system` as JSON text.
+pub(crate) fn json_columns(new: &NewMessage) -> Result<(Option<String>, Option<String>), Error> {
+    Ok((
+        new.media.as_ref().map(serde_json::to_string).transpose()?,
+        new.system.as_ref().map(serde_json::to_string).transpose()?,
+    ))
+}
+
+/// Takes the chat's next seq (moving `last_activity` to the message's
+/// time) and stores `new` with it, in one statement. `None` if the chat
+/// does not exist or `(sender, client_msg_id)` is taken: the seq was taken
+/// all the same, so the caller rolls back to its savepoint.
+async fn insert_next(conn: &mut PgConnection, new: &NewMessage) -> Result<Option<u64>, Error> {
+    let (media, system) = json_columns(new)?;
+    let seq: Option<i64> = sqlx::query_scalar(
+        "WITH s AS ( \
+           UPDATE chats SET last_seq = last_seq + 1, last_activity = $9 \
+           WHERE id = $2 RETURNING last_seq) \
+         INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, content, media, \
+           reply_to, client_msg_id, created_at, deleted, system) \
+         SELECT $1, $2, s.last_seq, s.last_seq, $3, $4, $5, $6::jsonb, $7, $8, $9, FALSE, \
+           $10::jsonb FROM s \
+         ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING \
+         RETURNING seq",
+    )
+    .bind(new.id.to_string())
+    .bind(new.chat_id.to_string())
+    .bind(new.sender_id.as_str())
+    .bind(new.kind.as_str())
+    .bind(new.content.as_deref())
+    .bind(media)
+    .bind(new.reply_to.map(|id| id.to_string()))
+    .bind(new.client_msg_id.as_deref())
+    .bind(new.created_at.as_millis())
+    .bind(system)
+    .fetch_optional(conn)
+    .await?;
+    seq.map(|s| unsigned("messages.seq", s)).transpose()
+}
+
+/// Takes the chat's next seq and moves its `last_activity` to `at`.
+async fn next_seq(conn: &mut PgConnection, chat: ChatId, at: Timestamp) -> Result<u64, Error> {
+    let seq: Option<i64> = sqlx::query_scalar(
+        "UPDATE chats SET last_seq = last_seq + 1, last_activity = $2 \
+         WHERE id = $1 RETURNING last_seq",
+    )
+    .bind(chat.to_string())
+    .bind(at.as_millis())
+    .fetch_optional(conn)
+    .await?;
+    let seq = seq.ok_or_else(|| not_found("chat not found"))?;
+    unsigned("chats.last_seq", seq)
+}
+
+async fn role_of(
+    conn: &mut PgConnection,
+    chat: ChatId,
+    user: &UserId,
+) -> Result<Option<Role>, Error> {
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM participants WHERE chat_id = $1 AND user_id = $2")
+            .bind(chat.to_string())
+            .bind(user.as_str())
+            .fetch_optional(conn)
+            .await?;
+    role.map(|r| read::parse("participants.role", &r))
+        .transpose()
+}
+
+async fn load_chat(conn: &mut PgConnection, chat: ChatId) -> Result<Chat, Error> {
+    read::chat(conn, chat)
+        .await?
+        .ok_or_else(|| not_found("chat not found"))
+}
+
+/// The message `id` of `chat`, with its reactions; `NotFound` if it is not
+/// a message of `chat`.
+async fn message_in_chat(
+    conn: &mut PgConnection,
+    chat: ChatId,
+    id: MessageId,
+) -> Result<Message, Error> {
+    match read::message(conn, id).await? {
+        Some(m) if m.chat_id == chat => Ok(m),
+        _ => Err(not_found("message not found")),
+    }
+}
+
+/// Applies one change of [`Store::apply`](chat_core::Store::apply), inside
+/// the savepoint ([`SAVEPOINT`]) of the batch's transaction.
+pub(crate) async fn apply(
+    conn: &mut PgConnection,
+    locks: &mut Locks,
+    change: Change,
+) -> Result<Applied, Error> {
+    let event = change.system_event();
+    match change {
+        Change::Post(new) => post(conn, locks, new).await,
+        Change::Edit {
+            chat_id,
+            message_id,
+            content,
+            at,
+        } => {
+            locks.ensure(conn, chat_id).await?;
+            let mut message = message_in_chat(conn, chat_id, message_id).await?;
+            if message.deleted {
+                return Err(conflict("message was deleted"));
+            }
+            let seq = next_seq(conn, chat_id, at).await?;
+            sqlx::query(
+                "UPDATE messages SET content = $2, edited_at = $3, updated_seq = $4 WHERE id = $1",
+            )
+            .bind(message_id.to_string())
+            .bind(content.as_str())
+            .bind(at.as_millis())
+            .bind(sql_u64(seq))
+            .execute(&mut *conn)
+            .await?;
+            message.content = Some(content);
+            message.edited_at = Some(at);
+            message.updated_seq = seq;
+            Ok(Applied::Updated {
+                message,
+                changed: true,
+            })
+        }
+        Change::Delete {
+            chat_id,
+            message_id,
+            at,
+        } => {
+            locks.ensure(conn, chat_id).await?;
+            let mut message = message_in_chat(conn, chat_id, message_id).await?;
+            if message.deleted {
+                return Ok(Applied::Updated {
+                    message,
+                    changed: false,
+                });
+            }
+            let seq = next_seq(conn, chat_id, at).await?;
+            sqlx::query(
+                "WITH gone AS (DELETE FROM reactions WHERE message_id = $1) \
+                 UPDATE messages SET content = NULL, media = NULL, deleted = TRUE, \
+                   updated_seq = $2 WHERE id = $1",
+            )
+            .bind(message_id.to_string())
+            .bind(sql_u64(seq))
+            .execute(&mut *conn)
+            .await?;
+            message.content = None;
+            message.media = None;
+            message.deleted = true;
+            message.reactions.clear();
+            message.updated_seq = seq;
+            Ok(Applied::Updated {
+                message,
+                changed: true,
+            })
+        }
+        Change::React {
+            chat_id,
+            message_id,
+            user_id,
+            emoji,
+            add,
+            max_distinct,
+            at,
+        } => {
+            locks.ensure(conn, chat_id).await?;
+            react(
+                conn,
+                chat_id,
+                message_id,
+                user_id,
+                emoji,
+                add,
+                max_distinct,
+                at,
+            )
+            .await
+        }
+        Change::AddParticipant {
+            chat_id,
+            user_id,
+            role,
+            by,
+            max_participants,
+            at,
+        } => {
+            if !locks.ensure(conn, chat_id).await? {
+                return Err(not_found("chat not found"));
+            }
+            let row = sqlx::query(
+                "SELECT (SELECT role FROM participants WHERE chat_id = $1 AND user_id = $2) \
+                   AS role, \
+                 (SELECT COUNT(*) FROM participants WHERE chat_id = $1) AS count",
+            )
+            .bind(chat_id.to_string())
+            .bind(user_id.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+            if row.try_get::<Option<String>, _>("role")?.is_some() {
+                return Err(conflict("already a participant"));
+            }
+            let count: i64 = row.try_get("count")?;
+            if usize::try_from(count).unwrap_or(usize::MAX) >= max_participants {
+                return Err(conflict(format!(
+                    "the chat is full ({max_participants} participants)"
+                )));
+            }
+            let message = system_message(conn, chat_id, event, by, at).await?;
+            sqlx::query(
+                "INSERT INTO participants (chat_id, user_id, role, joined_at, delivered_seq, \
+                   read_seq, visible_from_seq, ordinal) \
+                 SELECT $1, $2, $3, $4, $5, $5, $5, COALESCE(MAX(ordinal), 0) + 1 \
+                 FROM participants WHERE chat_id = $1",
+            )
+            .bind(chat_id.to_string())
+            .bind(user_id.as_str())
+            .bind(role.as_str())
+            .bind(at.as_millis())
+            .bind(sql_u64(message.seq))
+            .execute(&mut *conn)
+            .await?;
+            Ok(Applied::Membership {
+                chat: load_chat(conn, chat_id).await?,
+                message: Some(message),
+            })
+        }
+        Change::RemoveParticipant {
+            chat_id,
+            user_id,
+            by,
+            at,
+        } => {
+            if !locks.ensure(conn, chat_id).await? {
+                return Err(not_found("chat not found"));
+            }
+            if role_of(conn, chat_id, &user_id).await?.is_none() {
+                return Err(not_found("not a participant"));
+            }
+            let message = system_message(conn, chat_id, event, by, at).await?;
+            sqlx::query("DELETE FROM participants WHERE chat_id = $1 AND user_id = $2")
+                .bind(chat_id.to_string())
+                .bind(user_id.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(Applied::Membership {
+                chat: load_chat(conn, chat_id).await?,
+                message: Some(message),
+            })
+        }
+        Change::SetRole {
+            chat_id,
+            user_id,
+            role,
+            by,
+            at,
+        } => {
+            if !locks.ensure(conn, chat_id).await? {
+                return Err(not_found("chat not found"));
+            }
+            let current = role_of(conn, chat_id, &user_id)
+                .await?
+                .ok_or_else(|| not_found("not a participant"))?;
+            if current == role {
+                return Ok(Applied::Membership {
+                    chat: load_chat(conn, chat_id).await?,
+                    message: None,
+                });
+            }
+            let message = system_message(conn, chat_id, event, by, at).await?;
+            sqlx::query("UPDATE participants SET role = $3 WHERE chat_id = $1 AND user_id = $2")
+                .bind(chat_id.to_string())
+                .bind(user_id.as_str())
+                .bind(role.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(Applied::Membership {
+                chat: load_chat(conn, chat_id).await?,
+                message: Some(message),
+            })
+        }
+        Change::UpdateGroup {
+            chat_id,
+            patch,
+            by,
+            at,
+        } => {
+            if !locks.ensure(conn, chat_id).await? {
+                return Err(not_found("chat not found"));
+            }
+            // An empty patch still records its system message, as the
+            // other stores do.
+            let message = system_message(conn, chat_id, event, by, at).await?;
+            // NULL leaves a field as it is; '' clears it.
+            sqlx::query(
+                "UPDATE chats SET \
+                   name = CASE WHEN $2::text IS NULL THEN name ELSE NULLIF($2, '') END, \
+                   description = CASE WHEN $3::text IS NULL THEN description \
+                     ELSE NULLIF($3, '') END, \
+                   avatar_url = CASE WHEN $4::text IS NULL THEN avatar_url \
+                     ELSE NULLIF($4, '') END \
+                 WHERE id = $1",
+            )
+            .bind(chat_id.to_string())
+            .bind(patch.name.as_deref())
+            .bind(patch.description.as_deref())
+            .bind(patch.avatar_url.as_deref())
+            .execute(&mut *conn)
+            .await?;
+            Ok(Applied::Membership {
+                chat: load_chat(conn, chat_id).await?,
+                message: Some(message),
+            })
+        }
+        Change::Mark {
+            chat_id,
+            user_id,
+            delivered_up_to,
+            read_up_to,
+        } => {
+            if !locks.ensure(conn, chat_id).await? {
+                return Err(not_found("chat not found"));
+            }
+            mark(conn, chat_id, &user_id, delivered_up_to, read_up_to).await
+        }
+        other => Err(invalid(format!(
+            "this store does not know the change {other:?}"
+        ))),
+    }
+}
+
+/// A post whose `(sender, client_msg_id)` is stored as `existing`.
+fn duplicate(existing: Message, new: &NewMessage) -> Result<Applied, Error> {
+    if existing.chat_id != new.chat_id {
+        return Err(conflict("client_msg_id was already used in another chat"));
+    }
+    Ok(Applied::Posted {
+        message: existing,
+        duplicate: true,
+    })
+}
+
+/// [`Change::Post`]: checks in the order of the other stores (the key
+/// first, then the chat, the sender, `reply_to`), then takes the seq and
+/// inserts in one statement.
+async fn post(
+    conn: &mut PgConnection,
+    locks: &mut Locks,
+    new: NewMessage,
+) -> Result<Applied, Error> {
+    let exists = locks.ensure(conn, new.chat_id).await?;
+    let chat = new.chat_id.to_string();
+    let probe = sqlx::query(
+        "SELECT (SELECT id FROM messages WHERE sender_id = $2 AND client_msg_id = $3) AS dup, \
+           EXISTS (SELECT 1 FROM participants WHERE chat_id = $1 AND user_id = $2) AS member, \
+           (SELECT chat_id FROM messages WHERE id = $4) AS reply_chat",
+    )
+    .bind(chat.as_str())
+    .bind(new.sender_id.as_str())
+    .bind(new.client_msg_id.as_deref())
+    .bind(new.reply_to.map(|id| id.to_string()))
+    .fetch_one(&mut *conn)
+    .await?;
+    if let Some(dup) = probe.try_get::<Option<&str>, _>("dup")? {
+        let id: MessageId = read::parse("messages.id", dup)?;
+        let existing = read::message(&mut *conn, id)
+            .await?
+            .ok_or_else(|| Error::corrupt("messages.id", "the duplicate vanished"))?;
+        return duplicate(existing, &new);
+    }
+    if !exists {
+        return Err(not_found("chat not found"));
+    }
+    if new.kind != MessageType::System && !probe.try_get::<bool, _>("member")? {
+        return Err(not_found("chat not found"));
+    }
+    if new.reply_to.is_some()
+        && probe.try_get::<Option<&str>, _>("reply_chat")? != Some(chat.as_str())
+    {
+        return Err(not_found("reply_to message not found in this chat"));
+    }
+    if let Some(seq) = insert_next(conn, &new).await? {
+        return Ok(Applied::Posted {
+            message: stored(new, seq),
+            duplicate: false,
+        });
+    }
+    // A post of the same key on another connection committed after the
+    // probe (in another chat: this chat's writers wait for our lock). Undo
+    // the seq this statement took and answer with the stored message.
+    sqlx::raw_sql(ROLLBACK).execute(&mut *conn).await?;
+    locks.drop_pending();
+    let cid = new.client_msg_id.as_deref().unwrap_or_default();
+    let existing = read::by_client_id(&mut *conn, &new.sender_id, cid)
+        .await?
+        .ok_or_else(|| Error::corrupt("messages.client_msg_id", "the duplicate vanished"))?;
+    duplicate(existing, &new)
+}
+
+/// Stores the system message of a membership change or group update.
+async fn system_message(
+    conn: &mut PgConnection,
+    chat_id: ChatId,
+    system: Option<SystemEvent>,
+    by: UserId,
+    at: Timestamp,
+) -> Result<Message, Error> {
+    let new = NewMessage {
+        id: MessageId::new(),
+        chat_id,
+        sender_id: by,
+        kind: MessageType::System,
+        content: None,
+        media: None,
+        reply_to: None,
+        client_msg_id: None,
+        system,
+        created_at: at,
+    };
+    let seq = insert_next(conn, &new)
+        .await?
+        .ok_or_else(|| not_found("chat not found"))?;
+    Ok(stored(new, seq))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn react(
+    conn: &mut PgConnection,
+    chat_id: ChatId,
+    message_id: MessageId,
+    user_id: UserId,
+    emoji: String,
+    add: bool,
+    max_distinct: usize,
+    at: Timestamp,
+) -> Result<Applied, Error> {
+    let mut message = message_in_chat(conn, chat_id, message_id).await?;
+    if message.deleted {
+        return Err(conflict("message was deleted"));
+    }
+    let has = message
+        .reactions
+        .get(&emoji)
+        .is_some_and(|users| users.contains(&user_id));
+    if has == add {
+        return Ok(Applied::Updated {
+            message,
+            changed: false,
+        });
+    }
+    if add && !message.reactions.contains_key(&emoji) && message.reactions.len() >= max_distinct {
+        return Err(conflict(format!(
+            "a message has at most {max_distinct} distinct reactions"
+        )));
+    }
+    let seq = next_seq(conn, chat_id, at).await?;
+    let sql = if add {
+        "WITH r AS (INSERT INTO reactions (message_id, emoji, user_id, ordinal) \
+           SELECT $1, $2, $3, COALESCE(MAX(ordinal), 0) + 1 FROM reactions \
+           WHERE message_id = $1) \
+         UPDATE messages SET updated_seq = $4 WHERE id = $1"
+    } else {
+        "WITH r AS (DELETE FROM reactions \
+           WHERE message_id = $1 AND emoji = $2 AND user_id = $3) \
+         UPDATE messages SET updated_seq = $4 WHERE id = $1"
+    };
+    sqlx::query(sql)
+        .bind(message_id.to_string())
+        .bind(emoji.as_str())
+        .bind(user_id.as_str())
+        .bind(sql_u64(seq))
+        .execute(&mut *conn)
+        .await?;
+    if add {
+        message.reactions.entry(emoji).or_default().push(user_id);
+    } else if let Some(users) = message.reactions.get_mut(&emoji) {
+        users.retain(|u| u != &user_id);
+        if users.is_empty() {
+            message.reactions.remove(&emoji);
+        }
+    }
+    message.updated_seq = seq;
+    Ok(Applied::Updated {
+        message,
+        changed: true,
+    })
+}
+
+async fn mark(
+    conn: &mut PgConnection,
+    chat_id: ChatId,
+    user_id: &UserId,
+    delivered_up_to: u64,
+    read_up_to: u64,
+) -> Result<Applied, Error> {
+    let row = sqlx::query(
+        "SELECT c.last_seq, p.delivered_seq, p.read_seq \
+         FROM chats c JOIN participants p ON p.chat_id = c.id \
+         WHERE c.id = $1 AND p.user_id = $2",
+    )
+    .bind(chat_id.to_string())
+    .bind(user_id.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| not_found("not a participant"))?;
+    let last: i64 = row.try_get("last_seq")?;
+    let delivered_was: i64 = row.try_get("delivered_seq")?;
+    let read_was: i64 = row.try_get("read_seq")?;
+    let read = read_was.max(sql_u64(read_up_to).min(last));
+    let delivered = delivered_was
+        .max(sql_u64(delivered_up_to).min(last))
+        .max(read);
+    if delivered != delivered_was || read != read_was {
+        sqlx::query(
+            "UPDATE participants SET delivered_seq = $3, read_seq = $4 \
+             WHERE chat_id = $1 AND user_id = $2",
+        )
+        .bind(chat_id.to_string())
+        .bind(user_id.as_str())
+        .bind(delivered)
+        .bind(read)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Applied::Marked {
+        delivered_seq: unsigned("participants.delivered_seq", delivered)?,
+        read_seq: unsigned("participants.read_seq", read)?,
+        delivered_moved: delivered != delivered_was,
+        read_moved: read != read_was,
+    })
+}
+
+/// [`Store::create_chat`](chat_core::Store::create_chat), in its own
+/// transaction. The unique `direct_key` makes concurrent creations of one
+/// pair's chat (on any node) store one chat; the losers return it.
+pub(crate) async fn create_chat(pool: &PgPool, new: NewChat) -> Result<(Chat, bool), Error> {
+    let key = match new.kind {
+        ChatKind::Direct => {
+            let [(a, _), (b, _)] = new.participants.as_slice() else {
+                return Err(invalid("a direct chat has exactly two participants"));
+            };
+            if a == b {
+                return Err(invalid("a direct chat needs two different users"));
+            }
+            if let Some(existing) = read::direct_chat(pool, a, b).await? {
+                return Ok((existing, false));
+            }
+            Some(direct_key(a, b))
+        }
+        ChatKind::Group => None,
+    };
+    let mut seen = HashSet::new();
+    let founders: Vec<(UserId, Role)> = new
+        .participants
+        .into_iter()
+        .filter(|(u, _)| seen.insert(u.clone()))
+        .collect();
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await?;
+    let created: Option<String> = sqlx::query_scalar(
+        "INSERT INTO chats (id, kind, name, description, avatar_url, encryption, last_seq, \
+           last_activity, created_at, direct_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7, $8) \
+         ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+    )
+    .bind(new.id.to_string())
+    .bind(new.kind.as_str())
+    .bind(new.name.as_deref())
+    .bind(new.description.as_deref())
+    .bind(new.avatar_url.as_deref())
+    .bind(new.encryption.as_str())
+    .bind(new.created_at.as_millis())
+    .bind(key.as_deref())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if created.is_none() {
+        // The pair's chat was created (and committed) since we looked.
+        tx.rollback().await?;
+        let [(a, _), (b, _)] = founders.as_slice() else {
+            return Err(invalid("a direct chat has exactly two participants"));
+        };
+        let existing = read::direct_chat(pool, a, b)
+            .await?
+            .ok_or_else(|| Error::corrupt("chats.direct_key", "the direct chat vanished"))?;
+        return Ok((existing, false));
+    }
+    let users: Vec<&str> = founders.iter().map(|(u, _)| u.as_str()).collect();
+    let roles: Vec<&str> = founders.iter().map(|(_, r)| r.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO participants (chat_id, user_id, role, joined_at, delivered_seq, read_seq, \
+           visible_from_seq, ordinal) \
+         SELECT $1, u.user_id, u.role, $4, 0, 0, 0, u.ordinal \
+         FROM UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS u(user_id, role, ordinal)",
+    )
+    .bind(new.id.to_string())
+    .bind(&users)
+    .bind(&roles)
+    .bind(new.created_at.as_millis())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let participants = founders
+        .into_iter()
+        .map(|(user_id, role)| Participant {
+            user_id,
+            role,
+            joined_at: new.created_at,
+            delivered_seq: 0,
+            read_seq: 0,
+            visible_from_seq: 0,
+            settings: Default::default(),
+        })
+        .collect();
+    let chat = Chat {
+        id: new.id,
+        kind: new.kind,
+        name: new.name,
+        description: new.description,
+        avatar_url: new.avatar_url,
+        encryption: new.encryption,
+        last_seq: 0,
+        last_activity: new.created_at,
+        created_at: new.created_at,
+        participants,
+    };
+    Ok((chat, true))
+}
+
+/// [`Store::set_block`](chat_core::Store::set_block).
+pub(crate) async fn set_block(
+    pool: &PgPool,
+    blocker: &UserId,
+    blocked: &UserId,
+    on: bool,
+) -> Result<bool, Error> {
+    let sql = if on {
+        "INSERT INTO blocks (blocker, blocked) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2"
+    };
+    let done = sqlx::query(sql)
+        .bind(blocker.as_str())
+        .bind(blocked.as_str())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// [`Store::set_last_seen`](chat_core::Store::set_last_seen).
+pub(crate) async fn set_last_seen(
+    pool: &PgPool,
+    user: &UserId,
+    at: Timestamp,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO users (user_id, last_seen) VALUES ($1, $2) \
+         ON CONFLICT (user_id) DO UPDATE SET last_seen = excluded.last_seen",
+    )
+    .bind(user.as_str())
+    .bind(at.as_millis())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// [`Store::set_privacy`](chat_core::Store::set_privacy).
+pub(crate) async fn set_privacy(pool: &PgPool, user: &UserId, p: Privacy) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO users (user_id, read_receipts, typing, presence) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (user_id) DO UPDATE SET read_receipts = excluded.read_receipts, \
+           typing = excluded.typing, presence = excluded.presence",
+    )
+    .bind(user.as_str())
+    .bind(p.read_receipts)
+    .bind(p.typing)
+    .bind(p.presence)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// [`Store::set_suspension`](chat_core::Store::set_suspension).
+pub(crate) async fn set_suspension(
+    pool: &PgPool,
+    user: &UserId,
+    until: Option<Timestamp>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO users (user_id, suspended_until) VALUES ($1, $2) \
+         ON CONFLICT (user_id) DO UPDATE SET suspended_until = excluded.suspended_until",
+    )
+    .bind(user.as_str())
+    .bind(until.map(Timestamp::as_millis))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// [`Store::set_participant_settings`](chat_core::Store::set_participant_settings).
+pub(crate) async fn set_participant_settings(
+    pool: &PgPool,
+    chat: ChatId,
+    user: &UserId,
+    settings: ParticipantSettings,
+) -> Result<(), Error> {
+    let done = sqlx::query(
+        "UPDATE participants SET muted_until = $3, hidden_seq = $4 \
+         WHERE chat_id = $1 AND user_id = $2",
+    )
+    .bind(chat.to_string())
+    .bind(user.as_str())
+    .bind(settings.muted_until.map(Timestamp::as_millis))
+    .bind(settings.hidden_seq.map(sql_u64))
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(not_found("not a participant"));
+    }
+    Ok(())
+}
+
+/// How often [`insert_report`] tries again when the open report it
+/// collided with was closed before it could read it.
+const REPORT_ATTEMPTS: usize = 3;
+
+/// [`Store::insert_report`](chat_core::Store::insert_report). The partial
+/// unique index on open reports makes a concurrent duplicate (on any node)
+/// return the first.
+pub(crate) async fn insert_report(pool: &PgPool, r: Report) -> Result<Report, Error> {
+    for _ in 0..REPORT_ATTEMPTS {
+        let done = sqlx::query(
+            "INSERT INTO reports (id, reporter_id, chat_id, message_id, reported_user_id, \
+               reason, content, status, created_at, resolved_at, resolved_by, resolution_note) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (reporter_id, message_id) WHERE status = 'open' DO NOTHING",
+        )
+        .bind(r.id.to_string())
+        .bind(r.reporter_id.as_str())
+        .bind(r.chat_id.to_string())
+        .bind(r.message_id.to_string())
+        .bind(r.reported_user_id.as_str())
+        .bind(r.reason.as_str())
+        .bind(r.content.as_deref())
+        .bind(r.status.as_str())
+        .bind(r.created_at.as_millis())
+        .bind(r.resolved_at.map(Timestamp::as_millis))
+        .bind(r.resolved_by.as_ref().map(UserId::as_str))
+        .bind(r.resolution_note.as_deref())
+        .execute(pool)
+        .await?;
+        if done.rows_affected() > 0 {
+            return Ok(r);
+        }
+        if let Some(existing) = read::open_report(pool, &r.reporter_id, r.message_id).await? {
+            return Ok(existing);
+        }
+    }
+    Err(conflict(
+        "the reporter's open report of this message keeps changing",
+    ))
+}
+
+/// [`Store::resolve_report`](chat_core::Store::resolve_report): one
+/// conditional UPDATE, so a report is closed once, also between nodes.
+pub(crate) async fn resolve_report(pool: &PgPool, res: ReportResolution) -> Result<Report, Error> {
+    let row = sqlx::query(concat!(
+        "UPDATE reports SET status = $2, resolved_at = $3, resolved_by = $4, \
+           resolution_note = $5 WHERE id = $1 AND status = 'open' RETURNING ",
+        report_columns!()
+    ))
+    .bind(res.id.to_string())
+    .bind(res.status.as_str())
+    .bind(res.at.as_millis())
+    .bind(res.by.as_str())
+    .bind(res.note.as_deref())
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some(row) => read::report_from_row(&row),
+        None => match read::report(pool, res.id).await? {
+            None => Err(not_found("report not found")),
+            Some(r) if r.status != ReportStatus::Open => Err(conflict("report is not open")),
+            Some(_) => Err(conflict("report changed concurrently")),
+        },
+    }
+}
+
+/// [`Store::insert_media`](chat_core::Store::insert_media); a taken id is a
+/// unique violation, so a `Conflict`.
+pub(crate) async fn insert_media(pool: &PgPool, m: MediaRecord) -> Result<(), Error> {
+    let size = i64::try_from(m.size).map_err(|_| invalid("size is too large"))?;
+    let duration = m
+        .duration_ms
+        .map(|d| i64::try_from(d).map_err(|_| invalid("duration_ms is too large")))
+        .transpose()?;
+    sqlx::query(
+        "INSERT INTO media (id, chat_id, uploader_id, mime, size, duration_ms, has_thumbnail, \
+           created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(m.id.to_string())
+    .bind(m.chat_id.to_string())
+    .bind(m.uploader_id.as_str())
+    .bind(m.mime.as_str())
+    .bind(size)
+    .bind(duration)
+    .bind(m.has_thumbnail)
+    .bind(m.created_at.as_millis())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
