@@ -1,8 +1,146 @@
-//! Redis implementation of the chat engine's [`Bus`](chat_core::Bus): fan-out
-//! and presence across server nodes.
+//! Redis implementation of the chat engine's [`Bus`](chat_core::Bus):
+//! fan-out and presence across server nodes, on [`fred`].
 //!
-//! Not implemented yet: this crate is a placeholder in the workspace until
-//! its issue ("PostgreSQL store and Redis fan-out") lands. A single node
-//! uses [`LocalBus`](chat_core::LocalBus).
+//! Every node of a cluster connects a [`RedisBus`] to the same Redis (7.0
+//! or later, standalone or behind Sentinel; the Lua scripts build key names,
+//! so not Redis Cluster) with the same [key prefix](RedisBusConfig::key_prefix).
+//! A single node does not need it: use [`LocalBus`](chat_core::LocalBus).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use chat_bus_redis::{RedisBus, RedisBusConfig};
+//! use chat_core::{ChatEngine, MemoryStore};
+//!
+//! # async fn run() -> chat_core::Result<()> {
+//! let bus = RedisBus::connect("redis://127.0.0.1:6379", RedisBusConfig::default()).await?;
+//! let engine = ChatEngine::builder(Arc::new(MemoryStore::new()))
+//!     .bus(Arc::new(bus))
+//!     .build()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Channel scheme: one channel per node, routed by a user -> nodes registry
+//!
+//! Each node subscribes to one channel, `<prefix>:to:<node>`. Presence
+//! already needs to know which nodes hold which users, so Redis keeps that
+//! registry (`<prefix>:user:<user>`: the set of nodes holding the user),
+//! and [`publish`](chat_core::Bus::publish) is one Lua script that reads
+//! the audience's sets and `PUBLISH`es the delivery, once, to each *other*
+//! node that holds at least one of the audience (the typist of a typing
+//! event excepted). The publishing node hands the delivery to its own sink
+//! directly, without Redis; each receiving node hands it to its sink (the
+//! hub), which reaches every local connection of every audience user.
+//!
+//! Cost for a message to a group of 50 whose members are spread over `n`
+//! nodes: one `EVALSHA` carrying the event once, 50 `SMEMBERS` of tiny sets
+//! inside Redis, and at most `min(n - 1, 50)` `PUBLISH`es: each concerned
+//! node receives the event **once**, however many members it holds, and
+//! nodes holding none receive nothing. The alternatives cost more:
+//!
+//! - per-user channels need 50 `PUBLISH`es of 50 copies of the event per
+//!   message (a node holding 30 members receives it 30 times), and a
+//!   `SUBSCRIBE`/`UNSUBSCRIBE` on every user's first connection and last
+//!   disconnection;
+//! - one broadcast channel sends every event to every node, concerned or
+//!   not: `n` copies per message, whatever the audience.
+//!
+//! The price of routing is a lookup per publish, paid inside the same
+//! script (one round trip), atomically with presence changes: a node that
+//! registered a user before the script ran is always reached.
+//!
+//! **Exactly once.** The script publishes once per node; the publishing
+//! node is left out of it and delivers locally once; commands are never
+//! resent after a broken connection (a publish cut off by a disconnect is
+//! lost, never doubled: clients catch up with `sync`).
+//!
+//! **Typing** needs nothing special: its delivery names the chat's members
+//! with `except_user` (the typist, whose nodes are not sent it for their
+//! own sake) and `chat_open`, which each receiving hub applies to its
+//! connections.
+//!
+//! **Order.** A node sends all its commands on one connection and Redis
+//! runs scripts one at a time, so the `PUBLISH`es of one task's deliveries
+//! happen in publish order, and each node's subscription receives its
+//! channel in that order.
+//!
+//! # Presence
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `<prefix>:nodes` | sorted set | node id -> deadline (ms, Redis clock) |
+//! | `<prefix>:node:<node>` | set | users the node holds |
+//! | `<prefix>:user:<user>` | set | nodes holding the user |
+//!
+//! A node is live while its deadline is in the future. Its heartbeat (every
+//! [TTL](RedisBusConfig::presence_ttl) / 3, 10 s by default) sets the
+//! deadline to now + TTL. Redis 7.0 cannot expire one member of a set, and
+//! an expiring key would take with it the list of users to announce, so the
+//! TTL is this deadline, checked against Redis's own clock (`TIME`) so that
+//! node clocks never matter. `<prefix>:nodes` and the node sets also carry
+//! a real expiry of ten TTLs, refreshed by the heartbeats, that only ever
+//! removes what a cluster that died whole left behind; a user's set
+//! disappears when its last node leaves or is swept (a node id left in it
+//! by such a cluster counts as dead, and goes at the user's next
+//! disconnection).
+//!
+//! - [`user_connected`](chat_core::Bus::user_connected) adds the user to both
+//!   sets and returns true only if no *live* node held the user before;
+//!   [`user_disconnected`](chat_core::Bus::user_disconnected) removes them
+//!   and returns true only if no live node holds the user now;
+//!   [`online`](chat_core::Bus::online) answers from the sets and the
+//!   deadlines. A dead node's users thus count as offline as soon as its
+//!   deadline passes, at most one TTL after its last heartbeat.
+//! - Each node also wakes up at the next deadline of another node. If it
+//!   passed, the node's heartbeat script *sweeps*: it removes every expired
+//!   node from `<prefix>:nodes`, takes those nodes off their users' sets,
+//!   and returns the users no live node holds any more; the bus hands them
+//!   to [`DeliverySink::users_went_offline`](chat_core::bus::DeliverySink::users_went_offline).
+//!   Since removing a node from the sorted set happens inside one script,
+//!   exactly one survivor sweeps each dead node, so each of its users is
+//!   announced once cluster-wide. A user who reconnected to a survivor in
+//!   the meantime is online there and is not announced.
+//!   `user_disconnected` prunes expired nodes from the user's set too, so a
+//!   user it reports offline is not reported again by a later sweep.
+//! - [`RedisBus::shutdown`] expires the node at once and wakes the others,
+//!   so that its users are announced without waiting for the TTL.
+//!
+//! # When Redis goes away
+//!
+//! The bus never panics and never blocks on a missing Redis: commands fail
+//! at once while disconnected, and the connections retry with a backoff of
+//! up to 2 s, forever. Meanwhile:
+//!
+//! - `publish` still delivers to this node's connections (then returns the
+//!   Redis error, which the engine logs);
+//! - presence calls answer from what this node holds, and log;
+//! - on reconnection the bus resubscribes to its channel and replaces its
+//!   registered users in Redis with the ones it holds (so a restarted,
+//!   empty Redis learns them again), then goes on as before;
+//! - a heartbeat that finds the node expired (its heartbeats could not
+//!   reach Redis for a whole TTL, so survivors may have announced its users
+//!   offline) registers its users again, and logs a warning;
+//! - a node pings its own channel with every heartbeat and reconnects its
+//!   subscription if the ping does not come back.
+//!
+//! Deliveries published while a node is cut off are lost for it; clients
+//! catch up with `sync`, as after any reconnection.
+//!
+//! # Layout
+//!
+//! | item | what |
+//! |---|---|
+//! | [`RedisBus`] | the bus: connect, [`Bus`](chat_core::Bus), shutdown |
+//! | [`RedisBusConfig`] | node id, key prefix, TTL, timeouts |
+//! | [`fred`] | the Redis client, re-exported |
 
+mod bus;
+mod config;
+mod scripts;
+
+pub use bus::RedisBus;
 pub use chat_core;
+pub use config::RedisBusConfig;
+pub use fred;

@@ -3634,3 +3634,9 @@ mod memory_store {
         assert!(weak.upgrade().is_none(), "the store is dropped after run");
     }
 }
+
+// --- Bus ---------------------------------------------------------------------
+
+pub mod bus;
+
+pub use bus::{BusFixture, Cluster, RecordingSink, bus_suite};
