@@ -466,7 +466,15 @@ async fn redis_restart_reconnects_resubscribes_and_registers_presence_again() {
         "both nodes must register their users (carol too) again: {:?}",
         online(&n1, &[&alice, &bob, &carol]).await
     );
-    assert!(n1.is_ready() && n2.is_ready());
+    // Readiness is the client's own view and can trail the first commands
+    // that went through; wait for it rather than sample it.
+    let ready = tokio::time::timeout(WAIT, async {
+        while !(n1.is_ready() && n2.is_ready()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "both nodes report ready again");
     assert!(
         s1.went_offline().is_empty() && s2.went_offline().is_empty(),
         "nobody went offline"

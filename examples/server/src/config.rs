@@ -87,6 +87,10 @@ struct FileConfig {
     sqlite_synchronous: Option<String>,
     max_connections: Option<usize>,
     outgoing_queue: Option<usize>,
+    /// With Redis: a dead node's users go offline within this many seconds.
+    presence_ttl_secs: Option<u64>,
+    /// With Redis: the prefix of the bus's keys (several clusters on one Redis).
+    redis_key_prefix: Option<String>,
     rate_limits: Option<RateLimits>,
     limits: Option<FileLimits>,
 }
@@ -119,6 +123,8 @@ pub(crate) struct Settings {
     pub(crate) synchronous: Synchronous,
     pub(crate) max_connections: usize,
     pub(crate) outgoing_queue: usize,
+    pub(crate) presence_ttl: Duration,
+    pub(crate) redis_key_prefix: Option<String>,
     pub(crate) rate_limits: RateLimits,
     pub(crate) engine: EngineConfig,
 }
@@ -208,6 +214,8 @@ impl Settings {
             synchronous,
             max_connections: file.max_connections.unwrap_or(50_000),
             outgoing_queue: file.outgoing_queue.unwrap_or(1024),
+            presence_ttl: Duration::from_secs(file.presence_ttl_secs.unwrap_or(30).max(1)),
+            redis_key_prefix: file.redis_key_prefix,
             rate_limits: file.rate_limits.unwrap_or_default(),
             engine,
         })

@@ -1,13 +1,16 @@
 //! Run with: cargo run -p chat-server -- --dev
 //!
-//! The standalone chat server: `chat-core` with the SQLite store, the local
-//! bus and the WebSocket/HTTP transport, speaking PROTOCOL.md.
+//! The standalone chat server: `chat-core` with the SQLite store and the
+//! local bus (one node), or PostgreSQL and Redis (many nodes), and the
+//! WebSocket/HTTP transport, speaking PROTOCOL.md.
 
 mod config;
 
 use std::{io::Write, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
-use chat_core::{ChatEngine, UserId};
+use chat_bus_redis::{RedisBus, RedisBusConfig};
+use chat_core::{ChatEngine, Store, UserId};
+use chat_store_postgres::PostgresStore;
 use chat_store_sqlite::SqliteStore;
 use chat_transport_ws::{WsConfig, auth::AuthConfig, auth::issue_hs256};
 use clap::Parser;
@@ -83,12 +86,6 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
 }
 
 async fn run(settings: Settings) -> Result<(), Failure> {
-    if settings.postgres.is_some() || settings.redis.is_some() {
-        return Err(Failure(
-            2,
-            "chat-server: --postgres and --redis are not available in this version yet; use --sqlite".into(),
-        ));
-    }
     let secret = match (&settings.jwt_secret, settings.dev) {
         (Some(secret), _) => secret.clone().into_bytes(),
         // Tokens are verified with a public key; a secret only signs dev tokens.
@@ -117,26 +114,54 @@ async fn run(settings: Settings) -> Result<(), Failure> {
         .install_recorder()
         .map_err(fail)?;
 
-    let sqlite = settings.sqlite.clone();
-    let sqlite_config = settings.sqlite_config();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open_with(&sqlite, sqlite_config))
-        .await
-        .map_err(fail)?
-        .map_err(|e| {
-            fail(format!(
-                "cannot open SQLite database {}: {e}",
-                settings.sqlite.display()
-            ))
-        })?;
+    let store: Arc<dyn Store> = match &settings.postgres {
+        Some(url) => {
+            let store = PostgresStore::connect(url)
+                .await
+                .map_err(|e| fail(format!("cannot connect to PostgreSQL: {e}")))?;
+            store
+                .migrate()
+                .await
+                .map_err(|e| fail(format!("cannot migrate PostgreSQL: {e}")))?;
+            Arc::new(store)
+        }
+        None => {
+            let sqlite = settings.sqlite.clone();
+            let sqlite_config = settings.sqlite_config();
+            let store =
+                tokio::task::spawn_blocking(move || SqliteStore::open_with(&sqlite, sqlite_config))
+                    .await
+                    .map_err(fail)?
+                    .map_err(|e| {
+                        fail(format!(
+                            "cannot open SQLite database {}: {e}",
+                            settings.sqlite.display()
+                        ))
+                    })?;
+            Arc::new(store)
+        }
+    };
     if let Some(dir) = &settings.media_dir {
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("cannot create media dir {}: {e}", dir.display())))?;
     }
-    let engine = ChatEngine::builder(Arc::new(store))
-        .config(settings.engine.clone())
-        .build()
-        .await
-        .map_err(fail)?;
+    let mut builder = ChatEngine::builder(store).config(settings.engine.clone());
+    let mut redis = None;
+    if let Some(url) = &settings.redis {
+        let mut config = RedisBusConfig::default();
+        config.presence_ttl = settings.presence_ttl;
+        if let Some(prefix) = &settings.redis_key_prefix {
+            config.key_prefix = prefix.clone();
+        }
+        let bus = Arc::new(
+            RedisBus::connect(url, config)
+                .await
+                .map_err(|e| fail(format!("cannot set up the Redis bus: {e}")))?,
+        );
+        builder = builder.bus(bus.clone());
+        redis = Some(bus);
+    }
+    let engine = builder.build().await.map_err(fail)?;
 
     let mut auth = AuthConfig::hs256(secret.clone());
     if let Some(key) = settings.jwt_public_key.clone() {
@@ -157,7 +182,11 @@ async fn run(settings: Settings) -> Result<(), Failure> {
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", settings.bind)))?;
     let addr: SocketAddr = listener.local_addr().map_err(fail)?;
-    tracing::info!(%addr, sqlite = %settings.sqlite.display(), dev = settings.dev, "chat server ready");
+    let store_name = match &settings.postgres {
+        Some(_) => "postgres".to_owned(),
+        None => format!("sqlite:{}", settings.sqlite.display()),
+    };
+    tracing::info!(%addr, store = %store_name, redis = settings.redis.is_some(), dev = settings.dev, "chat server ready");
     // The one line scripts wait for.
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "listening on http://{addr}");
@@ -166,6 +195,10 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     chat_transport_ws::serve(listener, engine, ws, shutdown_signal())
         .await
         .map_err(fail)?;
+    if let Some(bus) = redis {
+        // Leave the cluster now rather than when the presence TTL expires.
+        bus.shutdown().await;
+    }
     // Give the store's writer a moment to finish its last commit on drop.
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
