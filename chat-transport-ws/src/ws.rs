@@ -63,8 +63,13 @@ pub(crate) async fn upgrade(
         .map(str::to_owned)
         .or(query.token);
     let max = app.config.max_frame_bytes;
+    // tungstenite preallocates a 128 KiB read buffer per connection; chat
+    // frames are small, and the buffer grows for a large one. 4 KiB keeps
+    // an idle connection cheap.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
             connection(app, socket, token).await;
