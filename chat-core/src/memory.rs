@@ -15,7 +15,9 @@ use crate::{
         ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Timestamp, UserId,
         UserRecord,
     },
-    store::{Applied, Change, ChatListQuery, HistoryQuery, NewChat, ReportResolution, Store},
+    store::{
+        Applied, Change, ChatListQuery, HistoryQuery, NewChat, NewMessage, ReportResolution, Store,
+    },
 };
 
 /// A [`Store`] that keeps everything in memory, behind one lock.
@@ -107,23 +109,8 @@ impl State {
     fn system_message(&mut self, change: &Change, by: &UserId, at: Timestamp) -> Result<Message> {
         let chat_id = change.chat_id();
         let seq = self.next_seq(chat_id, at)?;
-        let message = Message {
-            id: MessageId::new(),
-            chat_id,
-            seq,
-            updated_seq: seq,
-            sender_id: by.clone(),
-            kind: MessageType::System,
-            content: None,
-            media: None,
-            reply_to: None,
-            client_msg_id: None,
-            created_at: at,
-            edited_at: None,
-            deleted: false,
-            reactions: Default::default(),
-            system: change.system_event(),
-        };
+        let message =
+            NewMessage::system(chat_id, by.clone(), change.system_event(), at).into_message(seq);
         self.insert_message(message.clone());
         Ok(message)
     }
@@ -161,23 +148,7 @@ impl State {
                     }
                 }
                 let seq = self.next_seq(new.chat_id, new.created_at)?;
-                let message = Message {
-                    id: new.id,
-                    chat_id: new.chat_id,
-                    seq,
-                    updated_seq: seq,
-                    sender_id: new.sender_id.clone(),
-                    kind: new.kind,
-                    content: new.content.clone(),
-                    media: new.media.clone(),
-                    reply_to: new.reply_to,
-                    client_msg_id: new.client_msg_id.clone(),
-                    created_at: new.created_at,
-                    edited_at: None,
-                    deleted: false,
-                    reactions: Default::default(),
-                    system: new.system.clone(),
-                };
+                let message = new.clone().into_message(seq);
                 self.insert_message(message.clone());
                 Ok(Applied::Posted {
                     message,

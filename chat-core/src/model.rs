@@ -732,6 +732,26 @@ pub struct Report {
     pub resolution_note: Option<String>,
 }
 
+impl Report {
+    /// A new open report of `message`, keeping its content as evidence.
+    pub fn open(reporter_id: UserId, message: &Message, reason: String, at: Timestamp) -> Self {
+        Self {
+            id: ReportId::new(),
+            reporter_id,
+            chat_id: message.chat_id,
+            message_id: message.id,
+            reported_user_id: message.sender_id.clone(),
+            reason,
+            content: message.content.clone(),
+            status: ReportStatus::Open,
+            created_at: at,
+            resolved_at: None,
+            resolved_by: None,
+            resolution_note: None,
+        }
+    }
+}
+
 /// The engine's record of an upload; the bytes live in a [`MediaStore`](crate::MediaStore).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaRecord {

@@ -419,6 +419,46 @@ pub struct NewMessage {
     pub created_at: Timestamp,
 }
 
+impl NewMessage {
+    /// The system message recording a membership change or group update,
+    /// caused by `by`.
+    pub fn system(chat_id: ChatId, by: UserId, event: Option<SystemEvent>, at: Timestamp) -> Self {
+        Self {
+            id: MessageId::new(),
+            chat_id,
+            sender_id: by,
+            kind: MessageType::System,
+            content: None,
+            media: None,
+            reply_to: None,
+            client_msg_id: None,
+            system: event,
+            created_at: at,
+        }
+    }
+
+    /// The message this post becomes when stored with `seq`.
+    pub fn into_message(self, seq: u64) -> Message {
+        Message {
+            id: self.id,
+            chat_id: self.chat_id,
+            seq,
+            updated_seq: seq,
+            sender_id: self.sender_id,
+            kind: self.kind,
+            content: self.content,
+            media: self.media,
+            reply_to: self.reply_to,
+            client_msg_id: self.client_msg_id,
+            created_at: self.created_at,
+            edited_at: None,
+            deleted: false,
+            reactions: Default::default(),
+            system: self.system,
+        }
+    }
+}
+
 /// A chat to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewChat {

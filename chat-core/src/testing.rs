@@ -91,6 +91,26 @@ impl Fixture {
     }
 }
 
+/// What a conformance setup returns: a [`Fixture`], or `Option<Fixture>`
+/// where `None` skips the case (a backend that is unreachable and not
+/// required; the setup prints why).
+pub trait IntoFixture {
+    /// The fixture, or `None` to skip.
+    fn into_fixture(self) -> Option<Fixture>;
+}
+
+impl IntoFixture for Fixture {
+    fn into_fixture(self) -> Option<Fixture> {
+        Some(self)
+    }
+}
+
+impl IntoFixture for Option<Fixture> {
+    fn into_fixture(self) -> Option<Fixture> {
+        self
+    }
+}
+
 impl fmt::Debug for Fixture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fixture")
@@ -193,7 +213,11 @@ macro_rules! store_conformance_tests {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let fixture: $crate::testing::Fixture = ($setup)().await;
+                let Some(fixture) = $crate::testing::IntoFixture::into_fixture(($setup)().await) else {
+                    // The setup skipped the case (its backend is unreachable
+                    // and not required); it said so itself.
+                    return;
+                };
                 fixture
                     .run(
                         ::core::stringify!($case),

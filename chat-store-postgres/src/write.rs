@@ -86,23 +86,7 @@ impl Locks {
 
 /// The message that posting `new` stores with `seq`.
 pub(crate) fn stored(new: NewMessage, seq: u64) -> Message {
-    Message {
-        id: new.id,
-        chat_id: new.chat_id,
-        seq,
-        updated_seq: seq,
-        sender_id: new.sender_id,
-        kind: new.kind,
-        content: new.content,
-        media: new.media,
-        reply_to: new.reply_to,
-        client_msg_id: new.client_msg_id,
-        created_at: new.created_at,
-        edited_at: None,
-        deleted: false,
-        reactions: Default::default(),
-        system: new.system,
-    }
+    new.into_message(seq)
 }
 
 /// `new.media` and `new.system` as JSON text.
@@ -515,18 +499,7 @@ async fn system_message(
     by: UserId,
     at: Timestamp,
 ) -> Result<Message, Error> {
-    let new = NewMessage {
-        id: MessageId::new(),
-        chat_id,
-        sender_id: by,
-        kind: MessageType::System,
-        content: None,
-        media: None,
-        reply_to: None,
-        client_msg_id: None,
-        system,
-        created_at: at,
-    };
+    let new = NewMessage::system(chat_id, by, system, at);
     let seq = insert_next(conn, &new)
         .await?
         .ok_or_else(|| not_found("chat not found"))?;

@@ -336,23 +336,7 @@ fn post(conn: &Connection, new: NewMessage) -> Result<Applied, Error> {
         }
     }
     let seq = next_seq(conn, new.chat_id, new.created_at)?;
-    let message = Message {
-        id: new.id,
-        chat_id: new.chat_id,
-        seq,
-        updated_seq: seq,
-        sender_id: new.sender_id,
-        kind: new.kind,
-        content: new.content,
-        media: new.media,
-        reply_to: new.reply_to,
-        client_msg_id: new.client_msg_id,
-        created_at: new.created_at,
-        edited_at: None,
-        deleted: false,
-        reactions: Default::default(),
-        system: new.system,
-    };
+    let message = new.into_message(seq);
     insert_message(conn, &message)?;
     Ok(Applied::Posted {
         message,
@@ -368,23 +352,7 @@ fn system_message(
     at: Timestamp,
 ) -> Result<Message, Error> {
     let seq = next_seq(conn, chat_id, at)?;
-    let message = Message {
-        id: MessageId::new(),
-        chat_id,
-        seq,
-        updated_seq: seq,
-        sender_id: by.clone(),
-        kind: MessageType::System,
-        content: None,
-        media: None,
-        reply_to: None,
-        client_msg_id: None,
-        created_at: at,
-        edited_at: None,
-        deleted: false,
-        reactions: Default::default(),
-        system,
-    };
+    let message = NewMessage::system(chat_id, by.clone(), system, at).into_message(seq);
     insert_message(conn, &message)?;
     Ok(message)
 }

@@ -940,20 +940,7 @@ impl ChatEngine {
         let Ok(reporter) = UserId::new(SYSTEM_REPORTER) else {
             return;
         };
-        let report = Report {
-            id: ReportId::new(),
-            reporter_id: reporter,
-            chat_id: message.chat_id,
-            message_id: message.id,
-            reported_user_id: message.sender_id.clone(),
-            reason,
-            content: message.content.clone(),
-            status: ReportStatus::Open,
-            created_at: self.now(),
-            resolved_at: None,
-            resolved_by: None,
-            resolution_note: None,
-        };
+        let report = Report::open(reporter, message, reason, self.now());
         if let Err(e) = self.inner.store.insert_report(report).await {
             tracing::error!(error = %e, message_id = %message.id, "failed to file a hook's report");
         }
@@ -1139,10 +1126,7 @@ impl ChatEngine {
             max_participants: self.inner.config.max_group_members,
             at: self.now(),
         };
-        self.inner
-            .writer
-            .submit(change, Fanout::new(&chat, EventKind::Membership))
-            .await?;
+        self.membership(&chat, change).await?;
         Ok(())
     }
 
@@ -1172,11 +1156,7 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        let applied = self
-            .inner
-            .writer
-            .submit(change, Fanout::new(&chat, EventKind::Membership))
-            .await?;
+        let applied = self.membership(&chat, change).await?;
         if let crate::store::Applied::Membership { chat: after, .. } = applied {
             self.ensure_admin(&after, &actor.user_id).await?;
         }
@@ -1200,11 +1180,16 @@ impl ChatEngine {
             by: by.clone(),
             at: self.now(),
         };
+        self.membership(chat, change).await?;
+        Ok(())
+    }
+
+    /// Applies a membership change or group update through the chat's lane.
+    async fn membership(&self, chat: &Chat, change: Change) -> Result<crate::store::Applied> {
         self.inner
             .writer
             .submit(change, Fanout::new(chat, EventKind::Membership))
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Changes a participant's role (admins only). The last admin cannot
@@ -1240,10 +1225,7 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        self.inner
-            .writer
-            .submit(change, Fanout::new(&chat, EventKind::Membership))
-            .await?;
+        self.membership(&chat, change).await?;
         Ok(())
     }
 
@@ -1282,12 +1264,7 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        match self
-            .inner
-            .writer
-            .submit(change, Fanout::new(&chat, EventKind::Membership))
-            .await?
-        {
+        match self.membership(&chat, change).await? {
             crate::store::Applied::Membership { chat, .. } => self.view(chat, &actor.user_id).await,
             _ => Err(unexpected()),
         }
@@ -1323,20 +1300,7 @@ impl ChatEngine {
         let reason = optional_text("reason", Some(reason), MAX_REASON)?
             .ok_or_else(|| Error::invalid("reason is required"))?;
         let (_, message) = self.message_of(actor, message_id).await?;
-        let report = Report {
-            id: ReportId::new(),
-            reporter_id: actor.user_id.clone(),
-            chat_id: message.chat_id,
-            message_id,
-            reported_user_id: message.sender_id.clone(),
-            reason,
-            content: message.content.clone(),
-            status: ReportStatus::Open,
-            created_at: self.now(),
-            resolved_at: None,
-            resolved_by: None,
-            resolution_note: None,
-        };
+        let report = Report::open(actor.user_id.clone(), &message, reason, self.now());
         Ok(self.inner.store.insert_report(report).await?.id)
     }
 
