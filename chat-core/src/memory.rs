@@ -416,33 +416,7 @@ impl Store for MemoryStore {
             }
             ChatKind::Group => None,
         };
-        let mut seen = HashSet::new();
-        let participants = new
-            .participants
-            .iter()
-            .filter(|(u, _)| seen.insert(u.clone()))
-            .map(|(user_id, role)| Participant {
-                user_id: user_id.clone(),
-                role: *role,
-                joined_at: new.created_at,
-                delivered_seq: 0,
-                read_seq: 0,
-                visible_from_seq: 0,
-                settings: Default::default(),
-            })
-            .collect();
-        let chat = Chat {
-            id: new.id,
-            kind: new.kind,
-            name: new.name,
-            description: new.description,
-            avatar_url: new.avatar_url,
-            encryption: new.encryption,
-            last_seq: 0,
-            last_activity: new.created_at,
-            created_at: new.created_at,
-            participants,
-        };
+        let chat = new.into_chat();
         if state.chats.contains_key(&chat.id) {
             return Err(Error::conflict("chat id exists"));
         }

@@ -480,6 +480,40 @@ pub struct NewChat {
     pub created_at: Timestamp,
 }
 
+impl NewChat {
+    /// The chat as stored: each founder once (first occurrence wins), in
+    /// order, with watermarks and `visible_from_seq` 0, `last_seq` 0.
+    pub fn into_chat(self) -> Chat {
+        let mut seen = std::collections::HashSet::new();
+        let participants = self
+            .participants
+            .into_iter()
+            .filter(|(u, _)| seen.insert(u.clone()))
+            .map(|(user_id, role)| crate::model::Participant {
+                user_id,
+                role,
+                joined_at: self.created_at,
+                delivered_seq: 0,
+                read_seq: 0,
+                visible_from_seq: 0,
+                settings: Default::default(),
+            })
+            .collect();
+        Chat {
+            id: self.id,
+            kind: self.kind,
+            name: self.name,
+            description: self.description,
+            avatar_url: self.avatar_url,
+            encryption: self.encryption,
+            last_seq: 0,
+            last_activity: self.created_at,
+            created_at: self.created_at,
+            participants,
+        }
+    }
+}
+
 /// The changed fields of a group; `None` leaves a field as it is, and
 /// `Some("")` clears it (stored as `None`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

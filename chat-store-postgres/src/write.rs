@@ -10,8 +10,8 @@
 use std::collections::HashSet;
 
 use chat_core::{
-    Chat, ChatId, ChatKind, MediaRecord, Message, MessageId, MessageType, Participant,
-    ParticipantSettings, Privacy, Report, ReportStatus, Role, SystemEvent, Timestamp, UserId,
+    Chat, ChatId, ChatKind, MediaRecord, Message, MessageId, MessageType, ParticipantSettings,
+    Privacy, Report, ReportStatus, Role, SystemEvent, Timestamp, UserId,
     store::{Applied, Change, NewChat, NewMessage, ReportResolution},
 };
 use sqlx::{PgConnection, PgPool, Row};
@@ -632,11 +632,11 @@ pub(crate) async fn create_chat(pool: &PgPool, new: NewChat) -> Result<(Chat, bo
         }
         ChatKind::Group => None,
     };
-    let mut seen = HashSet::new();
-    let founders: Vec<(UserId, Role)> = new
+    let chat = new.into_chat();
+    let founders: Vec<(UserId, Role)> = chat
         .participants
-        .into_iter()
-        .filter(|(u, _)| seen.insert(u.clone()))
+        .iter()
+        .map(|p| (p.user_id.clone(), p.role))
         .collect();
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -647,13 +647,13 @@ pub(crate) async fn create_chat(pool: &PgPool, new: NewChat) -> Result<(Chat, bo
          VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7, $8) \
          ON CONFLICT (direct_key) DO NOTHING RETURNING id",
     )
-    .bind(new.id.to_string())
-    .bind(new.kind.as_str())
-    .bind(new.name.as_deref())
-    .bind(new.description.as_deref())
-    .bind(new.avatar_url.as_deref())
-    .bind(new.encryption.as_str())
-    .bind(new.created_at.as_millis())
+    .bind(chat.id.to_string())
+    .bind(chat.kind.as_str())
+    .bind(chat.name.as_deref())
+    .bind(chat.description.as_deref())
+    .bind(chat.avatar_url.as_deref())
+    .bind(chat.encryption.as_str())
+    .bind(chat.created_at.as_millis())
     .bind(key.as_deref())
     .fetch_optional(&mut *tx)
     .await?;
@@ -676,37 +676,13 @@ pub(crate) async fn create_chat(pool: &PgPool, new: NewChat) -> Result<(Chat, bo
          SELECT $1, u.user_id, u.role, $4, 0, 0, 0, u.ordinal \
          FROM UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS u(user_id, role, ordinal)",
     )
-    .bind(new.id.to_string())
+    .bind(chat.id.to_string())
     .bind(&users)
     .bind(&roles)
-    .bind(new.created_at.as_millis())
+    .bind(chat.created_at.as_millis())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    let participants = founders
-        .into_iter()
-        .map(|(user_id, role)| Participant {
-            user_id,
-            role,
-            joined_at: new.created_at,
-            delivered_seq: 0,
-            read_seq: 0,
-            visible_from_seq: 0,
-            settings: Default::default(),
-        })
-        .collect();
-    let chat = Chat {
-        id: new.id,
-        kind: new.kind,
-        name: new.name,
-        description: new.description,
-        avatar_url: new.avatar_url,
-        encryption: new.encryption,
-        last_seq: 0,
-        last_activity: new.created_at,
-        created_at: new.created_at,
-        participants,
-    };
     Ok((chat, true))
 }
 

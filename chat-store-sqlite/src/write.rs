@@ -2,11 +2,9 @@
 //! savepoint of the group's transaction, so it either happens whole or not
 //! at all; being on the single writer, it sees no concurrent writes.
 
-use std::collections::HashSet;
-
 use chat_core::{
     Chat, ChatId, ChatKind, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
-    Participant, ParticipantSettings, Privacy, Report, ReportStatus, Role, Timestamp, UserId,
+    ParticipantSettings, Privacy, Report, ReportStatus, Role, Timestamp, UserId,
     store::{Applied, Change, NewChat, NewMessage, ReportResolution},
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -488,60 +486,34 @@ pub(crate) fn create_chat(conn: &Connection, new: NewChat) -> Result<(Chat, bool
     if chat_exists(conn, new.id)? {
         return Err(conflict("chat id exists"));
     }
+    let chat = new.into_chat();
     conn.prepare_cached(
         "INSERT INTO chats (id, kind, name, description, avatar_url, encryption, last_seq, \
          last_activity, created_at, direct_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7, ?8)",
     )?
     .execute(params![
-        new.id.to_string(),
-        new.kind.as_str(),
-        new.name,
-        new.description,
-        new.avatar_url,
-        new.encryption.as_str(),
-        new.created_at.as_millis(),
+        chat.id.to_string(),
+        chat.kind.as_str(),
+        chat.name,
+        chat.description,
+        chat.avatar_url,
+        chat.encryption.as_str(),
+        chat.created_at.as_millis(),
         key,
     ])?;
-    let mut seen = HashSet::new();
-    let mut participants = Vec::with_capacity(new.participants.len());
     let mut insert = conn.prepare_cached(
         "INSERT INTO participants (chat_id, user_id, role, joined_at, delivered_seq, read_seq, \
          visible_from_seq, ordinal) VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5)",
     )?;
-    for (user_id, role) in new.participants {
-        if !seen.insert(user_id.clone()) {
-            continue;
-        }
-        let ordinal = i64::try_from(participants.len()).unwrap_or(i64::MAX);
+    for (ordinal, p) in chat.participants.iter().enumerate() {
         insert.execute(params![
-            new.id.to_string(),
-            user_id.as_str(),
-            role.as_str(),
-            new.created_at.as_millis(),
-            ordinal
+            chat.id.to_string(),
+            p.user_id.as_str(),
+            p.role.as_str(),
+            chat.created_at.as_millis(),
+            i64::try_from(ordinal).unwrap_or(i64::MAX)
         ])?;
-        participants.push(Participant {
-            user_id,
-            role,
-            joined_at: new.created_at,
-            delivered_seq: 0,
-            read_seq: 0,
-            visible_from_seq: 0,
-            settings: Default::default(),
-        });
     }
-    let chat = Chat {
-        id: new.id,
-        kind: new.kind,
-        name: new.name,
-        description: new.description,
-        avatar_url: new.avatar_url,
-        encryption: new.encryption,
-        last_seq: 0,
-        last_activity: new.created_at,
-        created_at: new.created_at,
-        participants,
-    };
     Ok((chat, true))
 }
 
