@@ -85,11 +85,16 @@ async fn system_msg(store: &MemoryStore, chat_id: ChatId, chat: usize, seq: u64)
         limit: 1,
     };
     let stored = store.history(chat_id, query).await.unwrap_or_default();
+    // A system message's sender is the user who caused the change.
+    let sender = stored
+        .first()
+        .and_then(|m| m.sender_id.as_str().strip_prefix('u')?.parse().ok())
+        .unwrap_or(usize::MAX);
     MMsg {
         id: stored.first().map_or_else(MessageId::new, |m| m.id),
         chat,
         seq,
-        sender: usize::MAX,
+        sender,
         client_id: String::new(),
         deleted: false,
         system: true,
@@ -303,8 +308,11 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let expected = match chat.members.get(&a) {
                     None => Some(ErrorCode::NotFound),
                     Some((_, from, _)) if msg.seq < *from => Some(ErrorCode::NotFound),
-                    Some(_) if msg.system => Some(ErrorCode::BadRequest),
-                    Some((admin, ..)) if msg.sender == a || (chat.group && *admin) => None,
+                    // Permission first, then the kind: only those who may
+                    // delete learn that system messages cannot be deleted.
+                    Some((admin, ..)) if msg.sender == a || (chat.group && *admin) => {
+                        msg.system.then_some(ErrorCode::BadRequest)
+                    }
                     Some(_) => Some(ErrorCode::Forbidden),
                 };
                 prop_assert_eq!(result_code(&r), expected);
