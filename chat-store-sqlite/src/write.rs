@@ -307,6 +307,46 @@ fn message_state(conn: &Connection, chat: ChatId, message: MessageId) -> Result<
 }
 
 fn post(conn: &Connection, new: NewMessage) -> Result<Applied, Error> {
+    // The common case is three statements: the membership probe, the insert
+    // (which takes its seq from the chat row and skips a retry on its
+    // unique key), and the chat's counter. Anything unusual first finds out
+    // whether the post is a retry, so that a retry always gets the stored
+    // message (even from a sender who has left since).
+    if new.kind != MessageType::System && role_of(conn, new.chat_id, &new.sender_id)?.is_none() {
+        return retry_or(conn, &new, not_found("chat not found"));
+    }
+    if let Some(reply_to) = new.reply_to {
+        let chat: Option<String> = conn
+            .prepare_cached("SELECT chat_id FROM messages WHERE id = ?1")?
+            .query_row([reply_to.to_string()], |r| r.get(0))
+            .optional()?;
+        if chat.as_deref() != Some(new.chat_id.to_string().as_str()) {
+            return retry_or(
+                conn,
+                &new,
+                not_found("reply_to message not found in this chat"),
+            );
+        }
+    }
+    let Some(seq) = insert_post(conn, &new)? else {
+        // Nothing inserted: a retry, or the chat does not exist.
+        return retry_or(conn, &new, not_found("chat not found"));
+    };
+    conn.prepare_cached("UPDATE chats SET last_seq = ?2, last_activity = ?3 WHERE id = ?1")?
+        .execute(params![
+            new.chat_id.to_string(),
+            sql_u64(seq),
+            new.created_at.as_millis()
+        ])?;
+    Ok(Applied::Posted {
+        message: new.into_message(seq),
+        duplicate: false,
+    })
+}
+
+/// A retry of an earlier post is answered with the stored message (or
+/// `Conflict` if that is in another chat); anything else with `error`.
+fn retry_or(conn: &Connection, new: &NewMessage, error: Error) -> Result<Applied, Error> {
     if let Some(cid) = &new.client_msg_id {
         if let Some(message) = read::by_client_id(conn, &new.sender_id, cid)? {
             if message.chat_id != new.chat_id {
@@ -318,28 +358,39 @@ fn post(conn: &Connection, new: NewMessage) -> Result<Applied, Error> {
             });
         }
     }
-    if !chat_exists(conn, new.chat_id)? {
-        return Err(not_found("chat not found"));
-    }
-    if new.kind != MessageType::System && role_of(conn, new.chat_id, &new.sender_id)?.is_none() {
-        return Err(not_found("chat not found"));
-    }
-    if let Some(reply_to) = new.reply_to {
-        let chat: Option<String> = conn
-            .prepare_cached("SELECT chat_id FROM messages WHERE id = ?1")?
-            .query_row([reply_to.to_string()], |r| r.get(0))
-            .optional()?;
-        if chat.as_deref() != Some(new.chat_id.to_string().as_str()) {
-            return Err(not_found("reply_to message not found in this chat"));
-        }
-    }
-    let seq = next_seq(conn, new.chat_id, new.created_at)?;
-    let message = new.into_message(seq);
-    insert_message(conn, &message)?;
-    Ok(Applied::Posted {
-        message,
-        duplicate: false,
-    })
+    Err(error)
+}
+
+/// Inserts a post with the chat's next seq; `None` if nothing was inserted
+/// (the chat does not exist, or `(sender, client_msg_id)` is taken).
+fn insert_post(conn: &Connection, new: &NewMessage) -> Result<Option<u64>, Error> {
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, content, media, \
+             reply_to, client_msg_id, created_at, edited_at, deleted, system) \
+             SELECT ?1, id, last_seq + 1, last_seq + 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, 0, ?10 \
+             FROM chats WHERE id = ?2 \
+             ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING \
+             RETURNING seq",
+        )?
+        .query_row(
+            params![
+                new.id.to_string(),
+                new.chat_id.to_string(),
+                new.sender_id.as_str(),
+                new.kind.as_str(),
+                new.content,
+                new.media.as_ref().map(serde_json::to_string).transpose()?,
+                new.reply_to.map(|id| id.to_string()),
+                new.client_msg_id,
+                new.created_at.as_millis(),
+                new.system.as_ref().map(serde_json::to_string).transpose()?,
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    seq.map(|s| u64::try_from(s).map_err(|e| Error::corrupt("chats.last_seq", e)))
+        .transpose()
 }
 
 fn system_message(
