@@ -314,10 +314,7 @@ pub(crate) async fn apply(
             .bind(sql_u64(message.seq))
             .execute(&mut *conn)
             .await?;
-            Ok(Applied::Membership {
-                chat: load_chat(conn, chat_id).await?,
-                message: Some(message),
-            })
+            membership(conn, chat_id, Some(message)).await
         }
         Change::RemoveParticipant {
             chat_id,
@@ -337,10 +334,7 @@ pub(crate) async fn apply(
                 .bind(user_id.as_str())
                 .execute(&mut *conn)
                 .await?;
-            Ok(Applied::Membership {
-                chat: load_chat(conn, chat_id).await?,
-                message: Some(message),
-            })
+            membership(conn, chat_id, Some(message)).await
         }
         Change::SetRole {
             chat_id,
@@ -356,10 +350,7 @@ pub(crate) async fn apply(
                 .await?
                 .ok_or_else(|| not_found("not a participant"))?;
             if current == role {
-                return Ok(Applied::Membership {
-                    chat: load_chat(conn, chat_id).await?,
-                    message: None,
-                });
+                return membership(conn, chat_id, None).await;
             }
             let message = system_message(conn, chat_id, event, by, at).await?;
             sqlx::query("UPDATE participants SET role = $3 WHERE chat_id = $1 AND user_id = $2")
@@ -368,10 +359,7 @@ pub(crate) async fn apply(
                 .bind(role.as_str())
                 .execute(&mut *conn)
                 .await?;
-            Ok(Applied::Membership {
-                chat: load_chat(conn, chat_id).await?,
-                message: Some(message),
-            })
+            membership(conn, chat_id, Some(message)).await
         }
         Change::UpdateGroup {
             chat_id,
@@ -401,10 +389,7 @@ pub(crate) async fn apply(
             .bind(patch.avatar_url.as_deref())
             .execute(&mut *conn)
             .await?;
-            Ok(Applied::Membership {
-                chat: load_chat(conn, chat_id).await?,
-                message: Some(message),
-            })
+            membership(conn, chat_id, Some(message)).await
         }
         Change::Mark {
             chat_id,
@@ -868,4 +853,16 @@ pub(crate) async fn insert_media(pool: &PgPool, m: MediaRecord) -> Result<(), Er
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// The result of a membership change or group update: the chat after it.
+async fn membership(
+    conn: &mut PgConnection,
+    chat_id: ChatId,
+    message: Option<Message>,
+) -> Result<Applied, Error> {
+    Ok(Applied::Membership {
+        chat: load_chat(conn, chat_id).await?,
+        message,
+    })
 }

@@ -199,10 +199,7 @@ pub(crate) fn apply(conn: &Connection, change: Change) -> Result<Applied, Error>
                 at.as_millis(),
                 seq
             ])?;
-            Ok(Applied::Membership {
-                chat: load_chat(conn, chat_id)?,
-                message: Some(message),
-            })
+            membership(conn, chat_id, Some(message))
         }
         Change::RemoveParticipant {
             chat_id,
@@ -219,10 +216,7 @@ pub(crate) fn apply(conn: &Connection, change: Change) -> Result<Applied, Error>
             let message = system_message(conn, chat_id, event, &by, at)?;
             conn.prepare_cached("DELETE FROM participants WHERE chat_id = ?1 AND user_id = ?2")?
                 .execute(params![chat_id.to_string(), user_id.as_str()])?;
-            Ok(Applied::Membership {
-                chat: load_chat(conn, chat_id)?,
-                message: Some(message),
-            })
+            membership(conn, chat_id, Some(message))
         }
         Change::SetRole {
             chat_id,
@@ -237,10 +231,7 @@ pub(crate) fn apply(conn: &Connection, change: Change) -> Result<Applied, Error>
             let current =
                 role_of(conn, chat_id, &user_id)?.ok_or_else(|| not_found("not a participant"))?;
             if current == role {
-                return Ok(Applied::Membership {
-                    chat: load_chat(conn, chat_id)?,
-                    message: None,
-                });
+                return membership(conn, chat_id, None);
             }
             let message = system_message(conn, chat_id, event, &by, at)?;
             conn.prepare_cached(
@@ -251,10 +242,7 @@ pub(crate) fn apply(conn: &Connection, change: Change) -> Result<Applied, Error>
                 user_id.as_str(),
                 role.as_str()
             ])?;
-            Ok(Applied::Membership {
-                chat: load_chat(conn, chat_id)?,
-                message: Some(message),
-            })
+            membership(conn, chat_id, Some(message))
         }
         Change::UpdateGroup {
             chat_id,
@@ -280,10 +268,7 @@ pub(crate) fn apply(conn: &Connection, change: Change) -> Result<Applied, Error>
                 patch.description,
                 patch.avatar_url
             ])?;
-            Ok(Applied::Membership {
-                chat: load_chat(conn, chat_id)?,
-                message: Some(message),
-            })
+            membership(conn, chat_id, Some(message))
         }
         Change::Mark {
             chat_id,
@@ -725,4 +710,16 @@ pub(crate) fn insert_media(conn: &Connection, m: MediaRecord) -> Result<(), Erro
         m.created_at.as_millis(),
     ])?;
     Ok(())
+}
+
+/// The result of a membership change or group update: the chat after it.
+fn membership(
+    conn: &Connection,
+    chat_id: ChatId,
+    message: Option<Message>,
+) -> Result<Applied, Error> {
+    Ok(Applied::Membership {
+        chat: load_chat(conn, chat_id)?,
+        message,
+    })
 }
