@@ -244,7 +244,9 @@ async fn connect(args: &LoadArgs, addr: SocketAddr, secret: &str, i: usize) -> R
         }
         Target::Relay => format!("ws://{addr}/?group=g{}", i / args.group_size.max(1)),
     };
-    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    // Like the server, the client must not hold back a small frame for
+    // a delayed ACK (Nagle), or latency measures the kernel.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
     Ok(ws)
 }
 

@@ -152,6 +152,14 @@ pub async fn serve(
         tracing::info!("shutting down: closing connections");
         let _ = stop_tx.send(true);
     };
+    // Without TCP_NODELAY, a second small frame written before the client
+    // acknowledges the first (an ack right after a message_received) waits
+    // for the client's delayed ACK: ~40 ms on Linux.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await;
