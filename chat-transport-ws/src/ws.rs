@@ -16,7 +16,7 @@ use chat_core::{
     Error, Session,
     protocol::{ClientCommand, ServerEvent, ack_frame, error_frame, execute, parse_request},
     transport::{
-        CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, CLOSE_SUSPENDED, Outgoing, Transport, outbox,
+        CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, CLOSE_SUSPENDED, Outbox, Outgoing, Transport, outbox,
     },
 };
 use futures::{SinkExt, StreamExt, stream::SplitSink};
@@ -64,11 +64,11 @@ pub(crate) async fn upgrade(
         .or(query.token);
     let max = app.config.max_frame_bytes;
     // tungstenite preallocates a 128 KiB read buffer per connection; chat
-    // frames are small, and the buffer grows for a large one. 4 KiB keeps
+    // frames are small, and the buffer grows for a large one. 1 KiB keeps
     // an idle connection cheap.
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
@@ -83,6 +83,30 @@ async fn send_text(sink: &mut Sink, frame: Bytes) -> bool {
         Ok(text) => sink.send(Message::Text(text)).await.is_ok(),
         Err(_) => false,
     }
+}
+
+/// Most frames queued at once that go out in one flush.
+const BURST_FRAMES: usize = 64;
+
+/// Writes `first` and whatever else is queued right now, then flushes once:
+/// a burst of fan-out costs one write to the socket instead of one per frame,
+/// and a frame never waits for a later one.
+async fn send_burst(sink: &mut Sink, out: &mut Outbox, first: Bytes) -> bool {
+    let mut next = Some(first);
+    let mut fed = 0;
+    while let Some(frame) = next.take() {
+        let Ok(text) = Utf8Bytes::try_from(frame) else {
+            return false;
+        };
+        if sink.feed(Message::Text(text)).await.is_err() {
+            return false;
+        }
+        fed += 1;
+        if fed < BURST_FRAMES {
+            next = out.try_next_frame();
+        }
+    }
+    sink.flush().await.is_ok()
 }
 
 async fn close(sink: &mut Sink, code: u16, reason: &str) {
@@ -115,7 +139,7 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
             Ok(identity) => identity,
             Err(e) => return auth_failed(&mut sink, &e.public_message(), CLOSE_AUTH_FAILED).await,
         },
-        None => match authenticate_first(&app, &mut sink, &mut stream).await {
+        None => match Box::pin(authenticate_first(&app, &mut sink, &mut stream)).await {
             Some(identity) => identity,
             None => return,
         },
@@ -131,10 +155,12 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
     };
     let (transport, mut out) = outbox(app.config.outgoing_queue);
     let transport = Arc::new(transport);
-    let session = match app
-        .engine
-        .connect(actor, identity.device_id.clone(), transport.clone())
-        .await
+    let session = match Box::pin(app.engine.connect(
+        actor,
+        identity.device_id.clone(),
+        transport.clone(),
+    ))
+    .await
     {
         Ok(session) => session,
         Err(e) => {
@@ -155,7 +181,7 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
             tokio::select! {
                 item = out.next() => match item {
                     Some(Outgoing::Frame(frame)) => {
-                        if !send_text(&mut sink, frame).await {
+                        if !send_burst(&mut sink, &mut out, frame).await {
                             return "write failed".to_owned();
                         }
                     }
@@ -184,7 +210,9 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
             msg = stream.next() => {
                 last_heard = Instant::now();
                 match msg {
-                    Some(Ok(Message::Text(text))) => handle_text(&app, &session, &text).await,
+                    // Boxed: a command's future is large and lives only
+                    // while it runs, instead of in every idle connection.
+                    Some(Ok(Message::Text(text))) => Box::pin(handle_text(&app, &session, &text)).await,
                     Some(Ok(Message::Binary(_))) => {
                         session.send(error_frame(None, &Error::invalid("binary frames are not accepted; send JSON text")));
                     }
@@ -227,7 +255,7 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
     };
     let conn = session.connection_id();
     let user = session.user_id().clone();
-    session.close().await;
+    Box::pin(session.close()).await;
     // Let the writer flush what is queued (the close frame above).
     if !writer.is_finished() {
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
