@@ -133,6 +133,14 @@ pub trait Bus: Debug + Send + Sync + 'static {
 
     /// Whether each of `users` has a live connection on some node.
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>>;
+
+    /// Whether this bus serves a single node, so that no other engine
+    /// changes the chats of the store. The engine then keeps the chats that
+    /// sends need in memory instead of reading them for every message. A
+    /// bus between nodes keeps the default, `false`.
+    fn single_node(&self) -> bool {
+        false
+    }
 }
 
 /// The [`Bus`] of a single node: deliveries go straight to the local hub.
@@ -179,5 +187,9 @@ impl Bus for LocalBus {
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>> {
         let set = self.online_set();
         Ok(users.iter().map(|u| set.contains_key(u)).collect())
+    }
+
+    fn single_node(&self) -> bool {
+        true
     }
 }

@@ -6,6 +6,7 @@
 //! [`Store::apply`] (group commit) and publish their events in commit order,
 //! so that every connection sees a chat's events in `updated_seq` order.
 
+mod cache;
 mod presence;
 mod validate;
 mod writer;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::presence::Session;
 use self::{
+    cache::{Cached, ChatCache},
     presence::{Presence, Typing},
     validate::*,
     writer::{EventKind, Fanout, Writer},
@@ -100,6 +102,9 @@ pub struct EngineConfig {
     pub write_batch: usize,
     /// Most changes waiting per lane before senders wait.
     pub write_queue: usize,
+    /// Most chats kept in memory for sends, receipts and typing (0: none).
+    /// Only used with a single-node bus; see [`Bus::single_node`].
+    pub chat_cache: usize,
 }
 
 impl Default for EngineConfig {
@@ -119,6 +124,7 @@ impl Default for EngineConfig {
             write_lanes: 1,
             write_batch: 512,
             write_queue: 8192,
+            chat_cache: 10_000,
         }
     }
 }
@@ -182,8 +188,14 @@ impl EngineBuilder {
                 hub: hub.clone(),
                 engine: weak.clone(),
             }));
+            let cached = if self.bus.single_node() {
+                self.config.chat_cache
+            } else {
+                0
+            };
             Inner {
                 writer: Writer::start(weak.clone(), &self.config),
+                chats: ChatCache::new(cached),
                 store: self.store,
                 bus: self.bus,
                 clock: self.clock,
@@ -246,6 +258,7 @@ struct Inner {
     notifier: Option<Arc<dyn Notifier>>,
     config: EngineConfig,
     writer: Writer,
+    chats: ChatCache,
     presence: Presence,
     typing: Typing,
 }
@@ -458,6 +471,31 @@ impl ChatEngine {
         }
     }
 
+    /// The chat, if the actor is a participant, from the cache when it is
+    /// there; with whether one side of a direct chat blocks the other.
+    async fn cached_chat(&self, actor: &Actor, chat_id: ChatId) -> Result<Arc<Cached>> {
+        let cache = &self.inner.chats;
+        let epoch = match cache.get(chat_id) {
+            Ok(cached) if cached.chat.participant(&actor.user_id).is_some() => return Ok(cached),
+            // Not a member as far as the cache knows: the store decides.
+            Ok(_) => cache.epoch(),
+            Err(epoch) => epoch,
+        };
+        let chat = self.chat_of(actor, chat_id).await?;
+        let blocked = match (chat.kind, &chat.participants[..]) {
+            (ChatKind::Direct, [a, b]) => {
+                self.inner
+                    .store
+                    .is_blocked_either(&a.user_id, &b.user_id)
+                    .await?
+            }
+            _ => false,
+        };
+        let cached = Arc::new(Cached { chat, blocked });
+        cache.fill(cached.clone(), epoch);
+        Ok(cached)
+    }
+
     /// A message the actor may see, with its chat.
     async fn message_of(&self, actor: &Actor, message_id: MessageId) -> Result<(Chat, Message)> {
         let not_found = || Error::not_found("message not found");
@@ -556,6 +594,7 @@ impl ChatEngine {
             .store
             .set_participant_settings(chat_id, me, settings)
             .await?;
+        self.inner.chats.invalidate(chat_id);
         if let Some(p) = chat.participants.iter_mut().find(|p| &p.user_id == me) {
             p.settings = settings;
         }
@@ -572,7 +611,9 @@ impl ChatEngine {
         self.inner
             .store
             .set_participant_settings(chat_id, me, settings)
-            .await
+            .await?;
+        self.inner.chats.invalidate(chat_id);
+        Ok(())
     }
 
     /// A message the actor may see.
@@ -797,19 +838,36 @@ impl ChatEngine {
     /// a retry with the same `client_msg_id` returns the stored message and
     /// notifies nobody again.
     pub async fn send(&self, actor: &Actor, req: SendMessage) -> Result<Message> {
+        client_msg_id(&req.client_msg_id)?;
+        let cached = self.cached_chat(actor, req.chat_id).await?;
+        let (chat_id, client_id) = (req.chat_id, req.client_msg_id.clone());
+        let refused = match self.post(actor, &cached, req).await {
+            Ok(message) => return Ok(message),
+            Err(e) => e,
+        };
+        // A retry of a stored message gets that message even when something
+        // would refuse it now (a block, a hook, an edit of its text): its
+        // first ack was lost, not the message. Looked up only when refusing,
+        // so that a send reads nothing; the store answers retries that pass.
+        match self
+            .inner
+            .store
+            .find_by_client_id(&actor.user_id, &client_id)
+            .await
+        {
+            Ok(Some(existing)) if existing.chat_id == chat_id => Ok(existing),
+            Ok(Some(_)) => Err(Error::conflict(
+                "client_msg_id was already used in another chat",
+            )),
+            Ok(None) | Err(_) => Err(refused),
+        }
+    }
+
+    async fn post(&self, actor: &Actor, cached: &Cached, req: SendMessage) -> Result<Message> {
         let me = &actor.user_id;
         let chat_id = req.chat_id;
-        client_msg_id(&req.client_msg_id)?;
-        let chat = self.chat_of(actor, chat_id).await?;
+        let chat = &cached.chat;
         let store = &self.inner.store;
-        if let Some(existing) = store.find_by_client_id(me, &req.client_msg_id).await? {
-            if existing.chat_id != chat_id {
-                return Err(Error::conflict(
-                    "client_msg_id was already used in another chat",
-                ));
-            }
-            return Ok(existing);
-        }
         let kind = req.kind.unwrap_or(MessageType::Text);
         let content = match (kind, req.content.as_deref()) {
             (MessageType::System, _) => {
@@ -846,8 +904,10 @@ impl ChatEngine {
                 _ => return Err(Error::not_found("reply_to message not found in this chat")),
             }
         }
-        self.check_not_blocked(&chat, me).await?;
-        let flag = self.run_hooks(&chat, me, kind, content.as_deref()).await?;
+        if cached.blocked {
+            return Err(Error::forbidden("you cannot write to this user"));
+        }
+        let flag = self.run_hooks(chat, me, kind, content.as_deref()).await?;
         let new = NewMessage {
             id: MessageId::new(),
             chat_id,
@@ -860,7 +920,7 @@ impl ChatEngine {
             system: None,
             created_at: self.now(),
         };
-        let mut fanout = Fanout::new(&chat, EventKind::Post);
+        let mut fanout = Fanout::new(chat, EventKind::Post);
         let now = self.now();
         fanout.muted = chat
             .participants
@@ -876,7 +936,7 @@ impl ChatEngine {
             if let Some(reason) = flag {
                 self.file_hook_report(&message, reason).await;
             }
-            self.stop_typing_after_send(&chat, me).await;
+            self.stop_typing_after_send(chat, me).await;
         }
         Ok(message)
     }
@@ -886,25 +946,6 @@ impl ChatEngine {
             Encryption::AtRest => text(content, self.inner.config.max_text_chars),
             Encryption::E2ee => ciphertext(content, self.inner.config.max_ciphertext_bytes),
         }
-    }
-
-    /// In a direct chat, neither side may write while one blocks the other.
-    async fn check_not_blocked(&self, chat: &Chat, me: &UserId) -> Result<()> {
-        if chat.kind != ChatKind::Direct {
-            return Ok(());
-        }
-        let Some(other) = chat.participants.iter().find(|p| &p.user_id != me) else {
-            return Ok(());
-        };
-        if self
-            .inner
-            .store
-            .is_blocked_either(me, &other.user_id)
-            .await?
-        {
-            return Err(Error::forbidden("you cannot write to this user"));
-        }
-        Ok(())
     }
 
     /// Runs the hooks; `Some(reason)` if one flagged the message.
@@ -1049,7 +1090,7 @@ impl ChatEngine {
         receipt: Receipt,
         up_to_seq: u64,
     ) -> Result<()> {
-        let chat = self.chat_of(actor, chat_id).await?;
+        let cached = self.cached_chat(actor, chat_id).await?;
         let (delivered_up_to, read_up_to) = match receipt {
             Receipt::Delivered => (up_to_seq, 0),
             Receipt::Read => (up_to_seq, up_to_seq),
@@ -1065,7 +1106,7 @@ impl ChatEngine {
             chat_id,
             user_id: actor.user_id.clone(),
         };
-        let mut fanout = Fanout::new(&chat, kind);
+        let mut fanout = Fanout::new(&cached.chat, kind);
         if !privacy.read_receipts {
             fanout.private_reads_of = Some(actor.user_id.clone());
         }
@@ -1281,6 +1322,9 @@ impl ChatEngine {
             .store
             .set_block(&actor.user_id, other, on)
             .await?;
+        // Which direct chat of the two is cached is not worth a lookup:
+        // blocks are rare.
+        self.inner.chats.clear();
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use std::{
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Actor, ChatEngine};
+use super::{Actor, ChatEngine, cache::Cached};
 use crate::{
     bus::{Action, Audience},
     error::Result,
@@ -275,10 +275,11 @@ impl ChatEngine {
     // --- typing ------------------------------------------------------------
 
     async fn typing(&self, actor: &Actor, chat_id: ChatId, start: bool) -> Result<()> {
-        let chat = self.chat_of(actor, chat_id).await?;
+        let cached = self.cached_chat(actor, chat_id).await?;
+        let chat = &cached.chat;
         let user = &actor.user_id;
         if !start {
-            self.stop_typing(&chat, user).await;
+            self.stop_typing(chat, user).await;
             return Ok(());
         }
         if !self.privacy_of(user).await?.typing {
@@ -301,19 +302,22 @@ impl ChatEngine {
                 chat_id,
                 user_id: user.clone(),
             };
-            self.publish(
-                typing_audience(&chat, user),
-                Action::Frame(event.to_frame()),
-            )
-            .await;
+            self.publish(typing_audience(chat, user), Action::Frame(event.to_frame()))
+                .await;
             let engine = self.clone();
-            tokio::spawn(async move { engine.expire_typing(chat, key, deadline).await });
+            let cached = cached.clone();
+            tokio::spawn(async move { engine.expire_typing(cached, key, deadline).await });
         }
         Ok(())
     }
 
     /// Waits until the typing entry's deadline passes without renewal.
-    async fn expire_typing(&self, chat: Chat, key: (ChatId, UserId), mut deadline: Instant) {
+    async fn expire_typing(
+        &self,
+        cached: Arc<Cached>,
+        key: (ChatId, UserId),
+        mut deadline: Instant,
+    ) {
         loop {
             tokio::time::sleep_until(deadline).await;
             let mut active = self.inner.typing.lock();
@@ -326,7 +330,7 @@ impl ChatEngine {
                 None => return,
             }
         }
-        self.publish_stopped(&chat, &key.1).await;
+        self.publish_stopped(&cached.chat, &key.1).await;
     }
 
     async fn stop_typing(&self, chat: &Chat, user: &UserId) {

@@ -257,6 +257,52 @@ async fn blocked_users_cannot_write_into_an_existing_direct_chat() {
 // --- sending ----------------------------------------------------------------
 
 #[tokio::test]
+async fn cached_chats_follow_membership_changes() {
+    let e = engine().await;
+    let g = group(&e, "alice", &["bob"]).await;
+    send(&e, "alice", g, "c1", "fills the cache").await.unwrap();
+    let mut carol = Client::connect(&e, "carol").await;
+    e.add_participant(&actor("alice"), g, &uid("carol"), Role::Member)
+        .await
+        .unwrap();
+    send(&e, "carol", g, "c2", "hello").await.unwrap();
+    send(&e, "alice", g, "c3", "welcome").await.unwrap();
+    let got = carol.drain();
+    assert!(
+        got.iter()
+            .any(|f| f["type"] == "message_received" && f["data"]["content"] == "welcome"),
+        "a new member gets the next message: {got:?}"
+    );
+    e.remove_participant(&actor("alice"), g, &uid("carol"))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(send(&e, "carol", g, "c4", "still here?").await),
+        C::NotFound
+    );
+    carol.drain();
+    send(&e, "alice", g, "c5", "private again").await.unwrap();
+    assert!(
+        !carol.types().contains(&"message_received".to_owned()),
+        "a removed member gets nothing more"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_refused_now_still_gets_the_stored_message() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let m = send(&e, "alice", chat, "c1", "hi").await.unwrap();
+    e.block(&actor("bob"), &uid("alice"), true).await.unwrap();
+    let again = send(&e, "alice", chat, "c1", "hi").await.unwrap();
+    assert_eq!(again.id, m.id, "the first ack was lost, not the message");
+    assert_eq!(
+        code(send(&e, "alice", chat, "c2", "hi").await),
+        C::Forbidden
+    );
+}
+
+#[tokio::test]
 async fn send_assigns_seq_and_is_idempotent() {
     let e = engine().await;
     let chat = direct(&e, "alice", "bob").await;
