@@ -103,6 +103,7 @@ struct FileLimits {
     max_connections_per_user: Option<usize>,
     max_open_chats: Option<usize>,
     write_lanes: Option<usize>,
+    chat_cache: Option<usize>,
 }
 
 /// Everything `serve` needs, resolved.
@@ -184,6 +185,7 @@ impl Settings {
                 .unwrap_or(engine.max_connections_per_user);
             engine.max_open_chats = l.max_open_chats.unwrap_or(engine.max_open_chats);
             engine.write_lanes = l.write_lanes.unwrap_or(engine.write_lanes);
+            engine.chat_cache = l.chat_cache.unwrap_or(engine.chat_cache);
         }
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
         Ok(Self {
@@ -254,5 +256,14 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn engine_limits_from_the_file() {
+        let file: FileConfig =
+            toml::from_str("[limits]\nwrite_lanes = 2\nchat_cache = 0\n").expect("valid TOML");
+        let limits = file.limits.expect("limits");
+        assert_eq!((limits.write_lanes, limits.chat_cache), (Some(2), Some(0)));
+        assert!(toml::from_str::<FileConfig>("[limits]\nchat_cahce = 1\n").is_err());
     }
 }
