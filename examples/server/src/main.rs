@@ -145,6 +145,17 @@ async fn run(settings: Settings) -> Result<(), Failure> {
         .map_err(fail)?
         .install_recorder()
         .map_err(fail)?;
+    // Histograms keep every sample until upkeep folds them into buckets; the
+    // recorder installed this way leaves upkeep to us. Without it, a server
+    // nobody scrapes would keep one sample per message forever.
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
 
     let store: Arc<dyn Store> = match &settings.postgres {
         Some(url) => {
