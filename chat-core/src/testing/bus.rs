@@ -302,6 +302,7 @@ macro_rules! bus_conformance_tests {
             dead_node_users_go_offline_within_ttl,
             dead_node_is_announced_by_one_survivor,
             user_who_moved_off_a_dead_node_stays_online,
+            nodes_of_a_cluster_are_not_single_node,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {
@@ -629,6 +630,19 @@ pub mod bus_suite {
         publish(&n2, &to_alice).await;
         fence(&n2, &s1, &alice, "2").await;
         assert_eq!(s1.count(&to_alice), 1, "node 1 holds alice: exactly once");
+    }
+
+    /// A bus between nodes says so: the engine caches chats only on a
+    /// single node, because another node may change a chat at any time.
+    pub async fn nodes_of_a_cluster_are_not_single_node(cluster: Cluster) {
+        if multi_node(&cluster, "nodes_of_a_cluster_are_not_single_node").is_none() {
+            return;
+        }
+        let node = cluster.node("node-1").await;
+        assert!(
+            !node.single_node(),
+            "a bus whose nodes share a backend must not claim single_node()"
+        );
     }
 
     /// A node holding several users of an audience gets the delivery once
