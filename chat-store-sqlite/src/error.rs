@@ -36,6 +36,9 @@ pub enum Error {
     /// in-memory database); the store needs WAL for its concurrent readers.
     #[error("journal_mode=WAL is not available for this database (it reports {0:?})")]
     NotWal(String),
+    /// A migration left the database inconsistent; nothing was changed.
+    #[error("migration failed: {0}")]
+    Migration(String),
     /// The database was written by a newer version of this crate.
     #[error("the database has schema version {found}, this build knows up to {known}")]
     SchemaTooNew {

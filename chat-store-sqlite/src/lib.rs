@@ -22,7 +22,11 @@
 //!   crash but may lose the last commits on power loss;
 //!   [`Synchronous::Off`] is for tests.
 //! - **Schema.** Versioned migrations (`PRAGMA user_version`, see
-//!   [`SCHEMA_VERSION`]) run in one transaction when the store opens.
+//!   [`SCHEMA_VERSION`]) run in one transaction when the store opens, with
+//!   foreign keys off (a migration may rebuild a table) and every reference
+//!   checked before it commits. Version 3 rebuilds `messages` to keep one
+//!   index on the log instead of two; on a large database the first open
+//!   after upgrading takes as long as copying the messages.
 //!
 //! Dropping the store lets the writer finish the jobs already queued, then
 //! it closes its connection and exits; [`SqliteStore::close`] does the same

@@ -1,6 +1,6 @@
 //! Versioned migrations, tracked in `PRAGMA user_version`.
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use crate::Error;
 
@@ -126,13 +126,65 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE participants ADD COLUMN muted_until INTEGER;
     ALTER TABLE participants ADD COLUMN hidden_seq INTEGER;
     "#,
+    // 3: one index on the log instead of two. Every post maintained both
+    // `UNIQUE (chat_id, seq)` and the partial unread index, each at a place
+    // that depends on the chat; one covering index serves history pages and
+    // unread counts alike (store throughput +35% on 100,000 messages, see
+    // BENCHMARKS.md). A seq is unique by construction: the writer takes it
+    // from the chat's counter in the transaction that inserts. SQLite cannot
+    // drop a table constraint, so the table is rebuilt (foreign keys are off
+    // while migrations run, and checked before they commit).
+    r#"
+    CREATE TABLE messages_v3 (
+        id            TEXT PRIMARY KEY NOT NULL,
+        chat_id       TEXT NOT NULL REFERENCES chats (id),
+        seq           INTEGER NOT NULL,
+        updated_seq   INTEGER NOT NULL,
+        sender_id     TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        content       TEXT,
+        media         TEXT,    -- MediaRef as JSON
+        reply_to      TEXT,
+        client_msg_id TEXT,
+        created_at    INTEGER NOT NULL,
+        edited_at     INTEGER,
+        deleted       INTEGER NOT NULL DEFAULT 0,
+        system        TEXT     -- SystemEvent as JSON
+    ) STRICT;
+    INSERT INTO messages_v3 (id, chat_id, seq, updated_seq, sender_id, kind, content, media,
+                             reply_to, client_msg_id, created_at, edited_at, deleted, system)
+        SELECT id, chat_id, seq, updated_seq, sender_id, kind, content, media,
+               reply_to, client_msg_id, created_at, edited_at, deleted, system
+        FROM messages ORDER BY rowid;
+    DROP TABLE messages;
+    ALTER TABLE messages_v3 RENAME TO messages;
+    -- the log: history pages, and unread counts from the index alone.
+    CREATE INDEX messages_log ON messages (chat_id, seq, sender_id, kind, deleted);
+    -- sync: everything changed after a cursor.
+    CREATE INDEX messages_by_updated_seq ON messages (chat_id, updated_seq);
+    -- idempotency of posts.
+    CREATE UNIQUE INDEX messages_by_client_id ON messages (sender_id, client_msg_id)
+        WHERE client_msg_id IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the database to [`SCHEMA_VERSION`], in one transaction.
+///
+/// Foreign keys are off while it runs, because rebuilding a table (the way
+/// SQLite changes a constraint) drops the table others refer to; every
+/// reference is checked before the transaction commits, and foreign keys
+/// are on again afterwards, whatever happened.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let migrated = migrate_unchecked(conn);
+    conn.pragma_update(None, "foreign_keys", true)?;
+    migrated
+}
+
+fn migrate_unchecked(conn: &mut Connection) -> Result<(), Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if found > SCHEMA_VERSION {
@@ -141,14 +193,106 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
             known: SCHEMA_VERSION,
         });
     }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
     let applied = usize::try_from(found).unwrap_or(0);
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         tracing::info!(version = i + 1, "applying SQLite migration");
         tx.execute_batch(sql)?;
     }
-    if found != SCHEMA_VERSION {
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    let broken: Option<String> = tx
+        .prepare("PRAGMA foreign_key_check")?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    if let Some(table) = broken {
+        return Err(Error::Migration(format!(
+            "a row of {table} refers to one that is gone"
+        )));
     }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database at `version`, as an older build left it.
+    fn at_version(version: usize) -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.pragma_update(None, "foreign_keys", true).expect("fk");
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).expect("old migration");
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .expect("version");
+        conn
+    }
+
+    #[test]
+    fn version_2_keeps_its_messages_and_references_through_3() {
+        let mut conn = at_version(2);
+        conn.execute_batch(
+            "INSERT INTO chats (id, kind, encryption, last_seq, last_activity, created_at) \
+               VALUES ('c1', 'group', 'at_rest', 2, 0, 0);
+             INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, content, \
+               client_msg_id, created_at) \
+               VALUES ('m1', 'c1', 1, 1, 'alice', 'text', 'hi', 'k1', 0), \
+                      ('m2', 'c1', 2, 2, 'bob', 'text', 'yo', NULL, 0);
+             INSERT INTO reactions (message_id, emoji, user_id, ordinal) \
+               VALUES ('m1', 'x', 'bob', 0);",
+        )
+        .expect("v2 rows");
+        migrate(&mut conn).expect("migrate");
+
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let rows: Vec<(String, i64, String)> = conn
+            .prepare("SELECT id, seq, content FROM messages ORDER BY seq")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .expect("messages");
+        assert_eq!(
+            rows,
+            [("m1".into(), 1, "hi".into()), ("m2".into(), 2, "yo".into())]
+        );
+        let fk: bool = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .expect("fk");
+        assert!(fk, "foreign keys are on again");
+        // The reaction still refers to its message, and references are
+        // enforced against the rebuilt table.
+        let refused = conn.execute(
+            "INSERT INTO reactions (message_id, emoji, user_id, ordinal) \
+             VALUES ('gone', 'x', 'bob', 1)",
+            [],
+        );
+        assert!(refused.is_err(), "a reaction to no message is refused");
+        let dup = conn.execute(
+            "INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, \
+               client_msg_id, created_at) VALUES ('m3', 'c1', 3, 3, 'alice', 'text', 'k1', 0)",
+            [],
+        );
+        assert!(dup.is_err(), "(sender, client_msg_id) is still unique");
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM messages WHERE chat_id = 'c1' \
+                 AND seq > 0 AND sender_id <> 'bob' AND kind <> 'system' AND deleted = 0",
+                [],
+                |r| r.get(3),
+            )
+            .expect("plan");
+        assert!(
+            plan.contains("COVERING INDEX messages_log"),
+            "unread counts come from the index alone: {plan}"
+        );
+        // Migrating again changes nothing.
+        migrate(&mut conn).expect("again");
+    }
 }
