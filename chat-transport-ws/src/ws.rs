@@ -78,10 +78,16 @@ pub(crate) async fn upgrade(
 
 type Sink = SplitSink<WebSocket, Message>;
 
+/// A serialized event as a text frame; `None` if it is not UTF-8 (never
+/// for frames the engine built).
+fn text_frame(frame: Bytes) -> Option<Message> {
+    Utf8Bytes::try_from(frame).ok().map(Message::Text)
+}
+
 async fn send_text(sink: &mut Sink, frame: Bytes) -> bool {
-    match Utf8Bytes::try_from(frame) {
-        Ok(text) => sink.send(Message::Text(text)).await.is_ok(),
-        Err(_) => false,
+    match text_frame(frame) {
+        Some(message) => sink.send(message).await.is_ok(),
+        None => false,
     }
 }
 
@@ -95,10 +101,10 @@ async fn send_burst(sink: &mut Sink, out: &mut Outbox, first: Bytes) -> bool {
     let mut next = Some(first);
     let mut fed = 0;
     while let Some(frame) = next.take() {
-        let Ok(text) = Utf8Bytes::try_from(frame) else {
+        let Some(message) = text_frame(frame) else {
             return false;
         };
-        if sink.feed(Message::Text(text)).await.is_err() {
+        if sink.feed(message).await.is_err() {
             return false;
         }
         fed += 1;

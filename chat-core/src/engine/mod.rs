@@ -188,14 +188,14 @@ impl EngineBuilder {
                 hub: hub.clone(),
                 engine: weak.clone(),
             }));
-            let cached = if self.bus.single_node() {
+            let cache_capacity = if self.bus.single_node() {
                 self.config.chat_cache
             } else {
                 0
             };
             Inner {
                 writer: Writer::start(weak.clone(), &self.config),
-                chats: ChatCache::new(cached),
+                chats: ChatCache::new(cache_capacity),
                 store: self.store,
                 bus: self.bus,
                 clock: self.clock,
@@ -590,11 +590,7 @@ impl ChatEngine {
         let me = &actor.user_id;
         let mut settings = chat.participant(me).map(|p| p.settings).unwrap_or_default();
         settings.muted_until = until;
-        self.inner
-            .store
-            .set_participant_settings(chat_id, me, settings)
-            .await?;
-        self.inner.chats.invalidate(chat_id);
+        self.save_settings(chat_id, me, settings).await?;
         if let Some(p) = chat.participants.iter_mut().find(|p| &p.user_id == me) {
             p.settings = settings;
         }
@@ -608,9 +604,20 @@ impl ChatEngine {
         let me = &actor.user_id;
         let mut settings = chat.participant(me).map(|p| p.settings).unwrap_or_default();
         settings.hidden_seq = Some(chat.last_seq);
+        self.save_settings(chat_id, me, settings).await
+    }
+
+    /// Stores a participant's own settings of a chat and forgets the cached
+    /// chat, whose mute list sends use.
+    async fn save_settings(
+        &self,
+        chat_id: ChatId,
+        user: &UserId,
+        settings: ParticipantSettings,
+    ) -> Result<()> {
         self.inner
             .store
-            .set_participant_settings(chat_id, me, settings)
+            .set_participant_settings(chat_id, user, settings)
             .await?;
         self.inner.chats.invalidate(chat_id);
         Ok(())

@@ -165,10 +165,10 @@ async fn run_lane(engine: Weak<Inner>, mut rx: mpsc::Receiver<Job>, batch_max: u
         }
         let mut notes = Vec::new();
         for ((fanout, reply), result) in waiting.into_iter().zip(results) {
-            if let Ok(Applied::Membership { chat, .. }) = &result {
-                inner.chats.invalidate(chat.id);
-            }
             if let Ok(applied) = &result {
+                if let Applied::Membership { chat, .. } = applied {
+                    inner.chats.invalidate(chat.id);
+                }
                 fan_out(&inner, &fanout, applied, &mut notes).await;
             }
             // The caller may have gone away (connection closed); the change
