@@ -36,7 +36,7 @@ fn user(name: &str) -> UserId {
 
 fn frame(users: &[&UserId], text: &str) -> Delivery {
     Delivery {
-        audience: Audience::users(users.iter().map(|u| (*u).clone()).collect()),
+        audience: Audience::users(users.iter().map(|u| (*u).clone()).collect::<Vec<_>>()),
         action: Action::Frame(Bytes::from(format!(r#"{{"text":"{text}"}}"#))),
     }
 }
@@ -118,7 +118,7 @@ async fn node_holding_no_audience_user_gets_nothing() {
     let to_bob = frame(&[&bob], "only bob");
     let typing = Delivery {
         audience: Audience {
-            users: vec![bob.clone(), carol.clone()],
+            users: vec![bob.clone(), carol.clone()].into(),
             except_user: Some(carol.clone()),
             chat_open: None,
         },

@@ -20,7 +20,10 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audience {
     /// Every live connection of these users...
-    pub users: Vec<UserId>,
+    ///
+    /// Shared: a chat's member list goes to every message's fan-out
+    /// without being copied.
+    pub users: Arc<[UserId]>,
     /// ...except those of this user (the typist of a typing event)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except_user: Option<UserId>,
@@ -31,9 +34,9 @@ pub struct Audience {
 
 impl Audience {
     /// Every connection of `users`.
-    pub fn users(users: Vec<UserId>) -> Self {
+    pub fn users(users: impl Into<Arc<[UserId]>>) -> Self {
         Self {
-            users,
+            users: users.into(),
             except_user: None,
             chat_open: None,
         }

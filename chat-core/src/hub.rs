@@ -173,7 +173,7 @@ impl DeliverySink for Hub {
     fn deliver(&self, delivery: &Delivery) {
         let users = self.read();
         let audience = &delivery.audience;
-        for user in &audience.users {
+        for user in audience.users.iter() {
             if audience.except_user.as_ref() == Some(user) {
                 continue;
             }

@@ -3,7 +3,7 @@
 //! These types are also the wire objects of PROTOCOL.md; their serde form is
 //! the contract, so field names here are never renamed.
 
-use std::{collections::BTreeMap, fmt, str::FromStr};
+use std::{collections::BTreeMap, fmt, str::FromStr, sync::Arc};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -114,9 +114,11 @@ fn valid_name_char(c: char) -> bool {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $max:expr) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Cloning is a reference count, not a copy: ids are cloned into
+        /// every fan-out, cache entry and event.
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Longest accepted id, in characters.
@@ -134,7 +136,7 @@ macro_rules! string_id {
                         Truncated(&id)
                     )));
                 }
-                Ok(Self(id))
+                Ok(Self(id.into()))
             }
 
             /// The id as a string slice.
@@ -146,6 +148,12 @@ macro_rules! string_id {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 
@@ -202,7 +210,7 @@ string_id!(
 impl DeviceId {
     /// The device of a token without a `device` claim.
     pub fn default_device() -> Self {
-        Self("default".to_owned())
+        Self("default".into())
     }
 }
 

@@ -13,5 +13,5 @@ mod events;
 
 pub use commands::{ClientCommand, MAX_REQUEST_ID_LEN, ParseError, Request, parse_request};
 
-pub use dispatch::{ack_frame, dispatch_text, error_frame, execute};
+pub use dispatch::{AckData, ack_frame, dispatch_text, error_frame, execute};
 pub use events::{ErrorBody, PresenceEntry, ServerEvent};

@@ -13,14 +13,26 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use crate::model::{Chat, ChatId};
+use crate::model::{Chat, ChatId, UserId};
 
 /// A chat as cached, with what the send path derives from it.
 #[derive(Debug)]
 pub(super) struct Cached {
     pub(super) chat: Chat,
+    /// The chat's participants, shared by the fan-out of every change.
+    pub(super) members: Arc<[UserId]>,
     /// In a direct chat: one side blocks the other.
     pub(super) blocked: bool,
+}
+
+impl Cached {
+    pub(super) fn new(chat: Chat, blocked: bool) -> Self {
+        Self {
+            members: chat.member_ids().into(),
+            chat,
+            blocked,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -116,10 +128,7 @@ mod tests {
             participants: Vec::new(),
             created_at: Timestamp::from_millis(0),
         };
-        Arc::new(Cached {
-            chat: new.into_chat(),
-            blocked: false,
-        })
+        Arc::new(Cached::new(new.into_chat(), false))
     }
 
     #[test]

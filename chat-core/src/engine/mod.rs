@@ -491,7 +491,7 @@ impl ChatEngine {
             }
             _ => false,
         };
-        let cached = Arc::new(Cached { chat, blocked });
+        let cached = Arc::new(Cached::new(chat, blocked));
         cache.fill(cached.clone(), epoch);
         Ok(cached)
     }
@@ -927,14 +927,16 @@ impl ChatEngine {
             system: None,
             created_at: self.now(),
         };
-        let mut fanout = Fanout::new(chat, EventKind::Post);
-        let now = self.now();
-        fanout.muted = chat
-            .participants
-            .iter()
-            .filter(|p| p.settings.muted_until.is_some_and(|t| t > now))
-            .map(|p| p.user_id.clone())
-            .collect();
+        let mut fanout = Fanout::to(cached.members.clone(), EventKind::Post);
+        if self.inner.notifier.is_some() {
+            let now = self.now();
+            fanout.muted = chat
+                .participants
+                .iter()
+                .filter(|p| p.settings.muted_until.is_some_and(|t| t > now))
+                .map(|p| p.user_id.clone())
+                .collect();
+        }
         let applied = self.inner.writer.submit(Change::Post(new), fanout).await?;
         let crate::store::Applied::Posted { message, duplicate } = applied else {
             return Err(unexpected());
@@ -1113,7 +1115,7 @@ impl ChatEngine {
             chat_id,
             user_id: actor.user_id.clone(),
         };
-        let mut fanout = Fanout::new(&cached.chat, kind);
+        let mut fanout = Fanout::to(cached.members.clone(), kind);
         if !privacy.read_receipts {
             fanout.private_reads_of = Some(actor.user_id.clone());
         }

@@ -362,7 +362,7 @@ impl ChatEngine {
 
 fn typing_audience(chat: &Chat, typist: &UserId) -> Audience {
     Audience {
-        users: chat.member_ids(),
+        users: chat.member_ids().into(),
         except_user: Some(typist.clone()),
         chat_open: Some(chat.id),
     }

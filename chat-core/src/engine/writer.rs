@@ -50,7 +50,7 @@ pub(super) enum EventKind {
 #[derive(Debug)]
 pub(super) struct Fanout {
     /// The chat's participants when the change was checked.
-    members: Vec<UserId>,
+    members: Arc<[UserId]>,
     kind: EventKind,
     /// Read receipts of this user go only to their own devices.
     pub(super) private_reads_of: Option<UserId>,
@@ -60,8 +60,13 @@ pub(super) struct Fanout {
 
 impl Fanout {
     pub(super) fn new(chat: &Chat, kind: EventKind) -> Self {
+        Self::to(chat.member_ids().into(), kind)
+    }
+
+    /// The fan-out of a change to `members`.
+    pub(super) fn to(members: Arc<[UserId]>, kind: EventKind) -> Self {
         Self {
-            members: chat.member_ids(),
+            members,
             kind,
             private_reads_of: None,
             muted: Vec::new(),
@@ -181,7 +186,7 @@ async fn run_lane(engine: Weak<Inner>, mut rx: mpsc::Receiver<Job>, batch_max: u
     }
 }
 
-async fn frame(inner: &Inner, users: Vec<UserId>, event: ServerEvent) {
+async fn frame(inner: &Inner, users: impl Into<Arc<[UserId]>>, event: ServerEvent) {
     publish(
         inner,
         Audience::users(users),
@@ -218,7 +223,8 @@ async fn fan_out(
                 ServerEvent::MessageReceived(message.clone()),
             )
             .await;
-            if message.kind != MessageType::System {
+            // Only a notifier needs to know who was offline.
+            if message.kind != MessageType::System && inner.notifier.is_some() {
                 let others = fanout
                     .members
                     .iter()
@@ -322,7 +328,7 @@ async fn fan_out(
             }
             if *read_moved {
                 let audience = match &fanout.private_reads_of {
-                    Some(me) => vec![me.clone()],
+                    Some(me) => Arc::from([me.clone()]),
                     None => members(),
                 };
                 let event = ServerEvent::MessageRead {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
+use serde_json::{error::Category, value::RawValue};
 
 use crate::{
     engine::{NewGroup, PrivacyPatch, SendMessage},
@@ -143,20 +144,55 @@ pub struct ParseError {
     pub error: Error,
 }
 
+/// A frame's envelope; `data` stays unparsed text until `type` says what
+/// it holds.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default, rename = "type")]
+    kind: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// serde_json's message without its " at line L column C": positions in
+/// the text rebuilt for the command would only mislead the client.
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) if e.line() > 0 => text[..i].to_owned(),
+        _ => text,
+    }
+}
+
 /// Parses one text frame.
+///
+/// The command is parsed straight from the text, without a tree of JSON
+/// values in between: this runs for every frame a client sends.
 pub fn parse_request(text: &str) -> std::result::Result<Request, ParseError> {
     let fail = |id: Option<String>, msg: String| ParseError {
         id,
         kind: None,
         error: Error::invalid(msg),
     };
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| fail(None, format!("malformed JSON: {e}")))?;
-    let serde_json::Value::Object(mut obj) = value else {
-        return Err(fail(None, "a frame is a JSON object".to_owned()));
-    };
-    let id = match obj.remove("id") {
-        None | Some(serde_json::Value::Null) => None,
+    if !text.trim_start().starts_with('{') {
+        // A struct would also accept a JSON array; only objects are frames.
+        let msg = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => "a frame is a JSON object".to_owned(),
+            Err(e) => format!("malformed JSON: {e}"),
+        };
+        return Err(fail(None, msg));
+    }
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        let msg = match e.classify() {
+            Category::Data => format!("a frame is a JSON object with unique keys: {e}"),
+            _ => format!("malformed JSON: {e}"),
+        };
+        fail(None, msg)
+    })?;
+    let id = match envelope.id {
+        None => None,
         Some(serde_json::Value::String(s)) if s.chars().count() <= MAX_REQUEST_ID_LEN => Some(s),
         Some(_) => {
             return Err(fail(
@@ -165,20 +201,26 @@ pub fn parse_request(text: &str) -> std::result::Result<Request, ParseError> {
             ));
         }
     };
-    let kind = match obj.remove("type") {
+    let kind = match envelope.kind {
         Some(serde_json::Value::String(s)) => s,
         _ => return Err(fail(id, "type is required and must be a string".to_owned())),
     };
-    let data = match obj.remove("data") {
-        None | Some(serde_json::Value::Null) => serde_json::Value::Object(Default::default()),
-        Some(d @ serde_json::Value::Object(_)) => d,
+    let data = match envelope.data {
+        None => "{}",
+        Some(raw) if raw.get().starts_with('{') => raw.get(),
         Some(_) => return Err(fail(id, "data must be an object".to_owned())),
     };
-    let tagged = serde_json::json!({ "type": kind, "data": data });
-    match ClientCommand::deserialize(tagged) {
+    // `type` first, so that serde reads `data` straight into the variant
+    // instead of buffering it.
+    let tagged = match serde_json::to_string(&kind) {
+        Ok(kind_json) => format!(r#"{{"type":{kind_json},"data":{data}}}"#),
+        Err(e) => return Err(fail(id, format!("invalid type: {e}"))),
+    };
+    match serde_json::from_str::<ClientCommand>(&tagged) {
         Ok(command) => Ok(Request { id, kind, command }),
         Err(e) => {
-            let msg = if e.to_string().starts_with("unknown variant") {
+            let e = without_position(&e);
+            let msg = if e.starts_with("unknown variant") {
                 format!("unknown command type {kind:?}")
             } else {
                 format!("invalid {kind}: {e}")
@@ -188,5 +230,83 @@ pub fn parse_request(text: &str) -> std::result::Result<Request, ParseError> {
                 ..fail(id, msg)
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(text: &str) -> ParseError {
+        match parse_request(text) {
+            Ok(req) => panic!("{text} was accepted as {:?}", req.command),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_command_parses_whatever_the_order_of_its_keys() {
+        let chat = ChatId::new();
+        let text = format!(
+            r#"{{"data":{{"chat_id":"{chat}","client_msg_id":"c1","content":"hi"}},"extra":1,"id":"r1","type":"send_message"}}"#
+        );
+        let req = parse_request(&text).unwrap();
+        assert_eq!(req.id.as_deref(), Some("r1"));
+        assert_eq!(req.kind, "send_message");
+        let ClientCommand::SendMessage(send) = req.command else {
+            panic!("not a send: {:?}", req.command);
+        };
+        assert_eq!(send.chat_id, chat);
+        assert_eq!(send.content.as_deref(), Some("hi"));
+        for text in [
+            r#"{"type":"ping"}"#,
+            r#"{"type":"ping","data":null,"id":null}"#,
+        ] {
+            let req = parse_request(text).unwrap();
+            assert!(matches!(req.command, ClientCommand::Ping {}));
+            assert_eq!(req.id, None);
+        }
+    }
+
+    #[test]
+    fn each_kind_of_bad_frame_gets_its_own_error() {
+        let cases = [
+            ("{not json", None, "malformed JSON"),
+            ("[1, 2]", None, "a frame is a JSON object"),
+            (r#"{"type":"ping","type":"ping"}"#, None, "duplicate field"),
+            (r#"{"id":7,"type":"ping"}"#, None, "id must be a string"),
+            (r#"{"id":"r","data":{}}"#, Some("r"), "type is required"),
+            (
+                r#"{"id":"r","type":"ping","data":[1]}"#,
+                Some("r"),
+                "data must be an object",
+            ),
+            (
+                r#"{"id":"r","type":"fly"}"#,
+                Some("r"),
+                "unknown command type \"fly\"",
+            ),
+        ];
+        for (text, id, wanted) in cases {
+            let e = refused(text);
+            assert_eq!(e.id.as_deref(), id, "{text}");
+            assert!(e.error.to_string().contains(wanted), "{text}: {}", e.error);
+        }
+        let long = format!(r#"{{"id":"{}","type":"ping"}}"#, "x".repeat(65));
+        assert!(
+            refused(&long)
+                .error
+                .to_string()
+                .contains("id must be a string")
+        );
+    }
+
+    #[test]
+    fn a_bad_field_names_the_command_and_no_position_in_rebuilt_text() {
+        let e = refused(r#"{"id":"r","type":"send_message","data":{"content":"hi"}}"#);
+        assert_eq!(e.kind.as_deref(), Some("send_message"));
+        let msg = e.error.to_string();
+        assert!(msg.contains("invalid send_message: missing field"), "{msg}");
+        assert!(!msg.contains("line"), "{msg}");
     }
 }

@@ -1,8 +1,8 @@
 //! From a parsed command of an authenticated connection to engine calls.
 
 use bytes::Bytes;
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Serialize, ser::SerializeMap};
+use serde_json::value::RawValue;
 
 use super::{
     commands::{ClientCommand, ParseError, parse_request},
@@ -25,7 +25,7 @@ struct Reply<'a, T: Serialize> {
 }
 
 /// An `ack` frame answering request `id`.
-pub fn ack_frame(id: &str, data: &Value) -> Bytes {
+pub fn ack_frame<T: Serialize + ?Sized>(id: &str, data: &T) -> Bytes {
     to_frame(&Reply {
         kind: "ack",
         id: Some(id),
@@ -61,15 +61,34 @@ pub async fn dispatch_text(session: &Session, text: &str) -> Option<Bytes> {
     }
 }
 
-fn to_value<T: Serialize>(value: T) -> Result<Value> {
-    serde_json::to_value(value).map_err(Error::backend)
+/// The `data` of an `ack`, already JSON: written into the frame as it is,
+/// without building a tree of values first.
+pub type AckData = Box<RawValue>;
+
+fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<AckData> {
+    serde_json::value::to_raw_value(value).map_err(Error::backend)
+}
+
+/// `{"<key>": value}`.
+struct Field<'a, T: ?Sized>(&'static str, &'a T);
+
+impl<T: Serialize + ?Sized> Serialize for Field<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, self.1)?;
+        map.end()
+    }
+}
+
+fn field<T: Serialize + ?Sized>(key: &'static str, value: &T) -> Result<AckData> {
+    to_value(&Field(key, value))
 }
 
 /// Runs a command; the result is the `data` of its `ack`.
-pub async fn execute(session: &Session, command: ClientCommand) -> Result<Value> {
+pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckData> {
     let engine = session.engine();
     let actor = session.actor();
-    let empty = || Ok(json!({}));
+    let empty = || to_value(&serde_json::Map::new());
     match command {
         ClientCommand::Authenticate { .. } => {
             Err(Error::invalid("this connection is already authenticated"))
@@ -79,15 +98,20 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<Value>
             encryption,
         } => {
             let opened = engine.create_direct(actor, &user_id, encryption).await?;
-            Ok(json!({ "chat": to_value(opened.chat)? }))
+            field("chat", &opened.chat)
         }
         ClientCommand::CreateGroup(group) => {
             let chat = engine.create_group(actor, group).await?;
-            Ok(json!({ "chat": to_value(chat)? }))
+            field("chat", &chat)
         }
         ClientCommand::JoinChat { chat_id } => {
             let (chat, messages) = session.join_chat(chat_id).await?;
-            Ok(json!({ "chat": to_value(chat)?, "messages": to_value(messages)? }))
+            #[derive(Serialize)]
+            struct Joined<T, M> {
+                chat: T,
+                messages: M,
+            }
+            to_value(&Joined { chat, messages })
         }
         ClientCommand::LeaveChat { chat_id } => {
             session.leave_chat(chat_id);
@@ -95,18 +119,18 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<Value>
         }
         ClientCommand::SendMessage(req) => {
             let message = engine.send(actor, req).await?;
-            Ok(json!({ "message": to_value(message)? }))
+            field("message", &message)
         }
         ClientCommand::EditMessage {
             message_id,
             content,
         } => {
             let message = engine.edit(actor, message_id, &content).await?;
-            Ok(json!({ "message": to_value(message)? }))
+            field("message", &message)
         }
         ClientCommand::DeleteMessage { message_id } => {
             engine.delete(actor, message_id).await?;
-            Ok(json!({ "message_id": message_id }))
+            field("message_id", &message_id)
         }
         ClientCommand::MarkDelivered { chat_id, up_to_seq } => {
             engine
@@ -162,7 +186,7 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<Value>
                 avatar_url,
             };
             let chat = engine.update_group(actor, chat_id, patch).await?;
-            Ok(json!({ "chat": to_value(chat)? }))
+            field("chat", &chat)
         }
         ClientCommand::SetRole {
             chat_id,
@@ -183,20 +207,20 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<Value>
                 after_seq,
                 limit,
             };
-            to_value(engine.history(actor, chat_id, req).await?)
+            to_value(&engine.history(actor, chat_id, req).await?)
         }
-        ClientCommand::Sync { cursors } => to_value(engine.sync(actor, &cursors).await?),
+        ClientCommand::Sync { cursors } => to_value(&engine.sync(actor, &cursors).await?),
         ClientCommand::React { message_id, emoji } => {
             let message = engine.react(actor, message_id, &emoji, true).await?;
-            Ok(json!({ "message": to_value(message)? }))
+            field("message", &message)
         }
         ClientCommand::Unreact { message_id, emoji } => {
             let message = engine.react(actor, message_id, &emoji, false).await?;
-            Ok(json!({ "message": to_value(message)? }))
+            field("message", &message)
         }
         ClientCommand::SetPrivacy(patch) => {
             let privacy = engine.set_privacy(actor, patch).await?;
-            Ok(json!({ "privacy": to_value(privacy)? }))
+            field("privacy", &privacy)
         }
         ClientCommand::BlockUser { user_id } => {
             engine.block(actor, &user_id, true).await?;
@@ -208,7 +232,7 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<Value>
         }
         ClientCommand::Report { message_id, reason } => {
             let report_id = engine.report(actor, message_id, &reason).await?;
-            Ok(json!({ "report_id": report_id }))
+            field("report_id", &report_id)
         }
         ClientCommand::Ping {} => empty(),
     }

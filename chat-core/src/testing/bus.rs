@@ -381,7 +381,7 @@ pub mod bus_suite {
     /// A frame for `users` whose text is `text`.
     fn frame(users: &[&UserId], text: &str) -> Delivery {
         Delivery {
-            audience: Audience::users(users.iter().map(|u| (*u).clone()).collect()),
+            audience: Audience::users(users.iter().map(|u| (*u).clone()).collect::<Vec<_>>()),
             action: Action::Frame(Bytes::from(format!(r#"{{"type":"test","text":"{text}"}}"#))),
         }
     }
@@ -509,7 +509,7 @@ pub mod bus_suite {
         vec![
             Delivery {
                 audience: Audience {
-                    users: vec![to.clone(), typist.clone()],
+                    users: vec![to.clone(), typist.clone()].into(),
                     except_user: Some(typist),
                     chat_open: Some(chat),
                 },
