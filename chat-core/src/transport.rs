@@ -8,10 +8,12 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    task::Poll,
 };
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use futures::task::AtomicWaker;
+use tokio::sync::mpsc;
 
 /// Close code: the connection's outgoing queue was full.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
@@ -81,7 +83,10 @@ pub struct Outbox {
 struct Shared {
     closing: AtomicBool,
     close: Mutex<Option<(u16, String)>>,
-    notify: Notify,
+    /// Wakes the writer for a close while it waits for frames. An atomic
+    /// waker rather than a `Notify`: the writer waits once per burst of
+    /// frames, and registering with a `Notify` takes a lock every time.
+    waker: AtomicWaker,
 }
 
 /// A bounded outgoing queue of `capacity` frames: hand the
@@ -114,7 +119,7 @@ impl Transport for QueueTransport {
         if slot.is_none() {
             *slot = Some((code, reason.to_owned()));
             self.shared.closing.store(true, Ordering::Release);
-            self.shared.notify.notify_one();
+            self.shared.waker.wake();
         }
     }
 }
@@ -123,16 +128,18 @@ impl Outbox {
     /// The next thing to do: a frame to write, or a close. `None` when every
     /// sender is gone.
     pub async fn next(&mut self) -> Option<Outgoing> {
-        loop {
+        std::future::poll_fn(|cx| {
             if let Some((code, reason)) = self.take_close() {
-                return Some(Outgoing::Close(code, reason));
+                return Poll::Ready(Some(Outgoing::Close(code, reason)));
             }
-            tokio::select! {
-                biased;
-                _ = self.shared.notify.notified() => continue,
-                frame = self.rx.recv() => return frame.map(Outgoing::Frame),
+            self.shared.waker.register(cx.waker());
+            // A close that came before the registration woke nobody.
+            if let Some((code, reason)) = self.take_close() {
+                return Poll::Ready(Some(Outgoing::Close(code, reason)));
             }
-        }
+            self.rx.poll_recv(cx).map(|frame| frame.map(Outgoing::Frame))
+        })
+        .await
     }
 
     /// Frames that are queued right now, without waiting (for batching
