@@ -82,11 +82,20 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 struct Shared {
     closing: AtomicBool,
-    close: Mutex<Option<(u16, String)>>,
+    close: Mutex<Option<Closing>>,
     /// Wakes the writer for a close while it waits for frames. An atomic
     /// waker rather than a `Notify`: the writer waits once per burst of
     /// frames, and registering with a `Notify` takes a lock every time.
     waker: AtomicWaker,
+}
+
+#[derive(Debug, Clone)]
+struct Closing {
+    code: u16,
+    reason: String,
+    /// Close before writing what is queued (a client too slow for its
+    /// backlog), rather than after it (a last event, then the close).
+    urgent: bool,
 }
 
 /// A bounded outgoing queue of `capacity` frames: hand the
@@ -114,10 +123,29 @@ impl Transport for QueueTransport {
         })
     }
 
+    /// Closes before writing what is queued; see [`QueueTransport::close_after_queued`].
     fn close(&self, code: u16, reason: &str) {
+        self.request_close(code, reason, true);
+    }
+}
+
+impl QueueTransport {
+    /// Closes the connection once the frames queued so far are written: for
+    /// a last event that explains the close (`authentication_error` before
+    /// 4001). Frames queued after it are dropped; the first close requested
+    /// wins.
+    pub fn close_after_queued(&self, code: u16, reason: &str) {
+        self.request_close(code, reason, false);
+    }
+
+    fn request_close(&self, code: u16, reason: &str, urgent: bool) {
         let mut slot = self.shared.close.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
-            *slot = Some((code, reason.to_owned()));
+            *slot = Some(Closing {
+                code,
+                reason: reason.to_owned(),
+                urgent,
+            });
             self.shared.closing.store(true, Ordering::Release);
             self.shared.waker.wake();
         }
@@ -129,29 +157,36 @@ impl Outbox {
     /// sender is gone.
     pub async fn next(&mut self) -> Option<Outgoing> {
         std::future::poll_fn(|cx| {
-            if let Some((code, reason)) = self.take_close() {
-                return Poll::Ready(Some(Outgoing::Close(code, reason)));
+            if let Some(close) = self.take_close().filter(|c| c.urgent) {
+                return Poll::Ready(Some(Outgoing::Close(close.code, close.reason)));
             }
             self.shared.waker.register(cx.waker());
             // A close that came before the registration woke nobody.
-            if let Some((code, reason)) = self.take_close() {
-                return Poll::Ready(Some(Outgoing::Close(code, reason)));
+            let close = self.take_close();
+            if let Some(close) = close.clone().filter(|c| c.urgent) {
+                return Poll::Ready(Some(Outgoing::Close(close.code, close.reason)));
             }
-            self.rx.poll_recv(cx).map(|frame| frame.map(Outgoing::Frame))
+            match (self.rx.poll_recv(cx), close) {
+                (Poll::Ready(Some(frame)), _) => Poll::Ready(Some(Outgoing::Frame(frame))),
+                // Nothing left before a close that waited for the queue.
+                (_, Some(close)) => Poll::Ready(Some(Outgoing::Close(close.code, close.reason))),
+                (Poll::Ready(None), None) => Poll::Ready(None),
+                (Poll::Pending, None) => Poll::Pending,
+            }
         })
         .await
     }
 
     /// Frames that are queued right now, without waiting (for batching
-    /// writes). Stops at a close request.
+    /// writes). Stops at a close that does not wait for the queue.
     pub fn try_next_frame(&mut self) -> Option<Bytes> {
-        if self.shared.closing.load(Ordering::Acquire) {
+        if self.take_close().is_some_and(|c| c.urgent) {
             return None;
         }
         self.rx.try_recv().ok()
     }
 
-    fn take_close(&self) -> Option<(u16, String)> {
+    fn take_close(&self) -> Option<Closing> {
         if !self.shared.closing.load(Ordering::Acquire) {
             return None;
         }
@@ -184,5 +219,26 @@ mod tests {
             Some(Outgoing::Close(CLOSE_TOO_SLOW, "too slow".into()))
         );
         assert_eq!(t.try_send(Bytes::from_static(b"4")), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_close_after_queued_frames_comes_after_them() {
+        let (t, mut out) = outbox(4);
+        assert_eq!(t.try_send(Bytes::from_static(b"last words")), Ok(()));
+        t.close_after_queued(4001, "token expired");
+        assert_eq!(
+            t.try_send(Bytes::from_static(b"late")),
+            Err(SendError::Closed)
+        );
+        t.close(CLOSE_TOO_SLOW, "ignored: first close wins");
+        assert_eq!(
+            out.next().await,
+            Some(Outgoing::Frame(Bytes::from_static(b"last words")))
+        );
+        assert_eq!(out.try_next_frame(), None);
+        assert_eq!(
+            out.next().await,
+            Some(Outgoing::Close(4001, "token expired".into()))
+        );
     }
 }

@@ -182,7 +182,11 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
     // messages are stored in the order it sent them.
     let ping_every = app.config.ping_interval;
     let mut writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        // One timer for the connection's life, re-armed after each ping:
+        // the writer wakes for every burst of frames, and a timer made anew
+        // each time would be registered with the runtime each time.
+        let ping = tokio::time::sleep(ping_every);
+        tokio::pin!(ping);
         loop {
             tokio::select! {
                 item = out.next() => match item {
@@ -197,7 +201,8 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
                     }
                     None => return "closed".to_owned(),
                 },
-                _ = ping.tick() => {
+                () = &mut ping => {
+                    ping.as_mut().reset(Instant::now() + ping_every);
                     if sink.send(Message::Ping(Bytes::new())).await.is_err() {
                         return "ping failed".to_owned();
                     }
@@ -211,6 +216,11 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
     let idle = app.config.idle_timeout;
     let mut last_heard = Instant::now();
     let mut shutdown = app.shutdown.clone();
+    // Both timers live as long as the connection: the idle one is pushed
+    // back only when it fires early, not on every frame.
+    let idle_timer = sleep_until(last_heard + idle);
+    let expiry_timer = sleep_until(expiry);
+    tokio::pin!(idle_timer, expiry_timer);
     let reason = loop {
         tokio::select! {
             msg = stream.next() => {
@@ -241,13 +251,17 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
                     }
                 }
             }
-            _ = sleep_until(last_heard + idle) => {
+            () = &mut idle_timer => {
+                if last_heard + idle > Instant::now() {
+                    idle_timer.as_mut().reset(last_heard + idle);
+                    continue;
+                }
                 transport.close(CLOSE_GOING_AWAY, "idle");
                 break "idle".to_owned();
             }
-            _ = sleep_until(expiry) => {
+            () = &mut expiry_timer => {
                 session.send(ServerEvent::AuthenticationError { message: "token expired".into() }.to_frame());
-                transport.close(CLOSE_AUTH_FAILED, "token expired");
+                transport.close_after_queued(CLOSE_AUTH_FAILED, "token expired");
                 break "token expired".to_owned();
             }
             _ = stopped(&mut shutdown) => {

@@ -89,6 +89,11 @@ struct FileConfig {
     outgoing_queue: Option<usize>,
     /// With Redis: a dead node's users go offline within this many seconds.
     presence_ttl_secs: Option<u64>,
+    /// Seconds between the server's pings on an idle WebSocket (default 25).
+    ping_interval_secs: Option<u64>,
+    /// A WebSocket that sends nothing, not even a pong, for this many
+    /// seconds is closed with 1001 (default 75).
+    idle_timeout_secs: Option<u64>,
     /// With Redis: the prefix of the bus's keys (several clusters on one Redis).
     redis_key_prefix: Option<String>,
     rate_limits: Option<RateLimits>,
@@ -125,6 +130,8 @@ pub(crate) struct Settings {
     pub(crate) max_connections: usize,
     pub(crate) outgoing_queue: usize,
     pub(crate) presence_ttl: Duration,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
     pub(crate) redis_key_prefix: Option<String>,
     pub(crate) rate_limits: RateLimits,
     pub(crate) engine: EngineConfig,
@@ -217,6 +224,12 @@ impl Settings {
             max_connections: file.max_connections.unwrap_or(50_000),
             outgoing_queue: file.outgoing_queue.unwrap_or(1024),
             presence_ttl: Duration::from_secs(file.presence_ttl_secs.unwrap_or(30).max(1)),
+            ping_interval: file
+                .ping_interval_secs
+                .map(|s| Duration::from_secs(s.max(1))),
+            idle_timeout: file
+                .idle_timeout_secs
+                .map(|s| Duration::from_secs(s.max(1))),
             redis_key_prefix: file.redis_key_prefix,
             rate_limits: file.rate_limits.unwrap_or_default(),
             engine,

@@ -217,6 +217,8 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     ws.rate_limits = settings.rate_limits;
     ws.max_connections = settings.max_connections;
     ws.outgoing_queue = settings.outgoing_queue;
+    ws.ping_interval = settings.ping_interval.unwrap_or(ws.ping_interval);
+    ws.idle_timeout = settings.idle_timeout.unwrap_or(ws.idle_timeout);
     ws.dev_token_secret =
         (settings.dev && settings.jwt_public_key.is_none()).then(|| secret.clone());
     ws.metrics = Some(Arc::new(move || metrics.render()));

@@ -321,3 +321,19 @@ async fn suspending_a_connected_user_closes_the_connection_with_4003() {
         ws.log
     );
 }
+
+#[tokio::test]
+async fn a_token_that_expires_during_the_connection_closes_it_with_4001() {
+    let server = Server::start().await;
+    let t = sign(&json!({"sub": "alice", "exp": now() + 2}));
+    let mut ws = server.ws_token("alice", &t).await;
+    assert_eq!(ws.ok("ping", json!({})).await, json!({}));
+    let event = ws
+        .event_within("authentication_error", Duration::from_secs(6), |_| true)
+        .await;
+    assert_eq!(
+        event.expect("authentication_error")["message"],
+        "token expired"
+    );
+    assert_eq!(ws.close_code(Duration::from_secs(5)).await, Some(4001));
+}

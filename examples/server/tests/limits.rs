@@ -310,3 +310,26 @@ async fn only_allowed_origins_may_connect() {
         .expect("no origin");
     ws.ok("ping", json!({})).await;
 }
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_connected_while_silent() {
+    let server = Server::with_config("ping_interval_secs = 1\nidle_timeout_secs = 3\n").await;
+    let mut ws = server.ws("alice").await;
+    // The client sends no command for longer than the idle timeout; reading
+    // answers the server's pings with pongs, which count as heard.
+    ws.no_event("message_received", Duration::from_secs(5))
+        .await;
+    assert!(!ws.is_closed());
+    assert_eq!(ws.ok("ping", json!({})).await, json!({}));
+}
+
+#[tokio::test]
+async fn a_client_that_goes_silent_is_closed_as_idle() {
+    let server = Server::with_config("ping_interval_secs = 1\nidle_timeout_secs = 2\n").await;
+    let mut ws = server.ws("alice").await;
+    assert_eq!(ws.ok("ping", json!({})).await, json!({}));
+    // Not reading: no pong goes back, so the server hears nothing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(ws.close_code(Duration::from_secs(5)).await, Some(1001));
+    assert!(server.log().contains("reason=idle"), "{}", server.log());
+}
