@@ -1,6 +1,11 @@
 //! Write operations. Each runs on the writer's connection inside its own
 //! savepoint of the group's transaction, so it either happens whole or not
-//! at all; being on the single writer, it sees no concurrent writes.
+//! at all; being on the single writer, it sees no concurrent writes. Posts
+//! run without a savepoint: everything that refuses one comes before its
+//! first write, and a failure after that fails the whole group (see
+//! `Batch::step_unguarded`).
+
+use std::cell::Cell;
 
 use chat_core::{
     Chat, ChatId, ChatKind, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
@@ -95,7 +100,7 @@ fn insert_message(conn: &Connection, m: &Message) -> Result<(), Error> {
 pub(crate) fn apply(conn: &Connection, change: Change) -> Result<Applied, Error> {
     let event = change.system_event();
     match change {
-        Change::Post(new) => post(conn, new),
+        Change::Post(new) => post(conn, new, &Cell::new(false)),
         Change::Edit {
             chat_id,
             message_id,
@@ -291,7 +296,13 @@ fn message_state(conn: &Connection, chat: ChatId, message: MessageId) -> Result<
         .ok_or_else(|| not_found("message not found"))
 }
 
-fn post(conn: &Connection, new: NewMessage) -> Result<Applied, Error> {
+/// Stores a post. Everything that can refuse it runs before its first
+/// write, which sets `wrote` (see `Batch::step_unguarded`).
+pub(crate) fn post(
+    conn: &Connection,
+    new: NewMessage,
+    wrote: &Cell<bool>,
+) -> Result<Applied, Error> {
     // The common case is three statements: the membership probe, the insert
     // (which takes its seq from the chat row and skips a retry on its
     // unique key), and the chat's counter. Anything unusual first finds out
@@ -317,6 +328,9 @@ fn post(conn: &Connection, new: NewMessage) -> Result<Applied, Error> {
         // Nothing inserted: a retry, or the chat does not exist.
         return retry_or(conn, &new, not_found("chat not found"));
     };
+    // A failed statement leaves nothing behind, so the insert is the first
+    // write that could need undoing.
+    wrote.set(true);
     conn.prepare_cached("UPDATE chats SET last_seq = ?2, last_activity = ?3 WHERE id = ?1")?
         .execute(params![
             new.chat_id.to_string(),

@@ -5,9 +5,12 @@
 //! is waiting at that moment (up to `batch_max` changes), runs them all in
 //! one transaction, each step inside its own SAVEPOINT so that a failing
 //! step rolls back only itself, COMMITs once (one fsync for the group) and
-//! only then answers the callers.
+//! only then answers the callers. Posts, the hot path, skip the savepoint:
+//! they are refused before their first write or not at all, and a failure
+//! after it (an I/O error) fails the group instead of one post.
 
 use std::{
+    cell::Cell,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc,
@@ -33,6 +36,10 @@ pub(crate) struct Batch<'c> {
     /// transaction back after an I/O error): the rest of the group fails.
     broken: Option<Arc<rusqlite::Error>>,
     in_step: bool,
+    /// Inside [`Batch::step_unguarded`].
+    in_unguarded: bool,
+    /// Whether the unguarded step has written anything yet.
+    wrote: Cell<bool>,
 }
 
 impl<'c> Batch<'c> {
@@ -41,6 +48,8 @@ impl<'c> Batch<'c> {
             conn,
             broken: None,
             in_step: false,
+            in_unguarded: false,
+            wrote: Cell::new(false),
         }
     }
 
@@ -66,9 +75,44 @@ impl<'c> Batch<'c> {
         out
     }
 
+    /// Runs `f` without a savepoint, for a change whose refusals all come
+    /// before its first write (a post: membership and reply checks, then
+    /// an insert that either happens or is skipped). `f` calls
+    /// `wrote.set(true)` once it has written; an error after that cannot be
+    /// undone alone, so it fails the whole group, whose callers retry.
+    ///
+    /// A post is the hot path: a savepoint costs two more statements and
+    /// copies every page the post touches into the sub-journal.
+    pub(crate) fn step_unguarded<T>(
+        &mut self,
+        f: impl FnOnce(&Connection, &Cell<bool>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        if let Some(e) = &self.broken {
+            return Err(Error::Commit(e.clone()));
+        }
+        self.in_unguarded = true;
+        self.wrote.set(false);
+        let out = f(self.conn, &self.wrote);
+        if out.is_err() {
+            self.abandon_step();
+        }
+        self.in_unguarded = false;
+        out
+    }
+
     /// Rolls back the open step, if any; marks the group broken if that is
     /// not possible.
     fn abandon_step(&mut self) {
+        if self.in_unguarded {
+            self.in_unguarded = false;
+            if self.wrote.get() || self.conn.is_autocommit() {
+                self.broken = Some(Arc::new(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("a change failed after writing; the group is rolled back".to_owned()),
+                )));
+            }
+            return;
+        }
         if !self.in_step {
             return;
         }
@@ -474,6 +518,101 @@ mod tests {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         assert_eq!(values, vec![1, 3]);
+        Ok(())
+    }
+    /// An unguarded step that inserts `v`, then fails with `fail` before
+    /// (`after_write = false`) or after its insert.
+    fn unguarded(
+        v: i64,
+        after_write: bool,
+    ) -> impl FnOnce(&mut Batch<'_>) -> Result<(), Error> + Send + 'static {
+        move |batch| {
+            batch.step_unguarded(|conn, wrote| {
+                if !after_write {
+                    return Err(Error::Contract(chat_core::Error::not_found(
+                        "refused first",
+                    )));
+                }
+                conn.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                wrote.set(true);
+                Err(Error::Contract(chat_core::Error::invalid(
+                    "failed after writing",
+                )))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unguarded_refusal_before_writing_leaves_the_group_alone() -> TestResult {
+        let (writer, dir) = start()?;
+        let release = hold(&writer).await?;
+        let first = enqueue(&writer, insert(1)).await;
+        let refused = enqueue(&writer, unguarded(2, false)).await;
+        let ok = enqueue(&writer, |batch: &mut Batch<'_>| {
+            batch.step_unguarded(|conn, wrote| {
+                conn.execute("INSERT INTO t (v) VALUES (3)", [])?;
+                wrote.set(true);
+                Ok(())
+            })
+        })
+        .await;
+        let clash = enqueue(&writer, |batch: &mut Batch<'_>| {
+            // A statement that fails is undone by SQLite on its own.
+            batch.step_unguarded(|conn, _| {
+                conn.execute("INSERT INTO t (v) VALUES (1)", [])?;
+                Ok(())
+            })
+        })
+        .await;
+        let last = enqueue(&writer, insert(4)).await;
+        drop(release);
+
+        assert!(matches!(first.await?, Ok(Ok(()))));
+        assert!(matches!(refused.await?, Ok(Err(Error::Contract(_)))));
+        assert!(matches!(ok.await?, Ok(Ok(()))));
+        assert!(matches!(clash.await?, Ok(Err(e)) if e.is_unique_violation()));
+        assert!(matches!(last.await?, Ok(Ok(()))));
+        assert_eq!(count(&dir)?, 3);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unguarded_failure_after_writing_rolls_back_the_whole_group() -> TestResult {
+        let (writer, dir) = start()?;
+        let release = hold(&writer).await?;
+        let before = enqueue(&writer, insert(1)).await;
+        let broken = enqueue(&writer, unguarded(2, true)).await;
+        let after = enqueue(&writer, insert(3)).await;
+        drop(release);
+
+        // Nothing of the group is committed: the caller of the failed step
+        // and its neighbours all hear of the failure and can retry.
+        assert!(matches!(before.await?, Err(Failed::Commit(_))));
+        assert!(matches!(broken.await?, Err(Failed::Commit(_))));
+        assert!(matches!(after.await?, Err(Failed::Commit(_))));
+        assert_eq!(count(&dir)?, 0);
+
+        // A panic after writing fails its group just the same.
+        let release = hold(&writer).await?;
+        let neighbour = enqueue(&writer, insert(4)).await;
+        let panics = enqueue(&writer, |batch: &mut Batch<'_>| {
+            batch.step_unguarded(|conn, wrote| {
+                conn.execute("INSERT INTO t (v) VALUES (5)", [])?;
+                wrote.set(true);
+                panic!("a bug after writing");
+                #[allow(unreachable_code)]
+                Ok(())
+            })
+        })
+        .await;
+        drop(release);
+        assert!(matches!(neighbour.await?, Err(Failed::Commit(_))));
+        assert!(panics.await?.is_err());
+        assert_eq!(count(&dir)?, 0);
+
+        // The writer goes on with the next group.
+        assert!(matches!(writer.submit(1, insert(6)).await, Ok(Ok(()))));
+        assert_eq!(count(&dir)?, 1);
         Ok(())
     }
 }
