@@ -185,6 +185,12 @@ pub(crate) async fn compare(
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // The store's checkpoint interval, so that both write the same way.
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        SqliteConfig::default().checkpoint_pages,
+    )?;
     // The same page cache as the store's writer.
     conn.pragma_update(
         None,

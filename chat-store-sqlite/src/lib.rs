@@ -11,7 +11,13 @@
 //!   SAVEPOINT (a failing change rolls back only itself and fails only its
 //!   caller), commits once and then answers the callers. One fsync serves
 //!   the whole group. Seqs are taken on that thread, so they are gap-free
-//!   without locks.
+//!   without locks. Posts skip the savepoint: they are refused before
+//!   their first write or not at all, and an I/O error after it fails the
+//!   group, whose callers retry.
+//! - **Checkpoints** copy the WAL into the database every
+//!   [`SqliteConfig::checkpoint_pages`] pages (10,000 by default, ten times
+//!   SQLite's): appends to many chats rewrite the same index pages, and a
+//!   checkpoint copies each page once however often it changed.
 //! - **Readers** use their own connections ([`SqliteConfig::readers`] of
 //!   them) on tokio's blocking pool, each read in one snapshot. Callers
 //!   never block a runtime thread.
@@ -166,6 +172,14 @@ pub struct SqliteConfig {
     pub writer_cache_kib: u32,
     /// Page cache of each read connection, KiB. Default 16 MiB.
     pub reader_cache_kib: u32,
+    /// WAL pages after which a commit copies the WAL into the database
+    /// (SQLite's `wal_autocheckpoint`). Default 10,000, about 40 MiB of WAL:
+    /// a checkpoint copies each page once however often it changed since
+    /// the last one, and appends to many chats rewrite the same index
+    /// pages, so a longer WAL copies less per message. With SQLite's 1,000
+    /// checkpoints took 16% of the server's CPU with 500 busy direct chats
+    /// (BENCHMARKS.md).
+    pub checkpoint_pages: u32,
 }
 
 impl Default for SqliteConfig {
@@ -177,6 +191,7 @@ impl Default for SqliteConfig {
             batch_max: 1000,
             writer_cache_kib: 64 * 1024,
             reader_cache_kib: 16 * 1024,
+            checkpoint_pages: 10_000,
         }
     }
 }
@@ -239,6 +254,7 @@ impl SqliteStore {
         let mut conn = connect(&path, &config)?;
         // Negative: KiB rather than pages.
         conn.pragma_update(None, "cache_size", -i64::from(config.writer_cache_kib))?;
+        conn.pragma_update(None, "wal_autocheckpoint", config.checkpoint_pages)?;
         schema::migrate(&mut conn)?;
         let readers = (0..config.readers.max(1))
             .map(|_| {

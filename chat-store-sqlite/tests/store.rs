@@ -380,3 +380,34 @@ fn an_in_memory_database_is_refused() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn the_wal_is_checkpointed_after_checkpoint_pages() -> TestResult {
+    async fn wal_bytes_after_posts(
+        checkpoint_pages: u32,
+    ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let dir = tempfile::tempdir()?;
+        let store = open(
+            &dir,
+            SqliteConfig {
+                checkpoint_pages,
+                ..fast()
+            },
+        )?;
+        let alice = user("alice");
+        let chat = group(&store, &[&alice]).await?;
+        for i in 0..200 {
+            post1(&store, text(chat, &alice, Some(&format!("k{i}")), "hello")).await?;
+        }
+        let wal = std::fs::metadata(dir.path().join("chat.db-wal"))?.len();
+        store.close().await?;
+        Ok(wal)
+    }
+    // 200 commits of a page or more each: a WAL checkpointed every 8
+    // pages starts over and stays short; one never checkpointed holds
+    // every commit.
+    let short = wal_bytes_after_posts(8).await?;
+    let long = wal_bytes_after_posts(100_000).await?;
+    assert!(short * 10 < long, "WAL of {short} bytes vs {long}");
+    Ok(())
+}
