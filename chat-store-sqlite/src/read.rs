@@ -436,21 +436,56 @@ pub(crate) fn changes(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    messages(
+    let params = params![
+        chat.to_string(),
+        sql_u64(after_updated_seq),
+        sql_u64(from_seq),
+        sql_limit(limit)
+    ];
+    // Two disjoint sets, each in `updated_seq` order from its own index:
+    // messages unchanged since posted (`updated_seq = seq`, on the log) and
+    // messages changed after (the partial index `messages_changed`, whose
+    // condition the query repeats so that SQLite uses it).
+    let posted = messages(
+        conn,
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE chat_id = ?1 AND seq > ?2 AND seq >= ?3 \
+             AND updated_seq = seq ORDER BY seq LIMIT ?4"
+        ),
+        params,
+    )?;
+    let changed = messages(
         conn,
         concat!(
             "SELECT ",
             message_columns!(),
             " FROM messages WHERE chat_id = ?1 AND updated_seq > ?2 AND seq >= ?3 \
-             ORDER BY updated_seq LIMIT ?4"
+             AND updated_seq > seq ORDER BY updated_seq LIMIT ?4"
         ),
-        params![
-            chat.to_string(),
-            sql_u64(after_updated_seq),
-            sql_u64(from_seq),
-            sql_limit(limit)
-        ],
-    )
+        params,
+    )?;
+    Ok(merge_by_updated_seq(posted, changed, limit))
+}
+
+/// The first `limit` of two lists sorted by `updated_seq`, in that order.
+fn merge_by_updated_seq(a: Vec<Message>, b: Vec<Message>, limit: usize) -> Vec<Message> {
+    let mut out = Vec::with_capacity(limit.min(a.len() + b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    while out.len() < limit {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.updated_seq <= y.updated_seq => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        };
+        match next {
+            Some(m) => out.push(m),
+            None => break,
+        }
+    }
+    out
 }
 
 /// Messages of others after `after_seq` that count as unread.
