@@ -32,7 +32,10 @@
 //!   foreign keys off (a migration may rebuild a table) and every reference
 //!   checked before it commits. Version 3 rebuilds `messages` to keep one
 //!   index on the log instead of two; on a large database the first open
-//!   after upgrading takes as long as copying the messages.
+//!   after upgrading takes as long as copying the messages. Version 4
+//!   indexes by `updated_seq` only the messages changed after they were
+//!   posted (sync finds the others on the log), which takes one index
+//!   build on the first open.
 //!
 //! Dropping the store lets the writer finish the jobs already queued, then
 //! it closes its connection and exits; [`SqliteStore::close`] does the same
