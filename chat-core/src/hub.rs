@@ -173,6 +173,9 @@ impl DeliverySink for Hub {
     fn deliver(&self, delivery: &Delivery) {
         let users = self.read();
         let audience = &delivery.audience;
+        // Counted once per delivery: both cores would otherwise fight over
+        // the counter's cache line once per recipient.
+        let mut queued = 0;
         for user in audience.users.iter() {
             if audience.except_user.as_ref() == Some(user) {
                 continue;
@@ -188,9 +191,7 @@ impl DeliverySink for Hub {
                 }
                 match &delivery.action {
                     Action::Frame(frame) => match conn.transport.try_send(frame.clone()) {
-                        Ok(()) => {
-                            self.stats.frames_queued.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Ok(()) => queued += 1,
                         Err(SendError::Full) => {
                             self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
                             conn.transport.close(CLOSE_TOO_SLOW, "outgoing queue full");
@@ -201,6 +202,11 @@ impl DeliverySink for Hub {
                     Action::Disconnect { code, reason } => conn.close(*code, reason),
                 }
             }
+        }
+        if queued > 0 {
+            self.stats
+                .frames_queued
+                .fetch_add(queued, Ordering::Relaxed);
         }
     }
 }
