@@ -3,11 +3,16 @@
 //! These types are also the wire objects of PROTOCOL.md; their serde form is
 //! the contract, so field names here are never renamed.
 
-use std::{collections::BTreeMap, fmt, str::FromStr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    str::FromStr,
+    sync::{Arc, Mutex},
+};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use ulid::Ulid;
+use ulid::{Generator, Ulid};
 
 use crate::error::{Error, Result};
 
@@ -20,10 +25,11 @@ macro_rules! ulid_id {
         pub struct $name(Ulid);
 
         impl $name {
-            /// A fresh id for the current time.
+            /// A fresh id for the current time, greater than every id this
+            /// process made before it.
             #[allow(clippy::new_without_default)]
             pub fn new() -> Self {
-                Self(Ulid::new())
+                Self(next_ulid())
             }
 
             /// Wraps an existing ULID.
@@ -109,6 +115,17 @@ impl fmt::Display for Truncated<'_> {
 
 fn valid_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-')
+}
+
+/// The next ULID of this process: ids made within one millisecond (or
+/// after the clock stepped back) follow each other instead of being
+/// ordered by their random part, so that ids sort in the order they were
+/// made, as PROTOCOL.md promises ("time-ordered").
+fn next_ulid() -> Ulid {
+    static GENERATOR: Mutex<Generator> = Mutex::new(Generator::new());
+    let mut generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    // Overflow needs 2^80 ids in one millisecond.
+    generator.generate().unwrap_or_else(|_| Ulid::new())
 }
 
 macro_rules! string_id {
@@ -784,6 +801,15 @@ pub struct MediaRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_made_in_the_same_millisecond_still_increase() {
+        let ids: Vec<MessageId> = (0..10_000).map(|_| MessageId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of order");
+        // Across id kinds too: one generator for the process.
+        let (chat, message) = (ChatId::new(), MessageId::new());
+        assert!(chat.ulid() < message.ulid());
+    }
 
     #[test]
     fn user_ids_are_validated() {
