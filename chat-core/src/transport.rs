@@ -157,14 +157,12 @@ impl Outbox {
     /// sender is gone.
     pub async fn next(&mut self) -> Option<Outgoing> {
         std::future::poll_fn(|cx| {
-            if let Some(close) = self.take_close().filter(|c| c.urgent) {
-                return Poll::Ready(Some(Outgoing::Close(close.code, close.reason)));
-            }
+            // Registered before looking, so that a close requested after
+            // the look wakes this writer.
             self.shared.waker.register(cx.waker());
-            // A close that came before the registration woke nobody.
             let close = self.take_close();
-            if let Some(close) = close.clone().filter(|c| c.urgent) {
-                return Poll::Ready(Some(Outgoing::Close(close.code, close.reason)));
+            if let Some(close) = close.as_ref().filter(|c| c.urgent) {
+                return Poll::Ready(Some(Outgoing::Close(close.code, close.reason.clone())));
             }
             match (self.rx.poll_recv(cx), close) {
                 (Poll::Ready(Some(frame)), _) => Poll::Ready(Some(Outgoing::Frame(frame))),

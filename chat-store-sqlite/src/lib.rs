@@ -339,22 +339,15 @@ impl Store for SqliteStore {
         if n == 0 {
             return Vec::new();
         }
-        let submitted =
-            self.writer
-                .submit(n, move |batch| {
-                    changes
-                        .into_iter()
-                        .map(|change| {
-                            match change {
-                                Change::Post(new) => batch
-                                    .step_unguarded(|conn, wrote| write::post(conn, new, wrote)),
-                                change => batch.step(|conn| write::apply(conn, change)),
-                            }
-                            .map_err(chat_core::Error::from)
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .await;
+        let submitted = self
+            .writer
+            .submit(n, move |batch| {
+                changes
+                    .into_iter()
+                    .map(|change| write::apply(batch, change).map_err(chat_core::Error::from))
+                    .collect::<Vec<_>>()
+            })
+            .await;
         match submitted {
             Ok(results) => results,
             Err(failed) => (0..n)

@@ -17,6 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::{
     Error,
     read::{self, direct_key, sql_u64},
+    writer::Batch,
 };
 
 fn not_found(what: &str) -> Error {
@@ -96,10 +97,21 @@ fn insert_message(conn: &Connection, m: &Message) -> Result<(), Error> {
     Ok(())
 }
 
-/// Applies one change of [`Store::apply`](chat_core::Store::apply).
-pub(crate) fn apply(conn: &Connection, change: Change) -> Result<Applied, Error> {
+/// Applies one change of [`Store::apply`](chat_core::Store::apply) as a
+/// step of the group: a post without a savepoint
+/// (see [`post`]), anything else inside its own.
+pub(crate) fn apply(batch: &mut Batch<'_>, change: Change) -> Result<Applied, Error> {
+    match change {
+        Change::Post(new) => batch.step_unguarded(|conn, wrote| post(conn, new, wrote)),
+        change => batch.step(|conn| apply_guarded(conn, change)),
+    }
+}
+
+fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
     let event = change.system_event();
     match change {
+        // Posts go through `apply` unguarded; inside a savepoint the same
+        // code is just as correct.
         Change::Post(new) => post(conn, new, &Cell::new(false)),
         Change::Edit {
             chat_id,
@@ -298,11 +310,7 @@ fn message_state(conn: &Connection, chat: ChatId, message: MessageId) -> Result<
 
 /// Stores a post. Everything that can refuse it runs before its first
 /// write, which sets `wrote` (see `Batch::step_unguarded`).
-pub(crate) fn post(
-    conn: &Connection,
-    new: NewMessage,
-    wrote: &Cell<bool>,
-) -> Result<Applied, Error> {
+fn post(conn: &Connection, new: NewMessage, wrote: &Cell<bool>) -> Result<Applied, Error> {
     // The common case is three statements: the membership probe, the insert
     // (which takes its seq from the chat row and skips a retry on its
     // unique key), and the chat's counter. Anything unusual first finds out

@@ -945,7 +945,7 @@ impl ChatEngine {
             if let Some(reason) = flag {
                 self.file_hook_report(&message, reason).await;
             }
-            self.stop_typing_after_send(chat, me).await;
+            self.stop_typing(cached, me).await;
         }
         Ok(message)
     }

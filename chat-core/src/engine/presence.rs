@@ -22,7 +22,7 @@ use crate::{
     bus::{Action, Audience},
     error::Result,
     hub::Conn,
-    model::{Chat, ChatId, ChatView, ConnectionId, DeviceId, Message, Timestamp, UserId},
+    model::{ChatId, ChatView, ConnectionId, DeviceId, Message, Timestamp, UserId},
     protocol::{PresenceEntry, ServerEvent},
     store::HistoryQuery,
     transport::Transport,
@@ -276,10 +276,9 @@ impl ChatEngine {
 
     async fn typing(&self, actor: &Actor, chat_id: ChatId, start: bool) -> Result<()> {
         let cached = self.cached_chat(actor, chat_id).await?;
-        let chat = &cached.chat;
         let user = &actor.user_id;
         if !start {
-            self.stop_typing(chat, user).await;
+            self.stop_typing(&cached, user).await;
             return Ok(());
         }
         if !self.privacy_of(user).await?.typing {
@@ -302,8 +301,11 @@ impl ChatEngine {
                 chat_id,
                 user_id: user.clone(),
             };
-            self.publish(typing_audience(chat, user), Action::Frame(event.to_frame()))
-                .await;
+            self.publish(
+                typing_audience(&cached, user),
+                Action::Frame(event.to_frame()),
+            )
+            .await;
             let engine = self.clone();
             let cached = cached.clone();
             tokio::spawn(async move { engine.expire_typing(cached, key, deadline).await });
@@ -330,41 +332,42 @@ impl ChatEngine {
                 None => return,
             }
         }
-        self.publish_stopped(&cached.chat, &key.1).await;
+        self.publish_stopped(&cached, &key.1).await;
     }
 
-    async fn stop_typing(&self, chat: &Chat, user: &UserId) {
+    /// Ends `user`'s typing in the chat, if they were typing (also when
+    /// they send a message there).
+    pub(super) async fn stop_typing(&self, cached: &Cached, user: &UserId) {
         let was_typing = self
             .inner
             .typing
             .lock()
-            .remove(&(chat.id, user.clone()))
+            .remove(&(cached.chat.id, user.clone()))
             .is_some();
         if was_typing {
-            self.publish_stopped(chat, user).await;
+            self.publish_stopped(cached, user).await;
         }
     }
 
-    /// Sending a message ends the sender's typing in that chat.
-    pub(super) async fn stop_typing_after_send(&self, chat: &Chat, user: &UserId) {
-        self.stop_typing(chat, user).await;
-    }
-
-    async fn publish_stopped(&self, chat: &Chat, user: &UserId) {
+    async fn publish_stopped(&self, cached: &Cached, user: &UserId) {
         let event = ServerEvent::UserStoppedTyping {
-            chat_id: chat.id,
+            chat_id: cached.chat.id,
             user_id: user.clone(),
         };
-        self.publish(typing_audience(chat, user), Action::Frame(event.to_frame()))
-            .await;
+        self.publish(
+            typing_audience(cached, user),
+            Action::Frame(event.to_frame()),
+        )
+        .await;
     }
 }
 
-fn typing_audience(chat: &Chat, typist: &UserId) -> Audience {
+/// The cached member list, shared rather than copied for every event.
+fn typing_audience(cached: &Cached, typist: &UserId) -> Audience {
     Audience {
-        users: chat.member_ids().into(),
+        users: cached.members.clone(),
         except_user: Some(typist.clone()),
-        chat_open: Some(chat.id),
+        chat_open: Some(cached.chat.id),
     }
 }
 

@@ -223,13 +223,9 @@ impl Settings {
             synchronous,
             max_connections: file.max_connections.unwrap_or(50_000),
             outgoing_queue: file.outgoing_queue.unwrap_or(1024),
-            presence_ttl: Duration::from_secs(file.presence_ttl_secs.unwrap_or(30).max(1)),
-            ping_interval: file
-                .ping_interval_secs
-                .map(|s| Duration::from_secs(s.max(1))),
-            idle_timeout: file
-                .idle_timeout_secs
-                .map(|s| Duration::from_secs(s.max(1))),
+            presence_ttl: secs(file.presence_ttl_secs).unwrap_or(Duration::from_secs(30)),
+            ping_interval: secs(file.ping_interval_secs),
+            idle_timeout: secs(file.idle_timeout_secs),
             redis_key_prefix: file.redis_key_prefix,
             rate_limits: file.rate_limits.unwrap_or_default(),
             engine,
@@ -242,6 +238,12 @@ impl Settings {
             ..SqliteConfig::default()
         }
     }
+}
+
+/// A setting in whole seconds; 0 is taken as 1, since none of these
+/// intervals may be zero.
+fn secs(value: Option<u64>) -> Option<Duration> {
+    value.map(|s| Duration::from_secs(s.max(1)))
 }
 
 /// `90s`, `30m`, `24h`, `7d`, or plain seconds.
