@@ -34,16 +34,49 @@ fn to_i64(what: &str, v: u64) -> Result<i64, Error> {
 }
 
 /// Takes the chat's next seq and moves its `last_activity` to `at`.
+///
+/// A read and an update rather than one `UPDATE ... RETURNING`: SQLite
+/// collects `RETURNING` rows in a temporary table, which costs more than
+/// the second statement.
 fn next_seq(conn: &Connection, chat: ChatId, at: Timestamp) -> Result<u64, Error> {
+    let last = last_seq(conn, chat)?.ok_or_else(|| not_found("chat not found"))?;
+    let seq = last + 1;
+    set_last_seq(conn, chat, seq, at)?;
+    Ok(seq)
+}
+
+/// The chat's change counter; `None` if there is no such chat.
+fn last_seq(conn: &Connection, chat: ChatId) -> Result<Option<u64>, Error> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT last_seq FROM chats WHERE id = ?1")?
+        .query_row([chat.to_string()], |r| r.get(0))
+        .optional()?;
+    seq.map(|s| u64::try_from(s).map_err(|e| Error::corrupt("chats.last_seq", e)))
+        .transpose()
+}
+
+/// The chat's change counter if `user` takes part in it; `None` if the
+/// chat does not exist or the user is not a participant.
+fn last_seq_for_member(
+    conn: &Connection,
+    chat: ChatId,
+    user: &UserId,
+) -> Result<Option<u64>, Error> {
     let seq: Option<i64> = conn
         .prepare_cached(
-            "UPDATE chats SET last_seq = last_seq + 1, last_activity = ?2 \
-             WHERE id = ?1 RETURNING last_seq",
+            "SELECT c.last_seq FROM participants p JOIN chats c ON c.id = p.chat_id \
+             WHERE p.chat_id = ?1 AND p.user_id = ?2",
         )?
-        .query_row(params![chat.to_string(), at.as_millis()], |r| r.get(0))
+        .query_row(params![chat.to_string(), user.as_str()], |r| r.get(0))
         .optional()?;
-    let seq = seq.ok_or_else(|| not_found("chat not found"))?;
-    u64::try_from(seq).map_err(|e| Error::corrupt("chats.last_seq", e))
+    seq.map(|s| u64::try_from(s).map_err(|e| Error::corrupt("chats.last_seq", e)))
+        .transpose()
+}
+
+fn set_last_seq(conn: &Connection, chat: ChatId, seq: u64, at: Timestamp) -> Result<(), Error> {
+    conn.prepare_cached("UPDATE chats SET last_seq = ?2, last_activity = ?3 WHERE id = ?1")?
+        .execute(params![chat.to_string(), sql_u64(seq), at.as_millis()])?;
+    Ok(())
 }
 
 fn chat_exists(conn: &Connection, chat: ChatId) -> Result<bool, Error> {
@@ -311,14 +344,19 @@ fn message_state(conn: &Connection, chat: ChatId, message: MessageId) -> Result<
 /// Stores a post. Everything that can refuse it runs before its first
 /// write, which sets `wrote` (see `Batch::step_unguarded`).
 fn post(conn: &Connection, new: NewMessage, wrote: &Cell<bool>) -> Result<Applied, Error> {
-    // The common case is three statements: the membership probe, the insert
-    // (which takes its seq from the chat row and skips a retry on its
-    // unique key), and the chat's counter. Anything unusual first finds out
-    // whether the post is a retry, so that a retry always gets the stored
-    // message (even from a sender who has left since).
-    if new.kind != MessageType::System && role_of(conn, new.chat_id, &new.sender_id)?.is_none() {
+    // The common case is three statements: the chat's counter, read
+    // together with the membership probe; the insert (which skips a retry
+    // on its unique key); and the counter's update. Anything unusual first
+    // finds out whether the post is a retry, so that a retry always gets
+    // the stored message (even from a sender who has left since).
+    let last = if new.kind == MessageType::System {
+        last_seq(conn, new.chat_id)?
+    } else {
+        last_seq_for_member(conn, new.chat_id, &new.sender_id)?
+    };
+    let Some(last) = last else {
         return retry_or(conn, &new, not_found("chat not found"));
-    }
+    };
     if let Some(reply_to) = new.reply_to {
         let chat: Option<String> = conn
             .prepare_cached("SELECT chat_id FROM messages WHERE id = ?1")?
@@ -332,19 +370,15 @@ fn post(conn: &Connection, new: NewMessage, wrote: &Cell<bool>) -> Result<Applie
             );
         }
     }
-    let Some(seq) = insert_post(conn, &new)? else {
-        // Nothing inserted: a retry, or the chat does not exist.
+    let seq = last + 1;
+    if !insert_post(conn, &new, seq)? {
+        // Nothing inserted: `(sender, client_msg_id)` is taken, a retry.
         return retry_or(conn, &new, not_found("chat not found"));
-    };
+    }
     // A failed statement leaves nothing behind, so the insert is the first
     // write that could need undoing.
     wrote.set(true);
-    conn.prepare_cached("UPDATE chats SET last_seq = ?2, last_activity = ?3 WHERE id = ?1")?
-        .execute(params![
-            new.chat_id.to_string(),
-            sql_u64(seq),
-            new.created_at.as_millis()
-        ])?;
+    set_last_seq(conn, new.chat_id, seq, new.created_at)?;
     Ok(Applied::Posted {
         message: new.into_message(seq),
         duplicate: false,
@@ -368,36 +402,31 @@ fn retry_or(conn: &Connection, new: &NewMessage, error: Error) -> Result<Applied
     Err(error)
 }
 
-/// Inserts a post with the chat's next seq; `None` if nothing was inserted
-/// (the chat does not exist, or `(sender, client_msg_id)` is taken).
-fn insert_post(conn: &Connection, new: &NewMessage) -> Result<Option<u64>, Error> {
-    let seq: Option<i64> = conn
+/// Inserts a post as the chat's `seq`; `false` if nothing was inserted
+/// because `(sender, client_msg_id)` is taken. No `RETURNING`: SQLite
+/// collects its rows in a temporary table, a cost on every post.
+fn insert_post(conn: &Connection, new: &NewMessage, seq: u64) -> Result<bool, Error> {
+    let inserted = conn
         .prepare_cached(
             "INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, content, media, \
              reply_to, client_msg_id, created_at, edited_at, deleted, system) \
-             SELECT ?1, id, last_seq + 1, last_seq + 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, 0, ?10 \
-             FROM chats WHERE id = ?2 \
-             ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING \
-             RETURNING seq",
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, 0, ?11) \
+             ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING",
         )?
-        .query_row(
-            params![
-                new.id.to_string(),
-                new.chat_id.to_string(),
-                new.sender_id.as_str(),
-                new.kind.as_str(),
-                new.content,
-                new.media.as_ref().map(serde_json::to_string).transpose()?,
-                new.reply_to.map(|id| id.to_string()),
-                new.client_msg_id,
-                new.created_at.as_millis(),
-                new.system.as_ref().map(serde_json::to_string).transpose()?,
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    seq.map(|s| u64::try_from(s).map_err(|e| Error::corrupt("chats.last_seq", e)))
-        .transpose()
+        .execute(params![
+            new.id.to_string(),
+            new.chat_id.to_string(),
+            sql_u64(seq),
+            new.sender_id.as_str(),
+            new.kind.as_str(),
+            new.content,
+            new.media.as_ref().map(serde_json::to_string).transpose()?,
+            new.reply_to.map(|id| id.to_string()),
+            new.client_msg_id,
+            new.created_at.as_millis(),
+            new.system.as_ref().map(serde_json::to_string).transpose()?,
+        ])?;
+    Ok(inserted == 1)
 }
 
 fn system_message(
