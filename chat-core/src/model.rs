@@ -10,7 +10,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use ulid::{Generator, Ulid};
 
@@ -45,7 +45,7 @@ macro_rules! ulid_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0, f)
+                f.write_str(self.0.array_to_str(&mut [0; ulid::ULID_LEN]))
             }
         }
 
@@ -67,7 +67,9 @@ macro_rules! ulid_id {
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                s.collect_str(&self.0)
+                // Encoded on the stack: `collect_str` would go through the
+                // formatting machinery, on every id of every frame.
+                s.serialize_str(self.0.array_to_str(&mut [0; ulid::ULID_LEN]))
             }
         }
 
@@ -273,11 +275,40 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Writes `YYYY-MM-DDTHH:MM:SS.mmmZ` into `buf`. Every timestamp has a
+    /// four-digit year (see [`Timestamp::from_millis`]), so it always fits.
+    fn rfc3339(self, buf: &mut [u8; 24]) -> &str {
+        use chrono::{Datelike, Timelike};
+        let Some(t) = DateTime::<Utc>::from_timestamp_millis(self.0) else {
+            return "";
+        };
+        // Only ASCII digits and separators are written below.
+        let fields: [(usize, u32, usize); 7] = [
+            (0, u32::try_from(t.year()).unwrap_or(0), 4),
+            (5, t.month(), 2),
+            (8, t.day(), 2),
+            (11, t.hour(), 2),
+            (14, t.minute(), 2),
+            (17, t.second(), 2),
+            (20, t.timestamp_subsec_millis().min(999), 3),
+        ];
+        *buf = *b"0000-00-00T00:00:00.000Z";
+        for (at, mut value, width) in fields {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        std::str::from_utf8(buf).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match DateTime::<Utc>::from_timestamp_millis(self.0) {
-            Some(t) => f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true)),
-            None => write!(f, "{}ms", self.0),
+        match self.rfc3339(&mut [0; 24]) {
+            "" => write!(f, "{}ms", self.0),
+            text => f.write_str(text),
         }
     }
 }
@@ -290,7 +321,7 @@ impl fmt::Debug for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.rfc3339(&mut [0; 24]))
     }
 }
 
@@ -829,6 +860,26 @@ mod tests {
         assert_eq!(s, "\"2026-11-23T20:00:00.123Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&s).ok(), Some(t));
         assert_eq!(Timestamp::FOREVER.to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            Timestamp::from_millis(i64::MIN).to_string(),
+            "0000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(-1).to_string(),
+            "1969-12-31T23:59:59.999Z"
+        );
+    }
+
+    proptest::proptest! {
+        /// The hand-written formatter agrees with chrono's RFC 3339 over
+        /// the whole range a timestamp can hold.
+        #[test]
+        fn timestamps_format_as_chrono_does(ms in -62_167_219_200_000i64..=253_402_300_799_999) {
+            let t = Timestamp::from_millis(ms);
+            let chrono = DateTime::<Utc>::from_timestamp_millis(ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            proptest::prop_assert_eq!(Some(t.to_string()), chrono);
+        }
     }
 
     #[test]

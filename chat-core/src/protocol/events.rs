@@ -131,13 +131,29 @@ impl ServerEvent {
 /// non-finite floats); should that ever break, the client gets an
 /// `internal` error instead of a panic.
 pub(crate) fn to_frame<T: Serialize>(value: &T) -> Bytes {
-    match serde_json::to_vec(value) {
-        Ok(v) => Bytes::from(v),
-        Err(e) => {
-            tracing::error!(error = %e, "failed to serialize a frame");
-            Bytes::from_static(
-                br#"{"type":"error","data":{"code":"internal","message":"internal error"}}"#,
-            )
-        }
+    thread_local! {
+        /// Serialization grows its buffer as it goes; one buffer per thread,
+        /// kept between frames, saves those reallocations on every event.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    /// Larger buffers are not kept, so that one large answer (a sync) does
+    /// not hold its memory on the thread for good.
+    const KEEP: usize = 16 * 1024;
+    BUFFER.with_borrow_mut(|buf| {
+        buf.clear();
+        let frame = match serde_json::to_writer(&mut *buf, value) {
+            // Exactly the frame's size: it may wait in many queues.
+            Ok(()) => Bytes::copy_from_slice(buf),
+            Err(e) => {
+                tracing::error!(error = %e, "failed to serialize a frame");
+                Bytes::from_static(
+                    br#"{"type":"error","data":{"code":"internal","message":"internal error"}}"#,
+                )
+            }
+        };
+        if buf.capacity() > KEEP {
+            *buf = Vec::new();
+        }
+        frame
+    })
 }
