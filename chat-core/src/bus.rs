@@ -1,8 +1,8 @@
 //! The [`Bus`] trait: events and presence between server nodes, and
 //! [`LocalBus`] for a single node.
 
+use foldhash::HashMap;
 use std::{
-    collections::HashMap,
     fmt::Debug,
     sync::{Arc, Mutex, OnceLock},
 };

@@ -6,12 +6,14 @@
 //! [`CLOSE_TOO_SLOW`](crate::transport::CLOSE_TOO_SLOW) rather than
 //! buffered without bound: the client reconnects and calls `sync`.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+// foldhash, not SipHash: these maps are looked up for every recipient of
+// every event, and their keys are authenticated user ids and server-made
+// chat ids, not strings a client picks to collide (foldhash still seeds
+// each map at random).
+use foldhash::{HashMap, HashSet};
+use std::sync::{
+    Arc, Mutex, RwLock,
+    atomic::{AtomicU64, Ordering},
 };
 
 use crate::{
@@ -114,7 +116,7 @@ impl Hub {
             user_id,
             device_id,
             transport,
-            open: Mutex::new(HashSet::new()),
+            open: Mutex::new(HashSet::default()),
         });
         conns.push(conn.clone());
         Ok((conn, conns.len()))

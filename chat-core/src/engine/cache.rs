@@ -8,10 +8,9 @@
 //! at any time. What a cached chat is used for never decides durability:
 //! the store checks membership again when it stores a message.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
-};
+// foldhash: looked up on every send; keys are server-made chat ids.
+use foldhash::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::model::{Chat, ChatId, UserId};
 

@@ -6,8 +6,11 @@
 //! with the user, never across a block, and not at all if the user turned
 //! presence off. Typing is never stored and expires after `typing_ttl`.
 
+// foldhash for the long-lived maps: typing and presence are looked up per
+// event, keyed by authenticated user ids and server-made chat ids.
+use foldhash::HashMap;
 use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
+    collections::{HashSet, hash_map::Entry},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
