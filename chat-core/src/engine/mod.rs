@@ -11,6 +11,7 @@ mod presence;
 mod validate;
 mod writer;
 
+use bytes::Bytes;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
@@ -845,11 +846,23 @@ impl ChatEngine {
     /// a retry with the same `client_msg_id` returns the stored message and
     /// notifies nobody again.
     pub async fn send(&self, actor: &Actor, req: SendMessage) -> Result<Message> {
+        self.send_framed(actor, req)
+            .await
+            .map(|(message, _frame)| message)
+    }
+
+    /// [`send`](Self::send), with the `message_received` frame the message
+    /// was published as (`None` for a retry): the protocol's ack reuses it.
+    pub(crate) async fn send_framed(
+        &self,
+        actor: &Actor,
+        req: SendMessage,
+    ) -> Result<(Message, Option<Bytes>)> {
         client_msg_id(&req.client_msg_id)?;
         let cached = self.cached_chat(actor, req.chat_id).await?;
         let (chat_id, client_id) = (req.chat_id, req.client_msg_id.clone());
         let refused = match self.post(actor, &cached, req).await {
-            Ok(message) => return Ok(message),
+            Ok(posted) => return Ok(posted),
             Err(e) => e,
         };
         // A retry of a stored message gets that message even when something
@@ -862,7 +875,7 @@ impl ChatEngine {
             .find_by_client_id(&actor.user_id, &client_id)
             .await
         {
-            Ok(Some(existing)) if existing.chat_id == chat_id => Ok(existing),
+            Ok(Some(existing)) if existing.chat_id == chat_id => Ok((existing, None)),
             Ok(Some(_)) => Err(Error::conflict(
                 "client_msg_id was already used in another chat",
             )),
@@ -870,7 +883,12 @@ impl ChatEngine {
         }
     }
 
-    async fn post(&self, actor: &Actor, cached: &Cached, req: SendMessage) -> Result<Message> {
+    async fn post(
+        &self,
+        actor: &Actor,
+        cached: &Cached,
+        req: SendMessage,
+    ) -> Result<(Message, Option<Bytes>)> {
         let me = &actor.user_id;
         let chat_id = req.chat_id;
         let chat = &cached.chat;
@@ -937,8 +955,12 @@ impl ChatEngine {
                 .map(|p| p.user_id.clone())
                 .collect();
         }
-        let applied = self.inner.writer.submit(Change::Post(new), fanout).await?;
-        let crate::store::Applied::Posted { message, duplicate } = applied else {
+        let done = self
+            .inner
+            .writer
+            .submit_framed(Change::Post(new), fanout)
+            .await?;
+        let crate::store::Applied::Posted { message, duplicate } = done.applied else {
             return Err(unexpected());
         };
         if !duplicate {
@@ -947,7 +969,7 @@ impl ChatEngine {
             }
             self.stop_typing(cached, me).await;
         }
-        Ok(message)
+        Ok((message, done.frame))
     }
 
     fn content(&self, encryption: Encryption, content: &str) -> Result<String> {

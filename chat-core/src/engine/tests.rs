@@ -1492,3 +1492,45 @@ async fn muted_chats_get_no_push_and_hidden_chats_come_back_with_activity() {
     send(&e, "alice", chat, "c3", "hello again").await.unwrap();
     assert_eq!(list(e.clone()).await, 1, "new activity brings it back");
 }
+
+#[tokio::test]
+async fn a_send_is_acked_with_the_message_its_event_carries() {
+    let e = engine().await;
+    let mut alice = Client::connect(&e, "alice").await;
+    let chat = direct(&e, "alice", "bob").await;
+    alice.drain();
+    // An id that needs escaping: the ack is written around it by hand.
+    let id = "r\"1\\\u{1}é";
+    let send = serde_json::json!({"type": "send_message", "id": id,
+        "data": {"chat_id": chat, "client_msg_id": "c-1", "content": "hi \"there\"\n"}});
+    let ack = alice.cmd(send.clone()).await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["id"], id);
+    let events = alice.drain();
+    let received: Vec<&Value> = events
+        .iter()
+        .filter(|f| f["type"] == "message_received")
+        .collect();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        ack["data"],
+        serde_json::json!({"message": received[0]["data"]})
+    );
+    let stored = e
+        .history(&actor("alice"), chat, HistoryRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        ack["data"]["message"],
+        serde_json::to_value(&stored.messages[0]).unwrap()
+    );
+    // A retry is answered from the store, with the same message.
+    let retry = alice.cmd(send).await;
+    assert_eq!(retry["data"], ack["data"]);
+    assert!(
+        alice
+            .drain()
+            .iter()
+            .all(|f| f["type"] != "message_received")
+    );
+}

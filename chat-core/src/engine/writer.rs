@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -78,7 +79,16 @@ impl Fanout {
 struct Job {
     change: Change,
     fanout: Fanout,
-    reply: oneshot::Sender<Result<Applied>>,
+    reply: oneshot::Sender<Result<Done>>,
+}
+
+/// A change applied and published.
+#[derive(Debug)]
+pub(super) struct Done {
+    pub(super) applied: Applied,
+    /// The `message_received` frame of a new post, which the sender's ack
+    /// reuses instead of serializing the message a second time.
+    pub(super) frame: Option<Bytes>,
 }
 
 type Lanes = Arc<[mpsc::Sender<Job>]>;
@@ -111,6 +121,13 @@ impl Writer {
     /// Applies one change through its chat's lane; returns once it is
     /// durable and its events are published.
     pub(super) async fn submit(&self, change: Change, fanout: Fanout) -> Result<Applied> {
+        self.submit_framed(change, fanout)
+            .await
+            .map(|done| done.applied)
+    }
+
+    /// [`submit`](Self::submit), with the frame the change was published as.
+    pub(super) async fn submit_framed(&self, change: Change, fanout: Fanout) -> Result<Done> {
         let lane = {
             let lanes = self.lanes.read().unwrap_or_else(|e| e.into_inner());
             let lanes = lanes.as_ref().ok_or(Error::ShuttingDown)?;
@@ -174,11 +191,16 @@ async fn run_lane(engine: Weak<Inner>, mut rx: mpsc::Receiver<Job>, batch_max: u
                 if let Applied::Membership { chat, .. } = applied {
                     inner.chats.invalidate(chat.id);
                 }
-                fan_out(&inner, &fanout, applied, &mut notes).await;
+                let frame = fan_out(&inner, &fanout, applied, &mut notes).await;
+                // The caller may have gone away (connection closed); the
+                // change is durable and published regardless.
+                let _ = reply.send(result.map(|applied| Done { applied, frame }));
+                continue;
             }
-            // The caller may have gone away (connection closed); the change
-            // is durable and published regardless.
-            let _ = reply.send(result);
+            let _ = reply.send(result.map(|applied| Done {
+                applied,
+                frame: None,
+            }));
         }
         if !notes.is_empty() {
             notify_offline(&inner, notes);
@@ -202,12 +224,14 @@ async fn publish(inner: &Inner, audience: Audience, action: Action) {
     }
 }
 
+/// Publishes a change's events; returns the `message_received` frame of a
+/// new post.
 async fn fan_out(
     inner: &Inner,
     fanout: &Fanout,
     applied: &Applied,
     notes: &mut Vec<(Message, Vec<UserId>)>,
-) {
+) -> Option<Bytes> {
     let members = || fanout.members.clone();
     match (&fanout.kind, applied) {
         (
@@ -217,10 +241,11 @@ async fn fan_out(
                 duplicate: false,
             },
         ) => {
-            frame(
+            let received = ServerEvent::message_received_frame(message);
+            publish(
                 inner,
-                members(),
-                ServerEvent::MessageReceived(message.clone()),
+                Audience::users(members()),
+                Action::Frame(received.clone()),
             )
             .await;
             // Only a notifier needs to know who was offline.
@@ -233,6 +258,7 @@ async fn fan_out(
                     .collect();
                 notes.push((message.clone(), others));
             }
+            return Some(received);
         }
         (
             EventKind::Edit,
@@ -341,6 +367,7 @@ async fn fan_out(
         }
         _ => {}
     }
+    None
 }
 
 /// Events of a membership change or group update: the system message to

@@ -1,12 +1,11 @@
 //! From a parsed command of an authenticated connection to engine calls.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, ser::SerializeMap};
-use serde_json::value::RawValue;
 
 use super::{
     commands::{ClientCommand, ParseError, parse_request},
-    events::{ErrorBody, to_frame},
+    events::{ErrorBody, ServerEvent, to_frame},
 };
 use crate::{
     engine::{HistoryRequest, Receipt, Session},
@@ -53,7 +52,7 @@ pub async fn dispatch_text(session: &Session, text: &str) -> Option<Bytes> {
         Ok(request) => {
             let id = request.id;
             match execute(session, request.command).await {
-                Ok(data) => id.map(|id| ack_frame(&id, &data)),
+                Ok(data) => id.map(|id| data.ack_frame(&id)),
                 Err(e) => Some(error_frame(id.as_deref(), &e)),
             }
         }
@@ -63,10 +62,51 @@ pub async fn dispatch_text(session: &Session, text: &str) -> Option<Bytes> {
 
 /// The `data` of an `ack`, already JSON: written into the frame as it is,
 /// without building a tree of values first.
-pub type AckData = Box<RawValue>;
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckData(Bytes);
+
+impl AckData {
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        // Built only from serde_json's output and from parts of frames it
+        // wrote, so always UTF-8; an empty string otherwise.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The `ack` frame answering request `id` with this data.
+    pub fn ack_frame(&self, id: &str) -> Bytes {
+        const HEAD: &[u8] = br#"{"type":"ack","id":"#;
+        let mut frame = BytesMut::with_capacity(HEAD.len() + id.len() + self.0.len() + 16);
+        frame.put_slice(HEAD);
+        let mut writer = (&mut frame).writer();
+        // Writing a string into memory cannot fail; should it, the client
+        // hears of it rather than getting a broken frame.
+        if let Err(e) = serde_json::to_writer(&mut writer, id) {
+            return error_frame(Some(id), &Error::backend(e));
+        }
+        frame.put_slice(br#","data":"#);
+        frame.put_slice(&self.0);
+        frame.put_u8(b'}');
+        frame.freeze()
+    }
+
+    /// `{"message": <message>}` from the `message_received` frame the
+    /// message was published as: the same JSON, not serialized again.
+    fn message_from_frame(frame: &[u8]) -> Option<Self> {
+        const KEY: &[u8] = br#"{"message":"#;
+        let message = ServerEvent::message_of_received_frame(frame)?;
+        let mut data = BytesMut::with_capacity(KEY.len() + message.len() + 1);
+        data.put_slice(KEY);
+        data.put_slice(message);
+        data.put_u8(b'}');
+        Some(Self(data.freeze()))
+    }
+}
 
 fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<AckData> {
-    serde_json::value::to_raw_value(value).map_err(Error::backend)
+    serde_json::to_vec(value)
+        .map(|json| AckData(json.into()))
+        .map_err(Error::backend)
 }
 
 /// `{"<key>": value}`.
@@ -118,8 +158,11 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             empty()
         }
         ClientCommand::SendMessage(req) => {
-            let message = engine.send(actor, req).await?;
-            field("message", &message)
+            let (message, frame) = engine.send_framed(actor, req).await?;
+            match frame.and_then(|f| AckData::message_from_frame(&f)) {
+                Some(data) => Ok(data),
+                None => field("message", &message),
+            }
         }
         ClientCommand::EditMessage {
             message_id,

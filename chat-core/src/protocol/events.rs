@@ -125,6 +125,30 @@ impl ServerEvent {
     pub fn to_frame(&self) -> Bytes {
         to_frame(self)
     }
+
+    /// `message_received` for `message`, serialized from a borrow: the
+    /// same frame as `MessageReceived(message.clone()).to_frame()`, without
+    /// copying the message first.
+    pub(crate) fn message_received_frame(message: &Message) -> Bytes {
+        #[derive(Serialize)]
+        struct Event<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            data: &'a Message,
+        }
+        to_frame(&Event {
+            kind: "message_received",
+            data: message,
+        })
+    }
+
+    /// The message inside a frame made by
+    /// [`message_received_frame`](Self::message_received_frame), as JSON.
+    pub(crate) fn message_of_received_frame(frame: &[u8]) -> Option<&[u8]> {
+        frame
+            .strip_prefix(br#"{"type":"message_received","data":"#.as_slice())?
+            .strip_suffix(b"}")
+    }
 }
 
 /// Serializes a frame. Our types always serialize (string keys, no
@@ -156,4 +180,45 @@ pub(crate) fn to_frame<T: Serialize>(value: &T) -> Bytes {
         }
         frame
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ChatId, MessageType};
+
+    #[test]
+    fn message_received_from_a_borrow_is_the_event_frame() {
+        let mut reactions = crate::model::Reactions::new();
+        reactions.insert("👍".into(), vec![UserId::new("bob").expect("a valid id")]);
+        let message = Message {
+            id: MessageId::new(),
+            chat_id: ChatId::new(),
+            seq: 7,
+            updated_seq: 9,
+            sender_id: UserId::new("alice").expect("a valid id"),
+            kind: MessageType::Text,
+            content: Some("a \"quoted\" line\n}".into()),
+            media: None,
+            reply_to: None,
+            client_msg_id: Some("c-1".into()),
+            created_at: Timestamp::from_millis(1_795_464_000_123),
+            edited_at: None,
+            deleted: false,
+            reactions,
+            system: None,
+        };
+        let frame = ServerEvent::message_received_frame(&message);
+        assert_eq!(
+            frame,
+            ServerEvent::MessageReceived(message.clone()).to_frame()
+        );
+        let inner = ServerEvent::message_of_received_frame(&frame).unwrap_or_default();
+        let parsed: Message = serde_json::from_slice(inner).expect("the message's JSON");
+        assert_eq!(parsed, message);
+        assert_eq!(
+            ServerEvent::message_of_received_frame(b"{\"type\":\"ack\"}"),
+            None
+        );
+    }
 }
