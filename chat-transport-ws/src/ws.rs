@@ -382,7 +382,7 @@ async fn handle_text(app: &AppState, session: &Session, text: &str) {
                 metrics::histogram!(m::SEND_ACK_SECONDS).record(started.elapsed().as_secs_f64());
             }
             if let Some(id) = req.id {
-                session.send(ack_frame(&id, &data));
+                session.send(data.ack_frame(&id));
             }
         }
         Err(e) => {
