@@ -51,8 +51,7 @@ fn last_seq(conn: &Connection, chat: ChatId) -> Result<Option<u64>, Error> {
         .prepare_cached("SELECT last_seq FROM chats WHERE id = ?1")?
         .query_row([chat.to_string()], |r| r.get(0))
         .optional()?;
-    seq.map(|s| u64::try_from(s).map_err(|e| Error::corrupt("chats.last_seq", e)))
-        .transpose()
+    counter(seq)
 }
 
 /// The chat's change counter if `user` takes part in it; `None` if the
@@ -69,6 +68,11 @@ fn last_seq_for_member(
         )?
         .query_row(params![chat.to_string(), user.as_str()], |r| r.get(0))
         .optional()?;
+    counter(seq)
+}
+
+/// A `chats.last_seq` read from the database, checked.
+fn counter(seq: Option<i64>) -> Result<Option<u64>, Error> {
     seq.map(|s| u64::try_from(s).map_err(|e| Error::corrupt("chats.last_seq", e)))
         .transpose()
 }
