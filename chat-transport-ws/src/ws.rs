@@ -19,7 +19,10 @@ use chat_core::{
         CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, CLOSE_SUSPENDED, Outbox, Outgoing, Transport, outbox,
     },
 };
-use futures::{SinkExt, StreamExt, stream::SplitSink};
+use futures::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
 use serde::Deserialize;
 use tokio::time::{Instant, sleep_until};
 
@@ -77,6 +80,13 @@ pub(crate) async fn upgrade(
 }
 
 type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+/// How long a connection the server is closing waits for the client's close
+/// frame before it drops the socket. RFC 6455 sets no figure (Node's `ws`
+/// waits 30 s); this matches how long a graceful shutdown waits for
+/// connections, and the connection only holds its slot meanwhile.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// A serialized event as a text frame; `None` if it is not UTF-8 (never
 /// for frames the engine built).
@@ -130,6 +140,27 @@ async fn close(sink: &mut Sink, code: u16, reason: &str) {
     }
 }
 
+/// Completes a closing handshake the server started (its close frame is
+/// sent): reads and drops what the client still sends, until the client's
+/// close frame or the end of the stream, for at most [`CLOSE_LINGER`].
+///
+/// Dropping the socket at once would answer the client's next write (a
+/// pong, a command already in flight) with a TCP reset, and the client's
+/// stack may then report the reset before the close frame it has not read
+/// yet: the client would never learn the close code that says why.
+async fn await_client_close(stream: &mut Stream) {
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(CLOSE_LINGER, drain).await.is_err() {
+        tracing::debug!("client did not answer the close frame");
+    }
+}
+
 async fn auth_failed(sink: &mut Sink, message: &str, code: u16) {
     let event = ServerEvent::AuthenticationError {
         message: message.to_owned(),
@@ -143,11 +174,16 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
     let identity = match token {
         Some(token) => match app.verifier.verify(&token) {
             Ok(identity) => identity,
-            Err(e) => return auth_failed(&mut sink, &e.public_message(), CLOSE_AUTH_FAILED).await,
+            Err(e) => {
+                auth_failed(&mut sink, &e.public_message(), CLOSE_AUTH_FAILED).await;
+                return await_client_close(&mut stream).await;
+            }
         },
         None => match Box::pin(authenticate_first(&app, &mut sink, &mut stream)).await {
             Some(identity) => identity,
-            None => return,
+            // Either the client went away (the stream has ended) or its
+            // authentication failed and the close frame is sent.
+            None => return await_client_close(&mut stream).await,
         },
     };
     let actor = match app
@@ -156,8 +192,14 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
         .await
     {
         Ok(actor) => actor,
-        Err(Error::Forbidden(why)) => return auth_failed(&mut sink, &why, CLOSE_SUSPENDED).await,
-        Err(e) => return auth_failed(&mut sink, &e.public_message(), CLOSE_AUTH_FAILED).await,
+        Err(e) => {
+            let (why, code) = match e {
+                Error::Forbidden(why) => (why, CLOSE_SUSPENDED),
+                e => (e.public_message(), CLOSE_AUTH_FAILED),
+            };
+            auth_failed(&mut sink, &why, code).await;
+            return await_client_close(&mut stream).await;
+        }
     };
     let (transport, mut out) = outbox(app.config.outgoing_queue);
     let transport = Arc::new(transport);
@@ -171,7 +213,8 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
         Ok(session) => session,
         Err(e) => {
             send_text(&mut sink, error_frame(None, &e)).await;
-            return close(&mut sink, CLOSE_POLICY, &e.public_message()).await;
+            close(&mut sink, CLOSE_POLICY, &e.public_message()).await;
+            return await_client_close(&mut stream).await;
         }
     };
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
@@ -221,6 +264,9 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
     let idle_timer = sleep_until(last_heard + idle);
     let expiry_timer = sleep_until(expiry);
     tokio::pin!(idle_timer, expiry_timer);
+    // Whether the client's side of the stream is over (its close frame, the
+    // end, an error); if not, the server is the one closing.
+    let mut client_done = false;
     let reason = loop {
         tokio::select! {
             msg = stream.next() => {
@@ -237,9 +283,13 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
                         // Answer the closing handshake (the writer sends
                         // the close frame and stops).
                         transport.close(1000, "");
+                        client_done = true;
                         break "client closed".to_owned();
                     }
-                    None => break "client went away".to_owned(),
+                    None => {
+                        client_done = true;
+                        break "client went away".to_owned();
+                    }
                     Some(Err(e)) => {
                         let too_big = e.to_string().to_ascii_lowercase().contains("too long")
                             || e.to_string().to_ascii_lowercase().contains("capacity");
@@ -247,6 +297,7 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
                             transport.close(CLOSE_TOO_BIG, "message too big");
                             break "message too big".to_owned();
                         }
+                        client_done = true;
                         break format!("read error: {e}");
                     }
                 }
@@ -283,6 +334,9 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
     }
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
     tracing::info!(%user, %conn, %reason, "connection closed");
+    if !client_done {
+        await_client_close(&mut stream).await;
+    }
 }
 
 /// Waits for an `authenticate` frame; answers anything else with
