@@ -5,9 +5,10 @@
 //! [`rusqlite`], SQLite compiled in):
 //!
 //! - **One writer, group commit.** Every write is a job for one thread that
-//!   owns the write connection. It takes the first waiting job and every job
-//!   queued behind it at that moment (up to [`SqliteConfig::batch_max`]
-//!   changes), runs them in one transaction, each change inside its own
+//!   owns the write connection. It takes the first waiting job and keeps
+//!   taking the jobs queued behind it, including those that arrive while
+//!   the group runs (up to [`SqliteConfig::batch_max`] changes), runs them
+//!   in one transaction, each change inside its own
 //!   SAVEPOINT (a failing change rolls back only itself and fails only its
 //!   caller), commits once and then answers the callers. One fsync serves
 //!   the whole group. Seqs are taken on that thread, so they are gap-free
@@ -104,6 +105,7 @@
 //! ```
 
 mod error;
+mod prepared;
 mod read;
 mod readers;
 mod schema;

@@ -12,10 +12,11 @@ use chat_core::{
     ParticipantSettings, Privacy, Report, ReportStatus, Role, Timestamp, UserId,
     store::{Applied, Change, NewChat, NewMessage, ReportResolution},
 };
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Params, Statement, params};
 
 use crate::{
     Error,
+    prepared::{Hot, Prepared},
     read::{self, direct_key, sql_u64},
     writer::Batch,
 };
@@ -47,39 +48,50 @@ fn next_seq(conn: &Connection, chat: ChatId, at: Timestamp) -> Result<u64, Error
 
 /// The chat's change counter; `None` if there is no such chat.
 fn last_seq(conn: &Connection, chat: ChatId) -> Result<Option<u64>, Error> {
-    let seq: Option<i64> = conn
-        .prepare_cached("SELECT last_seq FROM chats WHERE id = ?1")?
-        .query_row([chat.to_string()], |r| r.get(0))
-        .optional()?;
-    counter(seq)
+    query_counter(
+        &mut *conn.prepare_cached(Hot::ChatSeq.sql())?,
+        [chat.to_string()],
+    )
 }
 
-/// The chat's change counter if `user` takes part in it; `None` if the
-/// chat does not exist or the user is not a participant.
-fn last_seq_for_member(
-    conn: &Connection,
-    chat: ChatId,
-    user: &UserId,
-) -> Result<Option<u64>, Error> {
-    let seq: Option<i64> = conn
-        .prepare_cached(
-            "SELECT c.last_seq FROM participants p JOIN chats c ON c.id = p.chat_id \
-             WHERE p.chat_id = ?1 AND p.user_id = ?2",
-        )?
-        .query_row(params![chat.to_string(), user.as_str()], |r| r.get(0))
-        .optional()?;
-    counter(seq)
+/// The chat's change counter if `user` takes part in it (any user for a
+/// system message); `None` if the chat does not exist or the user is not a
+/// participant.
+fn last_seq_of_post(db: &Prepared<'_>, new: &NewMessage) -> Result<Option<u64>, Error> {
+    let chat = new.chat_id.to_string();
+    if new.kind == MessageType::System {
+        db.with(Hot::ChatSeq, |stmt| query_counter(stmt, [&chat]))
+    } else {
+        db.with(Hot::MemberSeq, |stmt| {
+            query_counter(stmt, params![chat, new.sender_id.as_str()])
+        })
+    }
 }
 
-/// A `chats.last_seq` read from the database, checked.
-fn counter(seq: Option<i64>) -> Result<Option<u64>, Error> {
+/// Runs a query for a `chats.last_seq`, checked; `None` if it has no row.
+fn query_counter(stmt: &mut Statement<'_>, params: impl Params) -> Result<Option<u64>, Error> {
+    let seq: Option<i64> = stmt.query_row(params, |r| r.get(0)).optional()?;
     seq.map(|s| u64::try_from(s).map_err(|e| Error::corrupt("chats.last_seq", e)))
         .transpose()
 }
 
 fn set_last_seq(conn: &Connection, chat: ChatId, seq: u64, at: Timestamp) -> Result<(), Error> {
-    conn.prepare_cached("UPDATE chats SET last_seq = ?2, last_activity = ?3 WHERE id = ?1")?
-        .execute(params![chat.to_string(), sql_u64(seq), at.as_millis()])?;
+    set_last_seq_with(
+        &mut *conn.prepare_cached(Hot::SetLastSeq.sql())?,
+        chat,
+        seq,
+        at,
+    )
+}
+
+/// Runs [`Hot::SetLastSeq`], prepared either way.
+fn set_last_seq_with(
+    stmt: &mut Statement<'_>,
+    chat: ChatId,
+    seq: u64,
+    at: Timestamp,
+) -> Result<(), Error> {
+    stmt.execute(params![chat.to_string(), sql_u64(seq), at.as_millis()])?;
     Ok(())
 }
 
@@ -137,9 +149,9 @@ fn insert_message(conn: &Connection, m: &Message) -> Result<(), Error> {
 /// Applies one change of [`Store::apply`](chat_core::Store::apply) as a
 /// step of the group: a post without a savepoint
 /// (see [`post`]), anything else inside its own.
-pub(crate) fn apply(batch: &mut Batch<'_>, change: Change) -> Result<Applied, Error> {
+pub(crate) fn apply(batch: &mut Batch<'_, '_>, change: Change) -> Result<Applied, Error> {
     match change {
-        Change::Post(new) => batch.step_unguarded(|conn, wrote| post(conn, new, wrote)),
+        Change::Post(new) => batch.step_unguarded(|db, wrote| post(db, new, wrote)),
         change => batch.step(|conn| apply_guarded(conn, change)),
     }
 }
@@ -149,7 +161,7 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
     match change {
         // Posts go through `apply` unguarded; inside a savepoint the same
         // code is just as correct.
-        Change::Post(new) => post(conn, new, &Cell::new(false)),
+        Change::Post(new) => post(&Prepared::new(conn), new, &Cell::new(false)),
         Change::Edit {
             chat_id,
             message_id,
@@ -347,18 +359,14 @@ fn message_state(conn: &Connection, chat: ChatId, message: MessageId) -> Result<
 
 /// Stores a post. Everything that can refuse it runs before its first
 /// write, which sets `wrote` (see `Batch::step_unguarded`).
-fn post(conn: &Connection, new: NewMessage, wrote: &Cell<bool>) -> Result<Applied, Error> {
+fn post(db: &Prepared<'_>, new: NewMessage, wrote: &Cell<bool>) -> Result<Applied, Error> {
     // The common case is three statements: the chat's counter, read
     // together with the membership probe; the insert (which skips a retry
     // on its unique key); and the counter's update. Anything unusual first
     // finds out whether the post is a retry, so that a retry always gets
     // the stored message (even from a sender who has left since).
-    let last = if new.kind == MessageType::System {
-        last_seq(conn, new.chat_id)?
-    } else {
-        last_seq_for_member(conn, new.chat_id, &new.sender_id)?
-    };
-    let Some(last) = last else {
+    let conn = db.conn();
+    let Some(last) = last_seq_of_post(db, &new)? else {
         return retry_or(conn, &new, not_found("chat not found"));
     };
     if let Some(reply_to) = new.reply_to {
@@ -375,14 +383,16 @@ fn post(conn: &Connection, new: NewMessage, wrote: &Cell<bool>) -> Result<Applie
         }
     }
     let seq = last + 1;
-    if !insert_post(conn, &new, seq)? {
+    if !insert_post(db, &new, seq)? {
         // Nothing inserted: `(sender, client_msg_id)` is taken, a retry.
         return retry_or(conn, &new, not_found("chat not found"));
     }
     // A failed statement leaves nothing behind, so the insert is the first
     // write that could need undoing.
     wrote.set(true);
-    set_last_seq(conn, new.chat_id, seq, new.created_at)?;
+    db.with(Hot::SetLastSeq, |stmt| {
+        set_last_seq_with(stmt, new.chat_id, seq, new.created_at)
+    })?;
     Ok(Applied::Posted {
         message: new.into_message(seq),
         duplicate: false,
@@ -409,27 +419,24 @@ fn retry_or(conn: &Connection, new: &NewMessage, error: Error) -> Result<Applied
 /// Inserts a post as the chat's `seq`; `false` if nothing was inserted
 /// because `(sender, client_msg_id)` is taken. No `RETURNING`: SQLite
 /// collects its rows in a temporary table, a cost on every post.
-fn insert_post(conn: &Connection, new: &NewMessage, seq: u64) -> Result<bool, Error> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, content, media, \
-             reply_to, client_msg_id, created_at, edited_at, deleted, system) \
-             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, 0, ?11) \
-             ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING",
-        )?
-        .execute(params![
+fn insert_post(db: &Prepared<'_>, new: &NewMessage, seq: u64) -> Result<bool, Error> {
+    let media = new.media.as_ref().map(serde_json::to_string).transpose()?;
+    let system = new.system.as_ref().map(serde_json::to_string).transpose()?;
+    let inserted = db.with(Hot::InsertPost, |stmt| {
+        Ok(stmt.execute(params![
             new.id.to_string(),
             new.chat_id.to_string(),
             sql_u64(seq),
             new.sender_id.as_str(),
             new.kind.as_str(),
             new.content,
-            new.media.as_ref().map(serde_json::to_string).transpose()?,
+            media,
             new.reply_to.map(|id| id.to_string()),
             new.client_msg_id,
             new.created_at.as_millis(),
-            new.system.as_ref().map(serde_json::to_string).transpose()?,
-        ])?;
+            system,
+        ])?)
+    })?;
     Ok(inserted == 1)
 }
 

@@ -1,9 +1,10 @@
 //! The single writer thread and its group commit.
 //!
 //! Every write of the store is a job sent to one thread that owns the write
-//! connection. The thread takes the first waiting job, then every job that
-//! is waiting at that moment (up to `batch_max` changes), runs them all in
-//! one transaction, each step inside its own SAVEPOINT so that a failing
+//! connection. The thread takes the first waiting job, then, one after the
+//! other, every job waiting once the previous one ran (up to `batch_max`
+//! changes, so jobs that arrive meanwhile join too), runs them all in one
+//! transaction, each step inside its own SAVEPOINT so that a failing
 //! step rolls back only itself, COMMITs once (one fsync for the group) and
 //! only then answers the callers. Posts, the hot path, skip the savepoint:
 //! they are refused before their first write or not at all, and a failure
@@ -22,15 +23,18 @@ use std::{
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, Failed};
+use crate::{
+    error::{Error, Failed},
+    prepared::Prepared,
+};
 
 /// How many jobs may wait for the writer before callers wait to enqueue.
 const QUEUE_CAPACITY: usize = 4096;
 
 /// One transaction of the writer, as a job sees it: a sequence of steps,
 /// each atomic on its own.
-pub(crate) struct Batch<'c> {
-    conn: &'c Connection,
+pub(crate) struct Batch<'b, 'c> {
+    prepared: &'b Prepared<'c>,
     /// Set when the group's transaction can no longer be committed (a
     /// savepoint could not be rolled back, or SQLite rolled the whole
     /// transaction back after an I/O error): the rest of the group fails.
@@ -42,10 +46,14 @@ pub(crate) struct Batch<'c> {
     wrote: Cell<bool>,
 }
 
-impl<'c> Batch<'c> {
-    fn new(conn: &'c Connection) -> Self {
+impl<'b, 'c> Batch<'b, 'c> {
+    fn conn(&self) -> &'c Connection {
+        self.prepared.conn()
+    }
+
+    fn new(prepared: &'b Prepared<'c>) -> Self {
         Self {
-            conn,
+            prepared,
             broken: None,
             in_step: false,
             in_unguarded: false,
@@ -62,10 +70,10 @@ impl<'c> Batch<'c> {
         if let Some(e) = &self.broken {
             return Err(Error::Commit(e.clone()));
         }
-        exec(self.conn, "SAVEPOINT step")?;
+        exec(self.conn(), "SAVEPOINT step")?;
         self.in_step = true;
-        let out = f(self.conn).and_then(|value| {
-            exec(self.conn, "RELEASE step")?;
+        let out = f(self.conn()).and_then(|value| {
+            exec(self.conn(), "RELEASE step")?;
             self.in_step = false;
             Ok(value)
         });
@@ -85,14 +93,14 @@ impl<'c> Batch<'c> {
     /// copies every page the post touches into the sub-journal.
     pub(crate) fn step_unguarded<T>(
         &mut self,
-        f: impl FnOnce(&Connection, &Cell<bool>) -> Result<T, Error>,
+        f: impl FnOnce(&Prepared<'c>, &Cell<bool>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         if let Some(e) = &self.broken {
             return Err(Error::Commit(e.clone()));
         }
         self.in_unguarded = true;
         self.wrote.set(false);
-        let out = f(self.conn, &self.wrote);
+        let out = f(self.prepared, &self.wrote);
         if out.is_err() {
             self.abandon_step();
         }
@@ -105,7 +113,7 @@ impl<'c> Batch<'c> {
     fn abandon_step(&mut self) {
         if self.in_unguarded {
             self.in_unguarded = false;
-            if self.wrote.get() || self.conn.is_autocommit() {
+            if self.wrote.get() || self.conn().is_autocommit() {
                 self.broken = Some(Arc::new(rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
                     Some("a change failed after writing; the group is rolled back".to_owned()),
@@ -117,7 +125,7 @@ impl<'c> Batch<'c> {
             return;
         }
         self.in_step = false;
-        if self.conn.is_autocommit() {
+        if self.conn().is_autocommit() {
             // SQLite rolled back the whole transaction (SQLITE_FULL,
             // SQLITE_IOERR, ...): the steps before this one are gone too.
             self.broken = Some(Arc::new(rusqlite::Error::SqliteFailure(
@@ -127,7 +135,7 @@ impl<'c> Batch<'c> {
             return;
         }
         let rolled_back =
-            exec(self.conn, "ROLLBACK TO step").and_then(|()| exec(self.conn, "RELEASE step"));
+            exec(self.conn(), "ROLLBACK TO step").and_then(|()| exec(self.conn(), "RELEASE step"));
         if let Err(e) = rolled_back {
             tracing::error!(error = %e, "could not roll back a savepoint; failing the group");
             self.broken = Some(Arc::new(e));
@@ -146,7 +154,7 @@ pub(crate) trait Work: Send {
     fn size(&self) -> usize;
     /// Runs it inside the group's transaction; the returned value answers
     /// the caller once the group's fate is known.
-    fn run(self: Box<Self>, batch: &mut Batch<'_>) -> Box<dyn Reply>;
+    fn run(self: Box<Self>, batch: &mut Batch<'_, '_>) -> Box<dyn Reply>;
     /// Answers the caller without running (the group could not start).
     fn fail(self: Box<Self>, why: Failed);
 }
@@ -170,14 +178,14 @@ struct Ran<T> {
 
 impl<F, T> Work for Task<F, T>
 where
-    F: FnOnce(&mut Batch<'_>) -> T + Send + 'static,
+    F: FnOnce(&mut Batch<'_, '_>) -> T + Send + 'static,
     T: Send + 'static,
 {
     fn size(&self) -> usize {
         self.size
     }
 
-    fn run(self: Box<Self>, batch: &mut Batch<'_>) -> Box<dyn Reply> {
+    fn run(self: Box<Self>, batch: &mut Batch<'_, '_>) -> Box<dyn Reply> {
         let Task { f, reply, .. } = *self;
         Box::new(Ran {
             out: f(batch),
@@ -265,7 +273,7 @@ impl Writer {
     /// comes after its group committed.
     pub(crate) async fn submit<T, F>(&self, size: usize, f: F) -> Result<T, Failed>
     where
-        F: FnOnce(&mut Batch<'_>) -> T + Send + 'static,
+        F: FnOnce(&mut Batch<'_, '_>) -> T + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
@@ -286,6 +294,7 @@ fn run(
     batch_max: usize,
     counters: &Counters,
 ) {
+    let prepared = Prepared::new(&conn);
     let mut carried: Option<Box<dyn Work>> = None;
     loop {
         let first = match carried.take() {
@@ -295,47 +304,46 @@ fn run(
                 None => break,
             },
         };
-        let mut total = first.size();
-        let mut group = vec![first];
-        while total < batch_max {
-            match rx.try_recv() {
-                Ok(job) if total + job.size() > batch_max => {
-                    carried = Some(job);
-                    break;
-                }
-                Ok(job) => {
-                    total += job.size();
-                    group.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        commit_group(&conn, group, total, counters);
+        carried = commit_group(&prepared, first, &mut rx, batch_max, counters);
     }
     tracing::debug!("SQLite writer stopped");
 }
 
-/// Runs `group` in one transaction and answers every job of it.
-fn commit_group(conn: &Connection, group: Vec<Box<dyn Work>>, changes: usize, counters: &Counters) {
-    counters
-        .jobs
-        .fetch_add(group.len() as u64, Ordering::Relaxed);
-    counters
-        .changes
-        .fetch_add(changes as u64, Ordering::Relaxed);
+/// Runs `first`, then every job that is waiting once the one before it
+/// ran (up to `batch_max` changes), in one transaction, and answers them
+/// all after it committed. Returns the job that did not fit.
+///
+/// Taking the next job only after running the previous one, rather than
+/// only what was queued when the group began, lets a job that arrives
+/// while the group runs join it instead of waiting for the next commit:
+/// under load the callers answered by one commit send their next writes
+/// while the writer still works, and with a snapshot they would form a
+/// second group of their own, so every commit (whose cost is mostly the
+/// index pages it writes to the WAL, however many rows changed them) would
+/// carry half as many changes. A lone job still commits at once.
+fn commit_group(
+    prepared: &Prepared<'_>,
+    first: Box<dyn Work>,
+    rx: &mut mpsc::Receiver<Box<dyn Work>>,
+    batch_max: usize,
+    counters: &Counters,
+) -> Option<Box<dyn Work>> {
+    let conn = prepared.conn();
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let why = Failed::Commit(Arc::new(e));
         tracing::error!(error = ?why, "could not begin a write transaction");
         counters.failed.fetch_add(1, Ordering::Relaxed);
-        for job in group {
-            job.fail(why.clone());
-        }
-        return;
+        first.fail(why);
+        return None;
     }
-    let jobs = group.len();
-    let mut batch = Batch::new(conn);
-    let mut replies = Vec::with_capacity(jobs);
-    for job in group {
+    let mut batch = Batch::new(prepared);
+    let mut replies = Vec::new();
+    let (mut jobs, mut changes) = (0, 0);
+    let mut next = Some(first);
+    let mut carried = None;
+    while let Some(job) = next.take() {
+        jobs += 1;
+        changes += job.size();
         match catch_unwind(AssertUnwindSafe(|| job.run(&mut batch))) {
             Ok(reply) => replies.push(reply),
             Err(_) => {
@@ -346,7 +354,18 @@ fn commit_group(conn: &Connection, group: Vec<Box<dyn Work>>, changes: usize, co
                 batch.abandon_step();
             }
         }
+        if changes < batch_max {
+            match rx.try_recv() {
+                Ok(job) if changes + job.size() > batch_max => carried = Some(job),
+                Ok(job) => next = Some(job),
+                Err(_) => {}
+            }
+        }
     }
+    counters.jobs.fetch_add(jobs as u64, Ordering::Relaxed);
+    counters
+        .changes
+        .fetch_add(changes as u64, Ordering::Relaxed);
     let result = match batch.broken.take() {
         Some(e) => Err(Failed::Commit(e)),
         None => exec(conn, "COMMIT").map_err(|e| Failed::Commit(Arc::new(e))),
@@ -370,6 +389,7 @@ fn commit_group(conn: &Connection, group: Vec<Box<dyn Work>>, changes: usize, co
     for reply in replies {
         reply.finish(result.clone());
     }
+    carried
 }
 
 #[cfg(test)]
@@ -396,7 +416,7 @@ mod tests {
         Ok((Arc::new(writer), dir))
     }
 
-    fn insert(v: i64) -> impl FnOnce(&mut Batch<'_>) -> Result<(), Error> + Send + 'static {
+    fn insert(v: i64) -> impl FnOnce(&mut Batch<'_, '_>) -> Result<(), Error> + Send + 'static {
         move |batch| {
             batch.step(|conn| {
                 conn.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
@@ -411,7 +431,8 @@ mod tests {
     }
 
     /// Holds the writer inside a job until the returned sender is dropped,
-    /// so that the jobs submitted meanwhile form the next group, in order.
+    /// so that the jobs submitted meanwhile queue, in order, and join the
+    /// holding job's group.
     async fn hold(writer: &Arc<Writer>) -> Result<std_mpsc::Sender<()>, oneshot::error::RecvError> {
         let (release, wait) = std_mpsc::channel::<()>();
         let (started, running) = oneshot::channel();
@@ -431,7 +452,7 @@ mod tests {
     /// stays queued), so that jobs queue in the order of the calls.
     async fn enqueue<T, F>(writer: &Arc<Writer>, f: F) -> tokio::task::JoinHandle<Result<T, Failed>>
     where
-        F: FnOnce(&mut Batch<'_>) -> T + Send + 'static,
+        F: FnOnce(&mut Batch<'_, '_>) -> T + Send + 'static,
         T: Send + 'static,
     {
         let before = writer.jobs.capacity();
@@ -461,8 +482,50 @@ mod tests {
         assert!(matches!(third.await?, Ok(Ok(()))));
         assert_eq!(count(&dir)?, 2);
         let stats = writer.stats();
-        // The holding job's group, then one group of the three.
-        assert_eq!((stats.commits, stats.jobs, stats.failed), (2, 4, 0));
+        // The three joined the holding job's group.
+        assert_eq!((stats.commits, stats.jobs, stats.failed), (1, 4, 0));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn jobs_that_arrive_while_a_group_runs_join_it() -> TestResult {
+        let (writer, dir) = start()?;
+        // The holding job starts a group alone; a job queued while it runs
+        // joins that group.
+        let release = hold(&writer).await?;
+        let joined = enqueue(&writer, insert(1)).await;
+        drop(release);
+        assert!(matches!(joined.await?, Ok(Ok(()))));
+        assert_eq!(count(&dir)?, 1);
+        let stats = writer.stats();
+        assert_eq!((stats.commits, stats.jobs, stats.changes), (1, 2, 2));
+
+        // A lone job commits at once.
+        assert!(matches!(writer.submit(1, insert(2)).await, Ok(Ok(()))));
+        assert_eq!(writer.stats().commits, 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_job_that_would_pass_batch_max_waits_for_the_next_group() -> TestResult {
+        // `start` caps a group at 100 changes.
+        let (writer, dir) = start()?;
+        let release = hold(&writer).await?;
+        let before = writer.jobs.capacity();
+        let w = Arc::clone(&writer);
+        let large = tokio::spawn(async move { w.submit(100, insert(1)).await });
+        while writer.jobs.capacity() == before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let small = enqueue(&writer, insert(2)).await;
+        drop(release);
+        assert!(matches!(large.await?, Ok(Ok(()))));
+        assert!(matches!(small.await?, Ok(Ok(()))));
+        assert_eq!(count(&dir)?, 2);
+        let stats = writer.stats();
+        // The holding job alone (1 + 100 > 100), then the large one with
+        // the small one queued behind it, which also passes the cap.
+        assert_eq!((stats.commits, stats.jobs, stats.changes), (3, 3, 102));
         Ok(())
     }
 
@@ -472,7 +535,7 @@ mod tests {
         let release = hold(&writer).await?;
         let fine = enqueue(&writer, insert(1)).await;
         // A deferred foreign key is only checked by COMMIT, which fails.
-        let orphan = enqueue(&writer, |batch: &mut Batch<'_>| {
+        let orphan = enqueue(&writer, |batch: &mut Batch<'_, '_>| {
             batch.step(|conn| {
                 conn.execute("INSERT INTO child (parent) VALUES (42)", [])?;
                 Ok(())
@@ -497,7 +560,7 @@ mod tests {
         let (writer, dir) = start()?;
         let release = hold(&writer).await?;
         let before = enqueue(&writer, insert(1)).await;
-        let panics = enqueue(&writer, |batch: &mut Batch<'_>| {
+        let panics = enqueue(&writer, |batch: &mut Batch<'_, '_>| {
             batch.step(|conn| {
                 conn.execute("INSERT INTO t (v) VALUES (2)", [])?;
                 panic!("a bug in a write");
@@ -525,9 +588,10 @@ mod tests {
     fn unguarded(
         v: i64,
         after_write: bool,
-    ) -> impl FnOnce(&mut Batch<'_>) -> Result<(), Error> + Send + 'static {
+    ) -> impl FnOnce(&mut Batch<'_, '_>) -> Result<(), Error> + Send + 'static {
         move |batch| {
-            batch.step_unguarded(|conn, wrote| {
+            batch.step_unguarded(|prepared, wrote| {
+                let conn = prepared.conn();
                 if !after_write {
                     return Err(Error::Contract(chat_core::Error::not_found(
                         "refused first",
@@ -548,18 +612,21 @@ mod tests {
         let release = hold(&writer).await?;
         let first = enqueue(&writer, insert(1)).await;
         let refused = enqueue(&writer, unguarded(2, false)).await;
-        let ok = enqueue(&writer, |batch: &mut Batch<'_>| {
-            batch.step_unguarded(|conn, wrote| {
+        let ok = enqueue(&writer, |batch: &mut Batch<'_, '_>| {
+            batch.step_unguarded(|prepared, wrote| {
+                let conn = prepared.conn();
                 conn.execute("INSERT INTO t (v) VALUES (3)", [])?;
                 wrote.set(true);
                 Ok(())
             })
         })
         .await;
-        let clash = enqueue(&writer, |batch: &mut Batch<'_>| {
+        let clash = enqueue(&writer, |batch: &mut Batch<'_, '_>| {
             // A statement that fails is undone by SQLite on its own.
-            batch.step_unguarded(|conn, _| {
-                conn.execute("INSERT INTO t (v) VALUES (1)", [])?;
+            batch.step_unguarded(|prepared, _| {
+                prepared
+                    .conn()
+                    .execute("INSERT INTO t (v) VALUES (1)", [])?;
                 Ok(())
             })
         })
@@ -595,8 +662,9 @@ mod tests {
         // A panic after writing fails its group just the same.
         let release = hold(&writer).await?;
         let neighbour = enqueue(&writer, insert(4)).await;
-        let panics = enqueue(&writer, |batch: &mut Batch<'_>| {
-            batch.step_unguarded(|conn, wrote| {
+        let panics = enqueue(&writer, |batch: &mut Batch<'_, '_>| {
+            batch.step_unguarded(|prepared, wrote| {
+                let conn = prepared.conn();
                 conn.execute("INSERT INTO t (v) VALUES (5)", [])?;
                 wrote.set(true);
                 panic!("a bug after writing");

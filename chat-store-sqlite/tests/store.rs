@@ -224,6 +224,45 @@ async fn retries_are_idempotent_also_when_they_race() -> TestResult {
     Ok(())
 }
 
+/// Refusals and retries right after a post into the same chat, and a post
+/// after another change moved the counter.
+#[tokio::test]
+async fn a_post_after_another_is_checked_like_the_first() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir, fast())?;
+    let (alice, mallory) = (user("alice"), user("mallory"));
+    let chat = group(&store, &[&alice]).await?;
+    let (m1, _) = post1(&store, text(chat, &alice, Some("1"), "one")).await?;
+    assert_eq!(m1.seq, 1);
+
+    // Not a participant, right after a post into the chat.
+    let err = post1(&store, text(chat, &mallory, Some("m"), "let me in")).await;
+    assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
+    // A retry, right after its own post: the stored message again.
+    let (again, duplicate) = post1(&store, text(chat, &alice, Some("1"), "one")).await?;
+    assert!(duplicate);
+    assert_eq!(again.id, m1.id);
+    // A system message needs no participant.
+    let mut system = text(chat, &mallory, None, "notice");
+    system.kind = MessageType::System;
+    let (notice, _) = post1(&store, system).await?;
+    assert_eq!(notice.seq, 2);
+    // A change in between moves the counter.
+    let out = store
+        .apply(vec![Change::Edit {
+            chat_id: chat,
+            message_id: m1.id,
+            content: "uno".into(),
+            at: Timestamp::now(),
+        }])
+        .await;
+    assert!(matches!(out.as_slice(), [Ok(Applied::Updated { .. })]));
+    let (m2, _) = post1(&store, text(chat, &alice, Some("2"), "two")).await?;
+    assert_eq!(m2.seq, 4);
+    assert_eq!(store.get_chat(chat).await?.ok_or("gone")?.last_seq, 4);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_posts_into_many_chats_get_gap_free_seqs() -> TestResult {
     const CHATS: usize = 8;
