@@ -5,7 +5,7 @@
 //! Works in a scratch database that it creates next to `DATABASE_URL`'s
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`) and drops after.
 //!
-//! Run with: `cargo run --release -p chat-store-postgres --example throughput [N]`
+//! Run with: `cargo run --release -p chat-store-postgres --example postgres_throughput [N]`
 
 use std::{sync::Arc, time::Instant};
 

@@ -1,7 +1,7 @@
 //! Rough write throughput of the group commit: N concurrent single-message
 //! `apply` calls against a temp-file database with `synchronous=FULL`.
 //!
-//! Run with: `cargo run --release -p chat-store-sqlite --example throughput [N]`
+//! Run with: `cargo run --release -p chat-store-sqlite --example sqlite_throughput [N]`
 
 use std::{sync::Arc, time::Instant};
 
