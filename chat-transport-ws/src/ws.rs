@@ -161,12 +161,19 @@ async fn await_client_close(stream: &mut Stream) {
     }
 }
 
-async fn auth_failed(sink: &mut Sink, message: &str, code: u16) {
+/// Turns away a connection that has no session (both halves are still
+/// here): sends `frame`, then closes and completes the handshake.
+async fn reject(sink: &mut Sink, stream: &mut Stream, frame: Bytes, code: u16, reason: &str) {
+    send_text(sink, frame).await;
+    close(sink, code, reason).await;
+    await_client_close(stream).await;
+}
+
+async fn auth_failed(sink: &mut Sink, stream: &mut Stream, message: &str, code: u16) {
     let event = ServerEvent::AuthenticationError {
         message: message.to_owned(),
     };
-    send_text(sink, event.to_frame()).await;
-    close(sink, code, message).await;
+    reject(sink, stream, event.to_frame(), code, message).await;
 }
 
 async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
@@ -175,15 +182,13 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
         Some(token) => match app.verifier.verify(&token) {
             Ok(identity) => identity,
             Err(e) => {
-                auth_failed(&mut sink, &e.public_message(), CLOSE_AUTH_FAILED).await;
-                return await_client_close(&mut stream).await;
+                let message = e.public_message();
+                return auth_failed(&mut sink, &mut stream, &message, CLOSE_AUTH_FAILED).await;
             }
         },
         None => match Box::pin(authenticate_first(&app, &mut sink, &mut stream)).await {
             Some(identity) => identity,
-            // Either the client went away (the stream has ended) or its
-            // authentication failed and the close frame is sent.
-            None => return await_client_close(&mut stream).await,
+            None => return,
         },
     };
     let actor = match app
@@ -192,13 +197,12 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
         .await
     {
         Ok(actor) => actor,
+        Err(Error::Forbidden(why)) => {
+            return auth_failed(&mut sink, &mut stream, &why, CLOSE_SUSPENDED).await;
+        }
         Err(e) => {
-            let (why, code) = match e {
-                Error::Forbidden(why) => (why, CLOSE_SUSPENDED),
-                e => (e.public_message(), CLOSE_AUTH_FAILED),
-            };
-            auth_failed(&mut sink, &why, code).await;
-            return await_client_close(&mut stream).await;
+            let message = e.public_message();
+            return auth_failed(&mut sink, &mut stream, &message, CLOSE_AUTH_FAILED).await;
         }
     };
     let (transport, mut out) = outbox(app.config.outgoing_queue);
@@ -212,9 +216,15 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
     {
         Ok(session) => session,
         Err(e) => {
-            send_text(&mut sink, error_frame(None, &e)).await;
-            close(&mut sink, CLOSE_POLICY, &e.public_message()).await;
-            return await_client_close(&mut stream).await;
+            let frame = error_frame(None, &e);
+            return reject(
+                &mut sink,
+                &mut stream,
+                frame,
+                CLOSE_POLICY,
+                &e.public_message(),
+            )
+            .await;
         }
     };
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
@@ -291,8 +301,8 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
                         break "client went away".to_owned();
                     }
                     Some(Err(e)) => {
-                        let too_big = e.to_string().to_ascii_lowercase().contains("too long")
-                            || e.to_string().to_ascii_lowercase().contains("capacity");
+                        let text = e.to_string().to_ascii_lowercase();
+                        let too_big = text.contains("too long") || text.contains("capacity");
                         if too_big {
                             transport.close(CLOSE_TOO_BIG, "message too big");
                             break "message too big".to_owned();
@@ -344,14 +354,14 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
 async fn authenticate_first(
     app: &AppState,
     sink: &mut Sink,
-    stream: &mut futures::stream::SplitStream<WebSocket>,
+    stream: &mut Stream,
 ) -> Option<Identity> {
     let deadline = Instant::now() + app.config.auth_timeout;
     loop {
         let msg = tokio::select! {
             msg = stream.next() => msg,
             _ = sleep_until(deadline) => {
-                auth_failed(sink, "authentication timed out", CLOSE_AUTH_FAILED).await;
+                auth_failed(sink, stream, "authentication timed out", CLOSE_AUTH_FAILED).await;
                 return None;
             }
         };
@@ -379,7 +389,7 @@ async fn authenticate_first(
                         return Some(identity);
                     }
                     Err(e) => {
-                        auth_failed(sink, &e.public_message(), CLOSE_AUTH_FAILED).await;
+                        auth_failed(sink, stream, &e.public_message(), CLOSE_AUTH_FAILED).await;
                         return None;
                     }
                 },

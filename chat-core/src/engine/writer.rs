@@ -187,20 +187,19 @@ async fn run_lane(engine: Weak<Inner>, mut rx: mpsc::Receiver<Job>, batch_max: u
         }
         let mut notes = Vec::new();
         for ((fanout, reply), result) in waiting.into_iter().zip(results) {
-            if let Ok(applied) = &result {
-                if let Applied::Membership { chat, .. } = applied {
-                    inner.chats.invalidate(chat.id);
+            let done = match result {
+                Ok(applied) => {
+                    if let Applied::Membership { chat, .. } = &applied {
+                        inner.chats.invalidate(chat.id);
+                    }
+                    let frame = fan_out(&inner, &fanout, &applied, &mut notes).await;
+                    Ok(Done { applied, frame })
                 }
-                let frame = fan_out(&inner, &fanout, applied, &mut notes).await;
-                // The caller may have gone away (connection closed); the
-                // change is durable and published regardless.
-                let _ = reply.send(result.map(|applied| Done { applied, frame }));
-                continue;
-            }
-            let _ = reply.send(result.map(|applied| Done {
-                applied,
-                frame: None,
-            }));
+                Err(e) => Err(e),
+            };
+            // The caller may have gone away (connection closed); the change
+            // is durable and published regardless.
+            let _ = reply.send(done);
         }
         if !notes.is_empty() {
             notify_offline(&inner, notes);
