@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use async_trait::async_trait;
@@ -12,11 +12,12 @@ use crate::{
     error::{Error, Result},
     model::{
         Chat, ChatId, ChatKind, MediaId, MediaRecord, Message, MessageId, MessageType, Participant,
-        ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Timestamp, UserId,
+        ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Role, Timestamp, UserId,
         UserRecord,
     },
     store::{
-        Applied, Change, ChatListQuery, HistoryQuery, NewChat, NewMessage, ReportResolution, Store,
+        Applied, Change, ChatListQuery, Committed, HistoryQuery, Members, NewChat, NewMessage,
+        ReportResolution, Store, demotes_last_admin, heir,
     },
 };
 
@@ -38,6 +39,10 @@ struct State {
     users: HashMap<UserId, UserRecord>,
     reports: BTreeMap<ReportId, Report>,
     media: HashMap<MediaId, MediaRecord>,
+    /// Each chat's members as its last change left them, shared by the
+    /// results of the changes that follow until one changes them (a
+    /// membership change, a participant's settings, a block).
+    members: HashMap<ChatId, Arc<Members>>,
 }
 
 fn pair(a: &UserId, b: &UserId) -> (UserId, UserId) {
@@ -113,6 +118,32 @@ impl State {
             NewMessage::system(chat_id, by.clone(), change.system_event(), at).into_message(seq);
         self.insert_message(message.clone());
         Ok(message)
+    }
+
+    /// The chat's members now (see "Audience at commit" in [`Store`]).
+    fn members(&mut self, chat_id: ChatId) -> Result<Arc<Members>> {
+        if let Some(m) = self.members.get(&chat_id) {
+            return Ok(m.clone());
+        }
+        let chat = self.chat(chat_id)?;
+        let blocked = match &chat.participants[..] {
+            [a, b] if chat.kind == ChatKind::Direct => self.blocks.iter().any(|(x, y)| {
+                (x == &a.user_id && y == &b.user_id) || (x == &b.user_id && y == &a.user_id)
+            }),
+            _ => false,
+        };
+        let members = Arc::new(Members::of(chat, blocked));
+        self.members.insert(chat_id, members.clone());
+        Ok(members)
+    }
+
+    fn commit(&mut self, change: Change) -> Result<Committed> {
+        let chat_id = change.chat_id();
+        let applied = self.apply(change)?;
+        if matches!(applied, Applied::Membership { .. }) {
+            self.members.remove(&chat_id);
+        }
+        Ok(Committed::new(applied, self.members(chat_id)?))
     }
 
     fn apply(&mut self, change: Change) -> Result<Applied> {
@@ -319,6 +350,11 @@ impl State {
                         message: None,
                     });
                 }
+                if demotes_last_admin(chat, user_id, *role) {
+                    return Err(Error::conflict(
+                        "a group needs an admin; make someone else admin first",
+                    ));
+                }
                 let message = self.system_message(&change, by, *at)?;
                 let chat = self
                     .chats
@@ -332,6 +368,22 @@ impl State {
                 Ok(Applied::Membership {
                     chat: chat.clone(),
                     message: Some(message),
+                })
+            }
+            Change::EnsureAdmin { chat_id, by, at } => {
+                let chat = self.chat(*chat_id)?;
+                let Some(heir) = heir(chat).cloned() else {
+                    return Ok(Applied::Membership {
+                        chat: chat.clone(),
+                        message: None,
+                    });
+                };
+                self.apply(Change::SetRole {
+                    chat_id: *chat_id,
+                    user_id: heir,
+                    role: Role::Admin,
+                    by: by.clone(),
+                    at: *at,
                 })
             }
             Change::UpdateGroup {
@@ -393,9 +445,9 @@ impl State {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn apply(&self, changes: Vec<Change>) -> Vec<Result<Applied>> {
+    async fn apply(&self, changes: Vec<Change>) -> Vec<Result<Committed>> {
         let mut state = self.lock();
-        changes.into_iter().map(|c| state.apply(c)).collect()
+        changes.into_iter().map(|c| state.commit(c)).collect()
     }
 
     async fn create_chat(&self, new: NewChat) -> Result<(Chat, bool)> {
@@ -468,7 +520,17 @@ impl Store for MemoryStore {
             .and_then(|c| c.participants.iter_mut().find(|p| &p.user_id == user))
             .ok_or_else(|| Error::not_found("not a participant"))?;
         p.settings = settings;
+        state.members.remove(&chat);
         Ok(())
+    }
+
+    async fn group_count(&self, user: &UserId) -> Result<u64> {
+        let state = self.lock();
+        Ok(state
+            .chats
+            .values()
+            .filter(|c| c.kind == ChatKind::Group && c.participant(user).is_some())
+            .count() as u64)
     }
 
     async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>> {
@@ -564,6 +626,9 @@ impl Store for MemoryStore {
         let mut state = self.lock();
         let key = (blocker.clone(), blocked.clone());
         let pos = state.blocks.iter().position(|b| *b == key);
+        if let Some(chat) = state.direct.get(&pair(blocker, blocked)).copied() {
+            state.members.remove(&chat);
+        }
         Ok(match (on, pos) {
             (true, None) => {
                 state.blocks.push(key);

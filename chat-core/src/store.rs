@@ -1,6 +1,6 @@
 //! The [`Store`] trait: durable state of the engine.
 
-use std::fmt::Debug;
+use std::{fmt::Debug, sync::Arc};
 
 use async_trait::async_trait;
 
@@ -35,6 +35,17 @@ use crate::{
 ///   change that fails leaves no trace and does not affect the others. When
 ///   `apply` returns, every `Ok` change is durable (committed, and fsynced as
 ///   far as the store's configured durability promises).
+/// - **Audience at commit.** Each `Ok` result carries the chat's
+///   [`Members`] as that change left them, read where the change was
+///   applied: in the same transaction (PostgreSQL), or in the single
+///   writer's view of the data (SQLite, memory). A participant removed by
+///   an earlier change of the same batch, or by any change committed
+///   before, is not in it; one added before is. Blocks in a direct chat and
+///   mutes are as of that moment too. The engine addresses every event of
+///   the change to exactly these users, never to a list it read before.
+/// - **Groups keep an admin.** A [`Change::SetRole`] that would leave a
+///   group with participants but no admin is a `Conflict`;
+///   [`Change::EnsureAdmin`] promotes an heir when the last admin left.
 /// - **Idempotency.** `(sender_id, client_msg_id)` is unique. Posting a
 ///   message whose pair exists returns the stored message with
 ///   `duplicate: true` and writes nothing, also when the two posts race;
@@ -72,7 +83,7 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// Applies `changes` in order, each atomically, durably before returning;
     /// one result per change, in order (see the trait's contract).
-    async fn apply(&self, changes: Vec<Change>) -> Vec<Result<Applied>>;
+    async fn apply(&self, changes: Vec<Change>) -> Vec<Result<Committed>>;
 
     // --- chats -----------------------------------------------------------
 
@@ -99,6 +110,9 @@ pub trait Store: Debug + Send + Sync + 'static {
         user: &UserId,
         settings: ParticipantSettings,
     ) -> Result<()>;
+
+    /// How many groups `user` is a participant of.
+    async fn group_count(&self, user: &UserId) -> Result<u64>;
 
     /// Everyone who shares at least one chat with `user`, without `user`,
     /// each once.
@@ -274,7 +288,8 @@ pub enum Change {
         at: Timestamp,
     },
     /// Change a participant's role; `NotFound` if not in the chat. Setting
-    /// the role they have changes nothing (`message: None`).
+    /// the role they have changes nothing (`message: None`). Demoting the
+    /// only admin of a group is a `Conflict`: a group keeps an admin.
     SetRole {
         /// The chat.
         chat_id: ChatId,
@@ -283,6 +298,20 @@ pub enum Change {
         /// The new role.
         role: Role,
         /// Who changes it.
+        by: UserId,
+        /// When.
+        at: Timestamp,
+    },
+    /// If the chat has participants but none of them is an admin (its last
+    /// admin just left), make its heir admin: the longest-standing
+    /// moderator, else the longest-standing participant; recorded like a
+    /// [`Change::SetRole`] by `by`. Otherwise changes nothing (`message:
+    /// None`). The engine queues it right behind a removal, in the same
+    /// batch, so that no other change of the chat comes between them.
+    EnsureAdmin {
+        /// The chat.
+        chat_id: ChatId,
+        /// Who caused it (the remover).
         by: UserId,
         /// When.
         at: Timestamp,
@@ -325,6 +354,7 @@ impl Change {
             | Change::AddParticipant { chat_id, .. }
             | Change::RemoveParticipant { chat_id, .. }
             | Change::SetRole { chat_id, .. }
+            | Change::EnsureAdmin { chat_id, .. }
             | Change::UpdateGroup { chat_id, .. }
             | Change::Mark { chat_id, .. } => *chat_id,
         }
@@ -351,6 +381,96 @@ impl Change {
             }),
             _ => None,
         }
+    }
+}
+
+/// The heir of a group without admin: the longest-standing moderator,
+/// else the longest-standing participant (see [`Change::EnsureAdmin`]).
+/// `None` if the group has an admin or no participants.
+pub fn heir(chat: &Chat) -> Option<&UserId> {
+    if chat.participants.iter().any(|p| p.role == Role::Admin) {
+        return None;
+    }
+    chat.participants
+        .iter()
+        .find(|p| p.role == Role::Moderator)
+        .or_else(|| chat.participants.first())
+        .map(|p| &p.user_id)
+}
+
+/// Whether giving `user` the role `role` would leave a group with
+/// participants but no admin (see [`Change::SetRole`]).
+pub fn demotes_last_admin(chat: &Chat, user: &UserId, role: Role) -> bool {
+    role != Role::Admin
+        && chat.kind == ChatKind::Group
+        && chat
+            .participants
+            .iter()
+            .filter(|p| p.role == Role::Admin)
+            .all(|p| &p.user_id == user)
+        && chat
+            .participant(user)
+            .is_some_and(|p| p.role == Role::Admin)
+}
+
+/// The participants of a chat as one applied change left them: who
+/// receives that change's events (see the [`Store`] contract, "Audience at
+/// commit").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Members {
+    /// The participants, in joining order.
+    pub users: Arc<[UserId]>,
+    /// Participants who muted the chat, and until when.
+    pub muted: Vec<(UserId, Timestamp)>,
+    /// A direct chat in which one participant blocks the other: nothing
+    /// one of them does reaches the other.
+    pub blocked: bool,
+}
+
+impl Members {
+    /// The members of `chat` as it is; `blocked` for a direct chat with a
+    /// block either way.
+    pub fn of(chat: &Chat, blocked: bool) -> Self {
+        Self {
+            users: chat.member_ids().into(),
+            muted: chat
+                .participants
+                .iter()
+                .filter_map(|p| p.settings.muted_until.map(|t| (p.user_id.clone(), t)))
+                .collect(),
+            blocked: blocked && chat.kind == ChatKind::Direct,
+        }
+    }
+
+    /// Whether `user` is one of them.
+    pub fn contains(&self, user: &UserId) -> bool {
+        self.users.contains(user)
+    }
+
+    /// Whether `user` muted the chat at `now`.
+    pub fn is_muted(&self, user: &UserId, now: Timestamp) -> bool {
+        self.muted
+            .iter()
+            .any(|(u, until)| u == user && *until > now)
+    }
+}
+
+/// One change as [`Store::apply`] committed it: its outcome and the chat's
+/// members right after it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Committed {
+    /// What the change did.
+    pub applied: Applied,
+    /// Who receives its events.
+    pub members: Arc<Members>,
+}
+
+impl Committed {
+    /// A committed change with its audience.
+    pub fn new(applied: Applied, members: Arc<Members>) -> Self {
+        Self { applied, members }
     }
 }
 

@@ -200,6 +200,12 @@ macro_rules! store_conformance_tests {
             concurrent_adds_respect_capacity,
             concurrent_reactions_respect_max_distinct,
             concurrent_mixed_changes_take_distinct_seqs,
+            batch_remove_then_post_never_addresses_the_removed,
+            batch_add_then_post_addresses_the_added,
+            audience_follows_mutes_and_blocks,
+            groups_keep_an_admin,
+            group_count_counts_groups_only,
+            concurrent_posts_see_members_at_commit,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {
@@ -264,6 +270,9 @@ pub mod store_suite {
     };
 
     crate::store_conformance_tests!(@list names);
+
+    mod audience;
+    pub use self::audience::*;
 
     // --- helpers -------------------------------------------------------------
 
@@ -361,7 +370,7 @@ pub mod store_suite {
             1,
             "apply must return one result per change, got {results:?}"
         );
-        some(results.pop(), "the one result of apply")
+        some(results.pop(), "the one result of apply").map(|c| c.applied)
     }
 
     /// A text message with a fresh id.
@@ -1227,7 +1236,7 @@ pub mod store_suite {
             .apply(vec![Change::Post(new.clone()), Change::Post(again)])
             .await;
         assert_eq!(results.len(), 2);
-        let mut results = results.into_iter();
+        let mut results = results.into_iter().map(|r| r.map(|c| c.applied));
         let (a, dup_a) = posted(some(results.next(), "result 0"), "batched post");
         let (b, dup_b) = posted(some(results.next(), "result 1"), "batched retry");
         assert!(
@@ -2278,8 +2287,9 @@ pub mod store_suite {
                 ..first.clone()
             }),
         ];
-        let mut results = s.apply(batch).await.into_iter();
+        let results = s.apply(batch).await;
         assert_eq!(results.len(), 8, "apply must return one result per change");
+        let mut results = results.into_iter().map(|r| r.map(|c| c.applied));
         let mut next = |i: usize| some(results.next(), &format!("result {i}"));
 
         let (m1, dup) = posted(next(0), "change 0 (post)");

@@ -13,7 +13,11 @@
 //!    post of the run could fail or be a duplicate, or the bulk insert
 //!    collides with a concurrent writer, the run goes through the per-change
 //!    path instead, which decides every case.
-//! 4. `COMMIT` once. If the transaction fails as a whole (`BEGIN`, a
+//! 4. Each applied change gets the members of its chat as of that change:
+//!    read once for every chat of the batch right after the locks (no other
+//!    writer can change them until `COMMIT`), and followed through the
+//!    batch's own membership changes.
+//! 5. `COMMIT` once. If the transaction fails as a whole (`BEGIN`, a
 //!    savepoint, `COMMIT`, a lost connection), every change of the batch
 //!    fails with the same [`Error::Batch`], and none was stored.
 
@@ -27,13 +31,13 @@ use std::{
 
 use chat_core::{
     ChatId, MessageId, MessageType, UserId,
-    store::{Applied, Change, NewMessage},
+    store::{Applied, Change, Committed, Members, NewMessage},
 };
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::{
     Error,
-    read::unsigned,
+    read::{self, unsigned},
     write::{self, Locks, RELEASE, ROLLBACK_AND_RELEASE, SAVEPOINT},
 };
 
@@ -85,7 +89,7 @@ pub(crate) async fn apply(
     changes: Vec<Change>,
     bulk: bool,
     counters: &Counters,
-) -> Vec<chat_core::Result<Applied>> {
+) -> Vec<chat_core::Result<Committed>> {
     let n = changes.len();
     if n == 0 {
         return Vec::new();
@@ -112,7 +116,7 @@ async fn run(
     changes: Vec<Change>,
     bulk: bool,
     counters: &Counters,
-) -> Result<Vec<chat_core::Result<Applied>>, sqlx::Error> {
+) -> Result<Vec<chat_core::Result<Committed>>, sqlx::Error> {
     // The design rests on READ COMMITTED: each statement after the chat
     // locks sees what the chats' previous writers committed. Said
     // explicitly, so a server default of REPEATABLE READ cannot turn lock
@@ -137,6 +141,14 @@ async fn run(
             .filter_map(|id| chats.get(id).copied())
             .collect(),
     );
+    let locked: Vec<&str> = locked.iter().map(String::as_str).collect();
+    let mut members: HashMap<ChatId, Arc<Members>> = read::members_of(&mut *tx, &locked)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(|(id, m)| (id, Arc::new(m)))
+        .collect();
+    let chat_ids: Vec<ChatId> = changes.iter().map(Change::chat_id).collect();
 
     let mut results = Vec::with_capacity(changes.len());
     let mut changes = changes.into_iter().peekable();
@@ -172,8 +184,44 @@ async fn run(
         let last = changes.peek().is_none();
         results.push(one(&mut tx, &mut locks, change, last).await?);
     }
+    let mut out = Vec::with_capacity(results.len());
+    for (result, chat_id) in results.into_iter().zip(chat_ids) {
+        let applied = match result {
+            Ok(applied) => applied,
+            Err(e) => {
+                out.push(Err(e));
+                continue;
+            }
+        };
+        let blocked = members.get(&chat_id).is_some_and(|m| m.blocked);
+        let current = match &applied {
+            Applied::Membership { chat, .. } => Arc::new(Members::of(chat, blocked)),
+            _ => match members.get(&chat_id) {
+                Some(m) => Arc::clone(m),
+                // Locked by the change itself (a chat that did not exist
+                // when the batch began).
+                None => {
+                    let id = chat_id.to_string();
+                    let mut read = read::members_of(&mut *tx, &[id.as_str()])
+                        .await
+                        .map_err(backend)?;
+                    Arc::new(read.remove(&chat_id).unwrap_or_default())
+                }
+            },
+        };
+        members.insert(chat_id, Arc::clone(&current));
+        out.push(Ok(Committed::new(applied, current)));
+    }
     tx.commit().await?;
-    Ok(results)
+    Ok(out)
+}
+
+/// A read of the batch that failed: the batch fails as a whole.
+fn backend(e: Error) -> sqlx::Error {
+    match e {
+        Error::Sqlx(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
 }
 
 /// Runs one change in its savepoint. The `last` change of a batch keeps its

@@ -54,7 +54,7 @@
 //!
 //! use chat_core::{
 //!     ChatId, ChatKind, MessageId, MessageType, Role, Store, Timestamp, UserId,
-//!     store::{Applied, Change, NewChat, NewMessage},
+//!     store::{Applied, Change, Committed, NewChat, NewMessage},
 //! };
 //! use chat_store_postgres::PostgresStore;
 //!
@@ -91,7 +91,7 @@
 //!     created_at: Timestamp::now(),
 //! });
 //! let mut results = store.apply(vec![post]).await;
-//! let Some(Ok(Applied::Posted { message, .. })) = results.pop() else {
+//! let Some(Ok(Committed { applied: Applied::Posted { message, .. }, .. })) = results.pop() else {
 //!     panic!("the post failed");
 //! };
 //! assert_eq!(message.seq, 1);
@@ -110,7 +110,7 @@ use async_trait::async_trait;
 use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy, Report,
     ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
-    store::{Applied, Change, ChatListQuery, HistoryQuery, NewChat, ReportResolution},
+    store::{Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution},
 };
 use sqlx::{
     PgPool,
@@ -248,7 +248,7 @@ fn core<T>(r: Result<T, Error>) -> chat_core::Result<T> {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn apply(&self, changes: Vec<Change>) -> Vec<chat_core::Result<Applied>> {
+    async fn apply(&self, changes: Vec<Change>) -> Vec<chat_core::Result<Committed>> {
         batch::apply(&self.pool, changes, self.config.bulk_posts, &self.counters).await
     }
 
@@ -279,6 +279,10 @@ impl Store for PostgresStore {
         settings: ParticipantSettings,
     ) -> chat_core::Result<()> {
         core(write::set_participant_settings(&self.pool, chat, user, settings).await)
+    }
+
+    async fn group_count(&self, user: &UserId) -> chat_core::Result<u64> {
+        core(read::group_count(&self.pool, user).await)
     }
 
     async fn co_members(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {

@@ -6,13 +6,13 @@
 //! functions take any executor: the pool for the store's reads, the
 //! transaction's connection for the writes that read back.
 
-use std::str::FromStr;
+use std::{collections::HashMap, str::FromStr};
 
 use chat_core::{
     Chat, ChatId, ChatKind, Encryption, MediaId, MediaRecord, Message, MessageId, Participant,
     ParticipantSettings, Privacy, Reactions, Report, ReportId, ReportStatus, Timestamp, UserId,
     UserRecord,
-    store::{ChatListQuery, HistoryQuery},
+    store::{ChatListQuery, HistoryQuery, Members},
 };
 use sqlx::{PgExecutor, Row, postgres::PgRow};
 
@@ -227,6 +227,63 @@ pub(crate) async fn list_chats<'e>(
     .fetch_all(ex)
     .await?;
     rows.iter().map(chat_from_row).collect()
+}
+
+/// How many groups `who` takes part in.
+pub(crate) async fn group_count<'e>(ex: impl PgExecutor<'e>, who: &UserId) -> Result<u64, Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM participants p JOIN chats c ON c.id = p.chat_id \
+         WHERE p.user_id = $1 AND c.kind = 'group'",
+    )
+    .bind(who.as_str())
+    .fetch_one(ex)
+    .await?;
+    unsigned("group count", n)
+}
+
+/// The members of each of `chats` (ids as text), as the transaction sees
+/// them now: participants in joining order, their mutes, and whether a
+/// direct chat's pair has a block either way.
+pub(crate) async fn members_of<'e>(
+    ex: impl PgExecutor<'e>,
+    chats: &[&str],
+) -> Result<HashMap<ChatId, Members>, Error> {
+    let rows = sqlx::query(
+        "SELECT c.id, c.kind, p.users, p.muted, \
+           (c.kind = 'direct' AND EXISTS (SELECT 1 FROM blocks b \
+              WHERE b.blocker = ANY (p.users) AND b.blocked = ANY (p.users) \
+                AND b.blocker <> b.blocked)) AS blocked \
+         FROM chats c LEFT JOIN LATERAL (SELECT \
+             array_agg(user_id ORDER BY ordinal) AS users, \
+             array_agg(muted_until ORDER BY ordinal) AS muted \
+           FROM participants WHERE chat_id = c.id) p ON TRUE \
+         WHERE c.id = ANY ($1)",
+    )
+    .bind(chats)
+    .fetch_all(ex)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let id: ChatId = parse("chats.id", r.try_get::<&str, _>("id")?)?;
+        let users: Option<Vec<String>> = r.try_get("users")?;
+        let n = users.as_ref().map_or(0, Vec::len);
+        let muted: Vec<Option<i64>> = array("participants.muted_until", r.try_get("muted")?, n)?;
+        let users = users
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| user("participants.user_id", u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut members = Members::default();
+        members.muted = users
+            .iter()
+            .zip(muted)
+            .filter_map(|(u, m)| m.map(|m| (u.clone(), ts(m))))
+            .collect();
+        members.users = users.into();
+        members.blocked = r.try_get::<Option<bool>, _>("blocked")?.unwrap_or(false);
+        out.insert(id, members);
+    }
+    Ok(out)
 }
 
 /// Everyone sharing a chat with `user`, sorted, each once.

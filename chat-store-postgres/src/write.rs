@@ -184,6 +184,32 @@ pub(crate) async fn apply(
     locks: &mut Locks,
     change: Change,
 ) -> Result<Applied, Error> {
+    // The heir is chosen here, under the chat's lock, from the chat as the
+    // batch's earlier changes left it.
+    let change = match change {
+        Change::EnsureAdmin { chat_id, by, at } => {
+            if !locks.ensure(conn, chat_id).await? {
+                return Err(not_found("chat not found"));
+            }
+            let chat = load_chat(conn, chat_id).await?;
+            match chat_core::store::heir(&chat).cloned() {
+                None => {
+                    return Ok(Applied::Membership {
+                        chat,
+                        message: None,
+                    });
+                }
+                Some(heir) => Change::SetRole {
+                    chat_id,
+                    user_id: heir,
+                    role: Role::Admin,
+                    by,
+                    at,
+                },
+            }
+        }
+        other => other,
+    };
     let event = change.system_event();
     match change {
         Change::Post(new) => post(conn, locks, new).await,
@@ -351,6 +377,17 @@ pub(crate) async fn apply(
                 .ok_or_else(|| not_found("not a participant"))?;
             if current == role {
                 return membership(conn, chat_id, None).await;
+            }
+            if current == Role::Admin
+                && chat_core::store::demotes_last_admin(
+                    &load_chat(conn, chat_id).await?,
+                    &user_id,
+                    role,
+                )
+            {
+                return Err(conflict(
+                    "a group needs an admin; make someone else admin first",
+                ));
             }
             let message = system_message(conn, chat_id, event, by, at).await?;
             sqlx::query("UPDATE participants SET role = $3 WHERE chat_id = $1 AND user_id = $2")

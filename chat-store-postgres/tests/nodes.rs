@@ -13,7 +13,7 @@ use std::{
 use chat_core::{
     Chat, ChatId, ChatKind, Encryption, Error as CoreError, MediaId, MediaRef, Message, MessageId,
     MessageType, Role, Store, Timestamp, UserId,
-    store::{Applied, Change, HistoryQuery, NewChat, NewMessage},
+    store::{Applied, Change, Committed, HistoryQuery, NewChat, NewMessage},
 };
 use chat_store_postgres::{
     PostgresConfig, PostgresStore,
@@ -75,8 +75,8 @@ async fn create(store: &dyn Store, chat: NewChat) -> Chat {
     }
 }
 
-fn posted(result: chat_core::Result<Applied>, what: &str) -> (Message, bool) {
-    match result {
+fn posted(result: chat_core::Result<Committed>, what: &str) -> (Message, bool) {
+    match result.map(|c| c.applied) {
         Ok(Applied::Posted { message, duplicate }) => (message, duplicate),
         other => panic!("{what}: expected Applied::Posted, got {other:?}"),
     }
@@ -357,11 +357,11 @@ async fn a_key_committed_by_another_node_mid_post_is_answered_from_the_store() {
 
 /// The outcomes of a batch, comparable across databases (errors by code).
 fn outcomes(
-    results: Vec<chat_core::Result<Applied>>,
+    results: Vec<chat_core::Result<Committed>>,
 ) -> Vec<Result<Applied, chat_core::ErrorCode>> {
     results
         .into_iter()
-        .map(|r| r.map_err(|e| e.code()))
+        .map(|r| r.map(|c| c.applied).map_err(|e| e.code()))
         .collect()
 }
 
@@ -520,4 +520,99 @@ async fn test_databases_are_dropped() {
         .await
         .unwrap_or_else(|e| panic!("pg_database: {e}"));
     assert_eq!(left, 0, "{name} must be dropped");
+}
+
+/// Audience at commit across nodes: posts in batches on one node race the
+/// removal of a member and the addition of another on the other node; every
+/// post's members have the removed member exactly when the post was logged
+/// before the removal, and the added one exactly when logged after the
+/// addition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_agree_on_the_members_of_every_change() {
+    const ROUNDS: i64 = 8;
+    const POSTS: usize = 6;
+    let Some((_db, nodes)) = two_nodes(small_pool()).await else {
+        return;
+    };
+    let (alice, bob, carol, nora) = (user("alice"), user("bob"), user("carol"), user("nora"));
+    for round in 0..ROUNDS {
+        let chat = create(&*nodes[0], group(ChatId::new(), &[&alice, &bob, &carol])).await;
+        let barrier = Arc::new(Barrier::new(3));
+        let posts = {
+            let (node, carol, barrier) = (Arc::clone(&nodes[1]), carol.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut out = Vec::new();
+                for i in 0..POSTS {
+                    // Pairs of posts per batch, so that the bulk path runs too.
+                    let batch = (0..2)
+                        .map(|j| {
+                            let cid = format!("r{round}-{i}-{j}");
+                            Change::Post(text(chat.id, &carol, &cid, "racing", round))
+                        })
+                        .collect();
+                    out.extend(node.apply(batch).await);
+                }
+                out
+            })
+        };
+        let membership = {
+            let (node, alice, bob, nora) = (
+                Arc::clone(&nodes[0]),
+                alice.clone(),
+                bob.clone(),
+                nora.clone(),
+            );
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let remove = Change::RemoveParticipant {
+                    chat_id: chat.id,
+                    user_id: bob,
+                    by: alice.clone(),
+                    at: at(round),
+                };
+                let add = Change::AddParticipant {
+                    chat_id: chat.id,
+                    user_id: nora,
+                    role: Role::Member,
+                    by: alice,
+                    max_participants: 10,
+                    at: at(round),
+                };
+                let mut seqs = Vec::new();
+                for change in [remove, add] {
+                    let mut out = node.apply(vec![change]).await;
+                    match out.pop().map(|r| r.map(|c| c.applied)) {
+                        Some(Ok(Applied::Membership {
+                            message: Some(m), ..
+                        })) => seqs.push(m.seq),
+                        other => panic!("a membership change: {other:?}"),
+                    }
+                }
+                seqs
+            })
+        };
+        barrier.wait().await;
+        let mut joined = join_all(vec![membership]).await;
+        let (removed_at, added_at) = (joined[0][0], joined[0][1]);
+        joined.clear();
+        for result in join_all(vec![posts]).await.remove(0) {
+            let committed = result.unwrap_or_else(|e| panic!("a racing post: {e}"));
+            let seq = match &committed.applied {
+                Applied::Posted { message, .. } => message.seq,
+                other => panic!("not a post: {other:?}"),
+            };
+            assert_eq!(
+                committed.members.contains(&bob),
+                seq < removed_at,
+                "round {round}: post {seq}, bob removed at {removed_at}"
+            );
+            assert_eq!(
+                committed.members.contains(&nora),
+                seq > added_at,
+                "round {round}: post {seq}, nora added at {added_at}"
+            );
+        }
+    }
 }

@@ -59,7 +59,7 @@
 //!
 //! use chat_core::{
 //!     ChatId, ChatKind, MessageId, MessageType, Role, Store, Timestamp, UserId,
-//!     store::{Applied, Change, NewChat, NewMessage},
+//!     store::{Applied, Change, Committed, NewChat, NewMessage},
 //! };
 //! use chat_store_sqlite::SqliteStore;
 //!
@@ -96,7 +96,7 @@
 //!     created_at: Timestamp::now(),
 //! });
 //! let mut results = store.apply(vec![post]).await;
-//! let Some(Ok(Applied::Posted { message, .. })) = results.pop() else {
+//! let Some(Ok(Committed { applied: Applied::Posted { message, .. }, .. })) = results.pop() else {
 //!     panic!("the post failed");
 //! };
 //! assert_eq!(message.seq, 1);
@@ -123,7 +123,7 @@ use async_trait::async_trait;
 use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy, Report,
     ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
-    store::{Applied, Change, ChatListQuery, HistoryQuery, NewChat, ReportResolution},
+    store::{Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution},
 };
 use rusqlite::{Connection, OpenFlags};
 
@@ -324,6 +324,27 @@ impl SqliteStore {
         }
     }
 
+    /// [`write`](Self::write) for a write that changes what the writer's
+    /// view of members holds: of `chat`, or of every chat (`None`).
+    async fn write_forgetting<T, F>(&self, chat: Option<ChatId>, f: F) -> chat_core::Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let submitted = self
+            .writer
+            .submit(1, move |batch| {
+                let out = batch.step(f);
+                batch.forget_members(chat);
+                out
+            })
+            .await;
+        match submitted {
+            Ok(out) => out.map_err(Into::into),
+            Err(failed) => Err(Error::from(failed).into()),
+        }
+    }
+
     /// Runs a query on a read connection.
     async fn read<T, F>(&self, f: F) -> chat_core::Result<T>
     where
@@ -336,7 +357,7 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn apply(&self, changes: Vec<Change>) -> Vec<chat_core::Result<Applied>> {
+    async fn apply(&self, changes: Vec<Change>) -> Vec<chat_core::Result<Committed>> {
         let n = changes.len();
         if n == 0 {
             return Vec::new();
@@ -379,6 +400,11 @@ impl Store for SqliteStore {
         let user = user.clone();
         self.read(move |conn| read::list_chats(conn, &user, query))
             .await
+    }
+
+    async fn group_count(&self, user: &UserId) -> chat_core::Result<u64> {
+        let user = user.clone();
+        self.read(move |conn| read::group_count(conn, &user)).await
     }
 
     async fn co_members(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {
@@ -434,8 +460,12 @@ impl Store for SqliteStore {
         on: bool,
     ) -> chat_core::Result<bool> {
         let (blocker, blocked) = (blocker.clone(), blocked.clone());
-        self.write(move |conn| write::set_block(conn, &blocker, &blocked, on))
-            .await
+        // Which direct chat a block concerns is not worth a read: blocks
+        // are rare, and the writer reloads members as it needs them.
+        self.write_forgetting(None, move |conn| {
+            write::set_block(conn, &blocker, &blocked, on)
+        })
+        .await
     }
 
     async fn blocked_by_user(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {
@@ -473,8 +503,10 @@ impl Store for SqliteStore {
         settings: ParticipantSettings,
     ) -> chat_core::Result<()> {
         let user = user.clone();
-        self.write(move |conn| write::set_participant_settings(conn, chat, &user, settings))
-            .await
+        self.write_forgetting(Some(chat), move |conn| {
+            write::set_participant_settings(conn, chat, &user, settings)
+        })
+        .await
     }
 
     async fn set_privacy(&self, user: &UserId, privacy: Privacy) -> chat_core::Result<()> {

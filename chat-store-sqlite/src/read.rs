@@ -239,6 +239,16 @@ pub(crate) fn list_chats(
 }
 
 /// Everyone sharing a chat with `user`, sorted, each once.
+pub(crate) fn group_count(conn: &Connection, user: &UserId) -> Result<u64, Error> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM participants p JOIN chats c ON c.id = p.chat_id \
+             WHERE p.user_id = ?1 AND c.kind = 'group'",
+        )?
+        .query_row([user.as_str()], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 pub(crate) fn co_members(conn: &Connection, user: &UserId) -> Result<Vec<UserId>, Error> {
     let ids: Vec<String> = conn
         .prepare_cached(

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use chat_core::{
     Chat, ChatId, ChatKind, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
     ParticipantSettings, Privacy, Report, ReportStatus, Role, Timestamp, UserId,
-    store::{Applied, Change, NewChat, NewMessage, ReportResolution},
+    store::{Applied, Change, Committed, NewChat, NewMessage, ReportResolution},
 };
 use rusqlite::{Connection, OptionalExtension, Params, Statement, params};
 
@@ -149,11 +149,25 @@ fn insert_message(conn: &Connection, m: &Message) -> Result<(), Error> {
 /// Applies one change of [`Store::apply`](chat_core::Store::apply) as a
 /// step of the group: a post without a savepoint
 /// (see [`post`]), anything else inside its own.
-pub(crate) fn apply(batch: &mut Batch<'_, '_>, change: Change) -> Result<Applied, Error> {
-    match change {
-        Change::Post(new) => batch.step_unguarded(|db, wrote| post(db, new, wrote)),
-        change => batch.step(|conn| apply_guarded(conn, change)),
-    }
+///
+/// The result carries the chat's members right after the change, from the
+/// writer's view: a membership change forgets the chat's entry, so that it
+/// is read again inside the transaction.
+pub(crate) fn apply(batch: &mut Batch<'_, '_>, change: Change) -> Result<Committed, Error> {
+    let chat_id = change.chat_id();
+    let applied = match change {
+        Change::Post(new) => batch.step_unguarded(|db, wrote| post(db, new, wrote))?,
+        change => {
+            let changes_members =
+                change.system_event().is_some() || matches!(change, Change::EnsureAdmin { .. });
+            let applied = batch.step(|conn| apply_guarded(conn, change));
+            if changes_members {
+                batch.forget_members(Some(chat_id));
+            }
+            applied?
+        }
+    };
+    Ok(Committed::new(applied, batch.members(chat_id)?))
 }
 
 fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
@@ -299,6 +313,13 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             if current == role {
                 return membership(conn, chat_id, None);
             }
+            if current == Role::Admin
+                && chat_core::store::demotes_last_admin(&load_chat(conn, chat_id)?, &user_id, role)
+            {
+                return Err(conflict(
+                    "a group needs an admin; make someone else admin first",
+                ));
+            }
             let message = system_message(conn, chat_id, event, &by, at)?;
             conn.prepare_cached(
                 "UPDATE participants SET role = ?3 WHERE chat_id = ?1 AND user_id = ?2",
@@ -309,6 +330,25 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
                 role.as_str()
             ])?;
             membership(conn, chat_id, Some(message))
+        }
+        Change::EnsureAdmin { chat_id, by, at } => {
+            let chat = load_chat(conn, chat_id)?;
+            match chat_core::store::heir(&chat).cloned() {
+                None => Ok(Applied::Membership {
+                    chat,
+                    message: None,
+                }),
+                Some(heir) => apply_guarded(
+                    conn,
+                    Change::SetRole {
+                        chat_id,
+                        user_id: heir,
+                        role: Role::Admin,
+                        by,
+                        at,
+                    },
+                ),
+            }
         }
         Change::UpdateGroup {
             chat_id,

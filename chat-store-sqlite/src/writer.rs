@@ -11,7 +11,8 @@
 //! after it (an I/O error) fails the group instead of one post.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
+    collections::HashMap,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc,
@@ -20,6 +21,7 @@ use std::{
     thread::JoinHandle,
 };
 
+use chat_core::{ChatId, ChatKind, store::Members};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,10 +33,61 @@ use crate::{
 /// How many jobs may wait for the writer before callers wait to enqueue.
 const QUEUE_CAPACITY: usize = 4096;
 
+/// Most chats whose members the writer keeps in its view; past that it
+/// starts again from empty (a reload is two short reads).
+const MEMBERS_VIEW_MAX: usize = 10_000;
+
+/// The writer's view of each chat's members, as the changes written so far
+/// left them: what `apply` returns as every change's audience (see
+/// "Audience at commit" on [`chat_core::Store`]). The writer is the only
+/// writer of the database, so the view is exact as long as every write that
+/// touches participants, their settings or blocks forgets what it changed,
+/// and a group that fails to commit forgets everything (its changes are
+/// gone, but a load inside it may have seen them).
+#[derive(Default)]
+pub(crate) struct MembersView {
+    map: RefCell<HashMap<ChatId, Arc<Members>>>,
+}
+
+impl MembersView {
+    fn get_or_load(&self, conn: &Connection, chat: ChatId) -> Result<Arc<Members>, Error> {
+        if let Some(m) = self.map.borrow().get(&chat) {
+            return Ok(m.clone());
+        }
+        let Some(loaded) = crate::read::chat(conn, chat)? else {
+            return Err(Error::Contract(chat_core::Error::not_found(
+                "chat not found",
+            )));
+        };
+        let blocked = match &loaded.participants[..] {
+            [a, b] if loaded.kind == ChatKind::Direct => {
+                crate::read::is_blocked_either(conn, &a.user_id, &b.user_id)?
+            }
+            _ => false,
+        };
+        let members = Arc::new(Members::of(&loaded, blocked));
+        let mut map = self.map.borrow_mut();
+        if map.len() >= MEMBERS_VIEW_MAX {
+            map.clear();
+        }
+        map.insert(chat, members.clone());
+        Ok(members)
+    }
+
+    fn forget(&self, chat: ChatId) {
+        self.map.borrow_mut().remove(&chat);
+    }
+
+    fn clear(&self) {
+        self.map.borrow_mut().clear();
+    }
+}
+
 /// One transaction of the writer, as a job sees it: a sequence of steps,
 /// each atomic on its own.
 pub(crate) struct Batch<'b, 'c> {
     prepared: &'b Prepared<'c>,
+    members: &'b MembersView,
     /// Set when the group's transaction can no longer be committed (a
     /// savepoint could not be rolled back, or SQLite rolled the whole
     /// transaction back after an I/O error): the rest of the group fails.
@@ -51,13 +104,44 @@ impl<'b, 'c> Batch<'b, 'c> {
         self.prepared.conn()
     }
 
-    fn new(prepared: &'b Prepared<'c>) -> Self {
+    fn new(prepared: &'b Prepared<'c>, members: &'b MembersView) -> Self {
         Self {
             prepared,
+            members,
             broken: None,
             in_step: false,
             in_unguarded: false,
             wrote: Cell::new(false),
+        }
+    }
+
+    /// The members of `chat` as the group's writes so far left them. A
+    /// failure to read them fails the whole group: the change before it
+    /// is written, and must not be acknowledged without its audience.
+    pub(crate) fn members(&mut self, chat: ChatId) -> Result<Arc<Members>, Error> {
+        if let Some(e) = &self.broken {
+            return Err(Error::Commit(e.clone()));
+        }
+        match self.members.get_or_load(self.conn(), chat) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read a chat's members; failing the group");
+                let broken = Arc::new(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("could not read the members of a changed chat".to_owned()),
+                ));
+                self.broken = Some(broken.clone());
+                Err(Error::Commit(broken))
+            }
+        }
+    }
+
+    /// Forgets the members of `chat` (a write changed them), or of every
+    /// chat (`None`: a block, which may concern any direct chat).
+    pub(crate) fn forget_members(&self, chat: Option<ChatId>) {
+        match chat {
+            Some(chat) => self.members.forget(chat),
+            None => self.members.clear(),
         }
     }
 
@@ -295,6 +379,7 @@ fn run(
     counters: &Counters,
 ) {
     let prepared = Prepared::new(&conn);
+    let members = MembersView::default();
     let mut carried: Option<Box<dyn Work>> = None;
     loop {
         let first = match carried.take() {
@@ -304,7 +389,7 @@ fn run(
                 None => break,
             },
         };
-        carried = commit_group(&prepared, first, &mut rx, batch_max, counters);
+        carried = commit_group(&prepared, &members, first, &mut rx, batch_max, counters);
     }
     tracing::debug!("SQLite writer stopped");
 }
@@ -323,6 +408,7 @@ fn run(
 /// carry half as many changes. A lone job still commits at once.
 fn commit_group(
     prepared: &Prepared<'_>,
+    members: &MembersView,
     first: Box<dyn Work>,
     rx: &mut mpsc::Receiver<Box<dyn Work>>,
     batch_max: usize,
@@ -336,7 +422,7 @@ fn commit_group(
         first.fail(why);
         return None;
     }
-    let mut batch = Batch::new(prepared);
+    let mut batch = Batch::new(prepared, members);
     let mut replies = Vec::new();
     let (mut jobs, mut changes) = (0, 0);
     let mut next = Some(first);
@@ -372,6 +458,7 @@ fn commit_group(
     };
     if let Err(e) = &result {
         tracing::error!(error = ?e, jobs, changes, "group commit failed");
+        members.clear();
         if !conn.is_autocommit() {
             if let Err(e) = conn.execute_batch("ROLLBACK") {
                 tracing::error!(error = %e, "could not roll back a failed group");

@@ -76,7 +76,7 @@ fn child(path: &str) -> TestResult {
                         created_at: Timestamp::now(),
                     });
                     for result in store.apply(vec![post]).await {
-                        if let Applied::Posted { message, .. } = result? {
+                        if let Applied::Posted { message, .. } = result?.applied {
                             emit(&format!("ACK {} {}", message.seq, message.id))?;
                         }
                     }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use chat_core::{
     ChatId, ChatKind, Error, MessageId, MessageType, Role, Store, Timestamp, UserId,
-    store::{Applied, Change, HistoryQuery, NewChat, NewMessage},
+    store::{Applied, Change, Committed, HistoryQuery, NewChat, NewMessage},
 };
 use chat_store_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use tempfile::TempDir;
@@ -61,8 +61,8 @@ fn text(chat: ChatId, sender: &UserId, client_id: Option<&str>, body: &str) -> N
     }
 }
 
-fn posted(r: chat_core::Result<Applied>) -> chat_core::Result<(chat_core::Message, bool)> {
-    match r? {
+fn posted(r: chat_core::Result<Committed>) -> chat_core::Result<(chat_core::Message, bool)> {
+    match r?.applied {
         Applied::Posted { message, duplicate } => Ok((message, duplicate)),
         other => panic!("not a post: {other:?}"),
     }
@@ -103,7 +103,8 @@ async fn seqs_are_sequential_and_shared_by_every_kind_of_change() -> TestResult 
         ])
         .await;
     let mut out = out.into_iter();
-    let Some(Ok(Applied::Updated { message, changed })) = out.next() else {
+    let Some(Ok(Applied::Updated { message, changed })) = out.next().map(|r| r.map(|c| c.applied))
+    else {
         panic!("edit failed")
     };
     assert!(changed);
@@ -111,7 +112,7 @@ async fn seqs_are_sequential_and_shared_by_every_kind_of_change() -> TestResult 
     let Some(Ok(Applied::Membership {
         chat: after,
         message: Some(system),
-    })) = out.next()
+    })) = out.next().map(|r| r.map(|c| c.applied))
     else {
         panic!("add failed")
     };
@@ -256,7 +257,13 @@ async fn a_post_after_another_is_checked_like_the_first() -> TestResult {
             at: Timestamp::now(),
         }])
         .await;
-    assert!(matches!(out.as_slice(), [Ok(Applied::Updated { .. })]));
+    assert!(matches!(
+        out.as_slice(),
+        [Ok(Committed {
+            applied: Applied::Updated { .. },
+            ..
+        })]
+    ));
     let (m2, _) = post1(&store, text(chat, &alice, Some("2"), "two")).await?;
     assert_eq!(m2.seq, 4);
     assert_eq!(store.get_chat(chat).await?.ok_or("gone")?.last_seq, 4);

@@ -12,7 +12,11 @@ mod validate;
 mod writer;
 
 use bytes::Bytes;
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +95,10 @@ pub struct EngineConfig {
     pub max_sync_cursors: usize,
     /// Changes per chat in one `sync` page.
     pub sync_page: usize,
+    /// Chats in one `sync` page.
+    pub sync_chats_page: usize,
+    /// About how many bytes one `sync` page may take (at least one chat).
+    pub sync_page_bytes: usize,
     /// Messages in a `join_chat` answer.
     pub join_history: usize,
     /// Typing expires after this long without a new `typing_start`.
@@ -103,6 +111,9 @@ pub struct EngineConfig {
     pub write_batch: usize,
     /// Most changes waiting per lane before senders wait.
     pub write_queue: usize,
+    /// Most groups one user may be a member of; adding them to one more is
+    /// a `conflict`.
+    pub max_groups_per_user: usize,
     /// Most chats kept in memory for sends, receipts and typing (0: none).
     /// Only used with a single-node bus; see [`Bus::single_node`].
     pub chat_cache: usize,
@@ -114,11 +125,14 @@ impl Default for EngineConfig {
             max_text_chars: 8192,
             max_ciphertext_bytes: 60 * 1024,
             max_group_members: 256,
+            max_groups_per_user: 1000,
             max_connections_per_user: 16,
             max_open_chats: 128,
             max_reactions_per_message: 32,
             max_sync_cursors: 1000,
             sync_page: 100,
+            sync_chats_page: 100,
+            sync_page_bytes: 512 * 1024,
             join_history: 50,
             typing_ttl: Duration::from_secs(6),
             presence_grace: Duration::from_secs(2),
@@ -373,13 +387,37 @@ pub struct SyncChat {
     pub has_more: bool,
 }
 
-/// The answer to `sync`.
+/// The answer to `sync`: one page of the user's chats.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SyncResult {
-    /// Every chat of the user, with its changes.
+    /// The chats of this page, with their changes.
     pub chats: Vec<SyncChat>,
-    /// Chats the client had cursors for that the user is no longer in.
+    /// Chats the client had cursors for that the user is no longer in
+    /// (on the first page).
     pub removed_chat_ids: Vec<ChatId>,
+    /// Where the next page starts (`sync` again with `after: next`);
+    /// `null` on the last page.
+    pub next: Option<String>,
+}
+
+/// Parses the `next` of a sync page: `<last_activity millis>.<chat id>`.
+fn parse_sync_cursor(text: &str) -> Result<(Timestamp, ChatId)> {
+    let bad = || Error::invalid("after must be the next of an earlier sync page");
+    let (at, id) = text.split_once('.').ok_or_else(bad)?;
+    let at = at.parse::<i64>().map_err(|_| bad())?;
+    let id = id.parse::<ChatId>().map_err(|_| bad())?;
+    Ok((Timestamp::from_millis(at), id))
+}
+
+/// About how many bytes a chat and its changes take in a sync answer, to
+/// bound a page without encoding it twice.
+fn approx_size(chat: &Chat, changes: &[Message]) -> usize {
+    let participants = chat.participants.len() * 160;
+    let messages: usize = changes
+        .iter()
+        .map(|m| 300 + m.content.as_ref().map_or(0, String::len))
+        .sum();
+    400 + participants + messages
 }
 
 /// Receipt kinds of [`ChatEngine::mark`].
@@ -450,6 +488,21 @@ impl ChatEngine {
         self.inner
             .hub
             .close_all(crate::transport::CLOSE_GOING_AWAY, "server shutting down");
+    }
+
+    /// Whether the engine can serve: the store answers a read, and every
+    /// write lane is running. Transports expose it as their health check.
+    pub async fn health(&self) -> Health {
+        let store = match self.inner.store.get_chat(ChatId::new()).await {
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        let lanes = self.inner.writer.healthy();
+        Health {
+            ok: store.is_none() && lanes,
+            store_error: store,
+            lanes_running: lanes,
+        }
     }
 
     /// The actor for an authenticated user; refuses suspended users.
@@ -665,14 +718,100 @@ impl ChatEngine {
 
     /// Every change the actor's devices missed: for each of the actor's
     /// chats, the messages with `updated_seq` above the client's cursor (all
-    /// of them for chats the client has no cursor for), in pages.
+    /// of them for chats the client has no cursor for), in pages. The
+    /// first page of [`sync_from`](Self::sync_from).
     pub async fn sync(&self, actor: &Actor, cursors: &HashMap<ChatId, u64>) -> Result<SyncResult> {
-        let max = self.inner.config.max_sync_cursors;
+        self.sync_from(actor, cursors, None).await
+    }
+
+    /// One page of `sync`: the chats after `after` (the `next` of the page
+    /// before; `None` for the first), most recent activity first, as many
+    /// as fit in [`EngineConfig::sync_chats_page`] chats and about
+    /// [`EngineConfig::sync_page_bytes`] bytes (at least one chat), each
+    /// with at most [`EngineConfig::sync_page`] changes. `next` is set
+    /// while more chats follow. `removed_chat_ids` comes with the first
+    /// page. A chat whose activity moves it ahead of the cursor between
+    /// pages is not missed: the connection receives its new events live,
+    /// and the next sync from the start brings it.
+    pub async fn sync_from(
+        &self,
+        actor: &Actor,
+        cursors: &HashMap<ChatId, u64>,
+        after: Option<&str>,
+    ) -> Result<SyncResult> {
+        let config = &self.inner.config;
+        let max = config.max_sync_cursors;
         if cursors.len() > max {
             return Err(Error::invalid(format!("at most {max} cursors per sync")));
         }
-        let page = self.inner.config.sync_page;
-        let mut chats = Vec::new();
+        let after = after.map(parse_sync_cursor).transpose()?;
+        let removed_chat_ids = match after {
+            None if !cursors.is_empty() => self.removed_chats(actor, cursors).await?,
+            _ => Vec::new(),
+        };
+        let me = &actor.user_id;
+        let (page_chats, page_bytes) = (config.sync_chats_page.max(1), config.sync_page_bytes);
+        let batch = self
+            .inner
+            .store
+            .list_chats(
+                me,
+                ChatListQuery {
+                    after,
+                    limit: page_chats + 1,
+                },
+            )
+            .await?;
+        let fetched = batch.len().min(page_chats);
+        let more = batch.len() > page_chats;
+        let mut out = Vec::with_capacity(fetched);
+        let mut bytes = 0usize;
+        let mut last = None;
+        for chat in batch.into_iter().take(page_chats) {
+            if !out.is_empty() && bytes >= page_bytes {
+                break;
+            }
+            last = Some((chat.last_activity, chat.id));
+            let cursor = cursors.get(&chat.id).copied().unwrap_or(0);
+            let from_seq = chat.participant(me).map_or(0, |p| p.visible_from_seq);
+            let (changes, has_more) = if cursor >= chat.last_seq {
+                (Vec::new(), false)
+            } else {
+                let mut changes = self
+                    .inner
+                    .store
+                    .changes(chat.id, cursor, from_seq, config.sync_page + 1)
+                    .await?;
+                let has_more = changes.len() > config.sync_page;
+                changes.truncate(config.sync_page);
+                (changes, has_more)
+            };
+            bytes += approx_size(&chat, &changes);
+            out.push(SyncChat {
+                chat: self.view(chat, me).await?,
+                changes,
+                has_more,
+            });
+        }
+        let next = if more || out.len() < fetched {
+            last.map(|(at, id)| format!("{}.{id}", at.as_millis()))
+        } else {
+            None
+        };
+        Ok(SyncResult {
+            chats: out,
+            removed_chat_ids,
+            next,
+        })
+    }
+
+    /// The chats of `cursors` the actor no longer takes part in.
+    async fn removed_chats(
+        &self,
+        actor: &Actor,
+        cursors: &HashMap<ChatId, u64>,
+    ) -> Result<Vec<ChatId>> {
+        let mut seen = HashSet::with_capacity(cursors.len());
         let mut after = None;
         loop {
             let batch = self
@@ -683,47 +822,18 @@ impl ChatEngine {
             let Some(last) = batch.last() else { break };
             after = Some((last.last_activity, last.id));
             let done = batch.len() < 500;
-            chats.extend(batch);
+            seen.extend(batch.into_iter().map(|c| c.id));
             if done {
                 break;
             }
         }
-        let mut out = Vec::with_capacity(chats.len());
-        let mut seen = std::collections::HashSet::with_capacity(chats.len());
-        for chat in chats {
-            seen.insert(chat.id);
-            let cursor = cursors.get(&chat.id).copied().unwrap_or(0);
-            let from_seq = chat
-                .participant(&actor.user_id)
-                .map_or(0, |p| p.visible_from_seq);
-            let (changes, has_more) = if cursor >= chat.last_seq {
-                (Vec::new(), false)
-            } else {
-                let mut changes = self
-                    .inner
-                    .store
-                    .changes(chat.id, cursor, from_seq, page + 1)
-                    .await?;
-                let has_more = changes.len() > page;
-                changes.truncate(page);
-                (changes, has_more)
-            };
-            out.push(SyncChat {
-                chat: self.view(chat, &actor.user_id).await?,
-                changes,
-                has_more,
-            });
-        }
-        let mut removed_chat_ids: Vec<ChatId> = cursors
+        let mut removed: Vec<ChatId> = cursors
             .keys()
             .filter(|id| !seen.contains(id))
             .copied()
             .collect();
-        removed_chat_ids.sort();
-        Ok(SyncResult {
-            chats: out,
-            removed_chat_ids,
-        })
+        removed.sort();
+        Ok(removed)
     }
 
     // --- creating chats --------------------------------------------------
@@ -781,15 +891,24 @@ impl ChatEngine {
         let description =
             optional_text("description", group.description.as_deref(), MAX_DESCRIPTION)?;
         let avatar_url = optional_url(group.avatar_url.as_deref())?;
+        let max = self.inner.config.max_group_members;
+        // Refused before any work on the list: a client controls its length.
+        if group.member_ids.len() >= max.saturating_mul(2) {
+            return Err(Error::invalid(format!("a group has at most {max} members")));
+        }
+        let mut seen = HashSet::with_capacity(group.member_ids.len() + 1);
+        seen.insert(me.clone());
         let mut members: Vec<(UserId, Role)> = vec![(me.clone(), Role::Admin)];
         for m in group.member_ids {
-            if !members.iter().any(|(u, _)| *u == m) {
+            if seen.insert(m.clone()) {
                 members.push((m, Role::Member));
             }
         }
-        let max = self.inner.config.max_group_members;
         if members.len() > max {
             return Err(Error::invalid(format!("a group has at most {max} members")));
+        }
+        for (m, _) in &members {
+            self.room_for_group(m).await?;
         }
         for (m, _) in &members[1..] {
             self.may_add(me, m).await?;
@@ -810,6 +929,20 @@ impl ChatEngine {
             .await?;
         self.announce_chat(&chat).await;
         self.view(chat, me).await
+    }
+
+    /// Refuses to put `user` into one more group once they are in
+    /// `max_groups_per_user`. Checked before the change is queued, so two
+    /// additions racing may pass it together: the cap bounds what one user
+    /// can be made to receive, and a few over it do no harm.
+    async fn room_for_group(&self, user: &UserId) -> Result<()> {
+        let max = self.inner.config.max_groups_per_user;
+        if self.inner.store.group_count(user).await? >= max as u64 {
+            return Err(Error::conflict(format!(
+                "{user} is in {max} groups already, the most one user may join"
+            )));
+        }
+        Ok(())
     }
 
     async fn may_add(&self, actor: &UserId, member: &UserId) -> Result<()> {
@@ -932,6 +1065,20 @@ impl ChatEngine {
         if cached.blocked {
             return Err(Error::forbidden("you cannot write to this user"));
         }
+        // A retry of a stored message returns it without running the hooks
+        // again: their side effects (a report, an escalation) happened
+        // once. Looked up only when there are hooks, so that a send reads
+        // nothing otherwise; the store answers those retries itself.
+        if !self.inner.hooks.is_empty() {
+            if let Some(stored) = store.find_by_client_id(me, &req.client_msg_id).await? {
+                if stored.chat_id != chat_id {
+                    return Err(Error::conflict(
+                        "client_msg_id was already used in another chat",
+                    ));
+                }
+                return Ok((stored, None));
+            }
+        }
         let flag = self.run_hooks(chat, me, kind, content.as_deref()).await?;
         let new = NewMessage {
             id: MessageId::new(),
@@ -945,20 +1092,10 @@ impl ChatEngine {
             system: None,
             created_at: self.now(),
         };
-        let mut fanout = Fanout::to(cached.members.clone(), EventKind::Post);
-        if self.inner.notifier.is_some() {
-            let now = self.now();
-            fanout.muted = chat
-                .participants
-                .iter()
-                .filter(|p| p.settings.muted_until.is_some_and(|t| t > now))
-                .map(|p| p.user_id.clone())
-                .collect();
-        }
         let done = self
             .inner
             .writer
-            .submit_framed(Change::Post(new), fanout)
+            .submit_framed(Change::Post(new), Fanout::new(EventKind::Post), None)
             .await?;
         let crate::store::Applied::Posted { message, duplicate } = done.applied else {
             return Err(unexpected());
@@ -1042,8 +1179,7 @@ impl ChatEngine {
             content,
             at: self.now(),
         };
-        self.updated(change, Fanout::new(&chat, EventKind::Edit))
-            .await
+        self.updated(change, Fanout::new(EventKind::Edit)).await
     }
 
     /// Deletes a message (leaves a tombstone): the sender, or a group's
@@ -1069,8 +1205,7 @@ impl ChatEngine {
             message_id,
             at: self.now(),
         };
-        self.updated(change, Fanout::new(&chat, EventKind::Delete))
-            .await
+        self.updated(change, Fanout::new(EventKind::Delete)).await
     }
 
     /// Adds (`add`) or removes the actor's reaction to a message.
@@ -1103,7 +1238,7 @@ impl ChatEngine {
             emoji: emoji.to_owned(),
             add,
         };
-        self.updated(change, Fanout::new(&chat, kind)).await
+        self.updated(change, Fanout::new(kind)).await
     }
 
     async fn updated(&self, change: Change, fanout: Fanout) -> Result<Message> {
@@ -1137,7 +1272,10 @@ impl ChatEngine {
             chat_id,
             user_id: actor.user_id.clone(),
         };
-        let mut fanout = Fanout::to(cached.members.clone(), kind);
+        // Checked again by the store at commit; read here so that a
+        // non-member gets `not_found` without queueing anything.
+        drop(cached);
+        let mut fanout = Fanout::new(kind);
         if !privacy.read_receipts {
             fanout.private_reads_of = Some(actor.user_id.clone());
         }
@@ -1190,6 +1328,7 @@ impl ChatEngine {
             return Err(Error::conflict(format!("{user} is already a participant")));
         }
         self.may_add(&actor.user_id, user).await?;
+        self.room_for_group(user).await?;
         let change = Change::AddParticipant {
             chat_id,
             user_id: user.clone(),
@@ -1198,7 +1337,7 @@ impl ChatEngine {
             max_participants: self.inner.config.max_group_members,
             at: self.now(),
         };
-        self.membership(&chat, change).await?;
+        self.membership(change).await?;
         Ok(())
     }
 
@@ -1228,39 +1367,26 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        let applied = self.membership(&chat, change).await?;
-        if let crate::store::Applied::Membership { chat: after, .. } = applied {
-            self.ensure_admin(&after, &actor.user_id).await?;
-        }
-        Ok(())
-    }
-
-    async fn ensure_admin(&self, chat: &Chat, by: &UserId) -> Result<()> {
-        if chat.participants.iter().any(|p| p.role == Role::Admin) {
-            return Ok(());
-        }
-        let heir = chat
-            .participants
-            .iter()
-            .find(|p| p.role == Role::Moderator)
-            .or_else(|| chat.participants.first());
-        let Some(heir) = heir else { return Ok(()) };
-        let change = Change::SetRole {
-            chat_id: chat.id,
-            user_id: heir.user_id.clone(),
-            role: Role::Admin,
-            by: by.clone(),
+        // The heir is chosen and promoted by the store at commit, in the
+        // same batch as the removal: two admins leaving at once cannot
+        // leave the group without one, and nothing comes between.
+        let ensure = Change::EnsureAdmin {
+            chat_id,
+            by: actor.user_id.clone(),
             at: self.now(),
         };
-        self.membership(chat, change).await?;
+        self.inner
+            .writer
+            .submit_framed(change, Fanout::new(EventKind::Membership), Some(ensure))
+            .await?;
         Ok(())
     }
 
     /// Applies a membership change or group update through the chat's lane.
-    async fn membership(&self, chat: &Chat, change: Change) -> Result<crate::store::Applied> {
+    async fn membership(&self, change: Change) -> Result<crate::store::Applied> {
         self.inner
             .writer
-            .submit(change, Fanout::new(chat, EventKind::Membership))
+            .submit(change, Fanout::new(EventKind::Membership))
             .await
     }
 
@@ -1280,12 +1406,9 @@ impl ChatEngine {
         let target = chat
             .participant(user)
             .ok_or_else(|| Error::not_found(format!("{user} is not a participant")))?;
-        let admins = chat
-            .participants
-            .iter()
-            .filter(|p| p.role == Role::Admin)
-            .count();
-        if target.role == Role::Admin && role != Role::Admin && admins == 1 {
+        // The store checks this again at commit, where two admins demoting
+        // each other at once cannot both pass.
+        if target.role == Role::Admin && crate::store::demotes_last_admin(&chat, user, role) {
             return Err(Error::conflict(
                 "a group needs an admin; make someone else admin first",
             ));
@@ -1297,7 +1420,7 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        self.membership(&chat, change).await?;
+        self.membership(change).await?;
         Ok(())
     }
 
@@ -1336,7 +1459,7 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        match self.membership(&chat, change).await? {
+        match self.membership(change).await? {
             crate::store::Applied::Membership { chat, .. } => self.view(chat, &actor.user_id).await,
             _ => Err(unexpected()),
         }
@@ -1516,9 +1639,20 @@ impl ChatEngine {
             message_id,
             at: self.now(),
         };
-        self.updated(change, Fanout::new(&chat, EventKind::Delete))
-            .await
+        self.updated(change, Fanout::new(EventKind::Delete)).await
     }
+}
+
+/// The answer of [`ChatEngine::health`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Health {
+    /// Everything works.
+    pub ok: bool,
+    /// Why the store's read failed, if it did.
+    pub store_error: Option<String>,
+    /// Every write lane is running.
+    pub lanes_running: bool,
 }
 
 /// What an admin does about a report.

@@ -1534,3 +1534,457 @@ async fn a_send_is_acked_with_the_message_its_event_carries() {
             .all(|f| f["type"] != "message_received")
     );
 }
+
+// --- audience at commit and the faults around it ----------------------------
+
+/// Eight sends of carol into `chat`, started at once and not awaited.
+fn pipelined_sends(
+    e: &ChatEngine,
+    chat: ChatId,
+    round: usize,
+) -> Vec<tokio::task::JoinHandle<Result<Message>>> {
+    (0..8)
+        .map(|i| {
+            let e = e.clone();
+            tokio::spawn(
+                async move { send(&e, "carol", chat, &format!("r{round}-{i}"), "hi").await },
+            )
+        })
+        .collect()
+}
+
+/// The seqs the sends were acknowledged with.
+async fn acked_seqs(sends: Vec<tokio::task::JoinHandle<Result<Message>>>) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for s in sends {
+        seqs.push(s.await.unwrap().unwrap().seq);
+    }
+    seqs
+}
+
+/// The seqs of the text messages a client received so far.
+fn received_text_seqs(client: &mut Client) -> Vec<u64> {
+    client
+        .drain()
+        .into_iter()
+        .filter(|f| f["type"] == "message_received" && f["data"]["type"] == "text")
+        .map(|f| f["data"]["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// Sends racing a removal: the removed member receives every message
+/// logged before the removal and none after it, in every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_gets_nothing_logged_after_the_removal() {
+    let e = engine().await;
+    for round in 0..20 {
+        let chat = group(&e, "alice", &["bob", "carol"]).await;
+        let mut bob = Client::connect_with(&e, "bob", &format!("d{round}"), 1024).await;
+        let sends = pipelined_sends(&e, chat, round);
+        e.remove_participant(&actor("alice"), chat, &uid("bob"))
+            .await
+            .unwrap();
+        let seqs = acked_seqs(sends).await;
+        let log = e
+            .history(&actor("alice"), chat, HistoryRequest::default())
+            .await
+            .unwrap()
+            .messages;
+        let removed_at = log
+            .iter()
+            .find(|m| {
+                matches!(&m.system, Some(SystemEvent::ParticipantRemoved { user_id }) if user_id.as_str() == "bob")
+            })
+            .unwrap()
+            .seq;
+        let got = received_text_seqs(&mut bob);
+        let expected: Vec<u64> = {
+            let mut v: Vec<u64> = seqs.into_iter().filter(|s| *s < removed_at).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(got, expected, "round {round}: bob removed at {removed_at}");
+        bob.session.close().await;
+    }
+}
+
+/// Sends racing an addition: the added member receives every message
+/// logged after the addition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_member_gets_everything_logged_after_the_addition() {
+    let e = engine().await;
+    for round in 0..20 {
+        let chat = group(&e, "alice", &["carol"]).await;
+        let mut nora = Client::connect_with(&e, "nora", &format!("d{round}"), 1024).await;
+        let sends = pipelined_sends(&e, chat, round);
+        e.add_participant(&actor("alice"), chat, &uid("nora"), Role::Member)
+            .await
+            .unwrap();
+        let seqs = acked_seqs(sends).await;
+        let added_at = e
+            .get_chat(&actor("nora"), chat)
+            .await
+            .unwrap()
+            .chat
+            .participants[2]
+            .visible_from_seq;
+        let got = received_text_seqs(&mut nora);
+        let mut expected: Vec<u64> = seqs.into_iter().filter(|s| *s > added_at).collect();
+        expected.sort_unstable();
+        assert_eq!(got, expected, "round {round}: nora added at {added_at}");
+        nora.session.close().await;
+    }
+}
+
+/// Two admins demoting each other at once: one of them stays admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_demotions_leave_an_admin() {
+    let e = engine().await;
+    for _ in 0..20 {
+        let chat = group(&e, "alice", &["bob", "carol"]).await;
+        e.set_role(&actor("alice"), chat, &uid("bob"), Role::Admin)
+            .await
+            .unwrap();
+        let (alice, bob) = (actor("alice"), actor("bob"));
+        let (a, b) = tokio::join!(
+            e.set_role(&alice, chat, &alice.user_id, Role::Member),
+            e.set_role(&bob, chat, &bob.user_id, Role::Member),
+        );
+        assert!(a.is_ok() || b.is_ok(), "one may step down");
+        let admins = e
+            .get_chat(&actor("carol"), chat)
+            .await
+            .unwrap()
+            .chat
+            .participants
+            .iter()
+            .filter(|p| p.role == Role::Admin)
+            .count();
+        assert_eq!(admins, 1, "exactly one admin is left");
+    }
+}
+
+/// Two admins leaving at once: an heir is promoted, in the same batch as
+/// the removal that left the group without admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_leaving_at_once_hand_over() {
+    let e = engine().await;
+    for _ in 0..20 {
+        let chat = group(&e, "alice", &["bob", "carol", "dave"]).await;
+        e.set_role(&actor("alice"), chat, &uid("bob"), Role::Admin)
+            .await
+            .unwrap();
+        let (alice, bob) = (actor("alice"), actor("bob"));
+        let (a, b) = tokio::join!(
+            e.remove_participant(&alice, chat, &alice.user_id),
+            e.remove_participant(&bob, chat, &bob.user_id),
+        );
+        a.unwrap();
+        b.unwrap();
+        let chat = e.get_chat(&actor("carol"), chat).await.unwrap().chat;
+        let admins: Vec<_> = chat
+            .participants
+            .iter()
+            .filter(|p| p.role == Role::Admin)
+            .map(|p| p.user_id.as_str().to_owned())
+            .collect();
+        assert_eq!(admins, vec!["carol".to_owned()], "the heir is carol");
+    }
+}
+
+/// In a direct chat with a block either way, typing, receipts, reactions
+/// and edits of one side do not reach the other.
+#[tokio::test]
+async fn a_block_stops_every_signal_in_the_direct_chat() {
+    let e = engine().await;
+    let chat = direct(&e, "alice", "bob").await;
+    let m = send(&e, "alice", chat, "a1", "hello").await.unwrap();
+    let mut alice = Client::connect(&e, "alice").await;
+    let bob = Client::connect(&e, "bob").await;
+    alice.drain();
+    bob.cmd(serde_json::json!({"type": "join_chat", "id": "j", "data": {"chat_id": chat}}))
+        .await;
+    alice
+        .cmd(serde_json::json!({"type": "join_chat", "id": "j", "data": {"chat_id": chat}}))
+        .await;
+    e.block(&actor("alice"), &uid("bob"), true).await.unwrap();
+    alice.drain();
+    bob.session.typing(chat, true).await.unwrap();
+    e.mark(&actor("bob"), chat, Receipt::Read, m.seq)
+        .await
+        .unwrap();
+    e.react(&actor("bob"), m.id, "👍", true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        alice.types(),
+        Vec::<String>::new(),
+        "nothing bob does reaches alice, who blocks him"
+    );
+    // Lifting the block lets signals through again.
+    e.block(&actor("alice"), &uid("bob"), false).await.unwrap();
+    e.react(&actor("bob"), m.id, "👀", true).await.unwrap();
+    assert_eq!(alice.next_of("reaction_added").await["emoji"], "👀");
+}
+
+/// A retry of a stored message does not run the hooks again: a flag files
+/// one report, however often the client retries.
+#[tokio::test]
+async fn hooks_do_not_run_again_on_a_retry() {
+    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
+        .hook(Arc::new(WordHook))
+        .build()
+        .await
+        .unwrap();
+    let chat = direct(&e, "alice", "bob").await;
+    let first = send(&e, "alice", chat, "c1", "I feel hopeless")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let again = send(&e, "alice", chat, "c1", "I feel hopeless")
+            .await
+            .unwrap();
+        assert_eq!(again, first);
+    }
+    let reports = e
+        .list_reports(&Actor::admin(uid("root")), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(reports.len(), 1, "one report for one message");
+}
+
+/// A store that panics while applying, once.
+#[derive(Debug)]
+struct PanicsOnce {
+    inner: MemoryStore,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for PanicsOnce {
+    async fn apply(&self, changes: Vec<Change>) -> Vec<Result<crate::store::Committed>> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("a bug in the store");
+        }
+        self.inner.apply(changes).await
+    }
+    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool)> {
+        self.inner.create_chat(chat).await
+    }
+    async fn get_chat(&self, id: ChatId) -> Result<Option<Chat>> {
+        self.inner.get_chat(id).await
+    }
+    async fn find_direct_chat(&self, a: &UserId, b: &UserId) -> Result<Option<Chat>> {
+        self.inner.find_direct_chat(a, b).await
+    }
+    async fn list_chats(&self, user: &UserId, query: ChatListQuery) -> Result<Vec<Chat>> {
+        self.inner.list_chats(user, query).await
+    }
+    async fn set_participant_settings(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        settings: ParticipantSettings,
+    ) -> Result<()> {
+        self.inner
+            .set_participant_settings(chat, user, settings)
+            .await
+    }
+    async fn group_count(&self, user: &UserId) -> Result<u64> {
+        self.inner.group_count(user).await
+    }
+    async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>> {
+        self.inner.co_members(user).await
+    }
+    async fn get_message(&self, id: MessageId) -> Result<Option<Message>> {
+        self.inner.get_message(id).await
+    }
+    async fn find_by_client_id(&self, sender: &UserId, cid: &str) -> Result<Option<Message>> {
+        self.inner.find_by_client_id(sender, cid).await
+    }
+    async fn history(&self, chat: ChatId, query: HistoryQuery) -> Result<Vec<Message>> {
+        self.inner.history(chat, query).await
+    }
+    async fn changes(
+        &self,
+        chat: ChatId,
+        after: u64,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        self.inner.changes(chat, after, from, limit).await
+    }
+    async fn unread_count(&self, chat: ChatId, user: &UserId, after: u64) -> Result<u64> {
+        self.inner.unread_count(chat, user, after).await
+    }
+    async fn set_block(&self, a: &UserId, b: &UserId, on: bool) -> Result<bool> {
+        self.inner.set_block(a, b, on).await
+    }
+    async fn blocked_by_user(&self, user: &UserId) -> Result<Vec<UserId>> {
+        self.inner.blocked_by_user(user).await
+    }
+    async fn blockers_of(&self, user: &UserId) -> Result<Vec<UserId>> {
+        self.inner.blockers_of(user).await
+    }
+    async fn is_blocked_either(&self, a: &UserId, b: &UserId) -> Result<bool> {
+        self.inner.is_blocked_either(a, b).await
+    }
+    async fn get_user(&self, user: &UserId) -> Result<Option<UserRecord>> {
+        self.inner.get_user(user).await
+    }
+    async fn set_last_seen(&self, user: &UserId, at: Timestamp) -> Result<()> {
+        self.inner.set_last_seen(user, at).await
+    }
+    async fn set_privacy(&self, user: &UserId, privacy: Privacy) -> Result<()> {
+        self.inner.set_privacy(user, privacy).await
+    }
+    async fn set_suspension(&self, user: &UserId, until: Option<Timestamp>) -> Result<()> {
+        self.inner.set_suspension(user, until).await
+    }
+    async fn insert_report(&self, report: Report) -> Result<Report> {
+        self.inner.insert_report(report).await
+    }
+    async fn get_report(&self, id: ReportId) -> Result<Option<Report>> {
+        self.inner.get_report(id).await
+    }
+    async fn list_reports(
+        &self,
+        status: Option<ReportStatus>,
+        limit: usize,
+    ) -> Result<Vec<Report>> {
+        self.inner.list_reports(status, limit).await
+    }
+    async fn resolve_report(&self, resolution: ReportResolution) -> Result<Report> {
+        self.inner.resolve_report(resolution).await
+    }
+    async fn insert_media(&self, record: MediaRecord) -> Result<()> {
+        self.inner.insert_media(record).await
+    }
+    async fn get_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
+        self.inner.get_media(id).await
+    }
+}
+
+/// A panic in the store fails the batch's callers; the lane goes on and
+/// health stays ok.
+#[tokio::test]
+async fn a_panicking_store_fails_one_batch_not_the_lane() {
+    let store = Arc::new(PanicsOnce {
+        inner: MemoryStore::new(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let e = ChatEngine::builder(store.clone()).build().await.unwrap();
+    let chat = direct(&e, "alice", "bob").await;
+    assert!(e.health().await.ok);
+    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        code(send(&e, "alice", chat, "c1", "lost").await),
+        C::Internal,
+        "the batch that panicked fails"
+    );
+    let m = send(&e, "alice", chat, "c2", "next").await.unwrap();
+    assert_eq!(m.seq, 1, "the lane still runs");
+    let health = e.health().await;
+    assert!(health.ok && health.lanes_running, "{health:?}");
+}
+
+/// A group's member list is checked against the limit before it is worked
+/// on, and a user can be in at most `max_groups_per_user` groups.
+#[tokio::test]
+async fn group_sizes_and_memberships_are_bounded() {
+    let config = EngineConfig {
+        max_groups_per_user: 2,
+        ..EngineConfig::default()
+    };
+    let (e, _) = engine_with(config).await;
+    let huge = NewGroup {
+        name: "huge".into(),
+        member_ids: (0..100_000).map(|i| uid(&format!("u{i}"))).collect(),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(
+        code(e.create_group(&actor("alice"), huge).await),
+        C::BadRequest
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    group(&e, "alice", &["bob"]).await;
+    let g = group(&e, "carol", &["bob"]).await;
+    let g3 = NewGroup {
+        name: "third".into(),
+        member_ids: vec![uid("bob")],
+        ..Default::default()
+    };
+    assert_eq!(code(e.create_group(&actor("dave"), g3).await), C::Conflict);
+    let g4 = group(&e, "dave", &[]).await;
+    assert_eq!(
+        code(
+            e.add_participant(&actor("dave"), g4, &uid("bob"), Role::Member)
+                .await
+        ),
+        C::Conflict,
+        "bob is in two groups already"
+    );
+    e.remove_participant(&actor("bob"), g, &uid("bob"))
+        .await
+        .unwrap();
+    e.add_participant(&actor("dave"), g4, &uid("bob"), Role::Member)
+        .await
+        .unwrap();
+}
+
+/// `sync` answers in pages bounded in chats and bytes; following `next`
+/// visits every chat once; `removed_chat_ids` comes with the first page.
+#[tokio::test]
+async fn sync_pages_over_chats_bounded_by_bytes() {
+    let config = EngineConfig {
+        sync_chats_page: 4,
+        sync_page_bytes: 4 * 1024,
+        ..EngineConfig::default()
+    };
+    let (e, _) = engine_with(config).await;
+    let mut all = HashSet::new();
+    for i in 0..10 {
+        let chat = group(&e, "alice", &["bob"]).await;
+        all.insert(chat);
+        // Chats 0..3 carry enough text to fill a page on their own.
+        let text = "x".repeat(if i < 3 { 5000 } else { 10 });
+        send(&e, "alice", chat, &format!("c{i}"), &text)
+            .await
+            .unwrap();
+    }
+    let gone = group(&e, "carol", &["bob"]).await;
+    e.remove_participant(&actor("carol"), gone, &uid("bob"))
+        .await
+        .unwrap();
+    let bob = actor("bob");
+    let cursors = HashMap::from([(gone, 1)]);
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = e.sync_from(&bob, &cursors, after.as_deref()).await.unwrap();
+        pages += 1;
+        assert!(!page.chats.is_empty() && page.chats.len() <= 4);
+        if pages == 1 {
+            assert_eq!(page.removed_chat_ids, vec![gone]);
+        } else {
+            assert!(page.removed_chat_ids.is_empty());
+        }
+        seen.extend(page.chats.iter().map(|c| c.chat.chat.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(pages < 20, "paging must end");
+    }
+    assert_eq!(seen.len(), 10, "every chat once: {seen:?}");
+    assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), all);
+    assert!(
+        pages >= 4,
+        "bytes bound the big chats' pages ({pages} pages)"
+    );
+    assert_eq!(
+        code(e.sync_from(&bob, &cursors, Some("nonsense")).await),
+        C::BadRequest
+    );
+}

@@ -7,13 +7,29 @@
 //! one fsync), then publishes each change's events in commit order and only
 //! then answers each caller. So an acknowledged change is durable, and every
 //! connection sees a chat's events in `updated_seq` order.
+//!
+//! Events go to the chat's members as the store returned them with the
+//! change (audience at commit), never to a list read before the change was
+//! queued: a member removed by an earlier change of the same batch gets
+//! nothing of the later ones, a member added gets everything after.
+//!
+//! Publishing never waits on I/O here: the bus hands remote deliveries to
+//! its own queue, and the per-recipient reads of `chat_updated` run on a
+//! task of their own. A panic inside the store fails that batch's callers
+//! and the lane goes on; a lane that ends anyway is reported by
+//! [`ChatEngine::health`](super::ChatEngine::health).
 
 use std::{
-    sync::{Arc, Mutex, RwLock, Weak},
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use bytes::Bytes;
+use futures::FutureExt;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -26,7 +42,7 @@ use crate::{
     hooks::Notification,
     model::{Chat, ChatId, ChatView, Message, MessageType, SystemEvent, UserId},
     protocol::ServerEvent,
-    store::{Applied, Change},
+    store::{Applied, Change, Committed, Members},
 };
 
 /// Which events a change produces.
@@ -47,30 +63,21 @@ pub(super) enum EventKind {
     },
 }
 
-/// What the lane needs to publish a change's events.
+/// What the lane needs, besides the members at commit, to publish a
+/// change's events.
 #[derive(Debug)]
 pub(super) struct Fanout {
-    /// The chat's participants when the change was checked.
-    members: Arc<[UserId]>,
     kind: EventKind,
     /// Read receipts of this user go only to their own devices.
     pub(super) private_reads_of: Option<UserId>,
-    /// Members who muted the chat: no push for them.
-    pub(super) muted: Vec<UserId>,
 }
 
 impl Fanout {
-    pub(super) fn new(chat: &Chat, kind: EventKind) -> Self {
-        Self::to(chat.member_ids().into(), kind)
-    }
-
-    /// The fan-out of a change to `members`.
-    pub(super) fn to(members: Arc<[UserId]>, kind: EventKind) -> Self {
+    /// The fan-out of a change producing `kind` events.
+    pub(super) fn new(kind: EventKind) -> Self {
         Self {
-            members,
             kind,
             private_reads_of: None,
-            muted: Vec::new(),
         }
     }
 }
@@ -79,6 +86,11 @@ impl Fanout {
 struct Job {
     change: Change,
     fanout: Fanout,
+    /// A change that must land in the same batch, right behind `change`,
+    /// so that no other change of the chat comes between them (the
+    /// promotion of an heir behind the removal of the last admin). Its
+    /// outcome is published, not returned.
+    then: Option<Change>,
     reply: oneshot::Sender<Result<Done>>,
 }
 
@@ -97,37 +109,82 @@ type Lanes = Arc<[mpsc::Sender<Job>]>;
 pub(super) struct Writer {
     lanes: RwLock<Option<Lanes>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
+    /// Lanes whose task is running; fewer than started means one ended
+    /// while the engine was up (see [`Writer::healthy`]).
+    alive: Arc<AtomicUsize>,
+    started: usize,
+}
+
+/// Counts a lane as alive for as long as its task runs, however it ends.
+struct Alive(Arc<AtomicUsize>);
+
+impl Alive {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Writer {
     pub(super) fn start(engine: Weak<Inner>, config: &EngineConfig) -> Self {
         let mut senders = Vec::new();
         let mut handles = Vec::new();
-        for _ in 0..config.write_lanes.max(1) {
+        let alive = Arc::new(AtomicUsize::new(0));
+        let started = config.write_lanes.max(1);
+        for _ in 0..started {
             let (tx, rx) = mpsc::channel(config.write_queue.max(1));
             senders.push(tx);
+            // Counted before the task runs, so that health is right from
+            // the start.
+            let guard = Alive::new(&alive);
             handles.push(tokio::spawn(run_lane(
                 engine.clone(),
                 rx,
                 config.write_batch.max(1),
+                guard,
             )));
         }
         Self {
             lanes: RwLock::new(Some(senders.into())),
             handles: Mutex::new(handles),
+            alive,
+            started,
         }
+    }
+
+    /// Whether every lane is running (or the writer was shut down on
+    /// purpose).
+    pub(super) fn healthy(&self) -> bool {
+        let open = self
+            .lanes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        !open || self.alive.load(Ordering::SeqCst) == self.started
     }
 
     /// Applies one change through its chat's lane; returns once it is
     /// durable and its events are published.
     pub(super) async fn submit(&self, change: Change, fanout: Fanout) -> Result<Applied> {
-        self.submit_framed(change, fanout)
+        self.submit_framed(change, fanout, None)
             .await
             .map(|done| done.applied)
     }
 
-    /// [`submit`](Self::submit), with the frame the change was published as.
-    pub(super) async fn submit_framed(&self, change: Change, fanout: Fanout) -> Result<Done> {
+    /// [`submit`](Self::submit), with the frame the change was published
+    /// as, and with a change that must follow it in the same batch.
+    pub(super) async fn submit_framed(
+        &self,
+        change: Change,
+        fanout: Fanout,
+        then: Option<Change>,
+    ) -> Result<Done> {
         let lane = {
             let lanes = self.lanes.read().unwrap_or_else(|e| e.into_inner());
             let lanes = lanes.as_ref().ok_or(Error::ShuttingDown)?;
@@ -139,6 +196,7 @@ impl Writer {
         lane.send(Job {
             change,
             fanout,
+            then,
             reply,
         })
         .await
@@ -160,7 +218,20 @@ impl Writer {
     }
 }
 
-async fn run_lane(engine: Weak<Inner>, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+/// Where the result of a change of the batch goes.
+enum Waiting {
+    /// A caller's change.
+    Caller(Fanout, oneshot::Sender<Result<Done>>),
+    /// A change that followed a caller's in the same job.
+    Follow,
+}
+
+async fn run_lane(
+    engine: Weak<Inner>,
+    mut rx: mpsc::Receiver<Job>,
+    batch_max: usize,
+    _alive: Alive,
+) {
     let mut jobs = Vec::with_capacity(batch_max);
     while rx.recv_many(&mut jobs, batch_max).await > 0 {
         let Some(inner) = engine.upgrade() else {
@@ -173,33 +244,63 @@ async fn run_lane(engine: Weak<Inner>, mut rx: mpsc::Receiver<Job>, batch_max: u
         let mut waiting = Vec::with_capacity(jobs.len());
         for job in jobs.drain(..) {
             changes.push(job.change);
-            waiting.push((job.fanout, job.reply));
+            waiting.push(Waiting::Caller(job.fanout, job.reply));
+            if let Some(then) = job.then {
+                changes.push(then);
+                waiting.push(Waiting::Follow);
+            }
         }
         let n = changes.len();
-        let mut results = inner.store.apply(changes).await;
-        if results.len() != n {
-            tracing::error!(
-                expected = n,
-                got = results.len(),
-                "store broke the apply contract"
-            );
-            results = (0..n).map(|_| Err(unexpected())).collect();
-        }
+        // A store that panics fails this batch's callers, not the lane:
+        // the next batch may well succeed (a poisoned row, a transient
+        // bug), and a dead lane would refuse every later change of a
+        // third of the chats.
+        let results = match AssertUnwindSafe(inner.store.apply(changes))
+            .catch_unwind()
+            .await
+        {
+            Ok(results) if results.len() == n => results,
+            Ok(results) => {
+                tracing::error!(
+                    expected = n,
+                    got = results.len(),
+                    "store broke the apply contract"
+                );
+                (0..n).map(|_| Err(unexpected())).collect()
+            }
+            Err(_) => {
+                tracing::error!(changes = n, "the store panicked applying a batch");
+                (0..n)
+                    .map(|_| Err(Error::backend("the store failed applying the change")))
+                    .collect()
+            }
+        };
         let mut notes = Vec::new();
-        for ((fanout, reply), result) in waiting.into_iter().zip(results) {
-            let done = match result {
-                Ok(applied) => {
-                    if let Applied::Membership { chat, .. } = &applied {
-                        inner.chats.invalidate(chat.id);
-                    }
-                    let frame = fan_out(&inner, &fanout, &applied, &mut notes).await;
-                    Ok(Done { applied, frame })
+        for (waiting, result) in waiting.into_iter().zip(results) {
+            match waiting {
+                Waiting::Caller(fanout, reply) => {
+                    let done = match result {
+                        Ok(committed) => {
+                            let frame = fan_out(&inner, &fanout, &committed, &mut notes).await;
+                            Ok(Done {
+                                applied: committed.applied,
+                                frame,
+                            })
+                        }
+                        Err(e) => Err(e),
+                    };
+                    // The caller may have gone away (connection closed); the
+                    // change is durable and published regardless.
+                    let _ = reply.send(done);
                 }
-                Err(e) => Err(e),
-            };
-            // The caller may have gone away (connection closed); the change
-            // is durable and published regardless.
-            let _ = reply.send(done);
+                Waiting::Follow => match result {
+                    Ok(committed) => {
+                        let fanout = Fanout::new(EventKind::Membership);
+                        fan_out(&inner, &fanout, &committed, &mut notes).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "a follow-up change failed"),
+                },
+            }
         }
         if !notes.is_empty() {
             notify_offline(&inner, notes);
@@ -223,16 +324,26 @@ async fn publish(inner: &Inner, audience: Audience, action: Action) {
     }
 }
 
-/// Publishes a change's events; returns the `message_received` frame of a
-/// new post.
+/// Who receives what `actor` does in the chat: every member, or, in a
+/// direct chat with a block either way, the actor's own devices only.
+fn signal_audience(members: &Members, actor: &UserId) -> Arc<[UserId]> {
+    if members.blocked {
+        Arc::from([actor.clone()])
+    } else {
+        members.users.clone()
+    }
+}
+
+/// Publishes a change's events to its members at commit; returns the
+/// `message_received` frame of a new post.
 async fn fan_out(
     inner: &Inner,
     fanout: &Fanout,
-    applied: &Applied,
+    committed: &Committed,
     notes: &mut Vec<(Message, Vec<UserId>)>,
 ) -> Option<Bytes> {
-    let members = || fanout.members.clone();
-    match (&fanout.kind, applied) {
+    let members = &committed.members;
+    match (&fanout.kind, &committed.applied) {
         (
             EventKind::Post,
             Applied::Posted {
@@ -241,22 +352,23 @@ async fn fan_out(
             },
         ) => {
             let received = ServerEvent::message_received_frame(message);
-            publish(
-                inner,
-                Audience::users(members()),
-                Action::Frame(received.clone()),
-            )
-            .await;
+            let audience = signal_audience(members, &message.sender_id);
             // Only a notifier needs to know who was offline.
             if message.kind != MessageType::System && inner.notifier.is_some() {
-                let others = fanout
-                    .members
+                let now = inner.clock.now();
+                let others = audience
                     .iter()
-                    .filter(|u| **u != message.sender_id && !fanout.muted.contains(u))
+                    .filter(|u| **u != message.sender_id && !members.is_muted(u, now))
                     .cloned()
                     .collect();
                 notes.push((message.clone(), others));
             }
+            publish(
+                inner,
+                Audience::users(audience),
+                Action::Frame(received.clone()),
+            )
+            .await;
             return Some(received);
         }
         (
@@ -266,12 +378,8 @@ async fn fan_out(
                 changed: true,
             },
         ) => {
-            frame(
-                inner,
-                members(),
-                ServerEvent::MessageEdited(message.clone()),
-            )
-            .await;
+            let audience = signal_audience(members, &message.sender_id);
+            frame(inner, audience, ServerEvent::MessageEdited(message.clone())).await;
         }
         (
             EventKind::Delete,
@@ -280,13 +388,15 @@ async fn fan_out(
                 changed: true,
             },
         ) => {
+            // A deletion removes content: it reaches everyone, also across
+            // a block.
             let event = ServerEvent::MessageDeleted {
                 chat_id: message.chat_id,
                 message_id: message.id,
                 seq: message.seq,
                 updated_seq: message.updated_seq,
             };
-            frame(inner, members(), event).await;
+            frame(inner, members.users.clone(), event).await;
         }
         (
             EventKind::React {
@@ -306,6 +416,7 @@ async fn fan_out(
                 emoji.clone(),
                 message.updated_seq,
             );
+            let audience = signal_audience(members, &user_id);
             let event = if *add {
                 ServerEvent::ReactionAdded {
                     chat_id,
@@ -323,7 +434,7 @@ async fn fan_out(
                     updated_seq,
                 }
             };
-            frame(inner, members(), event).await;
+            frame(inner, audience, event).await;
         }
         (
             EventKind::Membership,
@@ -332,7 +443,11 @@ async fn fan_out(
                 message: Some(message),
             },
         ) => {
+            inner.chats.invalidate(chat.id);
             membership_events(inner, chat, message).await;
+        }
+        (EventKind::Membership, Applied::Membership { chat, .. }) => {
+            inner.chats.invalidate(chat.id);
         }
         (
             EventKind::Mark { chat_id, user_id },
@@ -343,18 +458,19 @@ async fn fan_out(
                 read_moved,
             },
         ) => {
+            let audience = signal_audience(members, user_id);
             if *delivered_moved {
                 let event = ServerEvent::MessageDelivered {
                     chat_id: *chat_id,
                     user_id: user_id.clone(),
                     up_to_seq: *delivered_seq,
                 };
-                frame(inner, members(), event).await;
+                frame(inner, audience.clone(), event).await;
             }
             if *read_moved {
                 let audience = match &fanout.private_reads_of {
                     Some(me) => Arc::from([me.clone()]),
-                    None => members(),
+                    None => audience,
                 };
                 let event = ServerEvent::MessageRead {
                     chat_id: *chat_id,
@@ -410,44 +526,45 @@ async fn membership_events(inner: &Inner, chat: &Chat, message: &Message) {
             .await;
         }
         Some(SystemEvent::RoleChanged { .. } | SystemEvent::GroupUpdated { .. }) => {
-            chat_updated(inner, chat).await;
+            chat_updated(inner, chat);
         }
         None => {}
     }
 }
 
 /// `chat_updated` carries each recipient's own unread count, so it is
-/// serialized per recipient. Group updates are rare; messages are not
-/// delayed by this because counts come from the store's read side.
-async fn chat_updated(inner: &Inner, chat: &Chat) {
-    for p in &chat.participants {
-        let unread_count = if p.read_seq >= chat.last_seq {
-            0
-        } else {
-            match inner
-                .store
-                .unread_count(chat.id, &p.user_id, p.read_seq)
-                .await
-            {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "unread count for chat_updated failed");
-                    0
+/// serialized per recipient, and the counts are store reads: they run on a
+/// task of their own, so that the lane's next batch does not wait for
+/// them. Group updates are rare.
+fn chat_updated(inner: &Inner, chat: &Chat) {
+    let (store, bus, chat) = (inner.store.clone(), inner.bus.clone(), chat.clone());
+    tokio::spawn(async move {
+        for p in &chat.participants {
+            let unread_count = if p.read_seq >= chat.last_seq {
+                0
+            } else {
+                match store.unread_count(chat.id, &p.user_id, p.read_seq).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unread count for chat_updated failed");
+                        0
+                    }
                 }
+            };
+            let view = ChatView {
+                chat: chat.clone(),
+                unread_count,
+                muted_until: p.settings.muted_until,
+            };
+            let delivery = crate::bus::Delivery {
+                audience: Audience::users(vec![p.user_id.clone()]),
+                action: Action::Frame(ServerEvent::ChatUpdated(view).to_frame()),
+            };
+            if let Err(e) = bus.publish(delivery).await {
+                tracing::warn!(error = %e, "bus publish failed; clients catch up with sync");
             }
-        };
-        let view = ChatView {
-            chat: chat.clone(),
-            unread_count,
-            muted_until: p.settings.muted_until,
-        };
-        frame(
-            inner,
-            vec![p.user_id.clone()],
-            ServerEvent::ChatUpdated(view),
-        )
-        .await;
-    }
+        }
+    });
 }
 
 /// Push for recipients with no live connection on any node, off the send

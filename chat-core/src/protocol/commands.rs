@@ -92,6 +92,9 @@ pub enum ClientCommand {
     Sync {
         #[serde(default)]
         cursors: HashMap<ChatId, u64>,
+        /// The `next` of the previous page.
+        #[serde(default)]
+        after: Option<String>,
     },
     /// Add a reaction.
     React {

@@ -252,7 +252,9 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             };
             to_value(&engine.history(actor, chat_id, req).await?)
         }
-        ClientCommand::Sync { cursors } => to_value(&engine.sync(actor, &cursors).await?),
+        ClientCommand::Sync { cursors, after } => {
+            to_value(&engine.sync_from(actor, &cursors, after.as_deref()).await?)
+        }
         ClientCommand::React { message_id, emoji } => {
             let message = engine.react(actor, message_id, &emoji, true).await?;
             field("message", &message)
