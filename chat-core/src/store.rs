@@ -168,6 +168,17 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// What is stored about `user`; `None` if nothing is.
     async fn get_user(&self, user: &UserId) -> Result<Option<UserRecord>>;
 
+    /// What is stored about each of `users`, in the same order. Stores
+    /// override the default (one [`get_user`](Store::get_user) after the
+    /// other) with one query: a connect reads every contact's privacy.
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<Option<UserRecord>>> {
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            out.push(self.get_user(user).await?);
+        }
+        Ok(out)
+    }
+
     /// Stores when `user` was last online.
     async fn set_last_seen(&self, user: &UserId, at: Timestamp) -> Result<()>;
 

@@ -206,6 +206,7 @@ macro_rules! store_conformance_tests {
             groups_keep_an_admin,
             group_count_counts_groups_only,
             concurrent_posts_see_members_at_commit,
+            get_users_answers_in_order,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {
@@ -272,7 +273,8 @@ pub mod store_suite {
     crate::store_conformance_tests!(@list names);
 
     mod audience;
-    pub use self::audience::*;
+    mod users;
+    pub use self::{audience::*, users::*};
 
     // --- helpers -------------------------------------------------------------
 

@@ -349,6 +349,10 @@ impl Store for PostgresStore {
         core(read::user_record(&self.pool, user).await)
     }
 
+    async fn get_users(&self, users: &[UserId]) -> chat_core::Result<Vec<Option<UserRecord>>> {
+        core(read::user_records(&self.pool, users).await)
+    }
+
     async fn set_last_seen(&self, user: &UserId, at: Timestamp) -> chat_core::Result<()> {
         core(write::set_last_seen(&self.pool, user, at).await)
     }

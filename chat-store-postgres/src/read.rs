@@ -530,10 +530,39 @@ pub(crate) async fn user_record<'e>(
     .bind(who.as_str())
     .fetch_optional(ex)
     .await?;
-    let Some(r) = row else {
-        return Ok(None);
-    };
-    Ok(Some(UserRecord {
+    row.map(|r| user_from_row(who, &r)).transpose()
+}
+
+/// What is stored about each of `users`, in their order, in one query.
+pub(crate) async fn user_records<'e>(
+    ex: impl PgExecutor<'e>,
+    users: &[UserId],
+) -> Result<Vec<Option<UserRecord>>, Error> {
+    let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    let rows = sqlx::query(
+        "SELECT user_id, last_seen, read_receipts, typing, presence, suspended_until \
+         FROM users WHERE user_id = ANY ($1)",
+    )
+    .bind(&ids)
+    .fetch_all(ex)
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        found.insert(r.try_get::<&str, _>("user_id")?, r);
+    }
+    users
+        .iter()
+        .map(|u| {
+            found
+                .get(u.as_str())
+                .map(|r| user_from_row(u, r))
+                .transpose()
+        })
+        .collect()
+}
+
+fn user_from_row(who: &UserId, r: &PgRow) -> Result<UserRecord, Error> {
+    Ok(UserRecord {
         user_id: who.clone(),
         last_seen: r.try_get::<Option<i64>, _>("last_seen")?.map(ts),
         privacy: Privacy {
@@ -542,7 +571,7 @@ pub(crate) async fn user_record<'e>(
             presence: r.try_get("presence")?,
         },
         suspended_until: r.try_get::<Option<i64>, _>("suspended_until")?.map(ts),
-    }))
+    })
 }
 
 // --- reports -------------------------------------------------------------

@@ -490,6 +490,14 @@ impl Store for SqliteStore {
         self.read(move |conn| read::user_record(conn, &user)).await
     }
 
+    async fn get_users(&self, users: &[UserId]) -> chat_core::Result<Vec<Option<UserRecord>>> {
+        let users = users.to_vec();
+        // One trip to a reader and one snapshot for all of them; the
+        // statement is prepared once.
+        self.read(move |conn| users.iter().map(|u| read::user_record(conn, u)).collect())
+            .await
+    }
+
     async fn set_last_seen(&self, user: &UserId, at: Timestamp) -> chat_core::Result<()> {
         let user = user.clone();
         self.write(move |conn| write::set_last_seen(conn, &user, at))
