@@ -45,9 +45,16 @@ impl Conn {
         }
     }
 
-    /// Closes the connection.
+    /// Closes the connection now, dropping what is still queued on it (a
+    /// suspended user).
     pub fn close(&self, code: u16, reason: &str) {
         self.transport.close(code, reason);
+    }
+
+    /// Closes the connection once the frames already queued on it are
+    /// written (a server going away).
+    pub fn close_after_queued(&self, code: u16, reason: &str) {
+        self.transport.close_after_queued(code, reason);
     }
 
     fn open_chats(&self) -> std::sync::MutexGuard<'_, HashSet<ChatId>> {
@@ -163,10 +170,12 @@ impl Hub {
         conn.open_chats().remove(&chat);
     }
 
-    /// Closes every connection (shutdown).
+    /// Closes every connection (shutdown), each once the frames already
+    /// queued on it are written: the ack or event of a change that just
+    /// committed still reaches its client before the close.
     pub fn close_all(&self, code: u16, reason: &str) {
         for conn in self.read().values().flatten() {
-            conn.close(code, reason);
+            conn.close_after_queued(code, reason);
         }
     }
 }
@@ -210,5 +219,66 @@ impl DeliverySink for Hub {
                 .frames_queued
                 .fetch_add(queued, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::transport::{CLOSE_GOING_AWAY, CLOSE_SUSPENDED, Outgoing, outbox};
+
+    fn user(id: &str) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    #[tokio::test]
+    async fn close_all_writes_the_queued_frames_before_the_close() {
+        let hub = Hub::new();
+        let (transport, mut out) = outbox(8);
+        let (conn, _) = hub
+            .register(
+                user("alice"),
+                DeviceId::default_device(),
+                Arc::new(transport),
+                4,
+            )
+            .unwrap();
+        // The ack of a command that committed right before the shutdown.
+        conn.send(Bytes::from_static(b"ack"));
+        hub.close_all(CLOSE_GOING_AWAY, "server shutting down");
+        assert_eq!(
+            out.next().await,
+            Some(Outgoing::Frame(Bytes::from_static(b"ack"))),
+            "the queued ack goes out first"
+        );
+        assert_eq!(
+            out.next().await,
+            Some(Outgoing::Close(
+                CLOSE_GOING_AWAY,
+                "server shutting down".into()
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_suspension_closes_at_once() {
+        let hub = Hub::new();
+        let (transport, mut out) = outbox(8);
+        let (conn, _) = hub
+            .register(
+                user("mallory"),
+                DeviceId::default_device(),
+                Arc::new(transport),
+                4,
+            )
+            .unwrap();
+        conn.send(Bytes::from_static(b"event"));
+        conn.close(CLOSE_SUSPENDED, "suspended");
+        assert_eq!(
+            out.next().await,
+            Some(Outgoing::Close(CLOSE_SUSPENDED, "suspended".into()))
+        );
     }
 }

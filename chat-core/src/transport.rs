@@ -46,13 +46,30 @@ pub enum SendError {
 /// - [`SendError::Full`] means the client cannot keep up; the hub then
 ///   calls [`Transport::close`] with [`CLOSE_TOO_SLOW`] and the client
 ///   recovers with `sync`.
-/// - `close` is idempotent; frames queued after it are dropped.
+/// - [`Transport::close`] is urgent: frames still queued may be dropped (a
+///   client too slow for its backlog, a suspended user).
+///   [`Transport::close_after_queued`] writes every frame queued before it,
+///   then closes (a server going away: the ack of a command that just
+///   committed must still reach the client).
+/// - Closing is idempotent, the first close requested wins; frames queued
+///   after it are dropped.
 pub trait Transport: Debug + Send + Sync + 'static {
     /// Queues one serialized event (a JSON text frame) without waiting.
     fn try_send(&self, frame: Bytes) -> Result<(), SendError>;
 
-    /// Asks the transport to close the connection with `code` and `reason`.
+    /// Asks the transport to close the connection with `code` and `reason`
+    /// now, without waiting for the frames still queued.
     fn close(&self, code: u16, reason: &str);
+
+    /// Asks the transport to close the connection with `code` and `reason`
+    /// once every frame queued so far is written.
+    ///
+    /// The default is [`Transport::close`], which is right for a transport
+    /// that writes each frame before `try_send` returns; a transport that
+    /// queues frames must override it.
+    fn close_after_queued(&self, code: u16, reason: &str) {
+        self.close(code, reason);
+    }
 }
 
 /// What a transport's writer task takes from an [`Outbox`].
@@ -123,21 +140,23 @@ impl Transport for QueueTransport {
         })
     }
 
-    /// Closes before writing what is queued; see [`QueueTransport::close_after_queued`].
+    /// Closes before writing what is queued; see
+    /// [`QueueTransport::close_after_queued`].
     fn close(&self, code: u16, reason: &str) {
         self.request_close(code, reason, true);
+    }
+
+    /// Closes the connection once the frames queued so far are written: for
+    /// a last event that explains the close (`authentication_error` before
+    /// 4001), and for a server going away (1001), so that the ack of a
+    /// command that just committed is not lost. Frames queued after it are
+    /// dropped; the first close requested wins.
+    fn close_after_queued(&self, code: u16, reason: &str) {
+        self.request_close(code, reason, false);
     }
 }
 
 impl QueueTransport {
-    /// Closes the connection once the frames queued so far are written: for
-    /// a last event that explains the close (`authentication_error` before
-    /// 4001). Frames queued after it are dropped; the first close requested
-    /// wins.
-    pub fn close_after_queued(&self, code: u16, reason: &str) {
-        self.request_close(code, reason, false);
-    }
-
     fn request_close(&self, code: u16, reason: &str, urgent: bool) {
         let mut slot = self.shared.close.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
@@ -217,6 +236,25 @@ mod tests {
             Some(Outgoing::Close(CLOSE_TOO_SLOW, "too slow".into()))
         );
         assert_eq!(t.try_send(Bytes::from_static(b"4")), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_going_away_close_through_the_trait_waits_for_the_queue() {
+        let (t, mut out) = outbox(4);
+        let t: Arc<dyn Transport> = Arc::new(t);
+        assert_eq!(t.try_send(Bytes::from_static(b"ack")), Ok(()));
+        t.close_after_queued(CLOSE_GOING_AWAY, "server shutting down");
+        assert_eq!(
+            out.next().await,
+            Some(Outgoing::Frame(Bytes::from_static(b"ack")))
+        );
+        assert_eq!(
+            out.next().await,
+            Some(Outgoing::Close(
+                CLOSE_GOING_AWAY,
+                "server shutting down".into()
+            ))
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,10 @@
 //! JWT verification: one configured algorithm, `exp` required, `aud` and
 //! `iss` checked when configured.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use chat_core::{DeviceId, Error, Result, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
@@ -38,7 +41,8 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
-    /// Allowed clock skew for `exp`.
+    /// Allowed clock skew for `exp`, in whole seconds: a token is accepted
+    /// until `exp + leeway`, and a connection it opened is closed then.
     pub leeway: Duration,
 }
 
@@ -134,6 +138,16 @@ impl Verifier {
         Ok(Self { key, validation })
     }
 
+    /// When a token that expires at `expires_at` (seconds since the epoch,
+    /// its `exp`) stops verifying: `exp` plus the leeway. `None` when that
+    /// is past what the system clock can represent (`exp` near `u64::MAX`):
+    /// the token never expires in practice.
+    pub fn valid_until(&self, expires_at: u64) -> Option<SystemTime> {
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(expires_at))?
+            .checked_add(Duration::from_secs(self.validation.leeway))
+    }
+
     /// The identity a token names, or `Unauthenticated` saying why not.
     pub fn verify(&self, token: &str) -> Result<Identity> {
         let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
@@ -189,7 +203,8 @@ pub fn issue_hs256(secret: &[u8], user: &UserId, admin: bool, ttl: Duration) -> 
 }
 
 /// Seconds since the epoch, now.
-pub(crate) fn unix_now() -> u64 {
+#[cfg(test)]
+fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -249,6 +264,32 @@ mod tests {
             b"s3cret",
         );
         assert!(v.verify(&bad_sub).is_err());
+    }
+
+    #[test]
+    fn valid_until_adds_the_leeway_and_never_overflows() {
+        let v = Verifier::new(&AuthConfig::hs256("k")).unwrap();
+        assert_eq!(
+            v.valid_until(1_000),
+            Some(UNIX_EPOCH + Duration::from_secs(1_030))
+        );
+        assert_eq!(v.valid_until(u64::MAX), None);
+        // Within the leeway: accepted, and valid until exp + 30 s.
+        let exp = unix_now() - 10;
+        let t = token(
+            Algorithm::HS256,
+            &serde_json::json!({"sub": "alice", "exp": exp}),
+            b"k",
+        );
+        let id = v.verify(&t).unwrap();
+        assert!(v.valid_until(id.expires_at).unwrap() > SystemTime::now());
+        // The far future verifies, without a timer.
+        let t = token(
+            Algorithm::HS256,
+            &serde_json::json!({"sub": "alice", "exp": u64::MAX}),
+            b"k",
+        );
+        assert_eq!(v.verify(&t).unwrap().expires_at, u64::MAX);
     }
 
     #[test]

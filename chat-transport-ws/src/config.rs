@@ -33,7 +33,7 @@ pub struct WsConfig {
     pub idle_timeout: Duration,
     /// Most live WebSocket connections of this node.
     pub max_connections: usize,
-    /// Per-user command budgets.
+    /// Per-user budgets: commands by class, and opening connections.
     pub rate_limits: RateLimits,
     /// In `--dev` mode, the HS256 secret with which `GET /dev/token` signs.
     pub dev_token_secret: Option<Vec<u8>>,

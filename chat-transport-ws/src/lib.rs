@@ -13,7 +13,7 @@
 //! | [`auth`] | JWT verification (one algorithm, `exp` required) |
 //! | `ws` | `GET /ws`: authentication, command loop, outgoing queue, heartbeats |
 //! | `http` | the HTTP API of PROTOCOL.md section 4 |
-//! | [`limits`] | per-user token buckets per command class |
+//! | [`limits`] | per-user token buckets per command class, and for connects |
 //! | [`metrics`] | metric names |
 //!
 //! # Example
@@ -116,8 +116,9 @@ fn router(state: AppState) -> Router {
 
 /// Serves the protocol on `listener` until `shutdown` completes, then stops
 /// gracefully: no new connections, live connections closed with 1001 after
-/// their current command, queued writes committed (the engine's lanes are
-/// drained), and returns.
+/// their current command and the frames already queued for them (that
+/// command's ack), queued writes committed (the engine's lanes are drained),
+/// and returns.
 ///
 /// The caller owns the listener (tests bind `127.0.0.1:0`).
 pub async fn serve(

@@ -1,4 +1,5 @@
-//! Per-user token buckets per command class (governor).
+//! Per-user token buckets (governor): one per command class, and one for
+//! opening WebSocket connections.
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
@@ -44,8 +45,10 @@ pub struct Rate {
     pub burst: u32,
 }
 
-/// The budgets of each class, per user and node.
+/// The budgets of each class, per user and node. A class left out when
+/// deserializing keeps its default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
 pub struct RateLimits {
     /// Write commands.
     pub write: Rate,
@@ -53,6 +56,12 @@ pub struct RateLimits {
     pub typing: Rate,
     /// Everything else.
     pub other: Rate,
+    /// Opening a WebSocket connection (`/ws`). Each connect reads the
+    /// store (suspension, the `presence_update` snapshot), so a client
+    /// reconnecting in a tight loop is refused with `rate_limited`. The
+    /// default burst (20) lets every device of a user (at most 16 by
+    /// default) reconnect at once after a restart.
+    pub connect: Rate,
 }
 
 impl Default for RateLimits {
@@ -70,6 +79,10 @@ impl Default for RateLimits {
                 per_second: 50,
                 burst: 200,
             },
+            connect: Rate {
+                per_second: 1,
+                burst: 20,
+            },
         }
     }
 }
@@ -85,6 +98,7 @@ impl RateLimits {
             write: off,
             typing: off,
             other: off,
+            connect: off,
         }
     }
 }
@@ -97,6 +111,7 @@ pub struct Limiter {
     write: Option<Arc<Keyed>>,
     typing: Option<Arc<Keyed>>,
     other: Option<Arc<Keyed>>,
+    connect: Option<Arc<Keyed>>,
 }
 
 fn keyed(rate: Rate) -> Option<Arc<Keyed>> {
@@ -107,6 +122,16 @@ fn keyed(rate: Rate) -> Option<Arc<Keyed>> {
     )))
 }
 
+/// Takes one token of `user`'s bucket in `limiter` (`None`: no limit).
+fn take(limiter: Option<&Keyed>, user: &UserId) -> Result<(), Duration> {
+    let Some(limiter) = limiter else {
+        return Ok(());
+    };
+    limiter
+        .check_key(user)
+        .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+}
+
 impl Limiter {
     /// Buckets for `limits`.
     pub fn new(limits: RateLimits) -> Self {
@@ -114,6 +139,7 @@ impl Limiter {
             write: keyed(limits.write),
             typing: keyed(limits.typing),
             other: keyed(limits.other),
+            connect: keyed(limits.connect),
         }
     }
 
@@ -124,18 +150,19 @@ impl Limiter {
             CommandClass::Typing => &self.typing,
             CommandClass::Other => &self.other,
         };
-        let Some(limiter) = limiter else {
-            return Ok(());
-        };
-        limiter
-            .check_key(user)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        take(limiter.as_deref(), user)
+    }
+
+    /// Takes one token of `user`'s budget for opening a connection;
+    /// `Err(wait)` if empty.
+    pub fn check_connect(&self, user: &UserId) -> Result<(), Duration> {
+        take(self.connect.as_deref(), user)
     }
 
     /// Forgets buckets that are full again, so that memory follows the
     /// number of recently active users, not of all users ever seen.
     pub fn forget_idle(&self) {
-        for limiter in [&self.write, &self.typing, &self.other]
+        for limiter in [&self.write, &self.typing, &self.other, &self.connect]
             .into_iter()
             .flatten()
         {
@@ -174,5 +201,49 @@ mod tests {
             assert!(l.check(&u, CommandClass::Other).is_ok(), "unlimited class");
         }
         l.forget_idle();
+    }
+
+    #[test]
+    fn connects_have_their_own_bucket() {
+        let limits = RateLimits {
+            connect: Rate {
+                per_second: 1,
+                burst: 2,
+            },
+            ..RateLimits::unlimited()
+        };
+        let l = Limiter::new(limits);
+        let u = UserId::new("u").unwrap();
+        assert!(l.check_connect(&u).is_ok());
+        assert!(l.check_connect(&u).is_ok());
+        let wait = l.check_connect(&u).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        assert!(l.check_connect(&UserId::new("v").unwrap()).is_ok());
+        assert!(
+            l.check(&u, CommandClass::Other).is_ok(),
+            "commands unaffected"
+        );
+        let off = Limiter::new(RateLimits::unlimited());
+        for _ in 0..100 {
+            assert!(off.check_connect(&u).is_ok());
+        }
+    }
+
+    #[test]
+    fn classes_left_out_keep_their_defaults() {
+        let limits: RateLimits =
+            serde_json::from_str(r#"{"typing": {"per_second": 1, "burst": 2}}"#).unwrap();
+        let defaults = RateLimits::default();
+        assert_eq!(
+            limits,
+            RateLimits {
+                typing: Rate {
+                    per_second: 1,
+                    burst: 2
+                },
+                ..defaults
+            }
+        );
+        assert_eq!(defaults.connect.burst, 20);
     }
 }

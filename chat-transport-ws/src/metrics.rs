@@ -15,7 +15,7 @@ pub const EVENTS_DELIVERED: &str = "chat_events_delivered_total";
 pub const SEND_ACK_SECONDS: &str = "chat_send_ack_seconds";
 /// Counter by `code`: errors answered.
 pub const ERRORS: &str = "chat_errors_total";
-/// Counter: commands refused by the rate limiter.
+/// Counter: commands and connects refused by the rate limiter.
 pub const RATE_LIMITED: &str = "chat_rate_limited_total";
 /// Counter: connections closed for being too slow.
 pub const SLOW_CLOSED: &str = "chat_slow_consumers_closed_total";

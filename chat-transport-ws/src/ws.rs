@@ -1,7 +1,10 @@
 //! The `/ws` endpoint: authentication, the command loop, outgoing queue,
 //! heartbeats.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use axum::{
     extract::{
@@ -13,7 +16,7 @@ use axum::{
 };
 use bytes::Bytes;
 use chat_core::{
-    Error, Session,
+    Error, Result, Session,
     protocol::{ClientCommand, ServerEvent, ack_frame, error_frame, execute, parse_request},
     transport::{
         CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, CLOSE_SUSPENDED, Outbox, Outgoing, Transport, outbox,
@@ -26,18 +29,16 @@ use futures::{
 use serde::Deserialize;
 use tokio::time::{Instant, sleep_until};
 
-use crate::{
-    AppState,
-    auth::{Identity, unix_now},
-    http::ApiError,
-    limits::CommandClass,
-    metrics as m,
-};
+use crate::{AppState, auth::Identity, http::ApiError, limits::CommandClass, metrics as m};
 
 /// Close code: a message was larger than allowed.
 const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: policy violation (e.g. too many connections).
 const CLOSE_POLICY: u16 = 1008;
+/// Close code: try again later (IANA registry, RFC 6455 section 11.7): a
+/// connection refused by the per-user connect rate limit after a
+/// first-frame `authenticate`.
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct WsQuery {
@@ -65,6 +66,17 @@ pub(crate) async fn upgrade(
     let token = crate::http::bearer(&headers)
         .map(str::to_owned)
         .or(query.token);
+    // A token at upgrade is verified here, so that a user over the connect
+    // rate limit is refused before the upgrade (429 `rate_limited` with
+    // `Retry-After`). An invalid token is still refused after the upgrade,
+    // with `authentication_error` and 4001, as PROTOCOL.md says.
+    let credentials = token.map(|token| app.verifier.verify(&token));
+    if let Some(Ok(identity)) = &credentials {
+        if let Err(retry_after) = app.limiter.check_connect(&identity.user_id) {
+            metrics::counter!(m::RATE_LIMITED).increment(1);
+            return ApiError(Error::RateLimited { retry_after }).into_response();
+        }
+    }
     let max = app.config.max_frame_bytes;
     // tungstenite preallocates a 128 KiB read buffer per connection; chat
     // frames are small, and the buffer grows for a large one. 1 KiB keeps
@@ -75,7 +87,7 @@ pub(crate) async fn upgrade(
         .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
-            connection(app, socket, token).await;
+            connection(app, socket, credentials).await;
         })
 }
 
@@ -176,16 +188,59 @@ async fn auth_failed(sink: &mut Sink, stream: &mut Stream, message: &str, code: 
     reject(sink, stream, event.to_frame(), code, message).await;
 }
 
-async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
+/// Counts one live connection in the `chat_connections` gauge for as long
+/// as it is alive: dropped on every way out of the connection's task, an
+/// early return or a panic included, so the gauge never counts a
+/// connection that is gone.
+#[derive(Debug)]
+struct ConnectionGauge(());
+
+impl ConnectionGauge {
+    fn open() -> Self {
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+    }
+}
+
+/// A token valid for longer than this gets no expiry timer: the
+/// connection will not live that long, and an instant that far ahead may
+/// not be representable.
+const NO_EXPIRY_TIMER_BEYOND: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// When a connection whose token verifies until `valid_until` (its `exp`
+/// plus the verifier's leeway, see [`crate::auth::Verifier::valid_until`])
+/// must close, on the runtime's clock, given the wall clock and the
+/// runtime's clock now. `None`: no expiry timer (the token is valid for
+/// decades, or past what the clocks can represent). Never overflows.
+fn expiry_deadline(
+    valid_until: Option<SystemTime>,
+    now: SystemTime,
+    now_instant: Instant,
+) -> Option<Instant> {
+    let left = valid_until?.duration_since(now).unwrap_or(Duration::ZERO);
+    if left > NO_EXPIRY_TIMER_BEYOND {
+        return None;
+    }
+    now_instant.checked_add(left)
+}
+
+/// A connection, past the upgrade. `credentials`: the verification of the
+/// token given at upgrade (rate limited already), or `None` if there was
+/// none and the first frame must `authenticate`.
+async fn connection(app: AppState, socket: WebSocket, credentials: Option<Result<Identity>>) {
     let (mut sink, mut stream) = socket.split();
-    let identity = match token {
-        Some(token) => match app.verifier.verify(&token) {
-            Ok(identity) => identity,
-            Err(e) => {
-                let message = e.public_message();
-                return auth_failed(&mut sink, &mut stream, &message, CLOSE_AUTH_FAILED).await;
-            }
-        },
+    let identity = match credentials {
+        Some(Ok(identity)) => identity,
+        Some(Err(e)) => {
+            let message = e.public_message();
+            return auth_failed(&mut sink, &mut stream, &message, CLOSE_AUTH_FAILED).await;
+        }
         None => match Box::pin(authenticate_first(&app, &mut sink, &mut stream)).await {
             Some(identity) => identity,
             None => return,
@@ -227,7 +282,7 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
             .await;
         }
     };
-    metrics::gauge!(m::CONNECTIONS).increment(1.0);
+    let gauge = ConnectionGauge::open();
     tracing::info!(user = %identity.user_id, device = %identity.device_id, conn = %session.connection_id(), "connection open");
 
     // The writer drains the outgoing queue into the socket and pings; the
@@ -264,15 +319,21 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
         }
     });
 
-    let expiry =
-        Instant::now() + Duration::from_secs(identity.expires_at.saturating_sub(unix_now()));
+    // Closed when the token stops verifying: at `exp` plus the leeway, as
+    // verification itself decides.
+    let expiry = expiry_deadline(
+        app.verifier.valid_until(identity.expires_at),
+        SystemTime::now(),
+        Instant::now(),
+    );
     let idle = app.config.idle_timeout;
     let mut last_heard = Instant::now();
     let mut shutdown = app.shutdown.clone();
     // Both timers live as long as the connection: the idle one is pushed
     // back only when it fires early, not on every frame.
     let idle_timer = sleep_until(last_heard + idle);
-    let expiry_timer = sleep_until(expiry);
+    // Without a deadline the branch is disabled and the timer never polled.
+    let expiry_timer = sleep_until(expiry.unwrap_or(last_heard));
     tokio::pin!(idle_timer, expiry_timer);
     // Whether the client's side of the stream is over (its close frame, the
     // end, an error); if not, the server is the one closing.
@@ -317,16 +378,19 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
                     idle_timer.as_mut().reset(last_heard + idle);
                     continue;
                 }
-                transport.close(CLOSE_GOING_AWAY, "idle");
+                // Going away: what is queued goes out first.
+                transport.close_after_queued(CLOSE_GOING_AWAY, "idle");
                 break "idle".to_owned();
             }
-            () = &mut expiry_timer => {
+            () = &mut expiry_timer, if expiry.is_some() => {
                 session.send(ServerEvent::AuthenticationError { message: "token expired".into() }.to_frame());
                 transport.close_after_queued(CLOSE_AUTH_FAILED, "token expired");
                 break "token expired".to_owned();
             }
             _ = stopped(&mut shutdown) => {
-                transport.close(CLOSE_GOING_AWAY, "server shutting down");
+                // After the frames already queued: the ack of the command
+                // that just committed must reach the client before 1001.
+                transport.close_after_queued(CLOSE_GOING_AWAY, "server shutting down");
                 break "server shutting down".to_owned();
             }
             done = &mut writer => {
@@ -342,7 +406,7 @@ async fn connection(app: AppState, socket: WebSocket, token: Option<String>) {
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
         writer.abort();
     }
-    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+    drop(gauge);
     tracing::info!(%user, %conn, %reason, "connection closed");
     if !client_done {
         await_client_close(&mut stream).await;
@@ -379,6 +443,10 @@ async fn authenticate_first(
             Ok(req) => match req.command {
                 ClientCommand::Authenticate { token } => match app.verifier.verify(&token) {
                     Ok(identity) => {
+                        if let Err(wait) = app.limiter.check_connect(&identity.user_id) {
+                            connect_rate_limited(sink, stream, req.id.as_deref(), wait).await;
+                            return None;
+                        }
                         if let Some(id) = req.id {
                             let data = serde_json::json!({
                                 "user_id": identity.user_id,
@@ -411,6 +479,40 @@ async fn authenticate_first(
     }
 }
 
+/// Refuses a first-frame `authenticate` over the per-user connect rate
+/// limit as any rate-limited command is refused (`rate_limit_exceeded`,
+/// then `error` `rate_limited` answering its id), then closes with 1013
+/// (try again later): the token is fine, so not 4001.
+async fn connect_rate_limited(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    id: Option<&str>,
+    wait: Duration,
+) {
+    metrics::counter!(m::RATE_LIMITED).increment(1);
+    let event = ServerEvent::RateLimitExceeded {
+        retry_after_ms: retry_after_ms(wait),
+        command: "authenticate".to_owned(),
+    };
+    send_text(sink, event.to_frame()).await;
+    let e = Error::RateLimited { retry_after: wait };
+    m::error(e.code());
+    let message = e.public_message();
+    reject(
+        sink,
+        stream,
+        error_frame(id, &e),
+        CLOSE_TRY_AGAIN_LATER,
+        &message,
+    )
+    .await;
+}
+
+/// A wait as the `retry_after_ms` of `rate_limit_exceeded`: at least 1.
+fn retry_after_ms(wait: Duration) -> u64 {
+    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 async fn handle_text(app: &AppState, session: &Session, text: &str) {
     let req = match parse_request(text) {
         Ok(req) => req,
@@ -425,9 +527,8 @@ async fn handle_text(app: &AppState, session: &Session, text: &str) {
         .check(session.user_id(), CommandClass::of(&req.kind))
     {
         metrics::counter!(m::RATE_LIMITED).increment(1);
-        let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         let event = ServerEvent::RateLimitExceeded {
-            retry_after_ms,
+            retry_after_ms: retry_after_ms(wait),
             command: req.kind.clone(),
         };
         session.send(event.to_frame());
@@ -459,4 +560,103 @@ async fn handle_text(app: &AppState, session: &Session, text: &str) {
 async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     // The guard `wait_for` returns is dropped here, before any other await.
     let _ = rx.wait_for(|stop| *stop).await.is_ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicU64, Ordering},
+        time::UNIX_EPOCH,
+    };
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
+
+    use super::*;
+    use crate::auth::{AuthConfig, Verifier};
+
+    #[test]
+    fn the_expiry_deadline_is_exp_plus_the_leeway() {
+        let verifier = Verifier::new(&AuthConfig::hs256("k")).unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = Instant::now();
+        // exp 10 s ahead, 30 s of leeway: closed 40 s from now.
+        assert_eq!(
+            expiry_deadline(verifier.valid_until(1_000_010), now, at),
+            Some(at + Duration::from_secs(40))
+        );
+        // Expired 10 s ago, still within the leeway: 20 s left.
+        assert_eq!(
+            expiry_deadline(verifier.valid_until(999_990), now, at),
+            Some(at + Duration::from_secs(20))
+        );
+        // Past the leeway: at once.
+        assert_eq!(
+            expiry_deadline(verifier.valid_until(999_000), now, at),
+            Some(at)
+        );
+    }
+
+    #[test]
+    fn a_far_exp_means_no_timer_and_no_overflow() {
+        let verifier = Verifier::new(&AuthConfig::hs256("k")).unwrap();
+        let now = SystemTime::now();
+        let at = Instant::now();
+        for exp in [u64::MAX, u64::MAX - 30, 1 << 62, i64::MAX as u64, 1 << 40] {
+            assert_eq!(
+                expiry_deadline(verifier.valid_until(exp), now, at),
+                None,
+                "{exp}"
+            );
+        }
+        assert_eq!(expiry_deadline(None, now, at), None);
+    }
+
+    /// A recorder whose gauges all share one value.
+    #[derive(Debug, Default)]
+    struct OneGauge(Arc<AtomicU64>);
+
+    impl OneGauge {
+        fn value(&self) -> f64 {
+            f64::from_bits(self.0.load(Ordering::SeqCst))
+        }
+    }
+
+    impl metrics::Recorder for OneGauge {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            assert_eq!(key.name(), m::CONNECTIONS);
+            Gauge::from_arc(self.0.clone())
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn the_connection_gauge_goes_down_when_the_task_panics() {
+        let recorder = OneGauge::default();
+        metrics::with_local_recorder(&recorder, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let open = ConnectionGauge::open();
+                assert_eq!(recorder.value(), 1.0);
+                let task = tokio::spawn(async {
+                    let _gauge = ConnectionGauge::open();
+                    tokio::task::yield_now().await;
+                    panic!("a connection task fails");
+                });
+                assert!(task.await.unwrap_err().is_panic());
+                assert_eq!(recorder.value(), 1.0, "only the live one counts");
+                drop(open);
+            });
+        });
+        assert_eq!(recorder.value(), 0.0);
+    }
 }

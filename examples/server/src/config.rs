@@ -6,7 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use chat_core::EngineConfig;
 use chat_store_sqlite::{SqliteConfig, Synchronous};
-use chat_transport_ws::{auth::JwtKey, limits::RateLimits};
+use chat_transport_ws::{
+    auth::JwtKey,
+    limits::{Rate, RateLimits},
+};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -96,8 +99,55 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
     /// With Redis: the prefix of the bus's keys (several clusters on one Redis).
     redis_key_prefix: Option<String>,
-    rate_limits: Option<RateLimits>,
+    rate_limits: Option<FileRateLimits>,
     limits: Option<FileLimits>,
+}
+
+/// `[rate_limits]`: every class, and each key of a class, is optional; what
+/// is left out keeps its default (`RateLimits::default()`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRateLimits {
+    write: Option<FileRate>,
+    typing: Option<FileRate>,
+    other: Option<FileRate>,
+    /// Opening a WebSocket connection, per user.
+    connect: Option<FileRate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRate {
+    per_second: Option<u32>,
+    burst: Option<u32>,
+}
+
+impl FileRate {
+    fn over(rate: Option<&Self>, default: Rate) -> Rate {
+        let Some(rate) = rate else {
+            return default;
+        };
+        Rate {
+            per_second: rate.per_second.unwrap_or(default.per_second),
+            burst: rate.burst.unwrap_or(default.burst),
+        }
+    }
+}
+
+impl FileRateLimits {
+    /// The file's budgets over the defaults.
+    fn resolve(file: Option<&Self>) -> RateLimits {
+        let defaults = RateLimits::default();
+        let Some(file) = file else {
+            return defaults;
+        };
+        RateLimits {
+            write: FileRate::over(file.write.as_ref(), defaults.write),
+            typing: FileRate::over(file.typing.as_ref(), defaults.typing),
+            other: FileRate::over(file.other.as_ref(), defaults.other),
+            connect: FileRate::over(file.connect.as_ref(), defaults.connect),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,7 +277,7 @@ impl Settings {
             ping_interval: secs(file.ping_interval_secs),
             idle_timeout: secs(file.idle_timeout_secs),
             redis_key_prefix: file.redis_key_prefix,
-            rate_limits: file.rate_limits.unwrap_or_default(),
+            rate_limits: FileRateLimits::resolve(file.rate_limits.as_ref()),
             engine,
         })
     }
@@ -280,5 +330,62 @@ mod tests {
         let limits = file.limits.expect("limits");
         assert_eq!((limits.write_lanes, limits.chat_cache), (Some(2), Some(0)));
         assert!(toml::from_str::<FileConfig>("[limits]\nchat_cahce = 1\n").is_err());
+    }
+
+    #[test]
+    fn rate_limits_with_one_class_keep_the_other_defaults() {
+        let file: FileConfig =
+            toml::from_str("[rate_limits]\ntyping = { per_second = 2, burst = 4 }\n")
+                .expect("one class is enough");
+        let defaults = RateLimits::default();
+        assert_eq!(
+            FileRateLimits::resolve(file.rate_limits.as_ref()),
+            RateLimits {
+                typing: Rate {
+                    per_second: 2,
+                    burst: 4
+                },
+                ..defaults
+            }
+        );
+    }
+
+    #[test]
+    fn rate_limit_keys_are_each_optional() {
+        let file: FileConfig = toml::from_str(
+            "[rate_limits]\nwrite = { burst = 100 }\nconnect = { per_second = 3 }\n",
+        )
+        .expect("valid TOML");
+        let limits = FileRateLimits::resolve(file.rate_limits.as_ref());
+        let defaults = RateLimits::default();
+        assert_eq!(
+            limits.write,
+            Rate {
+                per_second: defaults.write.per_second,
+                burst: 100
+            }
+        );
+        assert_eq!(
+            limits.connect,
+            Rate {
+                per_second: 3,
+                burst: defaults.connect.burst
+            }
+        );
+        assert_eq!(
+            (limits.typing, limits.other),
+            (defaults.typing, defaults.other)
+        );
+        let empty: FileConfig = toml::from_str("[rate_limits]\n").expect("empty table");
+        assert_eq!(
+            FileRateLimits::resolve(empty.rate_limits.as_ref()),
+            defaults
+        );
+        assert_eq!(
+            FileRateLimits::resolve(FileConfig::default().rate_limits.as_ref()),
+            defaults
+        );
+        assert!(toml::from_str::<FileConfig>("[rate_limits]\nwrites = { burst = 1 }\n").is_err());
+        assert!(toml::from_str::<FileConfig>("[rate_limits]\nwrite = { brust = 1 }\n").is_err());
     }
 }
