@@ -426,6 +426,8 @@ pub(crate) async fn update_group(
 #[derive(Debug, Deserialize)]
 pub(crate) struct SyncParams {
     cursors: Option<String>,
+    /// The `next` of the previous page.
+    after: Option<String>,
 }
 
 pub(crate) async fn sync(
@@ -441,7 +443,11 @@ pub(crate) async fn sync(
             )))
         })?,
     };
-    to_json(app.engine.sync(&actor, &cursors).await?)
+    to_json(
+        app.engine
+            .sync_from(&actor, &cursors, p.after.as_deref())
+            .await?,
+    )
 }
 
 pub(crate) async fn block(
@@ -560,17 +566,20 @@ pub(crate) async fn unsuspend(
 // --- operations -------------------------------------------------------------
 
 pub(crate) async fn healthz(State(app): State<AppState>) -> Response {
-    match app.engine.store().get_chat(ChatId::new()).await {
-        Ok(_) => Json(json!({"status": "ok"})).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "health check: the store does not answer");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable"})),
-            )
-                .into_response()
-        }
+    let health = app.engine.health().await;
+    if health.ok {
+        return Json(json!({"status": "ok"})).into_response();
     }
+    tracing::error!(
+        store_error = health.store_error.as_deref().unwrap_or("none"),
+        lanes_running = health.lanes_running,
+        "health check failed"
+    );
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "unavailable"})),
+    )
+        .into_response()
 }
 
 pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
