@@ -17,6 +17,7 @@ use chat_core::{
 };
 use fred::{
     clients::{Client, SubscriberClient},
+    error::{Error as RedisError, ErrorKind as RedisErrorKind},
     interfaces::{ClientInterface, ClientLike, EventInterface, PubsubInterface},
     prelude::{Builder, Config, Options, ReconnectPolicy},
     types::{ClusterHash, CustomCommand, Key, Message, Value},
@@ -29,6 +30,7 @@ use tokio::{
 
 use crate::{
     config::RedisBusConfig,
+    queue::{Job, PublishQueue, PublishStats, Pushed},
     scripts::{Lua, Scripts},
 };
 
@@ -45,16 +47,28 @@ const KEY_EXPIRY_TTLS: u32 = 10;
 const SWEEP_DELAY: Duration = Duration::from_millis(2);
 /// How long [`RedisBus::shutdown`] waits for each `QUIT`.
 const QUIT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most deliveries the drain task sends in one pipeline.
+const BATCH_JOBS: usize = 256;
+/// Most queued bytes (as the queue counts them) in one pipeline, unless a
+/// single delivery is larger.
+const BATCH_BYTES: usize = 1 << 20;
 
 /// The [`Bus`] of a node in a cluster that shares one Redis.
 ///
 /// Made with [`RedisBus::connect`]; see the [crate docs](crate) for the
-/// channel scheme and the keys. Dropping it is a crash as far as the
-/// cluster can tell (survivors expire the node after the TTL); call
-/// [`RedisBus::shutdown`] to leave at once.
+/// channel scheme, the keys and the publish queue. Dropping it is a crash
+/// as far as the cluster can tell (survivors expire the node after the TTL,
+/// and deliveries still queued for other nodes are lost); call
+/// [`RedisBus::shutdown`] to send the queue and leave at once.
 pub struct RedisBus {
     shared: Arc<Shared>,
-    tasks: Vec<AbortHandle>,
+    /// fred's connection tasks (commands, subscription): they reconnect
+    /// forever, until aborted.
+    connections: [AbortHandle; 2],
+    /// Sends the publish queue to Redis.
+    drain: AbortHandle,
+    /// Receiving, watching the connections, heartbeat.
+    workers: [AbortHandle; 4],
 }
 
 struct Keys {
@@ -98,6 +112,8 @@ struct Shared {
     /// and never resend, so a publish is never delivered twice.
     options: Options,
     scripts: Scripts,
+    /// The remote half of `publish`, for the drain task.
+    queue: PublishQueue,
     sink: OnceLock<Arc<dyn DeliverySink>>,
     /// Users this node holds, whatever Redis knows.
     local: Mutex<HashSet<UserId>>,
@@ -176,6 +192,7 @@ impl RedisBus {
                 ..Options::default()
             },
             scripts: Scripts::new(),
+            queue: PublishQueue::new(config.publish_queue_bytes),
             sink: OnceLock::new(),
             local: Mutex::new(HashSet::new()),
             gate: RwLock::new(()),
@@ -196,17 +213,22 @@ impl RedisBus {
         let messages = shared.sub.message_rx();
         let sub_events = (shared.sub.reconnect_rx(), shared.sub.error_rx());
         let cmd_events = (shared.cmd.reconnect_rx(), shared.cmd.error_rx());
-        let tasks = vec![
-            // The connection tasks: they reconnect forever, until aborted.
-            shared.cmd.connect().abort_handle(),
-            shared.sub.connect().abort_handle(),
-            tokio::spawn(receive(shared.clone(), messages)).abort_handle(),
-            tokio::spawn(watch_subscriber(shared.clone(), sub_events.0, sub_events.1))
-                .abort_handle(),
-            tokio::spawn(watch_commands(shared.clone(), cmd_events.0, cmd_events.1)).abort_handle(),
-            tokio::spawn(heartbeat(shared.clone())).abort_handle(),
-        ];
-        let bus = RedisBus { shared, tasks };
+        let bus = RedisBus {
+            connections: [
+                shared.cmd.connect().abort_handle(),
+                shared.sub.connect().abort_handle(),
+            ],
+            drain: tokio::spawn(drain(shared.clone())).abort_handle(),
+            workers: [
+                tokio::spawn(receive(shared.clone(), messages)).abort_handle(),
+                tokio::spawn(watch_subscriber(shared.clone(), sub_events.0, sub_events.1))
+                    .abort_handle(),
+                tokio::spawn(watch_commands(shared.clone(), cmd_events.0, cmd_events.1))
+                    .abort_handle(),
+                tokio::spawn(heartbeat(shared.clone())).abort_handle(),
+            ],
+            shared,
+        };
 
         let ready = tokio::time::timeout(config.connect_timeout, async {
             while !bus.is_ready() {
@@ -254,19 +276,42 @@ impl RedisBus {
             .collect()
     }
 
-    /// Leaves the cluster: stops the heartbeat, lets a surviving node
-    /// report this node's remaining users offline at once (rather than
-    /// after the TTL), and closes the connections. Call it last: afterwards
-    /// the bus receives nothing from other nodes, and `publish` reaches this
-    /// node only. Never fails: if Redis is unreachable the survivors expire
-    /// the node after the TTL, as if it had crashed.
+    /// Counters of the publish queue, to export as metrics: see
+    /// [`PublishStats`].
+    pub fn publish_stats(&self) -> PublishStats {
+        self.shared.queue.stats()
+    }
+
+    /// Leaves the cluster: sends what the publish queue holds to the other
+    /// nodes (waiting up to
+    /// [`command_timeout`](RedisBusConfig::command_timeout) for Redis to
+    /// take it), stops the heartbeat, lets a surviving node report this
+    /// node's remaining users offline at once (rather than after the TTL),
+    /// and closes the connections. Call it last: from its start, `publish`
+    /// reaches this node only, and afterwards the bus receives nothing from
+    /// other nodes. Never fails: if Redis is unreachable the survivors
+    /// expire the node after the TTL, as if it had crashed.
     pub async fn shutdown(&self) {
         let s = &self.shared;
         if s.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Deliveries published so far reach the other nodes before this
+        // node leaves; the heartbeat keeps the node live meanwhile.
+        s.queue.close();
+        let budget = s.options.timeout.unwrap_or(QUIT_TIMEOUT);
+        if tokio::time::timeout(budget, s.queue.flush()).await.is_err() {
+            let left = s.queue.abandon();
+            tracing::warn!(
+                node = %s.node,
+                left,
+                "bus shutdown: Redis did not take the queued deliveries in time; those left \
+                 did not reach other nodes (clients catch up with sync)"
+            );
+        }
         // Stop everything but the connections.
-        for task in self.tasks.iter().skip(2) {
+        self.drain.abort();
+        for task in &self.workers {
             task.abort();
         }
         let keys = vec![s.keys.nodes.clone(), s.keys.mine.clone()];
@@ -289,7 +334,12 @@ impl RedisBus {
         if s.sub.is_connected() {
             let _ = tokio::time::timeout(QUIT_TIMEOUT, s.sub.quit()).await;
         }
-        for task in &self.tasks {
+        self.abort_all();
+    }
+
+    fn abort_all(&self) {
+        let tasks = self.connections.iter().chain([&self.drain]);
+        for task in tasks.chain(&self.workers) {
             task.abort();
         }
     }
@@ -303,6 +353,7 @@ impl fmt::Debug for RedisBus {
             .field("channel", &s.keys.channel)
             .field("presence_ttl", &s.ttl)
             .field("ready", &self.is_ready())
+            .field("publish_queue", &s.queue.stats())
             .finish_non_exhaustive()
     }
 }
@@ -310,11 +361,10 @@ impl fmt::Debug for RedisBus {
 impl Drop for RedisBus {
     fn drop(&mut self) {
         // Aborting the connection tasks drops the sockets. Presence stays
-        // behind: to the cluster this node crashed.
+        // behind, and so do the deliveries still queued for other nodes:
+        // to the cluster this node crashed.
         self.shared.closed.store(true, Ordering::SeqCst);
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.abort_all();
     }
 }
 
@@ -334,30 +384,46 @@ impl Bus for RedisBus {
         Ok(())
     }
 
+    /// Hands `delivery` to this node's sink, queues it for the other nodes
+    /// and returns: it never waits for Redis, and Redis errors are logged
+    /// and counted ([`RedisBus::publish_stats`]) rather than returned.
     async fn publish(&self, delivery: Delivery) -> Result<()> {
         let s = &self.shared;
-        // This node's connections never wait for Redis.
+        // This node's connections never wait for Redis...
         if let Some(sink) = s.sink.get() {
             sink.deliver(&delivery);
         }
         let audience = &delivery.audience;
-        let mut seen = HashSet::new();
-        let keys: Vec<Key> = audience
+        if audience
             .users
             .iter()
-            .filter(|u| audience.except_user.as_ref() != Some(*u) && seen.insert(*u))
-            .map(|u| s.keys.user(u))
-            .collect();
-        if keys.is_empty() {
+            .all(|u| audience.except_user.as_ref() == Some(u))
+        {
             return Ok(());
         }
-        let payload = serde_json::to_string(&delivery).map_err(Error::backend)?;
-        let args = vec![
-            text(s.node.as_str()),
-            text(s.keys.channel_prefix.as_str()),
-            text(payload),
-        ];
-        s.eval(&s.scripts.publish, keys, args).await.map(drop)
+        // ...nor do the other nodes' deliveries: the drain task routes them
+        // through Redis, in this order. The caller does no more than take
+        // a lock and push: the task encodes them.
+        match s.queue.push(delivery) {
+            Pushed::Queued { after_drops: 0 } => {}
+            Pushed::Queued { after_drops } => tracing::warn!(
+                node = %s.node,
+                dropped = after_drops,
+                "bus publish queue has room again; the deliveries dropped meanwhile did not \
+                 reach other nodes (clients catch up with sync)"
+            ),
+            Pushed::Dropped { first: true } => tracing::warn!(
+                node = %s.node,
+                stats = ?s.queue.stats(),
+                "bus publish queue is full (Redis is slow or unreachable): new deliveries \
+                 reach this node only until it drains (clients elsewhere catch up with sync)"
+            ),
+            Pushed::Dropped { first: false } => {}
+            Pushed::Closed => {
+                tracing::debug!(node = %s.node, "publish after shutdown: this node only");
+            }
+        }
+        Ok(())
     }
 
     async fn user_connected(&self, user: &UserId) -> Result<bool> {
@@ -432,32 +498,138 @@ impl Shared {
     /// `max_attempts`.
     async fn eval(&self, lua: &Lua, keys: Vec<Key>, args: Vec<Value>) -> Result<Value> {
         let client = self.cmd.with_options(&self.options);
-        let mut command = Vec::with_capacity(2 + keys.len() + args.len());
-        command.push(text(lua.sha1.as_str()));
-        command.push(Value::Integer(
-            i64::try_from(keys.len()).unwrap_or(i64::MAX),
-        ));
-        command.extend(keys.into_iter().map(|k| Value::Bytes(k.into_bytes())));
-        command.extend(args);
-        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
+        let command = evalsha_args(lua, keys, args);
         let first = client
-            .custom::<Value, Value>(evalsha.clone(), command.clone())
+            .custom::<Value, Value>(evalsha(), command.clone())
             .await;
         let result = match first {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                tracing::debug!(script = lua.name, "loading bus script into Redis");
-                let load = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
-                match client
-                    .custom::<Value, Value>(load, vec![text("LOAD"), text(lua.source.as_str())])
-                    .await
-                {
-                    Ok(_) => client.custom(evalsha, command).await,
-                    Err(e) => Err(e),
-                }
-            }
+            Err(e) if is_noscript(&e) => match self.load(lua).await {
+                Ok(()) => client.custom(evalsha(), command).await,
+                Err(e) => Err(e),
+            },
             other => other,
         };
         result.map_err(|e| Error::backend(format!("Redis bus script `{}`: {e}", lua.name)))
+    }
+
+    /// `SCRIPT LOAD`.
+    async fn load(&self, lua: &Lua) -> Result<(), RedisError> {
+        tracing::debug!(script = lua.name, "loading bus script into Redis");
+        let load = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
+        self.cmd
+            .with_options(&self.options)
+            .custom::<Value, Value>(load, vec![text("LOAD"), text(lua.source.as_str())])
+            .await
+            .map(drop)
+    }
+
+    /// Sends `commands` (arguments of `EVALSHA`) in one pipeline, in order,
+    /// and returns one result per command.
+    async fn pipeline(&self, commands: &[Vec<Value>]) -> Vec<Result<Value, RedisError>> {
+        let all_failed = |e: RedisError| vec![Err(e); commands.len()];
+        let pipeline = self.cmd.pipeline().with_options(&self.options);
+        for command in commands {
+            // Only buffers the command.
+            if let Err(e) = pipeline
+                .custom::<Value, Value>(evalsha(), command.clone())
+                .await
+            {
+                return all_failed(e);
+            }
+        }
+        let results = pipeline.try_all::<Value>().await;
+        if results.len() == commands.len() {
+            return results;
+        }
+        // The pipeline as a whole failed: not connected, or timed out.
+        let error = results.into_iter().find_map(Result::err);
+        all_failed(error.unwrap_or_else(|| {
+            RedisError::new(
+                RedisErrorKind::Protocol,
+                "pipeline reply of the wrong length",
+            )
+        }))
+    }
+
+    /// The `EVALSHA` arguments of the `publish` script for `delivery`, or
+    /// `None` if its audience is nobody (but maybe this node's typist).
+    fn publish_command(&self, delivery: &Delivery) -> Result<Option<Vec<Value>>> {
+        let audience = &delivery.audience;
+        let mut seen = HashSet::new();
+        let keys: Vec<Key> = audience
+            .users
+            .iter()
+            .filter(|u| audience.except_user.as_ref() != Some(*u) && seen.insert(*u))
+            .map(|u| self.keys.user(u))
+            .collect();
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let payload = serde_json::to_string(delivery).map_err(Error::backend)?;
+        let args = vec![
+            text(self.node.as_str()),
+            text(self.keys.channel_prefix.as_str()),
+            text(payload),
+        ];
+        Ok(Some(evalsha_args(&self.scripts.publish, keys, args)))
+    }
+
+    /// Routes one batch of the publish queue through Redis, in order;
+    /// returns how many deliveries went through and how many failed.
+    async fn send_batch(&self, batch: &[Job]) -> (u64, u64) {
+        let (mut sent, mut failed) = (0, 0);
+        let mut commands = Vec::with_capacity(batch.len());
+        for job in batch {
+            match self.publish_command(&job.delivery) {
+                Ok(Some(command)) => commands.push(command),
+                Ok(None) => sent += 1,
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(node = %self.node, error = %e, "bus cannot encode a delivery for other nodes; dropped");
+                }
+            }
+        }
+        if commands.is_empty() {
+            return (sent, failed);
+        }
+        let mut results = self.pipeline(&commands).await;
+        let noscript = |r: &Result<Value, RedisError>| matches!(r, Err(e) if is_noscript(e));
+        if results.iter().any(noscript) {
+            // Redis lacks the script (first use, a restart, SCRIPT FLUSH),
+            // so those commands did not run: load it and send them again,
+            // but only those after the last command that may have run (in
+            // practice all of them), so that no delivery overtakes another.
+            let from = results
+                .iter()
+                .rposition(|r| !noscript(r))
+                .map_or(0, |i| i + 1);
+            match self.load(&self.scripts.publish).await {
+                Ok(()) => {
+                    let again = self.pipeline(&commands[from..]).await;
+                    results.splice(from.., again);
+                }
+                Err(e) => results[from..].fill(Err(e)),
+            }
+        }
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(_) => sent += 1,
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            let lost = failed;
+            if self.redis_up.load(Ordering::SeqCst) {
+                tracing::warn!(node = %self.node, error = %e, lost, "bus could not route deliveries to other nodes through Redis (clients catch up with sync)");
+            } else {
+                tracing::debug!(node = %self.node, error = %e, lost, "bus without Redis: deliveries reach this node only");
+            }
+        }
+        (sent, failed)
     }
 
     /// Runs `connected` or `disconnected` for `user`; returns whether the
@@ -677,6 +849,26 @@ impl Shared {
     }
 }
 
+fn evalsha() -> CustomCommand {
+    CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false)
+}
+
+/// The arguments of `EVALSHA` for `lua`.
+fn evalsha_args(lua: &Lua, keys: Vec<Key>, args: Vec<Value>) -> Vec<Value> {
+    let mut command = Vec::with_capacity(2 + keys.len() + args.len());
+    command.push(text(lua.sha1.as_str()));
+    command.push(Value::Integer(
+        i64::try_from(keys.len()).unwrap_or(i64::MAX),
+    ));
+    command.extend(keys.into_iter().map(|k| Value::Bytes(k.into_bytes())));
+    command.extend(args);
+    command
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.details().starts_with("NOSCRIPT")
+}
+
 #[derive(Debug, Default)]
 struct PingCheck {
     seq: u64,
@@ -717,6 +909,19 @@ impl BeatReply {
             stale: list(stale),
             swept: list(swept),
         })
+    }
+}
+
+/// Sends the publish queue to Redis, in order, on the command connection:
+/// each batch (what queued up while the previous one was out) is one
+/// pipeline of `EVALSHA`s, and the next batch waits for its replies. The
+/// bus never resends a command, so a batch cut off by a disconnect is lost,
+/// never doubled.
+async fn drain(shared: Arc<Shared>) {
+    loop {
+        let batch = shared.queue.next_batch(BATCH_JOBS, BATCH_BYTES).await;
+        let (sent, failed) = shared.send_batch(&batch).await;
+        shared.queue.finished(batch, sent, failed);
     }
 }
 

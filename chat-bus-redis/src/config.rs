@@ -40,9 +40,20 @@ pub struct RedisBusConfig {
     /// keeps reconnecting in the background. Also the TCP connect timeout.
     /// Default: 5 s.
     pub connect_timeout: Duration,
-    /// How long one Redis command may take before it fails (the publishing
-    /// task waits at most this long). Default: 2 s.
+    /// How long one Redis command (or one batch of publishes) may take
+    /// before it fails. Presence calls wait at most this long;
+    /// [`RedisBus::shutdown`](crate::RedisBus::shutdown) waits at most this
+    /// long for the publish queue to drain. Default: 2 s.
     pub command_timeout: Duration,
+    /// Bound of the publish queue: the deliveries that `publish` has handed
+    /// to this node's connections and that wait for Redis to reach the
+    /// other nodes, counted by the size of their events and audiences.
+    /// When it is full, `publish` drops the remote part of new deliveries
+    /// (and logs and counts it) rather than wait: see the
+    /// [crate docs](crate#publishing-without-waiting-for-redis). Default:
+    /// 16 MiB (tens of thousands of typical deliveries, seconds of a busy
+    /// node's traffic).
+    pub publish_queue_bytes: usize,
 }
 
 impl Default for RedisBusConfig {
@@ -53,6 +64,7 @@ impl Default for RedisBusConfig {
             presence_ttl: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(2),
+            publish_queue_bytes: 16 << 20,
         }
     }
 }
@@ -91,6 +103,12 @@ impl RedisBusConfig {
         self
     }
 
+    /// Sets [`publish_queue_bytes`](Self::publish_queue_bytes).
+    pub fn publish_queue_bytes(mut self, bytes: usize) -> Self {
+        self.publish_queue_bytes = bytes;
+        self
+    }
+
     /// How often the node refreshes its presence: a third of the TTL.
     pub fn heartbeat_interval(&self) -> Duration {
         self.presence_ttl / 3
@@ -117,6 +135,11 @@ impl RedisBusConfig {
         if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::invalid(
                 "RedisBusConfig timeouts must be greater than zero",
+            ));
+        }
+        if self.publish_queue_bytes == 0 {
+            return Err(Error::invalid(
+                "RedisBusConfig::publish_queue_bytes must be greater than zero",
             ));
         }
         Ok(())
@@ -150,5 +173,6 @@ mod tests {
                 .is_err()
         );
         assert!(base().command_timeout(Duration::ZERO).validate().is_err());
+        assert!(base().publish_queue_bytes(0).validate().is_err());
     }
 }

@@ -5,12 +5,7 @@
 
 mod common;
 
-use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use chat_bus_redis::{
@@ -87,18 +82,6 @@ async fn delivery_works(
     false
 }
 
-/// A free loopback port with nothing listening on it.
-fn free_port() -> u16 {
-    let listener = match TcpListener::bind("127.0.0.1:0") {
-        Ok(l) => l,
-        Err(e) => panic!("bind: {e}"),
-    };
-    match listener.local_addr() {
-        Ok(a) => a.port(),
-        Err(e) => panic!("local_addr: {e}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_holding_no_audience_user_gets_nothing() {
     if !common::redis_available("node_holding_no_audience_user_gets_nothing").await {
@@ -143,7 +126,7 @@ async fn node_holding_no_audience_user_gets_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_keeps_serving_local_connections() {
     common::init_logs();
-    let url = format!("redis://127.0.0.1:{}", free_port());
+    let url = format!("redis://127.0.0.1:{}", common::free_port());
     let started = Instant::now();
     let config = RedisBusConfig::default()
         .connect_timeout(Duration::from_millis(300))
@@ -334,66 +317,11 @@ async fn restarted_node_id_reports_users_of_its_previous_process() {
     );
 }
 
-/// A `redis-server` of this test's own, on a free loopback port.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    /// Starts one, or returns `None` if `redis-server` is not installed.
-    async fn start(port: u16) -> Option<Self> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let redis = Self {
-            port,
-            child: Some(child),
-        };
-        let url = redis.url();
-        let up = tokio::time::timeout(WAIT, async {
-            loop {
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        assert!(up.is_ok(), "private redis-server did not come up at {url}");
-        Some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_reconnects_resubscribes_and_registers_presence_again() {
     common::init_logs();
-    let port = free_port();
-    let Some(mut redis) = PrivateRedis::start(port).await else {
+    let port = common::free_port();
+    let Some(mut redis) = common::PrivateRedis::start(port).await else {
         if common::services_required() {
             panic!("redis-server is not installed and CHAT_REQUIRE_SERVICES=1");
         }
@@ -441,7 +369,7 @@ async fn redis_restart_reconnects_resubscribes_and_registers_presence_again() {
     assert!(!n1.is_ready());
 
     // Redis comes back empty: no keys, no scripts.
-    let Some(_redis) = PrivateRedis::start(port).await else {
+    let Some(_redis) = common::PrivateRedis::start(port).await else {
         panic!("redis-server went away");
     };
     assert!(

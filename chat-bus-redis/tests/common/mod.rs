@@ -3,13 +3,18 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
 
 use chat_bus_redis::{
     RedisBus, RedisBusConfig,
     fred::{
-        prelude::{ClientLike, Config, LuaInterface},
-        types::Builder,
+        prelude::{ClientInterface, ClientLike, Config, LuaInterface},
+        types::{Builder, client::ClientPauseKind},
     },
 };
 use chat_core::Bus;
@@ -156,7 +161,13 @@ pub fn config(prefix: &str, name: &str) -> RedisBusConfig {
 
 /// Node `name` of the cluster of `prefix`, ready.
 pub async fn node(prefix: &str, name: &str) -> Arc<RedisBus> {
-    let bus = match RedisBus::connect(&redis_url(), config(prefix, name)).await {
+    node_at(&redis_url(), config(prefix, name)).await
+}
+
+/// A node with `config` on the Redis at `url`, ready.
+pub async fn node_at(url: &str, config: RedisBusConfig) -> Arc<RedisBus> {
+    let name = config.node_id.clone();
+    let bus = match RedisBus::connect(url, config).await {
         Ok(bus) => bus,
         Err(e) => panic!("RedisBus::connect: {e}"),
     };
@@ -167,4 +178,103 @@ pub async fn node(prefix: &str, name: &str) -> Arc<RedisBus> {
 /// `node` as the trait object the engine holds.
 pub fn dyn_bus(bus: Arc<RedisBus>) -> Arc<dyn Bus> {
     bus
+}
+
+/// A free loopback port with nothing listening on it.
+pub fn free_port() -> u16 {
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => panic!("bind: {e}"),
+    };
+    match listener.local_addr() {
+        Ok(a) => a.port(),
+        Err(e) => panic!("local_addr: {e}"),
+    }
+}
+
+/// A `redis-server` of the test's own, on a free loopback port: for tests
+/// that stop, restart or pause Redis without disturbing the shared one.
+pub struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one on `port`, or returns `None` if `redis-server` is not
+    /// installed.
+    pub async fn start(port: u16) -> Option<Self> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Self {
+            port,
+            child: Some(child),
+        };
+        let url = redis.url();
+        let up = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(up.is_ok(), "private redis-server did not come up at {url}");
+        Some(redis)
+    }
+
+    /// Starts one on a free port; if `redis-server` is not installed, fails
+    /// the test when services are required, or says it is skipped.
+    pub async fn start_or_skip(test: &str) -> Option<Self> {
+        init_logs();
+        if let Some(redis) = Self::start(free_port()).await {
+            return Some(redis);
+        }
+        if services_required() {
+            panic!("redis-server is not installed and CHAT_REQUIRE_SERVICES=1 ({test})");
+        }
+        eprintln!("SKIPPED: redis-server not installed ({test})");
+        None
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `CLIENT PAUSE <pause> WRITE` on the Redis at `url`: for that long, every
+/// client's scripts and writes wait (reads and pub/sub delivery go on).
+pub async fn pause_writes(url: &str, pause: Duration) {
+    let Some(c) = client(url).await else {
+        panic!("Redis at {url} does not answer");
+    };
+    let ms = i64::try_from(pause.as_millis()).unwrap_or(i64::MAX);
+    if let Err(e) = c.client_pause(ms, Some(ClientPauseKind::Write)).await {
+        panic!("CLIENT PAUSE: {e}");
+    }
+    // QUIT is not a write: it is not paused.
+    let _ = c.quit().await;
 }
