@@ -17,7 +17,7 @@ use crate::{
     },
     store::{
         Applied, Change, ChatListQuery, Committed, HistoryQuery, Members, NewChat, NewMessage,
-        ReportResolution, Store, demotes_last_admin, heir,
+        ReportResolution, Store, demotes_last_admin, heir, lost_authority, role_at_least,
     },
 };
 
@@ -369,6 +369,16 @@ impl State {
                     chat: chat.clone(),
                     message: Some(message),
                 })
+            }
+            Change::Authorized { by, role, change } => {
+                let holds = self
+                    .chat(change.chat_id())?
+                    .participant(by)
+                    .is_some_and(|p| role_at_least(p.role, *role));
+                if !holds {
+                    return Err(lost_authority(by));
+                }
+                self.apply((**change).clone())
             }
             Change::EnsureAdmin { chat_id, by, at } => {
                 let chat = self.chat(*chat_id)?;

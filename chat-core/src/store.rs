@@ -313,6 +313,21 @@ pub enum Change {
         /// When.
         at: Timestamp,
     },
+    /// `change`, if `by` is still a participant of its chat holding at
+    /// least `role` when it commits; otherwise `Forbidden`, and nothing is
+    /// written. The engine checks a group change's rights on the chat as it
+    /// reads it, then queues the change; this makes the store check again
+    /// where it applies the change, so that an admin removed or demoted by
+    /// a change committed in between cannot still add, remove, promote or
+    /// rename (a group left with members and no admin, otherwise).
+    Authorized {
+        /// Who must still hold the role.
+        by: UserId,
+        /// The least role they need (admin > moderator > member).
+        role: Role,
+        /// The change to apply.
+        change: Box<Change>,
+    },
     /// If the chat has participants but none of them is an admin (its last
     /// admin just left), make its heir admin: the longest-standing
     /// moderator, else the longest-standing participant; recorded like a
@@ -359,6 +374,7 @@ impl Change {
     pub fn chat_id(&self) -> ChatId {
         match self {
             Change::Post(m) => m.chat_id,
+            Change::Authorized { change, .. } => change.chat_id(),
             Change::Edit { chat_id, .. }
             | Change::Delete { chat_id, .. }
             | Change::React { chat_id, .. }
@@ -390,9 +406,39 @@ impl Change {
                 description: patch.description.clone(),
                 avatar_url: patch.avatar_url.clone(),
             }),
+            Change::Authorized { change, .. } => change.system_event(),
             _ => None,
         }
     }
+
+    /// `self`, applied only if `by` still holds at least `role` when it
+    /// commits (see [`Change::Authorized`]).
+    pub fn authorized(self, by: &UserId, role: Role) -> Change {
+        Change::Authorized {
+            by: by.clone(),
+            role,
+            change: Box::new(self),
+        }
+    }
+}
+
+/// Whether `held` is at least `required` (admin > moderator > member).
+pub fn role_at_least(held: Role, required: Role) -> bool {
+    fn rank(role: Role) -> u8 {
+        match role {
+            Role::Admin => 2,
+            Role::Moderator => 1,
+            Role::Member => 0,
+        }
+    }
+    rank(held) >= rank(required)
+}
+
+/// The refusal of a [`Change::Authorized`] whose author lost the role.
+pub fn lost_authority(by: &UserId) -> crate::Error {
+    crate::Error::forbidden(format!(
+        "{by} no longer has the role this change needs in the chat"
+    ))
 }
 
 /// The heir of a group without admin: the longest-standing moderator,

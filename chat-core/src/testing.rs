@@ -207,6 +207,7 @@ macro_rules! store_conformance_tests {
             group_count_counts_groups_only,
             concurrent_posts_see_members_at_commit,
             get_users_answers_in_order,
+            authorized_changes_need_the_role_at_commit,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

@@ -160,6 +160,7 @@ pub(crate) fn apply(batch: &mut Batch<'_, '_>, change: Change) -> Result<Committ
         change => {
             let changes_members =
                 change.system_event().is_some() || matches!(change, Change::EnsureAdmin { .. });
+            // (An `Authorized` change's system event is its inner one's.)
             let applied = batch.step(|conn| apply_guarded(conn, change));
             if changes_members {
                 batch.forget_members(Some(chat_id));
@@ -330,6 +331,13 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
                 role.as_str()
             ])?;
             membership(conn, chat_id, Some(message))
+        }
+        Change::Authorized { by, role, change } => {
+            let held = role_of(conn, change.chat_id(), &by)?;
+            if !held.is_some_and(|h| chat_core::store::role_at_least(h, role)) {
+                return Err(Error::Contract(chat_core::store::lost_authority(&by)));
+            }
+            apply_guarded(conn, *change)
         }
         Change::EnsureAdmin { chat_id, by, at } => {
             let chat = load_chat(conn, chat_id)?;

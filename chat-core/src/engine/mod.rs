@@ -1337,7 +1337,16 @@ impl ChatEngine {
             max_participants: self.inner.config.max_group_members,
             at: self.now(),
         };
-        self.membership(change).await?;
+        // Admins add with any role, moderators members: checked again at
+        // commit, where a change committed meanwhile may have removed or
+        // demoted the actor.
+        let needs = if role == Role::Member {
+            Role::Moderator
+        } else {
+            Role::Admin
+        };
+        self.membership(change.authorized(&actor.user_id, needs))
+            .await?;
         Ok(())
     }
 
@@ -1366,6 +1375,15 @@ impl ChatEngine {
             user_id: user.clone(),
             by: actor.user_id.clone(),
             at: self.now(),
+        };
+        // Leaving needs no role; removing someone else needs the actor's
+        // role to hold when the removal commits.
+        let change = if user == &actor.user_id {
+            change
+        } else if target.role == Role::Member {
+            change.authorized(&actor.user_id, Role::Moderator)
+        } else {
+            change.authorized(&actor.user_id, Role::Admin)
         };
         // The heir is chosen and promoted by the store at commit, in the
         // same batch as the removal: two admins leaving at once cannot
@@ -1420,7 +1438,8 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        self.membership(change).await?;
+        self.membership(change.authorized(&actor.user_id, Role::Admin))
+            .await?;
         Ok(())
     }
 
@@ -1459,7 +1478,10 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        match self.membership(change).await? {
+        match self
+            .membership(change.authorized(&actor.user_id, Role::Admin))
+            .await?
+        {
             crate::store::Applied::Membership { chat, .. } => self.view(chat, &actor.user_id).await,
             _ => Err(unexpected()),
         }

@@ -289,3 +289,50 @@ pub async fn concurrent_posts_see_members_at_commit(store: Arc<dyn Store>) {
         }
     }
 }
+
+/// An `Authorized` change applies only while its author holds the role at
+/// commit: an admin who left earlier in the same batch can no longer add
+/// anyone, a member cannot act as a moderator, and a refusal writes
+/// nothing.
+pub async fn authorized_changes_need_the_role_at_commit(store: Arc<dyn Store>) {
+    let s = &*store;
+    let (alice, bob, carol, nora) = (user("alice"), user("bob"), user("carol"), user("nora"));
+    let chat = group(s, &[&alice, &bob, &carol], at(0)).await;
+    let forbidden = |r: Result<Applied>, what: &str| match r {
+        Err(Error::Forbidden(_)) => {}
+        other => panic!("{what}: expected Forbidden, got {other:?}"),
+    };
+    let add_nora = |by: &UserId, at| add(chat.id, &nora, Role::Member, by, at);
+    forbidden(
+        apply_one(s, add_nora(&bob, at(1)).authorized(&bob, Role::Moderator)).await,
+        "a member adding as if a moderator",
+    );
+    assert_eq!(last_seq(s, chat.id).await, 0, "a refusal takes no seq");
+    let results = s
+        .apply(vec![
+            remove(chat.id, &alice, &alice, at(2)),
+            Change::EnsureAdmin {
+                chat_id: chat.id,
+                by: alice.clone(),
+                at: at(2),
+            },
+            add_nora(&alice, at(3)).authorized(&alice, Role::Admin),
+        ])
+        .await;
+    assert_eq!(results.len(), 3);
+    let mut results = results.into_iter().map(|r| r.map(|c| c.applied));
+    ok(some(results.next(), "result 0"), "alice leaves");
+    ok(some(results.next(), "result 1"), "bob inherits");
+    forbidden(
+        some(results.next(), "result 2"),
+        "an addition by an admin who left earlier in the batch",
+    );
+    let after = get_chat(s, chat.id).await;
+    assert!(after.participant(&nora).is_none(), "nora was not added");
+    assert_eq!(participant(&after, &bob).role, Role::Admin);
+    let (after, _) = membership(
+        apply_one(s, add_nora(&bob, at(4)).authorized(&bob, Role::Admin)).await,
+        "the new admin adds nora",
+    );
+    assert!(after.participant(&nora).is_some());
+}
