@@ -3675,5 +3675,6 @@ mod memory_store {
 // --- Bus ---------------------------------------------------------------------
 
 pub mod bus;
+pub mod engine_suite;
 
 pub use bus::{BusFixture, Cluster, RecordingSink, bus_suite};

@@ -6,12 +6,28 @@
 //! Checked at the end: every chat's log is gap-free with unique ids; members
 //! read exactly the messages they may see, in seq order; nobody sees a chat
 //! they are not in; unread counts match the model.
+//!
+//! A second property runs the same kind of operation lists split across
+//! several tasks at once (on two threads, two write lanes) and checks what
+//! holds whatever the interleaving, against a model replayed from the
+//! store's final log: each chat's seqs are gap-free (every seq is a message
+//! or the deletion of one); the user messages in the log are exactly those
+//! whose sends succeeded, at the seqs the sends returned, and a retry returns
+//! the original; membership and roles replayed from founders and system
+//! messages are the store's, posts are by members at their seq, and a group
+//! with members always has an admin (the heir promoted right after the
+//! removal of the last one); concurrent openings of one direct chat yield one
+//! chat, created once; reads (chat list, history, unread counts, watermarks)
+//! agree with the replayed model; refusals have the codes races explain.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use chat_core::{
-    Actor, ChatEngine, ChatId, ChatKind, ErrorCode, MemoryStore, MessageId, MessageType, NewGroup,
-    Receipt, Role, SendMessage, Store, UserId,
+    Actor, ChatEngine, ChatId, ChatKind, EngineConfig, ErrorCode, MemoryStore, Message, MessageId,
+    MessageType, NewGroup, Receipt, Role, SendMessage, Store, SystemEvent, UserId,
     engine::HistoryRequest,
     store::{ChatListQuery, HistoryQuery},
 };
@@ -460,5 +476,511 @@ proptest! {
             .build()
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         rt.block_on(run(ops))?;
+    }
+}
+
+// --- the same operations, at once --------------------------------------------
+
+/// Tasks that share one engine in the concurrent property.
+const TASKS: usize = 3;
+
+/// A chat as created, with its founding participants in joining order.
+#[derive(Debug, Clone)]
+struct Founded {
+    id: ChatId,
+    group: bool,
+    founders: Vec<(usize, Role)>,
+}
+
+/// A send that succeeded.
+#[derive(Debug, Clone)]
+struct Sent {
+    id: MessageId,
+    chat: ChatId,
+    sender: usize,
+    client_id: String,
+    seq: u64,
+}
+
+/// What the tasks share: what each learned from the engine's answers, for
+/// the others to act on and for the final check.
+#[derive(Debug, Default)]
+struct Shared {
+    chats: Vec<Founded>,
+    sends: Vec<Sent>,
+    /// Each opening of a direct chat of a pair: the chat and whether it
+    /// was created by that call.
+    directs: BTreeMap<(usize, usize), Vec<(ChatId, bool)>>,
+    next_client_id: usize,
+    /// Answers no race explains.
+    failures: Vec<String>,
+}
+
+fn user_ix(user: &UserId) -> Option<usize> {
+    user.as_str().strip_prefix('u')?.parse().ok()
+}
+
+fn shared_lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records a refusal whose code is not among `allowed`.
+fn allow<T>(shared: &Mutex<Shared>, what: &str, r: &chat_core::Result<T>, allowed: &[ErrorCode]) {
+    if let Err(e) = r {
+        if !allowed.contains(&e.code()) {
+            shared_lock(shared)
+                .failures
+                .push(format!("{what}: unexpected {e:?}"));
+        }
+    }
+}
+
+async fn concurrent_step(engine: &ChatEngine, shared: &Mutex<Shared>, op: Op) {
+    use ErrorCode::{BadRequest, Conflict, Forbidden, NotFound};
+    let actor = |i: usize| Actor::user(uid(i));
+    let chat = |c: usize| {
+        let s = shared_lock(shared);
+        (!s.chats.is_empty()).then(|| s.chats[c % s.chats.len()].clone())
+    };
+    let sent = |i: usize| {
+        let s = shared_lock(shared);
+        (!s.sends.is_empty()).then(|| s.sends[i % s.sends.len()].clone())
+    };
+    match op {
+        Op::Direct(a, b) => {
+            let r = engine
+                .create_direct(&actor(a), &uid(b), Default::default())
+                .await;
+            if a == b {
+                if result_code(&r) != Some(BadRequest) {
+                    shared_lock(shared)
+                        .failures
+                        .push(format!("direct chat with oneself: {r:?}"));
+                }
+                return;
+            }
+            allow(shared, "create_direct", &r, &[]);
+            if let Ok(opened) = r {
+                let mut s = shared_lock(shared);
+                let id = opened.chat.chat.id;
+                s.directs
+                    .entry((a.min(b), a.max(b)))
+                    .or_default()
+                    .push((id, opened.created));
+                if opened.created {
+                    let founders = founders_of(&opened.chat.chat);
+                    s.chats.push(Founded {
+                        id,
+                        group: false,
+                        founders,
+                    });
+                }
+            }
+        }
+        Op::Group(a, mask) => {
+            let others: Vec<usize> = (0..USERS)
+                .filter(|i| *i != a && mask & (1 << i) != 0)
+                .collect();
+            let g = NewGroup {
+                name: "g".into(),
+                member_ids: others.iter().map(|i| uid(*i)).collect(),
+                ..Default::default()
+            };
+            let r = engine.create_group(&actor(a), g).await;
+            allow(shared, "create_group", &r, &[]);
+            if let Ok(view) = r {
+                let founders = founders_of(&view.chat);
+                shared_lock(shared).chats.push(Founded {
+                    id: view.chat.id,
+                    group: true,
+                    founders,
+                });
+            }
+        }
+        Op::Send(a, c) => {
+            let Some(chat) = chat(c) else { return };
+            let cid = {
+                let mut s = shared_lock(shared);
+                s.next_client_id += 1;
+                format!("c{}", s.next_client_id)
+            };
+            let r = engine
+                .send(&actor(a), SendMessage::text(chat.id, cid.clone(), "hi"))
+                .await;
+            // A sender removed meanwhile is refused at commit.
+            allow(shared, "send", &r, &[NotFound]);
+            if let Ok(m) = r {
+                shared_lock(shared).sends.push(Sent {
+                    id: m.id,
+                    chat: chat.id,
+                    sender: a,
+                    client_id: cid,
+                    seq: m.seq,
+                });
+            }
+        }
+        Op::Retry(i) => {
+            let Some(orig) = sent(i) else { return };
+            let r = engine
+                .send(
+                    &actor(orig.sender),
+                    SendMessage::text(orig.chat, orig.client_id.clone(), "again"),
+                )
+                .await;
+            allow(shared, "retry", &r, &[NotFound]);
+            if let Ok(m) = r {
+                if (m.id, m.seq) != (orig.id, orig.seq) {
+                    shared_lock(shared).failures.push(format!(
+                        "a retry of {} returned seq {} id {}, not the original's seq {} id {}",
+                        orig.client_id, m.seq, m.id, orig.seq, orig.id
+                    ));
+                }
+            }
+        }
+        Op::Add(a, c, b) => {
+            let Some(chat) = chat(c) else { return };
+            let r = engine
+                .add_participant(&actor(a), chat.id, &uid(b), Role::Member)
+                .await;
+            allow(
+                shared,
+                "add_participant",
+                &r,
+                &[NotFound, BadRequest, Forbidden, Conflict],
+            );
+        }
+        Op::Remove(a, c, b) => {
+            let Some(chat) = chat(c) else { return };
+            let r = engine.remove_participant(&actor(a), chat.id, &uid(b)).await;
+            allow(
+                shared,
+                "remove_participant",
+                &r,
+                &[NotFound, BadRequest, Forbidden],
+            );
+        }
+        Op::Read(a, c, frac) => {
+            let Some(chat) = chat(c) else { return };
+            let up_to = u64::from(frac) / 4;
+            let r = engine.mark(&actor(a), chat.id, Receipt::Read, up_to).await;
+            allow(shared, "mark", &r, &[NotFound]);
+        }
+        Op::Delete(a, i) => {
+            let Some(m) = sent(i) else { return };
+            let r = engine.delete(&actor(a), m.id).await;
+            allow(shared, "delete", &r, &[NotFound, Forbidden]);
+        }
+    }
+}
+
+fn founders_of(chat: &chat_core::Chat) -> Vec<(usize, Role)> {
+    chat.participants
+        .iter()
+        .filter_map(|p| Some((user_ix(&p.user_id)?, p.role)))
+        .collect()
+}
+
+/// Splits `ops` round-robin across [`TASKS`] tasks that run at once, then
+/// checks what must hold whatever the interleaving.
+async fn run_concurrent(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let store = Arc::new(MemoryStore::new());
+    let mut config = EngineConfig::default();
+    config.write_lanes = 2;
+    let engine = ChatEngine::builder(store.clone())
+        .config(config)
+        .build()
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let mut parts: Vec<Vec<Op>> = vec![Vec::new(); TASKS];
+    for (i, op) in ops.into_iter().enumerate() {
+        parts[i % TASKS].push(op);
+    }
+    let mut tasks = Vec::new();
+    for part in parts {
+        let (engine, shared) = (engine.clone(), shared.clone());
+        tasks.push(tokio::spawn(async move {
+            for op in part {
+                concurrent_step(&engine, &shared, op).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| TestCaseError::fail(format!("a task failed: {e}")))?;
+    }
+    let shared = std::mem::take(&mut *shared_lock(&shared));
+    let result = check_concurrent(&engine, &store, &shared).await;
+    engine.shutdown().await;
+    result
+}
+
+/// Membership replayed from a chat's founders and its log.
+#[derive(Debug, Default)]
+struct Replayed {
+    /// In joining order, with roles.
+    members: Vec<(usize, Role)>,
+    /// The seq each member's current membership started at.
+    joined: BTreeMap<usize, u64>,
+}
+
+fn replay(chat: &Founded, log: &[Message]) -> Result<Replayed, TestCaseError> {
+    let mut r = Replayed {
+        members: chat.founders.clone(),
+        joined: chat.founders.iter().map(|(u, _)| (*u, 0)).collect(),
+    };
+    // The heir due right after the removal of the last admin.
+    let mut heir_due: Option<(u64, usize)> = None;
+    for m in log {
+        let seq = m.seq;
+        if let Some((due, heir)) = heir_due.take() {
+            let promoted = matches!(
+                &m.system,
+                Some(SystemEvent::RoleChanged { user_id, role: Role::Admin })
+                    if user_ix(user_id) == Some(heir)
+            );
+            prop_assert!(
+                seq == due && promoted,
+                "the removal at seq {} left no admin and seq {} does not promote the heir u{}: {:?}",
+                due - 1,
+                seq,
+                heir,
+                m
+            );
+        }
+        let position = |r: &Replayed, u: Option<usize>| {
+            u.and_then(|u| r.members.iter().position(|(x, _)| *x == u))
+        };
+        match &m.system {
+            None => prop_assert!(
+                position(&r, user_ix(&m.sender_id)).is_some(),
+                "seq {} was posted by {}, not a member then",
+                seq,
+                m.sender_id
+            ),
+            Some(SystemEvent::ParticipantAdded { user_id, role }) => {
+                let u = user_ix(user_id);
+                prop_assert!(position(&r, u).is_none(), "seq {} adds a member", seq);
+                let u = u.unwrap_or(usize::MAX);
+                r.members.push((u, *role));
+                r.joined.insert(u, seq);
+            }
+            Some(SystemEvent::ParticipantRemoved { user_id }) => {
+                let at = position(&r, user_ix(user_id));
+                prop_assert!(at.is_some(), "seq {} removes a non-member", seq);
+                let (u, _) = r.members.remove(at.unwrap_or_default());
+                r.joined.remove(&u);
+                if chat.group
+                    && !r.members.is_empty()
+                    && r.members.iter().all(|(_, role)| *role != Role::Admin)
+                {
+                    let heir = r
+                        .members
+                        .iter()
+                        .find(|(_, role)| *role == Role::Moderator)
+                        .unwrap_or(&r.members[0])
+                        .0;
+                    heir_due = Some((seq + 1, heir));
+                }
+            }
+            Some(SystemEvent::RoleChanged { user_id, role }) => {
+                let at = position(&r, user_ix(user_id));
+                prop_assert!(at.is_some(), "seq {} changes a non-member's role", seq);
+                r.members[at.unwrap_or_default()].1 = *role;
+            }
+            // Group updates, and whatever else a system message records.
+            Some(_) => {}
+        }
+        if m.system.is_some() && heir_due.is_none() && chat.group && !r.members.is_empty() {
+            prop_assert!(
+                r.members.iter().any(|(_, role)| *role == Role::Admin),
+                "no admin after seq {} ({:?} by {}); members {:?}; founders {:?}; log {:?}",
+                seq,
+                m.system,
+                m.sender_id,
+                r.members,
+                chat.founders,
+                log.iter()
+                    .map(|m| (m.seq, m.sender_id.as_str(), m.system.as_ref()))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    prop_assert!(
+        heir_due.is_none(),
+        "the log ends before the heir's promotion"
+    );
+    Ok(r)
+}
+
+async fn check_concurrent(
+    engine: &ChatEngine,
+    store: &MemoryStore,
+    shared: &Shared,
+) -> Result<(), TestCaseError> {
+    let fail = |e: chat_core::Error| TestCaseError::fail(e.to_string());
+    prop_assert!(
+        shared.failures.is_empty(),
+        "answers no race explains: {:?}",
+        shared.failures
+    );
+    for (pair, opened) in &shared.directs {
+        let ids: BTreeSet<ChatId> = opened.iter().map(|(id, _)| *id).collect();
+        let created = opened.iter().filter(|(_, c)| *c).count();
+        prop_assert_eq!(ids.len(), 1, "the pair {:?} has one direct chat", pair);
+        prop_assert_eq!(created, 1, "the pair {:?} created its chat once", pair);
+    }
+    // Every successful send, keyed by message id (a retry's answer was
+    // checked against its original already).
+    let mut sent: BTreeMap<MessageId, &Sent> = BTreeMap::new();
+    for s in &shared.sends {
+        if let Some(first) = sent.insert(s.id, s) {
+            prop_assert_eq!(
+                (first.seq, first.chat),
+                (s.seq, s.chat),
+                "one message id, two places"
+            );
+        }
+    }
+    let mut in_logs: HashSet<MessageId> = HashSet::new();
+    let mut client_ids: HashSet<(UserId, String)> = HashSet::new();
+    for chat in &shared.chats {
+        let stored = store
+            .get_chat(chat.id)
+            .await
+            .map_err(fail)?
+            .ok_or_else(|| TestCaseError::fail("a chat vanished"))?;
+        let mut log = store
+            .history(
+                chat.id,
+                HistoryQuery {
+                    before_seq: None,
+                    after_seq: None,
+                    from_seq: 0,
+                    limit: 10_000,
+                },
+            )
+            .await
+            .map_err(fail)?;
+        log.reverse();
+        // Gap-free: every seq is a message's, or a deletion's.
+        let mut taken: Vec<u64> = log.iter().map(|m| m.seq).collect();
+        taken.extend(log.iter().filter(|m| m.deleted).map(|m| m.updated_seq));
+        taken.sort_unstable();
+        let expected: Vec<u64> = (1..=stored.last_seq).collect();
+        prop_assert_eq!(&taken, &expected, "every seq is taken by one change");
+        for m in &log {
+            prop_assert!(in_logs.insert(m.id), "duplicate message id");
+            if m.kind == MessageType::System {
+                continue;
+            }
+            let s = sent.get(&m.id).copied();
+            prop_assert!(
+                s.is_some(),
+                "seq {} is in the log, but no send returned it",
+                m.seq
+            );
+            let s = s.ok_or_else(|| TestCaseError::fail("unreachable"))?;
+            prop_assert_eq!(
+                (s.chat, s.seq, Some(s.client_id.as_str())),
+                (m.chat_id, m.seq, m.client_msg_id.as_deref()),
+                "the log holds the message where its send said"
+            );
+            prop_assert!(
+                client_ids.insert((m.sender_id.clone(), s.client_id.clone())),
+                "one client_msg_id, two messages"
+            );
+        }
+        let r = replay(chat, &log)?;
+        let participants: Vec<(usize, Role)> = founders_of(&stored);
+        prop_assert_eq!(
+            &participants,
+            &r.members,
+            "the store's participants are the log's"
+        );
+        for u in 0..USERS {
+            let me = Actor::user(uid(u));
+            let listed = engine
+                .list_chats(
+                    &me,
+                    ChatListQuery {
+                        after: None,
+                        limit: 200,
+                    },
+                )
+                .await
+                .map_err(fail)?
+                .chats
+                .iter()
+                .any(|v| v.chat.id == chat.id);
+            let Some(&from) = r.joined.get(&u) else {
+                prop_assert!(!listed, "u{} lists a chat they are not in", u);
+                prop_assert_eq!(
+                    result_code(&engine.get_chat(&me, chat.id).await),
+                    Some(ErrorCode::NotFound)
+                );
+                continue;
+            };
+            prop_assert!(listed, "u{} does not list their chat", u);
+            let p = stored
+                .participant(&uid(u))
+                .ok_or_else(|| TestCaseError::fail("a member vanished"))?;
+            prop_assert_eq!(p.visible_from_seq, from, "u{} sees from their joining", u);
+            prop_assert!(
+                p.read_seq >= from
+                    && p.read_seq <= stored.last_seq
+                    && p.delivered_seq >= p.read_seq,
+                "watermarks of u{}: {:?}",
+                u,
+                p
+            );
+            let view = engine.get_chat(&me, chat.id).await.map_err(fail)?;
+            let unread = log
+                .iter()
+                .filter(|m| m.kind != MessageType::System && !m.deleted)
+                .filter(|m| user_ix(&m.sender_id) != Some(u))
+                .filter(|m| m.seq > p.read_seq && m.seq >= from)
+                .count() as u64;
+            prop_assert_eq!(view.unread_count, unread, "unread of u{}", u);
+            let seen = engine
+                .history(
+                    &me,
+                    chat.id,
+                    HistoryRequest {
+                        limit: Some(200),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(fail)?;
+            let seen: Vec<u64> = seen.messages.iter().rev().map(|m| m.seq).collect();
+            let expected: Vec<u64> = log.iter().map(|m| m.seq).filter(|s| *s >= from).collect();
+            prop_assert_eq!(seen, expected, "u{} reads exactly what they may see", u);
+        }
+    }
+    let missing: Vec<&Sent> = sent
+        .values()
+        .filter(|s| !in_logs.contains(&s.id))
+        .copied()
+        .collect();
+    prop_assert!(
+        missing.is_empty(),
+        "acknowledged sends missing from the logs: {:?}",
+        missing
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn concurrent_operations_keep_the_invariants(ops in proptest::collection::vec(op(), 1..80)) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        rt.block_on(run_concurrent(ops))?;
     }
 }
