@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{attach, frame, user};
+
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -21,28 +23,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const PAUSE: Duration = Duration::from_millis(500);
 /// How long one `publish` may take while Redis is paused.
 const PUBLISH_BUDGET: Duration = Duration::from_millis(50);
-
-fn user(name: &str) -> UserId {
-    match UserId::new(name) {
-        Ok(u) => u,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn frame(users: &[&UserId], text: &str) -> Delivery {
-    Delivery {
-        audience: Audience::users(users.iter().map(|u| (*u).clone()).collect::<Vec<_>>()),
-        action: Action::Frame(Bytes::from(format!(r#"{{"text":"{text}"}}"#))),
-    }
-}
-
-async fn attach(bus: &Arc<RedisBus>) -> Arc<RecordingSink> {
-    let sink = RecordingSink::new();
-    if let Err(e) = bus.attach(sink.clone()).await {
-        panic!("attach: {e}");
-    }
-    sink
-}
 
 async fn connect(bus: &RedisBus, u: &UserId) {
     if let Err(e) = bus.user_connected(u).await {

@@ -17,7 +17,12 @@ use chat_bus_redis::{
         types::{Builder, client::ClientPauseKind},
     },
 };
-use chat_core::Bus;
+use bytes::Bytes;
+use chat_core::{
+    Bus, UserId,
+    bus::{Action, Audience, Delivery},
+    testing::RecordingSink,
+};
 
 /// The TTL of test clusters: short, so node death shows within seconds.
 pub const TTL: Duration = Duration::from_secs(2);
@@ -277,4 +282,29 @@ pub async fn pause_writes(url: &str, pause: Duration) {
     }
     // QUIT is not a write: it is not paused.
     let _ = c.quit().await;
+}
+
+/// A user id that must parse.
+pub fn user(name: &str) -> UserId {
+    match UserId::new(name) {
+        Ok(u) => u,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A delivery of a small JSON frame to `users`.
+pub fn frame(users: &[&UserId], text: &str) -> Delivery {
+    Delivery {
+        audience: Audience::users(users.iter().map(|u| (*u).clone()).collect::<Vec<_>>()),
+        action: Action::Frame(Bytes::from(format!(r#"{{"text":"{text}"}}"#))),
+    }
+}
+
+/// Attaches a recording sink to `bus`.
+pub async fn attach(bus: &Arc<RedisBus>) -> Arc<RecordingSink> {
+    let sink = RecordingSink::new();
+    if let Err(e) = bus.attach(sink.clone()).await {
+        panic!("attach: {e}");
+    }
+    sink
 }
