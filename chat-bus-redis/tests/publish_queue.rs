@@ -9,13 +9,8 @@ use common::{attach, frame, user};
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use chat_bus_redis::RedisBus;
-use chat_core::{
-    Bus, UserId,
-    bus::{Action, Audience, Delivery},
-    testing::RecordingSink,
-};
+use chat_core::{Bus, UserId, bus::Delivery, testing::RecordingSink};
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use chat_bus_redis::{
     RedisBus, RedisBusConfig,
     fred::{
@@ -17,7 +18,6 @@ use chat_bus_redis::{
         types::{Builder, client::ClientPauseKind},
     },
 };
-use bytes::Bytes;
 use chat_core::{
     Bus, UserId,
     bus::{Action, Audience, Delivery},

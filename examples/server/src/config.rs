@@ -238,9 +238,8 @@ impl Settings {
         if let Some(l) = &file.limits {
             engine.max_text_chars = l.max_text_chars.unwrap_or(engine.max_text_chars);
             engine.max_group_members = l.max_group_members.unwrap_or(engine.max_group_members);
-            engine.max_groups_per_user = l
-                .max_groups_per_user
-                .unwrap_or(engine.max_groups_per_user);
+            engine.max_groups_per_user =
+                l.max_groups_per_user.unwrap_or(engine.max_groups_per_user);
             engine.max_connections_per_user = l
                 .max_connections_per_user
                 .unwrap_or(engine.max_connections_per_user);

@@ -14,8 +14,6 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-/// The leeway the server gives `exp` (`AuthConfig::hs256`).
-
 /// The value of the `chat_connections` gauge (0 when not reported yet).
 async fn connections_gauge(server: &Server) -> f64 {
     let resp = server.http("GET", "/metrics", None, None).await;
