@@ -462,7 +462,7 @@ async fn two_engines_talk_through_redis() -> chat_core::Result<()> {
         "{received}"
     );
 
-    alice_session.typing(chat, true).await?;
+    alice_session.start_typing(chat).await?;
     let typing = expect_event(&mut out2, "user_typing").await;
     assert_eq!(typing["data"]["user_id"], "alice", "{typing}");
 

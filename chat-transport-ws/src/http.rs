@@ -455,7 +455,7 @@ pub(crate) async fn block(
     Caller(actor): Caller,
     Path(user): Path<String>,
 ) -> ApiResult {
-    app.engine.block(&actor, &id(&user)?, true).await?;
+    app.engine.block(&actor, &id(&user)?).await?;
     ok()
 }
 
@@ -464,7 +464,7 @@ pub(crate) async fn unblock(
     Caller(actor): Caller,
     Path(user): Path<String>,
 ) -> ApiResult {
-    app.engine.block(&actor, &id(&user)?, false).await?;
+    app.engine.unblock(&actor, &id(&user)?).await?;
     ok()
 }
 

@@ -1208,8 +1208,29 @@ impl ChatEngine {
         self.updated(change, Fanout::new(EventKind::Delete)).await
     }
 
-    /// Adds (`add`) or removes the actor's reaction to a message.
+    /// Adds the actor's reaction `emoji` to a message (nothing changes if
+    /// it is there).
     pub async fn react(
+        &self,
+        actor: &Actor,
+        message_id: MessageId,
+        emoji: &str,
+    ) -> Result<Message> {
+        self.set_reaction(actor, message_id, emoji, true).await
+    }
+
+    /// Removes the actor's reaction `emoji` from a message (nothing changes
+    /// if it is not there).
+    pub async fn unreact(
+        &self,
+        actor: &Actor,
+        message_id: MessageId,
+        emoji: &str,
+    ) -> Result<Message> {
+        self.set_reaction(actor, message_id, emoji, false).await
+    }
+
+    async fn set_reaction(
         &self,
         actor: &Actor,
         message_id: MessageId,
@@ -1489,8 +1510,18 @@ impl ChatEngine {
 
     // --- safety ----------------------------------------------------------
 
-    /// Blocks (`on`) or unblocks `other` for the actor.
-    pub async fn block(&self, actor: &Actor, other: &UserId, on: bool) -> Result<()> {
+    /// Blocks `other` for the actor: no direct chat with them, no signal of
+    /// theirs in it, no presence either way.
+    pub async fn block(&self, actor: &Actor, other: &UserId) -> Result<()> {
+        self.set_block(actor, other, true).await
+    }
+
+    /// Lifts the actor's block of `other`.
+    pub async fn unblock(&self, actor: &Actor, other: &UserId) -> Result<()> {
+        self.set_block(actor, other, false).await
+    }
+
+    async fn set_block(&self, actor: &Actor, other: &UserId, on: bool) -> Result<()> {
         if other == &actor.user_id {
             return Err(Error::invalid("you cannot block yourself"));
         }

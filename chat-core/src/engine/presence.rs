@@ -598,9 +598,14 @@ impl Session {
         self.engine.inner.hub.close_chat(&self.conn, chat_id);
     }
 
-    /// `typing_start` (`true`) / `typing_stop`.
-    pub async fn typing(&self, chat_id: ChatId, start: bool) -> Result<()> {
-        self.engine.typing(&self.actor, chat_id, start).await
+    /// `typing_start` in a chat.
+    pub async fn start_typing(&self, chat_id: ChatId) -> Result<()> {
+        self.engine.typing(&self.actor, chat_id, true).await
+    }
+
+    /// `typing_stop` in a chat.
+    pub async fn stop_typing(&self, chat_id: ChatId) -> Result<()> {
+        self.engine.typing(&self.actor, chat_id, false).await
     }
 
     /// `user_online` (`true`) / `user_offline`.

@@ -208,7 +208,7 @@ async fn contact_policy_and_blocks_guard_direct_chats() {
         ),
         C::Forbidden
     );
-    e.block(&actor("bob"), &uid("alice"), true).await.unwrap();
+    e.block(&actor("bob"), &uid("alice")).await.unwrap();
     assert_eq!(
         code(
             e.create_direct(&actor("alice"), &uid("bob"), Encryption::AtRest)
@@ -223,14 +223,14 @@ async fn contact_policy_and_blocks_guard_direct_chats() {
         ),
         C::Forbidden
     );
-    e.block(&actor("bob"), &uid("alice"), false).await.unwrap();
+    e.unblock(&actor("bob"), &uid("alice")).await.unwrap();
     assert!(
         e.create_direct(&actor("alice"), &uid("bob"), Encryption::AtRest)
             .await
             .is_ok()
     );
     assert_eq!(
-        code(e.block(&actor("bob"), &uid("bob"), true).await),
+        code(e.block(&actor("bob"), &uid("bob")).await),
         C::BadRequest
     );
 }
@@ -240,7 +240,7 @@ async fn blocked_users_cannot_write_into_an_existing_direct_chat() {
     let e = engine().await;
     let chat = direct(&e, "alice", "bob").await;
     send(&e, "alice", chat, "c1", "hi").await.unwrap();
-    e.block(&actor("bob"), &uid("alice"), true).await.unwrap();
+    e.block(&actor("bob"), &uid("alice")).await.unwrap();
     assert_eq!(
         code(send(&e, "alice", chat, "c2", "hi?").await),
         C::Forbidden
@@ -250,7 +250,7 @@ async fn blocked_users_cannot_write_into_an_existing_direct_chat() {
         e.blocked_users(&actor("bob")).await.unwrap(),
         vec![uid("alice")]
     );
-    e.block(&actor("bob"), &uid("alice"), false).await.unwrap();
+    e.unblock(&actor("bob"), &uid("alice")).await.unwrap();
     assert!(send(&e, "alice", chat, "c2", "hi?").await.is_ok());
 }
 
@@ -293,7 +293,7 @@ async fn a_retry_refused_now_still_gets_the_stored_message() {
     let e = engine().await;
     let chat = direct(&e, "alice", "bob").await;
     let m = send(&e, "alice", chat, "c1", "hi").await.unwrap();
-    e.block(&actor("bob"), &uid("alice"), true).await.unwrap();
+    e.block(&actor("bob"), &uid("alice")).await.unwrap();
     let again = send(&e, "alice", chat, "c1", "hi").await.unwrap();
     assert_eq!(again.id, m.id, "the first ack was lost, not the message");
     assert_eq!(
@@ -387,7 +387,7 @@ async fn outsiders_get_not_found() {
     assert_eq!(code(e.get_message(&eve, m.id).await), C::NotFound);
     assert_eq!(code(e.edit(&eve, m.id, "x").await), C::NotFound);
     assert_eq!(code(e.delete(&eve, m.id).await), C::NotFound);
-    assert_eq!(code(e.react(&eve, m.id, "👍", true).await), C::NotFound);
+    assert_eq!(code(e.react(&eve, m.id, "👍").await), C::NotFound);
     assert_eq!(code(e.report(&eve, m.id, "spam").await), C::NotFound);
     assert_eq!(
         code(e.history(&eve, chat, HistoryRequest::default()).await),
@@ -567,27 +567,27 @@ async fn reactions() {
     let chat = direct(&e, "alice", "bob").await;
     let mut alice = Client::connect(&e, "alice").await;
     let m = send(&e, "alice", chat, "c1", "hi").await.unwrap();
-    let r = e.react(&actor("bob"), m.id, "👍", true).await.unwrap();
+    let r = e.react(&actor("bob"), m.id, "👍").await.unwrap();
     assert_eq!(r.reactions["👍"], vec![uid("bob")]);
     assert_eq!(r.updated_seq, 2);
     assert_eq!(
-        e.react(&actor("bob"), m.id, "👍", true)
+        e.react(&actor("bob"), m.id, "👍")
             .await
             .unwrap()
             .updated_seq,
         2,
         "no change"
     );
-    e.react(&actor("alice"), m.id, "👍", true).await.unwrap();
-    e.react(&actor("alice"), m.id, "❤️", true).await.unwrap();
+    e.react(&actor("alice"), m.id, "👍").await.unwrap();
+    e.react(&actor("alice"), m.id, "❤️").await.unwrap();
     assert_eq!(
-        code(e.react(&actor("alice"), m.id, "🎉", true).await),
+        code(e.react(&actor("alice"), m.id, "🎉").await),
         C::Conflict
     );
-    let r = e.react(&actor("bob"), m.id, "👍", false).await.unwrap();
+    let r = e.unreact(&actor("bob"), m.id, "👍").await.unwrap();
     assert_eq!(r.reactions["👍"], vec![uid("alice")]);
     assert_eq!(
-        code(e.react(&actor("bob"), m.id, "bad emoji", true).await),
+        code(e.react(&actor("bob"), m.id, "bad emoji").await),
         C::BadRequest
     );
     let added = alice.next_of("reaction_added").await;
@@ -662,7 +662,7 @@ async fn sync_brings_everything_an_offline_device_missed() {
     // while bob is offline: new message, edit, reaction, deletion, membership
     let m2 = send(&e, "alice", chat, "c2", "two").await.unwrap();
     e.edit(&actor("alice"), m1.id, "one!").await.unwrap();
-    e.react(&actor("alice"), m2.id, "👍", true).await.unwrap();
+    e.react(&actor("alice"), m2.id, "👍").await.unwrap();
     e.delete(&actor("alice"), m2.id).await.unwrap();
     e.add_participant(&actor("alice"), g, &uid("carol"), Role::Member)
         .await
@@ -1011,7 +1011,7 @@ async fn typing_goes_to_open_chats_and_expires() {
     alice.session.join_chat(chat).await.unwrap();
     alice.drain();
     bob.drain();
-    alice.session.typing(chat, true).await.unwrap();
+    alice.session.start_typing(chat).await.unwrap();
     assert_eq!(bob.next_of("user_typing").await["user_id"], "alice");
     assert!(alice.types().is_empty(), "not the typist");
     assert!(
@@ -1019,7 +1019,7 @@ async fn typing_goes_to_open_chats_and_expires() {
         "only where the chat is open"
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    alice.session.typing(chat, true).await.unwrap(); // renews, no second event
+    alice.session.start_typing(chat).await.unwrap(); // renews, no second event
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
         bob.types().is_empty(),
@@ -1028,14 +1028,14 @@ async fn typing_goes_to_open_chats_and_expires() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(bob.types(), vec!["user_stopped_typing"]);
     // explicit stop and stop-on-send
-    alice.session.typing(chat, true).await.unwrap();
+    alice.session.start_typing(chat).await.unwrap();
     send(&e, "alice", chat, "c", "x").await.unwrap();
     assert_eq!(
         bob.types(),
         vec!["user_typing", "message_received", "user_stopped_typing"]
     );
     bob.session.leave_chat(chat);
-    alice.session.typing(chat, true).await.unwrap();
+    alice.session.start_typing(chat).await.unwrap();
     assert!(bob.types().is_empty(), "left the chat on this connection");
 }
 
@@ -1045,7 +1045,7 @@ async fn presence_with_grace_and_blocks() {
     direct(&e, "alice", "bob").await;
     direct(&e, "alice", "carol").await;
     direct(&e, "alice", "dave").await;
-    e.block(&actor("dave"), &uid("alice"), true).await.unwrap();
+    e.block(&actor("dave"), &uid("alice")).await.unwrap();
     let mut bob = Client::connect(&e, "bob").await;
     let mut dave = Client::connect(&e, "dave").await;
     let alice = Client::connect(&e, "alice").await;
@@ -1707,13 +1707,13 @@ async fn a_block_stops_every_signal_in_the_direct_chat() {
     alice
         .cmd(serde_json::json!({"type": "join_chat", "id": "j", "data": {"chat_id": chat}}))
         .await;
-    e.block(&actor("alice"), &uid("bob"), true).await.unwrap();
+    e.block(&actor("alice"), &uid("bob")).await.unwrap();
     alice.drain();
-    bob.session.typing(chat, true).await.unwrap();
+    bob.session.start_typing(chat).await.unwrap();
     e.mark(&actor("bob"), chat, Receipt::Read, m.seq)
         .await
         .unwrap();
-    e.react(&actor("bob"), m.id, "👍", true).await.unwrap();
+    e.react(&actor("bob"), m.id, "👍").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         alice.types(),
@@ -1721,8 +1721,8 @@ async fn a_block_stops_every_signal_in_the_direct_chat() {
         "nothing bob does reaches alice, who blocks him"
     );
     // Lifting the block lets signals through again.
-    e.block(&actor("alice"), &uid("bob"), false).await.unwrap();
-    e.react(&actor("bob"), m.id, "👀", true).await.unwrap();
+    e.unblock(&actor("alice"), &uid("bob")).await.unwrap();
+    e.react(&actor("bob"), m.id, "👀").await.unwrap();
     assert_eq!(alice.next_of("reaction_added").await["emoji"], "👀");
 }
 

@@ -188,11 +188,11 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             empty()
         }
         ClientCommand::TypingStart { chat_id } => {
-            session.typing(chat_id, true).await?;
+            session.start_typing(chat_id).await?;
             empty()
         }
         ClientCommand::TypingStop { chat_id } => {
-            session.typing(chat_id, false).await?;
+            session.stop_typing(chat_id).await?;
             empty()
         }
         ClientCommand::UserOnline {} => {
@@ -256,11 +256,11 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             to_value(&engine.sync_from(actor, &cursors, after.as_deref()).await?)
         }
         ClientCommand::React { message_id, emoji } => {
-            let message = engine.react(actor, message_id, &emoji, true).await?;
+            let message = engine.react(actor, message_id, &emoji).await?;
             field("message", &message)
         }
         ClientCommand::Unreact { message_id, emoji } => {
-            let message = engine.react(actor, message_id, &emoji, false).await?;
+            let message = engine.unreact(actor, message_id, &emoji).await?;
             field("message", &message)
         }
         ClientCommand::SetPrivacy(patch) => {
@@ -268,11 +268,11 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             field("privacy", &privacy)
         }
         ClientCommand::BlockUser { user_id } => {
-            engine.block(actor, &user_id, true).await?;
+            engine.block(actor, &user_id).await?;
             empty()
         }
         ClientCommand::UnblockUser { user_id } => {
-            engine.block(actor, &user_id, false).await?;
+            engine.unblock(actor, &user_id).await?;
             empty()
         }
         ClientCommand::Report { message_id, reason } => {

@@ -851,7 +851,12 @@ impl World {
                 None => return,
             }
         } else {
-            self.engine.react(&actor(who), sent.id, emoji, add).await
+            let a = actor(who);
+            if add {
+                self.engine.react(&a, sent.id, emoji).await
+            } else {
+                self.engine.unreact(&a, sent.id, emoji).await
+            }
         };
         let end = Instant::now();
         if let Some(message) = self.outcome("react", r) {
@@ -924,7 +929,12 @@ impl World {
             return;
         }
         let start = rng.chance(70);
-        self.outcome("typing", session.typing(chat_id, start).await);
+        let r = if start {
+            session.start_typing(chat_id).await
+        } else {
+            session.stop_typing(chat_id).await
+        };
+        self.outcome("typing", r);
     }
 
     /// A random group and its participants with their roles.
@@ -1171,7 +1181,12 @@ impl World {
         let mut timeline = self.blocks[k].lock().await;
         let before = timeline.flags[0] || timeline.flags[1];
         let start = Instant::now();
-        let r = self.engine.block(&actor(who), &user_id(other), on).await;
+        let (a, o) = (actor(who), user_id(other));
+        let r = if on {
+            self.engine.block(&a, &o).await
+        } else {
+            self.engine.unblock(&a, &o).await
+        };
         let end = Instant::now();
         if self.outcome("block", r).is_some() {
             timeline.flags[flag] = on;
@@ -1301,7 +1316,7 @@ impl World {
                 {
                     let state = self.devices[d].state.lock().await;
                     if let Some(session) = state.session.as_ref() {
-                        self.outcome("typing (probe)", session.typing(chat_id, true).await);
+                        self.outcome("typing (probe)", session.start_typing(chat_id).await);
                     }
                 }
                 let r = self
@@ -1311,7 +1326,7 @@ impl World {
                 self.outcome("mark (probe)", r);
                 if let Some(m) = sent.last() {
                     let start = Instant::now();
-                    let r = self.engine.react(&actor(user), m.id, "🔒", true).await;
+                    let r = self.engine.react(&actor(user), m.id, "🔒").await;
                     let end = Instant::now();
                     if let Some(m) = self.outcome("react (probe)", r) {
                         self.window(chat_id, m.updated_seq, start, end);
@@ -1364,7 +1379,7 @@ impl World {
                 (lock(&state.log).frames.len(), state.log.clone())
             };
             let start = Instant::now();
-            let r = self.engine.react(&actor(b), m.id, "🔓", true).await;
+            let r = self.engine.react(&actor(b), m.id, "🔓").await;
             let end = Instant::now();
             let Some(reacted) = self.outcome("react (after unblock)", r) else {
                 continue;
@@ -1386,7 +1401,7 @@ impl World {
                 let d = self.devices_of(user)[0];
                 let state = self.devices[d].state.lock().await;
                 if let Some(session) = state.session.as_ref() {
-                    self.outcome("typing stop (probe)", session.typing(chat_id, false).await);
+                    self.outcome("typing stop (probe)", session.stop_typing(chat_id).await);
                 }
             }
         }
