@@ -65,8 +65,9 @@ pub mod transport;
 
 pub use bus::{Bus, LocalBus};
 pub use engine::{
-    Actor, ChatEngine, EngineBuilder, EngineConfig, ModerationAction, NewGroup, Receipt,
-    SendMessage, Session,
+    Actor, ChatEngine, ChatPage, EngineBuilder, EngineConfig, Health, HistoryPage, HistoryRequest,
+    ModerationAction, NewGroup, Opened, PrivacyPatch, Receipt, SendMessage, Session, SyncChat,
+    SyncResult,
 };
 
 pub use error::{BoxError, Error, ErrorCode, Result};
@@ -74,5 +75,5 @@ pub use hooks::{ContactPolicy, MessageHook, Notifier};
 pub use media::MediaStore;
 pub use memory::MemoryStore;
 pub use model::*;
-pub use store::Store;
+pub use store::{ChatListQuery, GroupPatch, Store};
 pub use transport::Transport;
