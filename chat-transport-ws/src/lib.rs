@@ -103,13 +103,16 @@ fn router(state: AppState) -> Router {
         .route("/users/me/privacy", put(set_privacy))
         .route("/admin/reports", get(list_reports))
         .route("/admin/reports/{id}/resolve", post(resolve_report))
-        .route("/admin/users/{id}/suspend", post(suspend).delete(unsuspend));
+        .route("/admin/users/{id}/suspend", post(suspend).delete(unsuspend))
+        .method_not_allowed_fallback(http::wrong_method);
     Router::new()
         .route("/ws", get(ws::upgrade))
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/dev/token", get(dev_token))
+        .fallback(http::no_route)
+        .method_not_allowed_fallback(http::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -1081,3 +1081,26 @@ async fn unknown_routes_are_404() {
     let r = server.get("/api/v1/chat/nowhere", "alice").await;
     assert_eq!(r.status, 404, "{}", r.text);
 }
+
+/// Unknown routes and wrong methods answer with the protocol's error body,
+/// like every other error, not an empty one.
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_with_an_error_body() {
+    let server = Server::start().await;
+    let r = server.get("/api/v1/no/such/route", "alice").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["code"], "not_found", "{}", r.text);
+    let r = server.get("/nothing-here", "alice").await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let r = server.delete("/api/v1/chat/sync", "alice").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.body["code"], "bad_request", "{}", r.text);
+    let r = server.post("/healthz", "alice", json!({})).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (405, Some("bad_request"))
+    );
+}
