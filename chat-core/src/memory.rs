@@ -12,12 +12,12 @@ use crate::{
     error::{Error, Result},
     model::{
         Chat, ChatId, ChatKind, MediaId, MediaRecord, Message, MessageId, MessageType, Participant,
-        ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Role, Timestamp, UserId,
+        ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Timestamp, UserId,
         UserRecord,
     },
     store::{
         Applied, Change, ChatListQuery, Committed, HistoryQuery, Members, NewChat, NewMessage,
-        ReportResolution, Store, demotes_last_admin, heir, lost_authority, role_at_least,
+        ReportResolution, Store, check_authority, demotes_last_admin, promotion_of_heir,
     },
 };
 
@@ -371,30 +371,19 @@ impl State {
                 })
             }
             Change::Authorized { by, role, change } => {
-                let holds = self
-                    .chat(change.chat_id())?
-                    .participant(by)
-                    .is_some_and(|p| role_at_least(p.role, *role));
-                if !holds {
-                    return Err(lost_authority(by));
-                }
+                let held = self.chat(change.chat_id())?.participant(by).map(|p| p.role);
+                check_authority(held, by, *role)?;
                 self.apply((**change).clone())
             }
             Change::EnsureAdmin { chat_id, by, at } => {
                 let chat = self.chat(*chat_id)?;
-                let Some(heir) = heir(chat).cloned() else {
-                    return Ok(Applied::Membership {
+                match promotion_of_heir(chat, by, *at) {
+                    Some(promotion) => self.apply(promotion),
+                    None => Ok(Applied::Membership {
                         chat: chat.clone(),
                         message: None,
-                    });
-                };
-                self.apply(Change::SetRole {
-                    chat_id: *chat_id,
-                    user_id: heir,
-                    role: Role::Admin,
-                    by: by.clone(),
-                    at: *at,
-                })
+                    }),
+                }
             }
             Change::UpdateGroup {
                 chat_id,

@@ -422,8 +422,10 @@ impl Change {
     }
 }
 
-/// Whether `held` is at least `required` (admin > moderator > member).
-pub fn role_at_least(held: Role, required: Role) -> bool {
+/// The check of a [`Change::Authorized`]: `held` is `by`'s role in the
+/// chat now (`None`: not a participant); `Forbidden` unless it is at least
+/// `required` (admin > moderator > member).
+pub fn check_authority(held: Option<Role>, by: &UserId, required: Role) -> Result<()> {
     fn rank(role: Role) -> u8 {
         match role {
             Role::Admin => 2,
@@ -431,28 +433,34 @@ pub fn role_at_least(held: Role, required: Role) -> bool {
             Role::Member => 0,
         }
     }
-    rank(held) >= rank(required)
+    match held {
+        Some(role) if rank(role) >= rank(required) => Ok(()),
+        _ => Err(crate::Error::forbidden(format!(
+            "{by} no longer has the role this change needs in the chat"
+        ))),
+    }
 }
 
-/// The refusal of a [`Change::Authorized`] whose author lost the role.
-pub fn lost_authority(by: &UserId) -> crate::Error {
-    crate::Error::forbidden(format!(
-        "{by} no longer has the role this change needs in the chat"
-    ))
-}
-
-/// The heir of a group without admin: the longest-standing moderator,
-/// else the longest-standing participant (see [`Change::EnsureAdmin`]).
-/// `None` if the group has an admin or no participants.
-pub fn heir(chat: &Chat) -> Option<&UserId> {
+/// What a [`Change::EnsureAdmin`] becomes on `chat` as the batch's earlier
+/// changes left it: the promotion of its heir (the longest-standing
+/// moderator, else the longest-standing participant), or `None` if the
+/// group has an admin or no participants and nothing changes.
+pub fn promotion_of_heir(chat: &Chat, by: &UserId, at: Timestamp) -> Option<Change> {
     if chat.participants.iter().any(|p| p.role == Role::Admin) {
         return None;
     }
-    chat.participants
+    let heir = chat
+        .participants
         .iter()
         .find(|p| p.role == Role::Moderator)
-        .or_else(|| chat.participants.first())
-        .map(|p| &p.user_id)
+        .or_else(|| chat.participants.first())?;
+    Some(Change::SetRole {
+        chat_id: chat.id,
+        user_id: heir.user_id.clone(),
+        role: Role::Admin,
+        by: by.clone(),
+        at,
+    })
 }
 
 /// Whether giving `user` the role `role` would leave a group with

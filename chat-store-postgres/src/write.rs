@@ -186,42 +186,32 @@ pub(crate) async fn apply(
 ) -> Result<Applied, Error> {
     // The heir is chosen here, under the chat's lock, from the chat as the
     // batch's earlier changes left it.
-    // Rights that must still hold at commit, checked under the chat's lock.
-    let change = match change {
-        Change::Authorized { by, role, change } => {
-            let chat_id = change.chat_id();
-            if !locks.ensure(conn, chat_id).await? {
-                return Err(not_found("chat not found"));
-            }
-            let held = role_of(conn, chat_id, &by).await?;
-            if !held.is_some_and(|h| chat_core::store::role_at_least(h, role)) {
-                return Err(Error::Contract(chat_core::store::lost_authority(&by)));
-            }
-            *change
-        }
-        other => other,
-    };
     let change = match change {
         Change::EnsureAdmin { chat_id, by, at } => {
             if !locks.ensure(conn, chat_id).await? {
                 return Err(not_found("chat not found"));
             }
             let chat = load_chat(conn, chat_id).await?;
-            match chat_core::store::heir(&chat).cloned() {
+            match chat_core::store::promotion_of_heir(&chat, &by, at) {
+                Some(promotion) => promotion,
                 None => {
                     return Ok(Applied::Membership {
                         chat,
                         message: None,
                     });
                 }
-                Some(heir) => Change::SetRole {
-                    chat_id,
-                    user_id: heir,
-                    role: Role::Admin,
-                    by,
-                    at,
-                },
             }
+        }
+        // Rights that must still hold at commit, checked under the chat's
+        // lock. (The engine never wraps an EnsureAdmin.)
+        Change::Authorized { by, role, change } => {
+            let chat_id = change.chat_id();
+            if !locks.ensure(conn, chat_id).await? {
+                return Err(not_found("chat not found"));
+            }
+            let held = role_of(conn, chat_id, &by).await?;
+            chat_core::store::check_authority(held, &by, role)?;
+            *change
         }
         other => other,
     };

@@ -334,28 +334,17 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
         }
         Change::Authorized { by, role, change } => {
             let held = role_of(conn, change.chat_id(), &by)?;
-            if !held.is_some_and(|h| chat_core::store::role_at_least(h, role)) {
-                return Err(Error::Contract(chat_core::store::lost_authority(&by)));
-            }
+            chat_core::store::check_authority(held, &by, role)?;
             apply_guarded(conn, *change)
         }
         Change::EnsureAdmin { chat_id, by, at } => {
             let chat = load_chat(conn, chat_id)?;
-            match chat_core::store::heir(&chat).cloned() {
+            match chat_core::store::promotion_of_heir(&chat, &by, at) {
+                Some(promotion) => apply_guarded(conn, promotion),
                 None => Ok(Applied::Membership {
                     chat,
                     message: None,
                 }),
-                Some(heir) => apply_guarded(
-                    conn,
-                    Change::SetRole {
-                        chat_id,
-                        user_id: heir,
-                        role: Role::Admin,
-                        by,
-                        at,
-                    },
-                ),
             }
         }
         Change::UpdateGroup {

@@ -18,7 +18,8 @@ use crate::model::{Chat, ChatId, UserId};
 #[derive(Debug)]
 pub(super) struct Cached {
     pub(super) chat: Chat,
-    /// The chat's participants, shared by the fan-out of every change.
+    /// The chat's participants, shared by every typing event. (Changes of
+    /// the log go to the members the store returns with them instead.)
     pub(super) members: Arc<[UserId]>,
     /// In a direct chat: one side blocks the other.
     pub(super) blocked: bool,

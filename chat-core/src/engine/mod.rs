@@ -994,25 +994,46 @@ impl ChatEngine {
         client_msg_id(&req.client_msg_id)?;
         let cached = self.cached_chat(actor, req.chat_id).await?;
         let (chat_id, client_id) = (req.chat_id, req.client_msg_id.clone());
+        // With hooks, a retry is answered before they run, so that their
+        // side effects (a report, an escalation) happen once per message.
+        // Without hooks a send reads nothing: the store answers retries.
+        if !self.inner.hooks.is_empty() {
+            if let Some(stored) = self.stored_retry(actor, chat_id, &client_id).await? {
+                return Ok((stored, None));
+            }
+        }
         let refused = match self.post(actor, &cached, req).await {
             Ok(posted) => return Ok(posted),
             Err(e) => e,
         };
         // A retry of a stored message gets that message even when something
         // would refuse it now (a block, a hook, an edit of its text): its
-        // first ack was lost, not the message. Looked up only when refusing,
-        // so that a send reads nothing; the store answers retries that pass.
+        // first ack was lost, not the message. Looked up only when refusing.
+        match self.stored_retry(actor, chat_id, &client_id).await {
+            Ok(Some(existing)) => Ok((existing, None)),
+            Err(e @ Error::Conflict(_)) => Err(e),
+            Ok(None) | Err(_) => Err(refused),
+        }
+    }
+
+    /// The message the actor stored under `client_id`, if any; `conflict`
+    /// if it is in another chat than `chat_id`.
+    async fn stored_retry(
+        &self,
+        actor: &Actor,
+        chat_id: ChatId,
+        client_id: &str,
+    ) -> Result<Option<Message>> {
         match self
             .inner
             .store
-            .find_by_client_id(&actor.user_id, &client_id)
-            .await
+            .find_by_client_id(&actor.user_id, client_id)
+            .await?
         {
-            Ok(Some(existing)) if existing.chat_id == chat_id => Ok((existing, None)),
-            Ok(Some(_)) => Err(Error::conflict(
+            Some(stored) if stored.chat_id != chat_id => Err(Error::conflict(
                 "client_msg_id was already used in another chat",
             )),
-            Ok(None) | Err(_) => Err(refused),
+            stored => Ok(stored),
         }
     }
 
@@ -1064,20 +1085,6 @@ impl ChatEngine {
         }
         if cached.blocked {
             return Err(Error::forbidden("you cannot write to this user"));
-        }
-        // A retry of a stored message returns it without running the hooks
-        // again: their side effects (a report, an escalation) happened
-        // once. Looked up only when there are hooks, so that a send reads
-        // nothing otherwise; the store answers those retries itself.
-        if !self.inner.hooks.is_empty() {
-            if let Some(stored) = store.find_by_client_id(me, &req.client_msg_id).await? {
-                if stored.chat_id != chat_id {
-                    return Err(Error::conflict(
-                        "client_msg_id was already used in another chat",
-                    ));
-                }
-                return Ok((stored, None));
-            }
         }
         let flag = self.run_hooks(chat, me, kind, content.as_deref()).await?;
         let new = NewMessage {
@@ -1277,7 +1284,9 @@ impl ChatEngine {
         receipt: Receipt,
         up_to_seq: u64,
     ) -> Result<()> {
-        let cached = self.cached_chat(actor, chat_id).await?;
+        // A non-member gets `not_found` here without queueing anything; the
+        // store checks membership again at commit.
+        self.cached_chat(actor, chat_id).await?;
         let (delivered_up_to, read_up_to) = match receipt {
             Receipt::Delivered => (up_to_seq, 0),
             Receipt::Read => (up_to_seq, up_to_seq),
@@ -1293,9 +1302,6 @@ impl ChatEngine {
             chat_id,
             user_id: actor.user_id.clone(),
         };
-        // Checked again by the store at commit; read here so that a
-        // non-member gets `not_found` without queueing anything.
-        drop(cached);
         let mut fanout = Fanout::new(kind);
         if !privacy.read_receipts {
             fanout.private_reads_of = Some(actor.user_id.clone());
