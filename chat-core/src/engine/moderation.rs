@@ -1,0 +1,246 @@
+//! Safety and moderation: blocks, reports, privacy settings, and what
+//! service admins do (suspensions, the report queue, deletions).
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Actor, ChatEngine,
+    validate::{MAX_REASON, optional_text},
+    writer::{EventKind, Fanout},
+};
+use crate::{
+    bus::{Action, Audience},
+    error::{Error, Result},
+    model::{Message, MessageId, Privacy, Report, ReportId, ReportStatus, Timestamp, UserId},
+    store::{Change, ReportResolution},
+    transport::CLOSE_SUSPENDED,
+};
+
+/// Changes of [`ChatEngine::set_privacy`]; absent fields stay as they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivacyPatch {
+    /// Send read receipts to others.
+    #[serde(default)]
+    pub read_receipts: Option<bool>,
+    /// Send typing to others.
+    #[serde(default)]
+    pub typing: Option<bool>,
+    /// Send presence to others.
+    #[serde(default)]
+    pub presence: Option<bool>,
+}
+
+impl ChatEngine {
+    // --- safety ----------------------------------------------------------
+
+    /// Blocks `other` for the actor: no direct chat with them, no signal of
+    /// theirs in it, no presence either way.
+    pub async fn block(&self, actor: &Actor, other: &UserId) -> Result<()> {
+        self.set_block(actor, other, true).await
+    }
+
+    /// Lifts the actor's block of `other`.
+    pub async fn unblock(&self, actor: &Actor, other: &UserId) -> Result<()> {
+        self.set_block(actor, other, false).await
+    }
+
+    async fn set_block(&self, actor: &Actor, other: &UserId, on: bool) -> Result<()> {
+        if other == &actor.user_id {
+            return Err(Error::invalid("you cannot block yourself"));
+        }
+        self.inner
+            .store
+            .set_block(&actor.user_id, other, on)
+            .await?;
+        // Which direct chat of the two is cached is not worth a lookup:
+        // blocks are rare.
+        self.inner.chats.clear();
+        Ok(())
+    }
+
+    /// The users the actor has blocked.
+    pub async fn blocked_users(&self, actor: &Actor) -> Result<Vec<UserId>> {
+        self.inner.store.blocked_by_user(&actor.user_id).await
+    }
+
+    /// Reports a message the actor can see; reporting the same message again
+    /// returns the open report.
+    pub async fn report(
+        &self,
+        actor: &Actor,
+        message_id: MessageId,
+        reason: &str,
+    ) -> Result<ReportId> {
+        let reason = optional_text("reason", Some(reason), MAX_REASON)?
+            .ok_or_else(|| Error::invalid("reason is required"))?;
+        let (_, message) = self.message_of(actor, message_id).await?;
+        let report = Report::open(actor.user_id.clone(), &message, reason, self.now());
+        Ok(self.inner.store.insert_report(report).await?.id)
+    }
+
+    /// Changes what the actor lets others see; returns the settings now.
+    pub async fn set_privacy(&self, actor: &Actor, patch: PrivacyPatch) -> Result<Privacy> {
+        let mut privacy = self.privacy_of(&actor.user_id).await?;
+        if let Some(v) = patch.read_receipts {
+            privacy.read_receipts = v;
+        }
+        if let Some(v) = patch.typing {
+            privacy.typing = v;
+        }
+        if let Some(v) = patch.presence {
+            privacy.presence = v;
+        }
+        self.inner
+            .store
+            .set_privacy(&actor.user_id, privacy)
+            .await?;
+        Ok(privacy)
+    }
+
+    pub(super) async fn privacy_of(&self, user: &UserId) -> Result<Privacy> {
+        Ok(self
+            .inner
+            .store
+            .get_user(user)
+            .await?
+            .map(|r| r.privacy)
+            .unwrap_or_default())
+    }
+
+    // --- moderation (service admins) -------------------------------------
+
+    fn require_admin(actor: &Actor) -> Result<()> {
+        if actor.admin {
+            Ok(())
+        } else {
+            Err(Error::forbidden("admins only"))
+        }
+    }
+
+    /// Suspends `user` until `until` (forever if `None`) and closes their
+    /// live connections on every node.
+    pub async fn suspend(
+        &self,
+        actor: &Actor,
+        user: &UserId,
+        until: Option<Timestamp>,
+    ) -> Result<()> {
+        Self::require_admin(actor)?;
+        let until = until.unwrap_or(Timestamp::FOREVER);
+        self.inner.store.set_suspension(user, Some(until)).await?;
+        let action = Action::Disconnect {
+            code: CLOSE_SUSPENDED,
+            reason: "account suspended".to_owned(),
+        };
+        self.publish(Audience::users(vec![user.clone()]), action)
+            .await;
+        Ok(())
+    }
+
+    /// Lifts a suspension.
+    pub async fn unsuspend(&self, actor: &Actor, user: &UserId) -> Result<()> {
+        Self::require_admin(actor)?;
+        self.inner.store.set_suspension(user, None).await
+    }
+
+    /// Reports in the moderation queue.
+    pub async fn list_reports(
+        &self,
+        actor: &Actor,
+        status: Option<ReportStatus>,
+        limit: usize,
+    ) -> Result<Vec<Report>> {
+        Self::require_admin(actor)?;
+        self.inner
+            .store
+            .list_reports(status, limit.clamp(1, 500))
+            .await
+    }
+
+    /// Closes a report: dismisses it, or deletes the reported message, or
+    /// suspends its sender (forever, or until `until`), and records who
+    /// decided and why.
+    pub async fn resolve_report(
+        &self,
+        actor: &Actor,
+        id: ReportId,
+        action: ModerationAction,
+        note: Option<String>,
+    ) -> Result<Report> {
+        Self::require_admin(actor)?;
+        let note = optional_text("note", note.as_deref(), MAX_REASON)?;
+        let report = self
+            .inner
+            .store
+            .get_report(id)
+            .await?
+            .ok_or_else(|| Error::not_found("report not found"))?;
+        if report.status != ReportStatus::Open {
+            return Err(Error::conflict("the report is closed already"));
+        }
+        let status = match action {
+            ModerationAction::Dismiss => ReportStatus::Dismissed,
+            ModerationAction::DeleteMessage => {
+                self.moderator_delete(actor, report.message_id).await?;
+                ReportStatus::Resolved
+            }
+            ModerationAction::SuspendUser { until } => {
+                self.suspend(actor, &report.reported_user_id, until).await?;
+                ReportStatus::Resolved
+            }
+        };
+        tracing::info!(admin = %actor.user_id, report = %id, ?action, "report resolved");
+        self.inner
+            .store
+            .resolve_report(ReportResolution {
+                id,
+                status,
+                by: actor.user_id.clone(),
+                note,
+                at: self.now(),
+            })
+            .await
+    }
+
+    /// Deletes any message (service admins), leaving a tombstone.
+    pub async fn moderator_delete(&self, actor: &Actor, message_id: MessageId) -> Result<Message> {
+        Self::require_admin(actor)?;
+        let message = self
+            .inner
+            .store
+            .get_message(message_id)
+            .await?
+            .ok_or_else(|| Error::not_found("message not found"))?;
+        let chat = self
+            .inner
+            .store
+            .get_chat(message.chat_id)
+            .await?
+            .ok_or_else(|| Error::not_found("message not found"))?;
+        if message.deleted {
+            return Ok(message);
+        }
+        let change = Change::Delete {
+            chat_id: chat.id,
+            message_id,
+            at: self.now(),
+        };
+        self.updated(change, Fanout::new(EventKind::Delete)).await
+    }
+}
+
+/// What an admin does about a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum ModerationAction {
+    /// Nothing to do.
+    Dismiss,
+    /// Delete the reported message.
+    DeleteMessage,
+    /// Suspend the reported message's sender.
+    SuspendUser {
+        /// Until when; forever if absent.
+        #[serde(default)]
+        until: Option<Timestamp>,
+    },
+}
