@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use chat_core::event::Framing;
 use chat_core::{
     Actor, ChatEngine, DeviceId, MemoryStore, NewGroup, SendMessage, UserId,
     protocol::ServerEvent,
@@ -109,16 +110,19 @@ fn serialization(c: &mut Criterion) {
     group.bench_function("message_received_once", |b| {
         b.iter_batched(
             || ServerEvent::MessageReceived(message.clone()),
-            |event| event.to_frame(),
+            |event| event.encode(),
             BatchSize::SmallInput,
         )
     });
-    // The shared frame is cloned per recipient: a reference count, not a copy.
+    // The encoded event is shared per recipient and framed for `/ws`
+    // without a copy: a reference count per recipient, not a serialization.
     group.throughput(Throughput::Elements(50));
     group.bench_function("frame_shared_by_50_recipients", |b| {
-        let frame = ServerEvent::MessageReceived(message.clone()).to_frame();
+        let event = ServerEvent::MessageReceived(message.clone()).encode();
         b.iter(|| {
-            let copies: Vec<bytes::Bytes> = (0..50).map(|_| frame.clone()).collect();
+            let copies: Vec<bytes::Bytes> = (0..50)
+                .map(|_| chat_core::event::Frame::Event(event.clone()).encode(Framing::Json))
+                .collect();
             std::hint::black_box(copies)
         })
     });

@@ -233,7 +233,7 @@ impl PublishQueue {
 /// usually shared with the hub and the engine, so this overestimates).
 fn cost(delivery: &Delivery) -> usize {
     let action = match &delivery.action {
-        Action::Frame(bytes) => bytes.len(),
+        Action::Event(event) => event.frame().len(),
         Action::Disconnect { reason, .. } => reason.len(),
         _ => 0,
     };
@@ -251,7 +251,7 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use chat_core::bus::Audience;
+    use chat_core::{bus::Audience, event::Event};
 
     use super::*;
 
@@ -262,7 +262,10 @@ mod tests {
             .collect();
         Delivery {
             audience: Audience::users(users),
-            action: Action::Frame(Bytes::from(text.to_owned())),
+            action: Action::Event(
+                Event::from_frame(Bytes::from(format!(r#"{{"type":"test","data":"{text}"}}"#)))
+                    .expect("an event frame"),
+            ),
         }
     }
 
@@ -270,7 +273,9 @@ mod tests {
         batch
             .iter()
             .map(|j| match &j.delivery.action {
-                Action::Frame(b) => String::from_utf8_lossy(b).into_owned(),
+                Action::Event(e) => String::from_utf8_lossy(&e.data())
+                    .trim_matches('"')
+                    .to_owned(),
                 other => format!("{other:?}"),
             })
             .collect()

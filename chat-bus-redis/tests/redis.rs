@@ -85,7 +85,12 @@ async fn node_holding_no_audience_user_gets_nothing() {
             except_user: Some(carol.clone()),
             chat_open: None,
         },
-        action: Action::Frame(Bytes::from_static(b"{\"typing\":\"carol\"}")),
+        action: Action::Event(
+            chat_core::event::Event::from_frame(Bytes::from_static(
+                br#"{"type":"user_typing","data":{"user_id":"carol"}}"#,
+            ))
+            .expect("an event frame"),
+        ),
     };
     let to_carol = frame(&[&carol], "fence");
     for d in [&to_bob, &typing, &to_carol] {
@@ -396,7 +401,9 @@ async fn expect_event(out: &mut Outbox, kind: &str) -> serde_json::Value {
         loop {
             match out.next().await {
                 Some(Outgoing::Frame(bytes)) => {
-                    let event: serde_json::Value = match serde_json::from_slice(&bytes) {
+                    let event: serde_json::Value = match serde_json::from_slice(
+                        &bytes.encode(chat_core::event::Framing::Json),
+                    ) {
                         Ok(v) => v,
                         Err(e) => panic!("frame is not JSON: {e}"),
                     };

@@ -8,11 +8,11 @@ use std::{
 };
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     error::Result,
+    event::Event,
     model::{ChatId, UserId},
 };
 
@@ -47,8 +47,10 @@ impl Audience {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Action {
-    /// Send this serialized event (serialized once, shared by all).
-    Frame(#[serde(with = "bytes_as_str")] Bytes),
+    /// Send this event (encoded once, shared by all). Named `Frame` on the
+    /// bus, as it was when events were plain frames.
+    #[serde(rename = "Frame")]
+    Event(Event),
     /// The user left the chat: forget that connections have it open.
     CloseChat(ChatId),
     /// Close the connections (e.g. the user was suspended).
@@ -58,19 +60,6 @@ pub enum Action {
         /// Why.
         reason: String,
     },
-}
-
-mod bytes_as_str {
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(std::str::from_utf8(b).map_err(serde::ser::Error::custom)?)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        Ok(Bytes::from(String::deserialize(d)?))
-    }
 }
 
 /// One thing to do for the live connections of some users, wherever they

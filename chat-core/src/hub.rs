@@ -1,7 +1,7 @@
 //! Local fan-out: the registry of this node's live connections.
 //!
-//! An event is serialized once into [`Bytes`] and the same buffer is queued
-//! on every recipient connection. Queues are bounded by the transport; a
+//! An event is encoded once into an [`Event`](crate::event::Event) and the
+//! same bytes are queued on every recipient connection. Queues are bounded by the transport; a
 //! connection whose queue is full is closed with
 //! [`CLOSE_TOO_SLOW`](crate::transport::CLOSE_TOO_SLOW) rather than
 //! buffered without bound: the client reconnects and calls `sync`.
@@ -19,6 +19,7 @@ use std::sync::{
 use crate::{
     bus::{Action, Delivery, DeliverySink},
     error::{Error, Result},
+    event::Frame,
     model::{ChatId, ConnectionId, DeviceId, UserId},
     transport::{CLOSE_TOO_SLOW, SendError, Transport},
 };
@@ -38,9 +39,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Queues a frame on this connection only; a full queue closes it.
-    pub fn send(&self, frame: bytes::Bytes) {
-        if let Err(SendError::Full) = self.transport.try_send(frame) {
+    /// Queues an event or reply on this connection only; a full queue
+    /// closes it.
+    pub fn send(&self, frame: impl Into<Frame>) {
+        if let Err(SendError::Full) = self.transport.try_send(frame.into()) {
             self.transport.close(CLOSE_TOO_SLOW, "outgoing queue full");
         }
     }
@@ -201,14 +203,16 @@ impl DeliverySink for Hub {
                     }
                 }
                 match &delivery.action {
-                    Action::Frame(frame) => match conn.transport.try_send(frame.clone()) {
-                        Ok(()) => queued += 1,
-                        Err(SendError::Full) => {
-                            self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
-                            conn.transport.close(CLOSE_TOO_SLOW, "outgoing queue full");
+                    Action::Event(event) => {
+                        match conn.transport.try_send(Frame::Event(event.clone())) {
+                            Ok(()) => queued += 1,
+                            Err(SendError::Full) => {
+                                self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+                                conn.transport.close(CLOSE_TOO_SLOW, "outgoing queue full");
+                            }
+                            Err(SendError::Closed) => {}
                         }
-                        Err(SendError::Closed) => {}
-                    },
+                    }
                     Action::CloseChat(chat) => self.close_chat(conn, *chat),
                     Action::Disconnect { code, reason } => conn.close(*code, reason),
                 }
@@ -224,10 +228,21 @@ impl DeliverySink for Hub {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-    use crate::transport::{CLOSE_GOING_AWAY, CLOSE_SUSPENDED, Outgoing, outbox};
+    use crate::{
+        error::ErrorCode,
+        event::{ErrorBody, ServerEvent},
+        transport::{CLOSE_GOING_AWAY, CLOSE_SUSPENDED, Outgoing, outbox},
+    };
+
+    /// A distinguishable frame.
+    fn f(text: &str) -> Frame {
+        ServerEvent::Error(ErrorBody {
+            code: ErrorCode::Internal,
+            message: text.into(),
+        })
+        .into()
+    }
 
     fn user(id: &str) -> UserId {
         UserId::new(id).unwrap()
@@ -246,11 +261,11 @@ mod tests {
             )
             .unwrap();
         // The ack of a command that committed right before the shutdown.
-        conn.send(Bytes::from_static(b"ack"));
+        conn.send(f("ack"));
         hub.close_all(CLOSE_GOING_AWAY, "server shutting down");
         assert_eq!(
             out.next().await,
-            Some(Outgoing::Frame(Bytes::from_static(b"ack"))),
+            Some(Outgoing::Frame(f("ack"))),
             "the queued ack goes out first"
         );
         assert_eq!(
@@ -274,7 +289,7 @@ mod tests {
                 4,
             )
             .unwrap();
-        conn.send(Bytes::from_static(b"event"));
+        conn.send(f("event"));
         conn.close(CLOSE_SUSPENDED, "suspended");
         assert_eq!(
             out.next().await,

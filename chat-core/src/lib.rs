@@ -22,7 +22,8 @@
 //! |---|---|
 //! | [`model`] | ids, chats, participants, messages, reports |
 //! | [`engine`] | [`ChatEngine`]: every rule |
-//! | [`protocol`] | commands, events, error codes, dispatcher |
+//! | [`protocol`] | commands, dispatcher, the connection driver |
+//! | [`event`] | events and replies, encoded once, framed per transport |
 //! | [`hub`] | local fan-out to live connections |
 //! | [`store`], [`bus`], [`transport`], [`hooks`], [`media`] | the seams |
 //! | `testing` (feature `testing`) | conformance suites for adapters |
@@ -52,10 +53,13 @@ pub mod bus;
 pub mod clock;
 pub mod engine;
 mod error;
+pub mod event;
 pub mod hooks;
 pub mod hub;
+pub mod limits;
 pub mod media;
 mod memory;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod store;
@@ -65,9 +69,9 @@ pub mod transport;
 
 pub use bus::{Bus, LocalBus};
 pub use engine::{
-    Actor, ChatEngine, ChatPage, EngineBuilder, EngineConfig, Health, HistoryPage, HistoryRequest,
-    ModerationAction, NewGroup, Opened, PrivacyPatch, Receipt, SendMessage, Session, SyncChat,
-    SyncResult,
+    Actor, ChatEngine, ChatPage, ChatUpdate, EngineBuilder, EngineConfig, Health, HistoryPage,
+    HistoryRequest, ModerationAction, NewGroup, Opened, PrivacyPatch, Receipt, SendMessage,
+    Session, SyncChat, SyncResult,
 };
 
 pub use error::{BoxError, Error, ErrorCode, Result};

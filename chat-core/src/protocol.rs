@@ -9,9 +9,12 @@
 
 mod commands;
 mod dispatch;
-mod events;
+pub mod driver;
 
 pub use commands::{ClientCommand, MAX_REQUEST_ID_LEN, ParseError, Request, parse_request};
 
-pub use dispatch::{AckData, ack_frame, dispatch_text, error_frame, execute};
-pub use events::{ErrorBody, PresenceEntry, ServerEvent};
+pub use crate::event::{AckData, ErrorBody, PresenceEntry, ServerEvent};
+pub use dispatch::{dispatch_text, execute};
+pub use driver::{
+    Auth, Authenticator, Close, CloseReason, Credentials, Driver, DriverConfig, Inbound, Outbound,
+};

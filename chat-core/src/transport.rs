@@ -11,9 +11,10 @@ use std::{
     task::Poll,
 };
 
-use bytes::Bytes;
 use futures::task::AtomicWaker;
 use tokio::sync::mpsc;
+
+use crate::event::Frame;
 
 /// Close code: the connection's outgoing queue was full.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
@@ -54,8 +55,9 @@ pub enum SendError {
 /// - Closing is idempotent, the first close requested wins; frames queued
 ///   after it are dropped.
 pub trait Transport: Debug + Send + Sync + 'static {
-    /// Queues one serialized event (a JSON text frame) without waiting.
-    fn try_send(&self, frame: Bytes) -> Result<(), SendError>;
+    /// Queues one event or reply without waiting; the transport frames it
+    /// for its wire when it writes it.
+    fn try_send(&self, frame: Frame) -> Result<(), SendError>;
 
     /// Asks the transport to close the connection with `code` and `reason`
     /// now, without waiting for the frames still queued.
@@ -75,8 +77,8 @@ pub trait Transport: Debug + Send + Sync + 'static {
 /// What a transport's writer task takes from an [`Outbox`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
-    /// A text frame to write.
-    Frame(Bytes),
+    /// An event or reply to write.
+    Frame(Frame),
     /// Close the connection with this code and reason, then stop.
     Close(u16, String),
 }
@@ -85,14 +87,14 @@ pub enum Outgoing {
 /// [`Transport`] for transports that run one writer task per connection.
 #[derive(Debug, Clone)]
 pub struct QueueTransport {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Frame>,
     shared: Arc<Shared>,
 }
 
 /// The receiving half of a bounded outgoing queue; see [`outbox`].
 #[derive(Debug)]
 pub struct Outbox {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Frame>,
     shared: Arc<Shared>,
 }
 
@@ -130,7 +132,7 @@ pub fn outbox(capacity: usize) -> (QueueTransport, Outbox) {
 }
 
 impl Transport for QueueTransport {
-    fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
+    fn try_send(&self, frame: Frame) -> Result<(), SendError> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
@@ -196,7 +198,7 @@ impl Outbox {
 
     /// Frames that are queued right now, without waiting (for batching
     /// writes). Stops at a close that does not wait for the queue.
-    pub fn try_next_frame(&mut self) -> Option<Bytes> {
+    pub fn try_next_frame(&mut self) -> Option<Frame> {
         if self.take_close().is_some_and(|c| c.urgent) {
             return None;
         }
@@ -218,36 +220,41 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
+    use crate::event::{ErrorBody, ServerEvent};
+
+    /// A distinguishable frame.
+    fn f(text: &str) -> Frame {
+        ServerEvent::Error(ErrorBody {
+            code: ErrorCode::Internal,
+            message: text.into(),
+        })
+        .into()
+    }
 
     #[tokio::test]
     async fn full_queue_reports_full_and_close_wins() {
         let (t, mut out) = outbox(2);
-        assert_eq!(t.try_send(Bytes::from_static(b"1")), Ok(()));
-        assert_eq!(t.try_send(Bytes::from_static(b"2")), Ok(()));
-        assert_eq!(t.try_send(Bytes::from_static(b"3")), Err(SendError::Full));
-        assert_eq!(
-            out.next().await,
-            Some(Outgoing::Frame(Bytes::from_static(b"1")))
-        );
+        assert_eq!(t.try_send(f("1")), Ok(()));
+        assert_eq!(t.try_send(f("2")), Ok(()));
+        assert_eq!(t.try_send(f("3")), Err(SendError::Full));
+        assert_eq!(out.next().await, Some(Outgoing::Frame(f("1"))));
         t.close(CLOSE_TOO_SLOW, "too slow");
         t.close(1000, "ignored: first close wins");
         assert_eq!(
             out.next().await,
             Some(Outgoing::Close(CLOSE_TOO_SLOW, "too slow".into()))
         );
-        assert_eq!(t.try_send(Bytes::from_static(b"4")), Err(SendError::Closed));
+        assert_eq!(t.try_send(f("4")), Err(SendError::Closed));
     }
 
     #[tokio::test]
     async fn a_going_away_close_through_the_trait_waits_for_the_queue() {
         let (t, mut out) = outbox(4);
         let t: Arc<dyn Transport> = Arc::new(t);
-        assert_eq!(t.try_send(Bytes::from_static(b"ack")), Ok(()));
+        assert_eq!(t.try_send(f("ack")), Ok(()));
         t.close_after_queued(CLOSE_GOING_AWAY, "server shutting down");
-        assert_eq!(
-            out.next().await,
-            Some(Outgoing::Frame(Bytes::from_static(b"ack")))
-        );
+        assert_eq!(out.next().await, Some(Outgoing::Frame(f("ack"))));
         assert_eq!(
             out.next().await,
             Some(Outgoing::Close(
@@ -260,17 +267,11 @@ mod tests {
     #[tokio::test]
     async fn a_close_after_queued_frames_comes_after_them() {
         let (t, mut out) = outbox(4);
-        assert_eq!(t.try_send(Bytes::from_static(b"last words")), Ok(()));
+        assert_eq!(t.try_send(f("last words")), Ok(()));
         t.close_after_queued(4001, "token expired");
-        assert_eq!(
-            t.try_send(Bytes::from_static(b"late")),
-            Err(SendError::Closed)
-        );
+        assert_eq!(t.try_send(f("late")), Err(SendError::Closed));
         t.close(CLOSE_TOO_SLOW, "ignored: first close wins");
-        assert_eq!(
-            out.next().await,
-            Some(Outgoing::Frame(Bytes::from_static(b"last words")))
-        );
+        assert_eq!(out.next().await, Some(Outgoing::Frame(f("last words"))));
         assert_eq!(out.try_next_frame(), None);
         assert_eq!(
             out.next().await,

@@ -281,8 +281,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             chat.last_seq += 1;
                             let seq = chat.last_seq;
                             m.msgs.push(system_msg(&store, chat_id, c, seq).await);
-                            let view = engine
-                                .store()
+                            let view = store
                                 .get_chat(chat_id)
                                 .await
                                 .map_err(|e| TestCaseError::fail(e.to_string()))?

@@ -181,6 +181,28 @@ impl Verifier {
     }
 }
 
+/// The connection driver verifies `authenticate` frames with the same
+/// verifier as the HTTP API; a connection it opens closes when the token
+/// stops verifying (`exp` plus the leeway).
+impl chat_core::protocol::Authenticator for Verifier {
+    fn authenticate(&self, token: &str) -> Result<chat_core::protocol::Credentials> {
+        self.verify(token)
+            .map(|identity| self.credentials(identity))
+    }
+}
+
+impl Verifier {
+    /// What the connection driver needs to know of a verified identity.
+    pub fn credentials(&self, identity: Identity) -> chat_core::protocol::Credentials {
+        chat_core::protocol::Credentials {
+            valid_until: self.valid_until(identity.expires_at),
+            user_id: identity.user_id,
+            device_id: identity.device_id,
+            admin: identity.admin,
+        }
+    }
+}
+
 /// Signs an HS256 token (the server's `token` command and `/dev/token`).
 pub fn issue_hs256(secret: &[u8], user: &UserId, admin: bool, ttl: Duration) -> Result<String> {
     let now = std::time::SystemTime::now()

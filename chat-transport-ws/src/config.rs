@@ -2,7 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{auth::AuthConfig, limits::RateLimits};
+use chat_core::{event::Framing, limits::RateLimits, protocol::DriverConfig};
+
+use crate::auth::AuthConfig;
 
 /// Renders the metrics page (`/metrics`); the server installs a Prometheus
 /// recorder and hands its renderer here.
@@ -39,6 +41,18 @@ pub struct WsConfig {
     pub dev_token_secret: Option<Vec<u8>>,
     /// Renders `/metrics`; `None` answers 404.
     pub metrics: Option<MetricsRenderer>,
+    /// A client that has not sent a request's whole header section this
+    /// long after connecting (or after its previous request) is
+    /// disconnected: connections that trickle headers in cannot hold
+    /// sockets open for free. Only [`serve`](crate::serve) applies it; an
+    /// application that nests [`router`](crate::router) sets its own.
+    pub header_read_timeout: Duration,
+    /// Longest request target (path and query), in bytes: longer ones get
+    /// 414 with the error body.
+    pub max_uri_bytes: usize,
+    /// Largest header section (names and values), in bytes: larger ones get
+    /// 431 with the error body.
+    pub max_header_bytes: usize,
 }
 
 impl std::fmt::Debug for WsConfig {
@@ -71,7 +85,22 @@ impl WsConfig {
             rate_limits: RateLimits::default(),
             dev_token_secret: None,
             metrics: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
         }
+    }
+
+    /// The connection driver's settings.
+    pub fn driver(&self) -> DriverConfig {
+        let mut driver = DriverConfig::default();
+        driver.auth_timeout = self.auth_timeout;
+        driver.idle_timeout = self.idle_timeout;
+        driver.ping_interval = Some(self.ping_interval);
+        driver.outgoing_queue = self.outgoing_queue;
+        driver.framing = Framing::Json;
+        driver.rate_limits = self.rate_limits;
+        driver
     }
 
     /// Whether a browser from `origin` may connect.

@@ -10,9 +10,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chat_core::{
-    Actor, ChatId, Encryption, Error, MessageId, ModerationAction, NewGroup, Receipt, ReportId,
+    Actor, ChatId, Encryption, Error, MessageId, ModerationAction, NewGroup, ReportId,
     ReportStatus, Role, Timestamp, UserId,
-    engine::{HistoryRequest, PrivacyPatch},
+    engine::{ChatUpdate, HistoryRequest, PrivacyPatch},
     protocol::ErrorBody,
     store::{ChatListQuery, GroupPatch},
 };
@@ -20,6 +20,34 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use crate::{AppState, auth::issue_hs256, limits::CommandClass, metrics as m};
+
+/// Refuses requests whose target or header section is over the limits of
+/// [`WsConfig`](crate::WsConfig), with the error body (hyper's own limits,
+/// further out, answer without one).
+pub(crate) async fn request_limits(
+    State(app): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if uri > app.config.max_uri_bytes {
+        let body = json!({"code": "too_large", "message": format!("the request target is longer than {} bytes", app.config.max_uri_bytes)});
+        return (StatusCode::URI_TOO_LONG, Json(body)).into_response();
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers > app.config.max_header_bytes {
+        let body = json!({"code": "too_large", "message": format!("the request headers are larger than {} bytes", app.config.max_header_bytes)});
+        return (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Json(body)).into_response();
+    }
+    next.run(request).await
+}
 
 /// An engine error as an HTTP response: the matching status and
 /// `{"code", "message"}`; 429 carries `Retry-After`.
@@ -103,7 +131,7 @@ impl FromRequestParts<AppState> for Caller {
         } else {
             CommandClass::Write
         };
-        if let Err(retry_after) = app.limiter.check(&actor.user_id, class) {
+        if let Err(retry_after) = app.driver.limiter().check(&actor.user_id, class) {
             metrics::counter!(m::RATE_LIMITED).increment(1);
             return Err(ApiError(Error::RateLimited { retry_after }));
         }
@@ -238,20 +266,11 @@ pub(crate) async fn update_session(
     Path(chat): Path<String>,
     Body(b): Body<GroupFields>,
 ) -> ApiResult {
-    let chat_id: ChatId = id(&chat)?;
-    let muted_until = b.muted_until;
-    let patch = b.patch();
-    let mut view = None;
-    if let Some(until) = muted_until {
-        view = Some(app.engine.set_muted(&actor, chat_id, until).await?);
-    }
-    if !patch.is_empty() {
-        view = Some(app.engine.update_group(&actor, chat_id, patch).await?);
-    }
-    match view {
-        Some(view) => to_json(view),
-        None => to_json(app.engine.get_chat(&actor, chat_id).await?),
-    }
+    let update = ChatUpdate {
+        muted_until: b.muted_until,
+        group: b.patch(),
+    };
+    to_json(app.engine.update_chat(&actor, id(&chat)?, update).await?)
 }
 
 pub(crate) async fn leave_session(
@@ -259,20 +278,8 @@ pub(crate) async fn leave_session(
     Caller(actor): Caller,
     Path(chat): Path<String>,
 ) -> ApiResult {
-    let chat_id: ChatId = id(&chat)?;
-    let view = app.engine.get_chat(&actor, chat_id).await?;
-    match view.chat.kind {
-        chat_core::ChatKind::Group => {
-            app.engine
-                .remove_participant(&actor, chat_id, &actor.user_id)
-                .await?;
-            ok()
-        }
-        chat_core::ChatKind::Direct => {
-            app.engine.hide_chat(&actor, chat_id).await?;
-            ok()
-        }
-    }
+    app.engine.leave(&actor, id(&chat)?).await?;
+    ok()
 }
 
 pub(crate) async fn session_messages(
@@ -323,10 +330,7 @@ pub(crate) async fn read_up_to(
     Caller(actor): Caller,
     Path(msg): Path<String>,
 ) -> ApiResult {
-    let message = app.engine.get_message(&actor, id(&msg)?).await?;
-    app.engine
-        .mark(&actor, message.chat_id, Receipt::Read, message.seq)
-        .await?;
+    app.engine.mark_read_up_to(&actor, id(&msg)?).await?;
     ok()
 }
 
@@ -598,7 +602,7 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
     let Some(render) = &app.config.metrics else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let stats = app.engine.hub().stats();
+    let stats = app.engine.hub_stats();
     let queued = stats
         .frames_queued
         .load(std::sync::atomic::Ordering::Relaxed);

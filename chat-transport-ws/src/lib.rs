@@ -1,22 +1,20 @@
-//! WebSocket protocol, HTTP API and JWT authentication for the chat engine,
-//! on axum.
-//!
-//! This crate translates: it authenticates connections and requests, limits
-//! what clients can make the server do, and turns frames and HTTP calls into
-//! [`ChatEngine`] calls through [`chat_core::protocol`]. It holds no chat
-//! rule of its own.
-//!
 //! # Layout
 //!
 //! | module | what |
 //! |---|---|
 //! | [`auth`] | JWT verification (one algorithm, `exp` required) |
-//! | `ws` | `GET /ws`: authentication, command loop, outgoing queue, heartbeats |
+//! | `ws` | `GET /ws`: the upgrade, then socket glue around chat-core's [connection driver](chat_core::protocol::driver) |
 //! | `http` | the HTTP API of PROTOCOL.md section 4 |
-//! | [`limits`] | per-user token buckets per command class, and for connects |
-//! | [`metrics`] | metric names |
+//! | `server` | the accept loop of [`serve`]: header read timeout, graceful shutdown |
 //!
-//! # Example
+//! Rate limits ([`limits`]) and metric names ([`metrics`]) are chat-core's,
+//! re-exported here: every transport enforces and counts the same ones.
+//! The protocol itself is described for client authors in the repository's
+//! `docs/protocol.md`.
+//!
+//! # Serving
+//!
+//! [`serve`] runs the whole server on a listener:
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -29,8 +27,36 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! // Serves until `stop` is sent or dropped (the server wires SIGTERM here).
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! serve(listener, engine, config, async { let _ = stopped.await; }).await?;
+//! serve(listener, engine.clone(), config, async { let _ = stopped.await; }).await?;
+//! // The engine is the caller's: drain its write lanes once serving stopped.
+//! engine.shutdown().await;
 //! # drop(stop);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Embedding
+//!
+//! [`router`] gives the same routes as an [`axum::Router`] to nest in an
+//! application's own:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::{Router, routing::get};
+//! use chat_core::{ChatEngine, MemoryStore};
+//! use chat_transport_ws::{WsConfig, auth::AuthConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = ChatEngine::builder(Arc::new(MemoryStore::new())).build().await?;
+//! let chat = chat_transport_ws::router(engine.clone(), WsConfig::new(AuthConfig::hs256("secret")))?;
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "my app" }))
+//!     .nest("/chat", chat); // /chat/ws, /chat/api/v1/..., /chat/healthz
+//! # let _ = app;
+//! // On shutdown, `engine.shutdown()` closes the chat connections (1001)
+//! // after what is queued for them, and drains the write lanes.
+//! engine.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```
@@ -38,11 +64,12 @@
 pub mod auth;
 mod config;
 mod http;
-pub mod limits;
-pub mod metrics;
+mod server;
 mod ws;
 
-use std::{future::Future, sync::Arc, time::Duration};
+pub use chat_core::{limits, metrics};
+
+use std::{future::Future, sync::Arc};
 
 use axum::{
     Router,
@@ -50,12 +77,13 @@ use axum::{
     routing::{get, post, put},
 };
 pub use chat_core;
-use chat_core::{ChatEngine, Result};
+use chat_core::{ChatEngine, Result, protocol::Driver};
 pub use config::{MetricsRenderer, WsConfig};
 pub use http::ApiError;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
-use crate::{auth::Verifier, limits::Limiter};
+use crate::auth::Verifier;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -63,14 +91,43 @@ struct AppState {
     engine: ChatEngine,
     config: Arc<WsConfig>,
     verifier: Arc<Verifier>,
-    limiter: Limiter,
+    /// Runs the WebSocket connections.
+    driver: Driver,
+    /// Live WebSocket connections, at most `max_connections`.
     connections: Arc<tokio::sync::Semaphore>,
-    shutdown: watch::Receiver<bool>,
+    /// Connection tasks, which outlive the HTTP request that upgraded them:
+    /// a graceful shutdown waits for them.
+    tasks: TaskTracker,
 }
 
-/// The routes of PROTOCOL.md: `/ws`, the HTTP API, `/healthz`, `/metrics`
-/// and, in dev mode, `/dev/token`.
-fn router(state: AppState) -> Router {
+impl AppState {
+    fn new(engine: ChatEngine, config: WsConfig) -> Result<Self> {
+        let verifier = Arc::new(Verifier::new(&config.auth)?);
+        let driver = Driver::new(engine.clone(), verifier.clone(), config.driver());
+        Ok(Self {
+            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            engine,
+            config: Arc::new(config),
+            verifier,
+            driver,
+            tasks: TaskTracker::new(),
+        })
+    }
+}
+
+/// The routes of PROTOCOL.md (`/ws`, the HTTP API under `/api/v1`,
+/// `/healthz`, `/metrics` and, in dev mode, `/dev/token`) as a router to
+/// nest in an application's own; see the [crate docs](crate#embedding).
+///
+/// Fails if the authentication configuration does not load (a PEM key
+/// that does not parse). The request limits of [`WsConfig`]
+/// (`max_uri_bytes`, `max_header_bytes`, bodies) apply; the header read
+/// timeout is a property of the server, which the application runs.
+pub fn router(engine: ChatEngine, config: WsConfig) -> Result<Router> {
+    Ok(routes(AppState::new(engine, config)?))
+}
+
+fn routes(state: AppState) -> Router {
     use http::*;
     let body_limit = state.config.max_body_bytes;
     let api = Router::new()
@@ -114,14 +171,22 @@ fn router(state: AppState) -> Router {
         .fallback(http::no_route)
         .method_not_allowed_fallback(http::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::request_limits,
+        ))
         .with_state(state)
 }
 
 /// Serves the protocol on `listener` until `shutdown` completes, then stops
-/// gracefully: no new connections, live connections closed with 1001 after
-/// their current command and the frames already queued for them (that
-/// command's ack), queued writes committed (the engine's lanes are drained),
-/// and returns.
+/// gracefully: no new connections or requests, HTTP requests in flight
+/// answered, WebSocket connections closed with 1001 after their current
+/// command and the frames already queued for them (that command's ack), and
+/// returns once they are closed (at most a few seconds).
+///
+/// The engine is the caller's and is not shut down here: other transports
+/// may still use it. Call [`ChatEngine::shutdown`] afterwards to drain its
+/// write lanes (the example server does).
 ///
 /// The caller owns the listener (tests bind `127.0.0.1:0`).
 pub async fn serve(
@@ -130,53 +195,25 @@ pub async fn serve(
     config: WsConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let verifier = Arc::new(Verifier::new(&config.auth)?);
-    let limiter = Limiter::new(config.rate_limits);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let state = AppState {
-        connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-        engine: engine.clone(),
-        config: Arc::new(config),
-        verifier,
-        limiter: limiter.clone(),
-        shutdown: stop_rx,
-    };
-    let connections = state.connections.clone();
-    let max_connections = state.config.max_connections;
-    let janitor = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            limiter.forget_idle();
-        }
-    });
-    let app = router(state);
-    let signal = async move {
+    let state = AppState::new(engine, config)?;
+    let (driver, tasks) = (state.driver.clone(), state.tasks.clone());
+    let header_read_timeout = state.config.header_read_timeout;
+    let app = routes(state);
+    let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: closing connections");
-        let _ = stop_tx.send(true);
+        driver.shutdown();
     };
-    // Without TCP_NODELAY, a second small frame written before the client
-    // acknowledges the first (an ack right after a message_received) waits
-    // for the client's delayed ACK: ~40 ms on Linux.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await;
-    // Upgraded WebSocket connections outlive axum's own bookkeeping: wait
-    // until each has closed (they were told to), at most a few seconds.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while connections.available_permits() < max_connections
-        && tokio::time::Instant::now() < deadline
+    let served = server::run(listener, app, header_read_timeout, shutdown).await;
+    // Upgraded WebSocket connections outlive the HTTP connections that
+    // carried them: wait until each has closed (they were told to).
+    tasks.close();
+    if tokio::time::timeout(server::DRAIN, tasks.wait())
+        .await
+        .is_err()
     {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tracing::warn!(left = tasks.len(), "connections still open after the drain");
     }
-    janitor.abort();
-    engine.shutdown().await;
-    tracing::info!("shut down");
+    tracing::info!("stopped serving");
     served.map_err(chat_core::Error::backend)
 }

@@ -296,7 +296,12 @@ pub fn user(name: &str) -> UserId {
 pub fn frame(users: &[&UserId], text: &str) -> Delivery {
     Delivery {
         audience: Audience::users(users.iter().map(|u| (*u).clone()).collect::<Vec<_>>()),
-        action: Action::Frame(Bytes::from(format!(r#"{{"text":"{text}"}}"#))),
+        action: Action::Event(
+            chat_core::event::Event::from_frame(Bytes::from(format!(
+                r#"{{"type":"test","data":{{"text":"{text}"}}}}"#
+            )))
+            .expect("an event frame"),
+        ),
     }
 }
 

@@ -13,12 +13,22 @@ use super::{
 use crate::{
     bus::{Action, Audience},
     error::{Error, Result},
+    event::ServerEvent,
     model::{
         Chat, ChatId, ChatKind, ChatView, Encryption, ParticipantSettings, Role, Timestamp, UserId,
     },
-    protocol::ServerEvent,
-    store::{ChatListQuery, NewChat},
+    store::{ChatListQuery, GroupPatch, NewChat},
 };
+
+/// What [`ChatEngine::update_chat`] changes; fields left out stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatUpdate {
+    /// The actor's own mute: `Some(Some(t))` mutes until `t`, `Some(None)`
+    /// unmutes.
+    pub muted_until: Option<Option<Timestamp>>,
+    /// The group's fields (admins only).
+    pub group: GroupPatch,
+}
 
 /// A group to create (`create_group`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +183,56 @@ impl ChatEngine {
         self.view(chat, me).await
     }
 
+    /// Updates a chat for the actor in one call: their own mute
+    /// (`muted_until`: `Some(None)` unmutes) and, for group admins, the
+    /// group's fields.
+    ///
+    /// Everything is checked before anything is written, so a refused
+    /// update (not an admin, a name too long) changes nothing, the mute
+    /// included. The group's fields are then committed first (the store
+    /// re-checks the actor's role then), and the mute after them: only an
+    /// internal error between the two writes can leave the group updated
+    /// and the mute not, and the same request can simply be repeated.
+    pub async fn update_chat(
+        &self,
+        actor: &Actor,
+        chat_id: ChatId,
+        update: ChatUpdate,
+    ) -> Result<ChatView> {
+        let chat = self.chat_of(actor, chat_id).await?;
+        let group = if update.group.is_empty() {
+            None
+        } else {
+            Some(Self::checked_group_patch(&chat, actor, update.group)?)
+        };
+        let mut view = None;
+        if let Some(patch) = group {
+            view = Some(self.apply_group_patch(actor, chat_id, patch).await?);
+        }
+        if let Some(until) = update.muted_until {
+            view = Some(self.set_muted(actor, chat_id, until).await?);
+        }
+        match view {
+            Some(view) => Ok(view),
+            None => self.view(chat, &actor.user_id).await,
+        }
+    }
+
+    /// Leaves a chat: a group is left (as `remove_participant` of oneself,
+    /// with its system message and the heir rule); a direct chat, which
+    /// cannot be left, is hidden from the actor's chat list until it has
+    /// new activity.
+    pub async fn leave(&self, actor: &Actor, chat_id: ChatId) -> Result<()> {
+        let chat = self.chat_of(actor, chat_id).await?;
+        match chat.kind {
+            ChatKind::Group => {
+                self.remove_participant(actor, chat_id, &actor.user_id)
+                    .await
+            }
+            ChatKind::Direct => self.hide_chat(actor, chat_id).await,
+        }
+    }
+
     /// Hides a chat from the actor's chat list until it has new activity.
     /// Membership and history stay.
     pub async fn hide_chat(&self, actor: &Actor, chat_id: ChatId) -> Result<()> {
@@ -300,8 +360,8 @@ impl ChatEngine {
             unread_count: 0,
             muted_until: None,
         })
-        .to_frame();
-        self.publish(Audience::users(chat.member_ids()), Action::Frame(frame))
+        .encode();
+        self.publish(Audience::users(chat.member_ids()), Action::Event(frame))
             .await;
     }
 }

@@ -161,7 +161,7 @@ impl ChatEngine {
         Ok(())
     }
 
-    /// Changes a group's name, description or avatar (admins only).
+    /// Updates the group's name, description or avatar (admins only).
     pub async fn update_group(
         &self,
         actor: &Actor,
@@ -169,7 +169,18 @@ impl ChatEngine {
         patch: GroupPatch,
     ) -> Result<ChatView> {
         let chat = self.chat_of(actor, chat_id).await?;
-        if Self::group_role(&chat, &actor.user_id)? != Role::Admin {
+        let patch = Self::checked_group_patch(&chat, actor, patch)?;
+        self.apply_group_patch(actor, chat_id, patch).await
+    }
+
+    /// `patch` validated for the actor on `chat`, before anything is
+    /// written: only admins update a group, and its fields have limits.
+    pub(super) fn checked_group_patch(
+        chat: &Chat,
+        actor: &Actor,
+        patch: GroupPatch,
+    ) -> Result<GroupPatch> {
+        if Self::group_role(chat, &actor.user_id)? != Role::Admin {
             return Err(Error::forbidden("only admins may update the group"));
         }
         let patch = GroupPatch {
@@ -190,6 +201,17 @@ impl ChatEngine {
                 "nothing to update: give name, description or avatar_url",
             ));
         }
+        Ok(patch)
+    }
+
+    /// Applies a patch from [`checked_group_patch`](Self::checked_group_patch);
+    /// the store checks at commit that the actor is still an admin.
+    pub(super) async fn apply_group_patch(
+        &self,
+        actor: &Actor,
+        chat_id: ChatId,
+        patch: GroupPatch,
+    ) -> Result<ChatView> {
         let change = Change::UpdateGroup {
             chat_id,
             patch,

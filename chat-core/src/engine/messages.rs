@@ -1,7 +1,6 @@
 //! Messages: sending (retries, hooks), editing, deleting, reactions,
 //! receipts, and reading them back.
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -13,6 +12,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
+    event::Event,
     hooks::{HookContext, HookDecision},
     model::{
         Chat, ChatId, ChatKind, Encryption, MediaId, MediaRef, Message, MessageId, MessageType,
@@ -171,13 +171,14 @@ impl ChatEngine {
             .map(|(message, _frame)| message)
     }
 
-    /// [`send`](Self::send), with the `message_received` frame the message
-    /// was published as (`None` for a retry): the protocol's ack reuses it.
+    /// [`send`](Self::send), with the `message_received` event the message
+    /// was published as (`None` for a retry): the protocol's ack reuses its
+    /// encoded data.
     pub(crate) async fn send_framed(
         &self,
         actor: &Actor,
         req: SendMessage,
-    ) -> Result<(Message, Option<Bytes>)> {
+    ) -> Result<(Message, Option<Event>)> {
         client_msg_id(&req.client_msg_id)?;
         let cached = self.cached_chat(actor, req.chat_id).await?;
         let (chat_id, client_id) = (req.chat_id, req.client_msg_id.clone());
@@ -229,7 +230,7 @@ impl ChatEngine {
         actor: &Actor,
         cached: &Cached,
         req: SendMessage,
-    ) -> Result<(Message, Option<Bytes>)> {
+    ) -> Result<(Message, Option<Event>)> {
         let me = &actor.user_id;
         let chat_id = req.chat_id;
         let chat = &cached.chat;
@@ -300,7 +301,7 @@ impl ChatEngine {
             }
             self.stop_typing(cached, me).await;
         }
-        Ok((message, done.frame))
+        Ok((message, done.event))
     }
 
     fn content(&self, encryption: Encryption, content: &str) -> Result<String> {
@@ -461,6 +462,15 @@ impl ChatEngine {
             crate::store::Applied::Updated { message, .. } => Ok(message),
             _ => Err(unexpected()),
         }
+    }
+
+    /// Marks a chat read up to and including `message_id` (the REST
+    /// `POST /chat/messages/:id/read`): the read watermark moves to the
+    /// message's `seq`, never back.
+    pub async fn mark_read_up_to(&self, actor: &Actor, message_id: MessageId) -> Result<()> {
+        let message = self.get_message(actor, message_id).await?;
+        self.mark(actor, message.chat_id, Receipt::Read, message.seq)
+            .await
     }
 
     /// Moves the actor's delivered or read watermark of a chat forward.

@@ -26,7 +26,7 @@ use self::{
     writer::Writer,
 };
 pub use self::{
-    chats::{ChatPage, NewGroup, Opened},
+    chats::{ChatPage, ChatUpdate, NewGroup, Opened},
     messages::{HistoryPage, HistoryRequest, Receipt, SYSTEM_REPORTER, SendMessage},
     moderation::{ModerationAction, PrivacyPatch},
     presence::Session,
@@ -304,14 +304,17 @@ impl ChatEngine {
         &self.inner.config
     }
 
-    /// The store, for reads an embedder needs beyond the engine's API.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+    /// Counters of this node's live connections (events queued, slow
+    /// consumers closed), for metrics. The store and the hub themselves are
+    /// not handed out: every read and write goes through the engine's
+    /// rules, whatever the transport.
+    pub fn hub_stats(&self) -> &crate::hub::HubStats {
+        self.inner.hub.stats()
     }
 
-    /// This node's hub of live connections.
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.inner.hub
+    /// How many live connections this node holds.
+    pub fn connection_count(&self) -> usize {
+        self.inner.hub.total_connections()
     }
 
     fn now(&self) -> Timestamp {

@@ -17,16 +17,15 @@ use std::{
     },
 };
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{Actor, ChatEngine, cache::Cached};
 use crate::{
     bus::{Action, Audience},
     error::Result,
+    event::{Frame, PresenceEntry, ServerEvent},
     hub::Conn,
     model::{ChatId, ChatView, ConnectionId, DeviceId, Message, Timestamp, UserId},
-    protocol::{PresenceEntry, ServerEvent},
     store::HistoryQuery,
     transport::Transport,
 };
@@ -232,9 +231,7 @@ impl ChatEngine {
             }
         }
         let users = self.presence_snapshot(user).await?;
-        session
-            .conn
-            .send(ServerEvent::PresenceUpdate { users }.to_frame());
+        session.conn.send(ServerEvent::PresenceUpdate { users });
         Ok(session)
     }
 
@@ -397,7 +394,7 @@ impl ChatEngine {
                     last_seen,
                 }
             };
-            self.publish(Audience::users(contacts), Action::Frame(event.to_frame()))
+            self.publish(Audience::users(contacts), Action::Event(event.encode()))
                 .await;
             Ok(())
         }
@@ -471,7 +468,7 @@ impl ChatEngine {
             };
             self.publish(
                 typing_audience(&cached, user),
-                Action::Frame(event.to_frame()),
+                Action::Event(event.encode()),
             )
             .await;
             let engine = self.clone();
@@ -522,11 +519,8 @@ impl ChatEngine {
             chat_id: cached.chat.id,
             user_id: user.clone(),
         };
-        self.publish(
-            typing_audience(cached, user),
-            Action::Frame(event.to_frame()),
-        )
-        .await;
+        self.publish(typing_audience(cached, user), Action::Event(event.encode()))
+            .await;
     }
 }
 
@@ -565,8 +559,8 @@ impl Session {
         &self.engine
     }
 
-    /// Queues a frame on this connection only.
-    pub fn send(&self, frame: Bytes) {
+    /// Queues an event or a reply on this connection only.
+    pub fn send(&self, frame: impl Into<Frame>) {
         self.conn.send(frame);
     }
 
@@ -767,7 +761,7 @@ mod tests {
     fn frames(out: &mut Outbox) -> Vec<Value> {
         let mut v = Vec::new();
         while let Some(f) = out.try_next_frame() {
-            v.push(serde_json::from_slice(&f).unwrap());
+            v.push(serde_json::from_slice(&f.encode(crate::event::Framing::Json)).unwrap());
         }
         v
     }

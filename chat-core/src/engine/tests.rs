@@ -72,7 +72,7 @@ impl Client {
     /// The next frame, waiting at most a (virtual) second.
     async fn next(&mut self) -> Value {
         match tokio::time::timeout(Duration::from_secs(1), self.out.next()).await {
-            Ok(Some(Outgoing::Frame(f))) => serde_json::from_slice(&f).unwrap(),
+            Ok(Some(Outgoing::Frame(f))) => json_of(&f),
             Ok(Some(Outgoing::Close(code, reason))) => {
                 serde_json::json!({"closed": code, "reason": reason})
             }
@@ -95,7 +95,7 @@ impl Client {
     fn drain(&mut self) -> Vec<Value> {
         let mut out = Vec::new();
         while let Some(f) = self.out.try_next_frame() {
-            out.push(serde_json::from_slice(&f).unwrap());
+            out.push(json_of(&f));
         }
         out
     }
@@ -111,8 +111,13 @@ impl Client {
         let reply = crate::protocol::dispatch_text(&self.session, &json.to_string())
             .await
             .expect("a command with an id is answered");
-        serde_json::from_slice(&reply).unwrap()
+        json_of(&reply)
     }
+}
+
+/// A frame as `/ws` sends it, parsed.
+fn json_of(frame: &crate::event::Frame) -> Value {
+    serde_json::from_slice(&frame.encode(crate::event::Framing::Json)).unwrap()
 }
 
 async fn direct(engine: &ChatEngine, a: &str, b: &str) -> ChatId {
@@ -1078,7 +1083,7 @@ async fn presence_with_grace_and_blocks() {
     let Some(Outgoing::Frame(f)) = out.next().await else {
         panic!()
     };
-    let v: Value = serde_json::from_slice(&f).unwrap();
+    let v = json_of(&f);
     let users = v["data"]["users"].as_array().unwrap();
     let bob_entry = users.iter().find(|u| u["user_id"] == "bob").unwrap();
     assert_eq!(bob_entry["online"], true);
@@ -1292,8 +1297,7 @@ async fn slow_consumers_are_closed_not_buffered() {
     }
     assert!(frames <= 4);
     assert_eq!(
-        e.hub()
-            .stats()
+        e.hub_stats()
             .slow_closed
             .load(std::sync::atomic::Ordering::Relaxed),
         1
@@ -1365,7 +1369,13 @@ async fn shutdown_finishes_queued_writes_then_refuses() {
         .filter(|r| matches!(r, Ok(Ok(_))))
         .count() as u64;
     assert_eq!(
-        e.store().get_chat(chat).await.unwrap().unwrap().last_seq,
+        e.inner
+            .store
+            .get_chat(chat)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
         acked,
         "every ack is stored"
     );
@@ -1433,7 +1443,7 @@ async fn dispatcher_answers_every_command_with_an_id() {
     let raw = crate::protocol::dispatch_text(&alice.session, "{not json")
         .await
         .unwrap();
-    let r: Value = serde_json::from_slice(&raw).unwrap();
+    let r = json_of(&raw);
     assert_eq!(r["type"], "error");
     assert!(r.get("id").is_none());
     // without id: success is silent
@@ -1986,5 +1996,118 @@ async fn sync_pages_over_chats_bounded_by_bytes() {
     assert_eq!(
         code(e.sync_from(&bob, &cursors, Some("nonsense")).await),
         C::BadRequest
+    );
+}
+
+// --- rules that used to live in the HTTP layer ----------------------------
+
+#[tokio::test]
+async fn a_refused_chat_update_changes_nothing_not_even_the_mute() {
+    let e = engine().await;
+    let chat = group(&e, "ann", &["ben"]).await;
+    let later = Timestamp::from_millis(4_000_000_000_000);
+    // A member may mute but not rename: the whole update is refused.
+    let update = ChatUpdate {
+        muted_until: Some(Some(later)),
+        group: GroupPatch {
+            name: Some("mine now".into()),
+            ..GroupPatch::default()
+        },
+    };
+    assert_eq!(
+        code(e.update_chat(&actor("ben"), chat, update).await),
+        C::Forbidden
+    );
+    let view = e.get_chat(&actor("ben"), chat).await.unwrap();
+    assert_eq!(view.muted_until, None, "the mute was not applied");
+    assert_eq!(view.chat.name.as_deref(), Some("support"));
+    // A bad name from an admin is refused before the mute is written.
+    let update = ChatUpdate {
+        muted_until: Some(Some(later)),
+        group: GroupPatch {
+            name: Some("x".repeat(10_000)),
+            ..GroupPatch::default()
+        },
+    };
+    assert_eq!(
+        code(e.update_chat(&actor("ann"), chat, update).await),
+        C::BadRequest
+    );
+    assert_eq!(
+        e.get_chat(&actor("ann"), chat).await.unwrap().muted_until,
+        None
+    );
+    // Both at once from an admin; then the member's own mute alone.
+    let update = ChatUpdate {
+        muted_until: Some(Some(later)),
+        group: GroupPatch {
+            name: Some("circle".into()),
+            ..GroupPatch::default()
+        },
+    };
+    let view = e.update_chat(&actor("ann"), chat, update).await.unwrap();
+    assert_eq!(view.muted_until, Some(later));
+    assert_eq!(view.chat.name.as_deref(), Some("circle"));
+    let mute = ChatUpdate {
+        muted_until: Some(Some(later)),
+        ..ChatUpdate::default()
+    };
+    let view = e.update_chat(&actor("ben"), chat, mute).await.unwrap();
+    assert_eq!(view.muted_until, Some(later));
+    let unmute = ChatUpdate {
+        muted_until: Some(None),
+        ..ChatUpdate::default()
+    };
+    assert_eq!(
+        e.update_chat(&actor("ben"), chat, unmute)
+            .await
+            .unwrap()
+            .muted_until,
+        None
+    );
+}
+
+#[tokio::test]
+async fn leaving_a_group_removes_and_leaving_a_direct_chat_hides() {
+    let e = engine().await;
+    let chat = group(&e, "ann", &["ben"]).await;
+    e.leave(&actor("ben"), chat).await.unwrap();
+    assert_eq!(code(e.get_chat(&actor("ben"), chat).await), C::NotFound);
+    let direct_chat = direct(&e, "ann", "ben").await;
+    send(&e, "ann", direct_chat, "c-1", "hi").await.unwrap();
+    e.leave(&actor("ben"), direct_chat).await.unwrap();
+    let listed = |e: ChatEngine| async move {
+        let query = ChatListQuery {
+            after: None,
+            limit: 50,
+        };
+        let page = e.list_chats(&actor("ben"), query).await.unwrap();
+        page.chats.iter().map(|c| c.chat.id).collect::<Vec<_>>()
+    };
+    assert!(!listed(e.clone()).await.contains(&direct_chat), "hidden");
+    // Still a member: new activity brings it back.
+    send(&e, "ann", direct_chat, "c-2", "still there?")
+        .await
+        .unwrap();
+    assert!(listed(e.clone()).await.contains(&direct_chat));
+    assert_eq!(code(e.leave(&actor("cat"), direct_chat).await), C::NotFound);
+}
+
+#[tokio::test]
+async fn read_up_to_a_message_moves_the_watermark_to_its_seq() {
+    let e = engine().await;
+    let chat = direct(&e, "ann", "ben").await;
+    let first = send(&e, "ann", chat, "c-1", "one").await.unwrap();
+    let second = send(&e, "ann", chat, "c-2", "two").await.unwrap();
+    e.mark_read_up_to(&actor("ben"), second.id).await.unwrap();
+    // Never back.
+    e.mark_read_up_to(&actor("ben"), first.id).await.unwrap();
+    let view = e.get_chat(&actor("ben"), chat).await.unwrap();
+    let ben = view.chat.participant(&uid("ben")).unwrap();
+    assert_eq!(ben.read_seq, second.seq);
+    assert_eq!(view.unread_count, 0);
+    assert_eq!(
+        code(e.mark_read_up_to(&actor("cat"), first.id).await),
+        C::NotFound
     );
 }

@@ -28,7 +28,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures::FutureExt;
 use tokio::{
     sync::{mpsc, oneshot},
@@ -39,9 +38,9 @@ use super::{EngineConfig, Inner, unexpected};
 use crate::{
     bus::{Action, Audience},
     error::{Error, Result},
+    event::{Event, ServerEvent},
     hooks::Notification,
     model::{Chat, ChatId, ChatView, Message, MessageType, SystemEvent, UserId},
-    protocol::ServerEvent,
     store::{Applied, Change, Committed, Members},
 };
 
@@ -98,9 +97,9 @@ struct Job {
 #[derive(Debug)]
 pub(super) struct Done {
     pub(super) applied: Applied,
-    /// The `message_received` frame of a new post, which the sender's ack
-    /// reuses instead of serializing the message a second time.
-    pub(super) frame: Option<Bytes>,
+    /// The `message_received` event of a new post, whose encoded data the
+    /// sender's ack reuses instead of serializing the message a second time.
+    pub(super) event: Option<Event>,
 }
 
 type Lanes = Arc<[mpsc::Sender<Job>]>;
@@ -281,10 +280,10 @@ async fn run_lane(
                 Waiting::Caller(fanout, reply) => {
                     let done = match result {
                         Ok(committed) => {
-                            let frame = fan_out(&inner, &fanout, &committed, &mut notes).await;
+                            let event = fan_out(&inner, &fanout, &committed, &mut notes).await;
                             Ok(Done {
                                 applied: committed.applied,
-                                frame,
+                                event,
                             })
                         }
                         Err(e) => Err(e),
@@ -309,12 +308,7 @@ async fn run_lane(
 }
 
 async fn frame(inner: &Inner, users: impl Into<Arc<[UserId]>>, event: ServerEvent) {
-    publish(
-        inner,
-        Audience::users(users),
-        Action::Frame(event.to_frame()),
-    )
-    .await;
+    publish(inner, Audience::users(users), Action::Event(event.encode())).await;
 }
 
 async fn publish(inner: &Inner, audience: Audience, action: Action) {
@@ -335,13 +329,13 @@ fn signal_audience(members: &Members, actor: &UserId) -> Arc<[UserId]> {
 }
 
 /// Publishes a change's events to its members at commit; returns the
-/// `message_received` frame of a new post.
+/// `message_received` event of a new post.
 async fn fan_out(
     inner: &Inner,
     fanout: &Fanout,
     committed: &Committed,
     notes: &mut Vec<(Message, Vec<UserId>)>,
-) -> Option<Bytes> {
+) -> Option<Event> {
     let members = &committed.members;
     match (&fanout.kind, &committed.applied) {
         (
@@ -351,7 +345,7 @@ async fn fan_out(
                 duplicate: false,
             },
         ) => {
-            let received = ServerEvent::message_received_frame(message);
+            let received = Event::message_received(message);
             let audience = signal_audience(members, &message.sender_id);
             // Only a notifier needs to know who was offline.
             if message.kind != MessageType::System && inner.notifier.is_some() {
@@ -366,7 +360,7 @@ async fn fan_out(
             publish(
                 inner,
                 Audience::users(audience),
-                Action::Frame(received.clone()),
+                Action::Event(received.clone()),
             )
             .await;
             return Some(received);
@@ -558,7 +552,7 @@ fn chat_updated(inner: &Inner, chat: &Chat) {
             };
             let delivery = crate::bus::Delivery {
                 audience: Audience::users(vec![p.user_id.clone()]),
-                action: Action::Frame(ServerEvent::ChatUpdated(view).to_frame()),
+                action: Action::Event(ServerEvent::ChatUpdated(view).encode()),
             };
             if let Err(e) = bus.publish(delivery).await {
                 tracing::warn!(error = %e, "bus publish failed; clients catch up with sync");

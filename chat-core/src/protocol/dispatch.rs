@@ -1,134 +1,42 @@
 //! From a parsed command of an authenticated connection to engine calls.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use serde::{Serialize, ser::SerializeMap};
+use serde::Serialize;
 
-use super::{
-    commands::{ClientCommand, ParseError, parse_request},
-    events::{ErrorBody, ServerEvent, to_frame},
-};
+use super::commands::{ClientCommand, ParseError, parse_request};
 use crate::{
     engine::{HistoryRequest, Receipt, Session},
     error::{Error, Result},
+    event::{AckData, Frame},
     model::Role,
     store::GroupPatch,
 };
 
-#[derive(Serialize)]
-struct Reply<'a, T: Serialize> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    data: T,
-}
-
-/// An `ack` frame answering request `id`.
-pub fn ack_frame<T: Serialize + ?Sized>(id: &str, data: &T) -> Bytes {
-    to_frame(&Reply {
-        kind: "ack",
-        id: Some(id),
-        data,
-    })
-}
-
-/// An `error` frame, answering request `id` if there is one.
-pub fn error_frame(id: Option<&str>, error: &Error) -> Bytes {
-    if let Error::Backend { source } = error {
-        tracing::error!(error = %source, "internal error answering a command");
-    }
-    to_frame(&Reply {
-        kind: "error",
-        id,
-        data: ErrorBody::from(error),
-    })
-}
-
 /// Handles one text frame of an authenticated connection: parses it, runs
 /// the command, and returns the answer to send back, if any (an `ack` for
 /// commands with an `id`, an `error` for any failure).
-pub async fn dispatch_text(session: &Session, text: &str) -> Option<Bytes> {
+///
+/// No rate limit applies here; the [connection driver](super::driver)
+/// limits before it executes.
+pub async fn dispatch_text(session: &Session, text: &str) -> Option<Frame> {
     match parse_request(text) {
-        Ok(request) => {
-            let id = request.id;
-            match execute(session, request.command).await {
-                Ok(data) => id.map(|id| data.ack_frame(&id)),
-                Err(e) => Some(error_frame(id.as_deref(), &e)),
-            }
-        }
-        Err(ParseError { id, error, .. }) => Some(error_frame(id.as_deref(), &error)),
-    }
-}
-
-/// The `data` of an `ack`, already JSON: written into the frame as it is,
-/// without building a tree of values first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AckData(Bytes);
-
-impl AckData {
-    /// The JSON text.
-    pub fn as_str(&self) -> &str {
-        // Built only from serde_json's output and from parts of frames it
-        // wrote, so always UTF-8; an empty string otherwise.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-
-    /// The `ack` frame answering request `id` with this data.
-    pub fn ack_frame(&self, id: &str) -> Bytes {
-        const HEAD: &[u8] = br#"{"type":"ack","id":"#;
-        let mut frame = BytesMut::with_capacity(HEAD.len() + id.len() + self.0.len() + 16);
-        frame.put_slice(HEAD);
-        let mut writer = (&mut frame).writer();
-        // Writing a string into memory cannot fail; should it, the client
-        // hears of it rather than getting a broken frame.
-        if let Err(e) = serde_json::to_writer(&mut writer, id) {
-            return error_frame(Some(id), &Error::backend(e));
-        }
-        frame.put_slice(br#","data":"#);
-        frame.put_slice(&self.0);
-        frame.put_u8(b'}');
-        frame.freeze()
-    }
-
-    /// `{"message": <message>}` from the `message_received` frame the
-    /// message was published as: the same JSON, not serialized again.
-    fn message_from_frame(frame: &[u8]) -> Option<Self> {
-        const KEY: &[u8] = br#"{"message":"#;
-        let message = ServerEvent::message_of_received_frame(frame)?;
-        let mut data = BytesMut::with_capacity(KEY.len() + message.len() + 1);
-        data.put_slice(KEY);
-        data.put_slice(message);
-        data.put_u8(b'}');
-        Some(Self(data.freeze()))
+        Ok(request) => Frame::answer(request.id, execute(session, request.command).await),
+        Err(ParseError { id, error, .. }) => Some(Frame::error(id, &error)),
     }
 }
 
 fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<AckData> {
-    serde_json::to_vec(value)
-        .map(|json| AckData(json.into()))
-        .map_err(Error::backend)
-}
-
-/// `{"<key>": value}`.
-struct Field<'a, T: ?Sized>(&'static str, &'a T);
-
-impl<T: Serialize + ?Sized> Serialize for Field<'_, T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(1))?;
-        map.serialize_entry(self.0, self.1)?;
-        map.end()
-    }
+    AckData::encode(value)
 }
 
 fn field<T: Serialize + ?Sized>(key: &'static str, value: &T) -> Result<AckData> {
-    to_value(&Field(key, value))
+    AckData::field(key, value)
 }
 
 /// Runs a command; the result is the `data` of its `ack`.
 pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckData> {
     let engine = session.engine();
     let actor = session.actor();
-    let empty = || to_value(&serde_json::Map::new());
+    let empty = || Ok(AckData::empty());
     match command {
         ClientCommand::Authenticate { .. } => {
             Err(Error::invalid("this connection is already authenticated"))
@@ -158,9 +66,9 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             empty()
         }
         ClientCommand::SendMessage(req) => {
-            let (message, frame) = engine.send_framed(actor, req).await?;
-            match frame.and_then(|f| AckData::message_from_frame(&f)) {
-                Some(data) => Ok(data),
+            let (message, event) = engine.send_framed(actor, req).await?;
+            match event {
+                Some(received) => Ok(AckData::message_of(&received)),
                 None => field("message", &message),
             }
         }

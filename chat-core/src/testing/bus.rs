@@ -342,7 +342,6 @@ macro_rules! bus_conformance_tests {
 pub mod bus_suite {
     use std::{collections::HashSet, sync::Arc, time::Duration};
 
-    use bytes::Bytes;
     use tokio::time::Instant;
 
     use super::{Cluster, RecordingSink};
@@ -378,11 +377,20 @@ pub mod bus_suite {
         }
     }
 
+    /// An event that carries `text`.
+    fn text_event(text: &str) -> crate::event::Event {
+        crate::event::ServerEvent::Error(crate::event::ErrorBody {
+            code: crate::ErrorCode::Internal,
+            message: text.to_owned(),
+        })
+        .encode()
+    }
+
     /// A frame for `users` whose text is `text`.
     fn frame(users: &[&UserId], text: &str) -> Delivery {
         Delivery {
             audience: Audience::users(users.iter().map(|u| (*u).clone()).collect::<Vec<_>>()),
-            action: Action::Frame(Bytes::from(format!(r#"{{"type":"test","text":"{text}"}}"#))),
+            action: Action::Event(text_event(text)),
         }
     }
 
@@ -513,10 +521,7 @@ pub mod bus_suite {
                     except_user: Some(typist),
                     chat_open: Some(chat),
                 },
-                action: Action::Frame(Bytes::from_static(
-                    "{\"type\":\"user_typing\",\"text\":\"h\u{e9}llo \u{1f44b} \\\"q\\\"\\n\"}"
-                        .as_bytes(),
-                )),
+                action: Action::Event(text_event("h\u{e9}llo \u{1f44b} \"q\"\n")),
             },
             Delivery {
                 audience: Audience::users(vec![to.clone()]),

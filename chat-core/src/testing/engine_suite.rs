@@ -453,11 +453,12 @@ fn error_of(code: &str, message: &str) -> Error {
 }
 
 /// The `data` of a command's `ack`, or its error.
-fn reply_of(reply: Option<bytes::Bytes>) -> Result<Value> {
+fn reply_of(reply: Option<crate::event::Frame>) -> Result<Value> {
     let Some(reply) = reply else {
         return Err(Error::backend("a command with an id got no answer"));
     };
-    let v: Value = serde_json::from_slice(&reply).map_err(Error::backend)?;
+    let json = reply.encode(crate::event::Framing::Json);
+    let v: Value = serde_json::from_slice(&json).map_err(Error::backend)?;
     match v["type"].as_str() {
         Some("ack") => Ok(v["data"].clone()),
         Some("error") => Err(error_of(
@@ -591,7 +592,8 @@ impl World {
             while let Some(next) = out.next().await {
                 match next {
                     Outgoing::Frame(frame) => {
-                        let v = serde_json::from_slice(&frame)
+                        let json = frame.encode(crate::event::Framing::Json);
+                        let v = serde_json::from_slice(&json)
                             .unwrap_or_else(|_| Value::String(format!("{frame:?}")));
                         lock(&log).frames.push(v);
                     }
@@ -2312,7 +2314,7 @@ mod tests {
     }
 
     fn frame(event: ServerEvent) -> Value {
-        serde_json::from_slice(&event.to_frame()).unwrap_or(Value::Null)
+        serde_json::from_slice(event.encode().frame()).unwrap_or(Value::Null)
     }
 
     fn received(m: &Message) -> Value {

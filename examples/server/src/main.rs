@@ -237,9 +237,12 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     let _ = writeln!(stdout, "listening on http://{addr}");
     let _ = stdout.flush();
 
-    chat_transport_ws::serve(listener, engine, ws, shutdown_signal())
-        .await
-        .map_err(fail)?;
+    let served = chat_transport_ws::serve(listener, engine.clone(), ws, shutdown_signal()).await;
+    // The engine is ours, not the transport's: drain its write lanes (every
+    // acknowledged change is committed) even if serving failed.
+    engine.shutdown().await;
+    tracing::info!("engine stopped");
+    served.map_err(fail)?;
     if let Some(bus) = redis {
         // Leave the cluster now rather than when the presence TTL expires.
         bus.shutdown().await;

@@ -1,9 +1,14 @@
-//! Per-user token buckets (governor): one per command class, and one for
-//! opening WebSocket connections.
+//! Rate limits every transport enforces the same way: per-user token
+//! buckets (governor), one per [`CommandClass`], and one for opening
+//! connections.
+//!
+//! The [connection driver](crate::protocol::driver) takes a token before it
+//! executes each command; the HTTP API takes one per request of the same
+//! class.
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
-use chat_core::UserId;
+use crate::{model::UserId, protocol::ClientCommand};
 use governor::{
     Quota, RateLimiter, clock::Clock as _, clock::DefaultClock,
     state::keyed::DefaultKeyedStateStore,
@@ -21,16 +26,36 @@ pub enum CommandClass {
 }
 
 impl CommandClass {
-    /// The class of a command by its wire name.
-    pub fn of(kind: &str) -> Self {
-        match kind {
-            "send_message" | "edit_message" | "delete_message" | "react" | "unreact"
-            | "create_direct" | "create_group" | "add_participant" | "remove_participant"
-            | "update_group" | "set_role" | "report" | "block_user" | "unblock_user" => {
-                CommandClass::Write
-            }
-            "typing_start" | "typing_stop" => CommandClass::Typing,
-            _ => CommandClass::Other,
+    /// The class of a command.
+    pub fn of(command: &ClientCommand) -> Self {
+        use ClientCommand as C;
+        match command {
+            C::SendMessage(_)
+            | C::EditMessage { .. }
+            | C::DeleteMessage { .. }
+            | C::React { .. }
+            | C::Unreact { .. }
+            | C::CreateDirect { .. }
+            | C::CreateGroup(_)
+            | C::AddParticipant { .. }
+            | C::RemoveParticipant { .. }
+            | C::UpdateGroup { .. }
+            | C::SetRole { .. }
+            | C::Report { .. }
+            | C::BlockUser { .. }
+            | C::UnblockUser { .. } => CommandClass::Write,
+            C::TypingStart { .. } | C::TypingStop { .. } => CommandClass::Typing,
+            C::Authenticate { .. }
+            | C::JoinChat { .. }
+            | C::LeaveChat { .. }
+            | C::MarkDelivered { .. }
+            | C::MarkAsRead { .. }
+            | C::UserOnline {}
+            | C::UserOffline {}
+            | C::History { .. }
+            | C::Sync { .. }
+            | C::SetPrivacy(_)
+            | C::Ping {} => CommandClass::Other,
         }
     }
 }
@@ -56,7 +81,7 @@ pub struct RateLimits {
     pub typing: Rate,
     /// Everything else.
     pub other: Rate,
-    /// Opening a WebSocket connection (`/ws`). Each connect reads the
+    /// Opening a connection (`/ws`, any transport). Each connect reads the
     /// store (suspension, the `presence_update` snapshot), so a client
     /// reconnecting in a tight loop is refused with `rate_limited`. The
     /// default burst (20) lets every device of a user (at most 16 by

@@ -1,9 +1,11 @@
-//! Metric names. The transport records through the `metrics` facade; the
-//! server installs a Prometheus recorder and serves `/metrics`.
+//! Metric names. The engine and the connection driver record through the
+//! `metrics` facade (nothing is recorded until an application installs a
+//! recorder); the example server installs a Prometheus one and serves
+//! `/metrics`.
 
-use chat_core::ErrorCode;
+use crate::error::ErrorCode;
 
-/// Gauge: live WebSocket connections.
+/// Gauge: live connections (every transport).
 pub const CONNECTIONS: &str = "chat_connections";
 /// Counter by `type`: commands received.
 pub const COMMANDS: &str = "chat_commands_total";
@@ -20,10 +22,12 @@ pub const RATE_LIMITED: &str = "chat_rate_limited_total";
 /// Counter: connections closed for being too slow.
 pub const SLOW_CLOSED: &str = "chat_slow_consumers_closed_total";
 
-pub(crate) fn command(kind: &str) {
+/// Counts one command of wire type `kind`.
+pub fn command(kind: &str) {
     metrics::counter!(COMMANDS, "type" => kind.to_owned()).increment(1);
 }
 
-pub(crate) fn error(code: ErrorCode) {
+/// Counts one error answered with `code`.
+pub fn error(code: ErrorCode) {
     metrics::counter!(ERRORS, "code" => code.as_str()).increment(1);
 }
