@@ -17,7 +17,8 @@ use crate::{
     },
     store::{
         Applied, Change, ChatListQuery, Committed, HistoryQuery, Members, NewChat, NewMessage,
-        ReportResolution, Store, check_authority, demotes_last_admin, promotion_of_heir,
+        ReportResolution, Store, check_authority, promotion_of_heir,
+        rows::{self, Marked, direct_key},
     },
 };
 
@@ -30,7 +31,8 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct State {
     chats: HashMap<ChatId, Chat>,
-    direct: HashMap<(UserId, UserId), ChatId>,
+    /// Direct chats by [`direct_key`].
+    direct: HashMap<String, ChatId>,
     /// Per chat: messages by seq.
     logs: HashMap<ChatId, BTreeMap<u64, Message>>,
     message_index: HashMap<MessageId, (ChatId, u64)>,
@@ -43,14 +45,6 @@ struct State {
     /// results of the changes that follow until one changes them (a
     /// membership change, a participant's settings, a block).
     members: HashMap<ChatId, Arc<Members>>,
-}
-
-fn pair(a: &UserId, b: &UserId) -> (UserId, UserId) {
-    if a <= b {
-        (a.clone(), b.clone())
-    } else {
-        (b.clone(), a.clone())
-    }
 }
 
 impl MemoryStore {
@@ -152,16 +146,7 @@ impl State {
                 if let Some(cid) = &new.client_msg_id {
                     if let Some(id) = self.client_ids.get(&(new.sender_id.clone(), cid.clone())) {
                         let (chat_id, seq) = self.message_index[id];
-                        if chat_id != new.chat_id {
-                            return Err(Error::conflict(
-                                "client_msg_id was already used in another chat",
-                            ));
-                        }
-                        let message = self.logs[&chat_id][&seq].clone();
-                        return Ok(Applied::Posted {
-                            message,
-                            duplicate: true,
-                        });
+                        return rows::repost(self.logs[&chat_id][&seq].clone(), new);
                     }
                 }
                 let chat = self.chat(new.chat_id)?;
@@ -192,14 +177,10 @@ impl State {
                 content,
                 at,
             } => {
-                if self.message_mut(*chat_id, *message_id)?.deleted {
-                    return Err(Error::conflict("message was deleted"));
-                }
+                rows::check_not_deleted(self.message_mut(*chat_id, *message_id)?)?;
                 let seq = self.next_seq(*chat_id, *at)?;
                 let m = self.message_mut(*chat_id, *message_id)?;
-                m.content = Some(content.clone());
-                m.edited_at = Some(*at);
-                m.updated_seq = seq;
+                rows::edit(m, content.clone(), *at, seq);
                 Ok(Applied::Updated {
                     message: m.clone(),
                     changed: true,
@@ -219,11 +200,7 @@ impl State {
                 }
                 let seq = self.next_seq(*chat_id, *at)?;
                 let m = self.message_mut(*chat_id, *message_id)?;
-                m.content = None;
-                m.media = None;
-                m.reactions.clear();
-                m.deleted = true;
-                m.updated_seq = seq;
+                rows::tombstone(m, seq);
                 Ok(Applied::Updated {
                     message: m.clone(),
                     changed: true,
@@ -239,38 +216,15 @@ impl State {
                 at,
             } => {
                 let m = self.message_mut(*chat_id, *message_id)?;
-                if m.deleted {
-                    return Err(Error::conflict("message was deleted"));
-                }
-                let has = m
-                    .reactions
-                    .get(emoji)
-                    .is_some_and(|users| users.contains(user_id));
-                if has == *add {
+                if !rows::reaction_changes(m, user_id, emoji, *add, *max_distinct)? {
                     return Ok(Applied::Updated {
                         message: m.clone(),
                         changed: false,
                     });
                 }
-                if *add && !m.reactions.contains_key(emoji) && m.reactions.len() >= *max_distinct {
-                    return Err(Error::conflict(format!(
-                        "a message has at most {max_distinct} distinct reactions"
-                    )));
-                }
                 let seq = self.next_seq(*chat_id, *at)?;
                 let m = self.message_mut(*chat_id, *message_id)?;
-                if *add {
-                    m.reactions
-                        .entry(emoji.clone())
-                        .or_default()
-                        .push(user_id.clone());
-                } else if let Some(users) = m.reactions.get_mut(emoji) {
-                    users.retain(|u| u != user_id);
-                    if users.is_empty() {
-                        m.reactions.remove(emoji);
-                    }
-                }
-                m.updated_seq = seq;
+                rows::react(m, user_id, emoji, *add, seq);
                 Ok(Applied::Updated {
                     message: m.clone(),
                     changed: true,
@@ -285,14 +239,11 @@ impl State {
                 at,
             } => {
                 let chat = self.chat(*chat_id)?;
-                if chat.participant(user_id).is_some() {
-                    return Err(Error::conflict("already a participant"));
-                }
-                if chat.participants.len() >= *max_participants {
-                    return Err(Error::conflict(format!(
-                        "the chat is full ({max_participants} participants)"
-                    )));
-                }
+                rows::check_can_join(
+                    chat.participant(user_id).is_some(),
+                    chat.participants.len(),
+                    *max_participants,
+                )?;
                 let message = self.system_message(&change, by, *at)?;
                 let chat = self
                     .chats
@@ -350,11 +301,7 @@ impl State {
                         message: None,
                     });
                 }
-                if demotes_last_admin(chat, user_id, *role) {
-                    return Err(Error::conflict(
-                        "a group needs an admin; make someone else admin first",
-                    ));
-                }
+                rows::check_keeps_admin(chat, user_id, *role)?;
                 let message = self.system_message(&change, by, *at)?;
                 let chat = self
                     .chats
@@ -426,17 +373,15 @@ impl State {
                     .iter_mut()
                     .find(|p| &p.user_id == user_id)
                     .ok_or_else(|| Error::not_found("not a participant"))?;
-                let read = p.read_seq.max((*read_up_to).min(last));
-                let delivered = p.delivered_seq.max((*delivered_up_to).min(last)).max(read);
-                let out = Applied::Marked {
-                    delivered_seq: delivered,
-                    read_seq: read,
-                    delivered_moved: delivered != p.delivered_seq,
-                    read_moved: read != p.read_seq,
-                };
-                p.delivered_seq = delivered;
-                p.read_seq = read;
-                Ok(out)
+                let marked = Marked::new(
+                    last,
+                    (p.delivered_seq, p.read_seq),
+                    *delivered_up_to,
+                    *read_up_to,
+                );
+                p.delivered_seq = marked.delivered_seq;
+                p.read_seq = marked.read_seq;
+                Ok(marked.into())
             }
         }
     }
@@ -451,21 +396,15 @@ impl Store for MemoryStore {
 
     async fn create_chat(&self, new: NewChat) -> Result<(Chat, bool)> {
         let mut state = self.lock();
-        let key = match new.kind {
-            ChatKind::Direct => {
-                let [(a, _), (b, _)] = new.participants.as_slice() else {
-                    return Err(Error::invalid("a direct chat has exactly two participants"));
-                };
-                if a == b {
-                    return Err(Error::invalid("a direct chat needs two different users"));
-                }
-                let key = pair(a, b);
+        let key = match rows::direct_pair(&new)? {
+            Some((a, b)) => {
+                let key = direct_key(a, b);
                 if let Some(id) = state.direct.get(&key) {
                     return Ok((state.chats[id].clone(), false));
                 }
                 Some(key)
             }
-            ChatKind::Group => None,
+            None => None,
         };
         let chat = new.into_chat();
         if state.chats.contains_key(&chat.id) {
@@ -486,7 +425,7 @@ impl Store for MemoryStore {
         let state = self.lock();
         Ok(state
             .direct
-            .get(&pair(a, b))
+            .get(&direct_key(a, b))
             .map(|id| state.chats[id].clone()))
     }
 
@@ -575,15 +514,12 @@ impl Store for MemoryStore {
         let Some(log) = state.logs.get(&chat) else {
             return Ok(Vec::new());
         };
-        let lo = q
-            .from_seq
-            .max(q.after_seq.map_or(0, |a| a.saturating_add(1)));
-        let hi = q.before_seq.unwrap_or(u64::MAX);
-        if lo >= hi {
+        let seqs = q.seqs();
+        if seqs.is_empty() {
             return Ok(Vec::new());
         }
         Ok(log
-            .range(lo..hi)
+            .range(seqs)
             .rev()
             .take(q.limit)
             .map(|(_, m)| m.clone())
@@ -625,7 +561,7 @@ impl Store for MemoryStore {
         let mut state = self.lock();
         let key = (blocker.clone(), blocked.clone());
         let pos = state.blocks.iter().position(|b| *b == key);
-        if let Some(chat) = state.direct.get(&pair(blocker, blocked)).copied() {
+        if let Some(chat) = state.direct.get(&direct_key(blocker, blocked)).copied() {
             state.members.remove(&chat);
         }
         Ok(match (on, pos) {
@@ -738,13 +674,7 @@ impl Store for MemoryStore {
             .reports
             .get_mut(&res.id)
             .ok_or_else(|| Error::not_found("report not found"))?;
-        if report.status != ReportStatus::Open {
-            return Err(Error::conflict("report is not open"));
-        }
-        report.status = res.status;
-        report.resolved_at = Some(res.at);
-        report.resolved_by = Some(res.by);
-        report.resolution_note = res.note;
+        rows::resolve(report, res)?;
         Ok(report.clone())
     }
 

@@ -352,6 +352,22 @@ impl ChatKind {
     }
 }
 
+impl FromStr for ChatKind {
+    type Err = Error;
+
+    /// Parses the wire name ([`ChatKind::as_str`]).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "direct" => Ok(ChatKind::Direct),
+            "group" => Ok(ChatKind::Group),
+            other => Err(Error::invalid(format!(
+                "unknown chat kind {}",
+                Truncated(other)
+            ))),
+        }
+    }
+}
+
 /// How a chat's message bodies are protected; fixed at creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -369,6 +385,22 @@ impl Encryption {
         match self {
             Encryption::AtRest => "at_rest",
             Encryption::E2ee => "e2ee",
+        }
+    }
+}
+
+impl FromStr for Encryption {
+    type Err = Error;
+
+    /// Parses the wire name ([`Encryption::as_str`]).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "at_rest" => Ok(Encryption::AtRest),
+            "e2ee" => Ok(Encryption::E2ee),
+            other => Err(Error::invalid(format!(
+                "unknown encryption {}",
+                Truncated(other)
+            ))),
         }
     }
 }
@@ -880,6 +912,45 @@ mod tests {
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
             proptest::prop_assert_eq!(Some(t.to_string()), chrono);
         }
+    }
+
+    /// Every enum stored as text parses back from its wire name, and
+    /// refuses anything else.
+    #[test]
+    fn enum_names_round_trip() {
+        fn round_trip<T>(all: &[T], name: fn(T) -> &'static str)
+        where
+            T: Copy + PartialEq + fmt::Debug + FromStr + Serialize,
+        {
+            for &v in all {
+                assert_eq!(name(v).parse::<T>().ok(), Some(v), "{v:?}");
+                let wire = serde_json::to_string(&v).unwrap_or_default();
+                assert_eq!(wire, format!("\"{}\"", name(v)), "{v:?}");
+            }
+            assert!("".parse::<T>().is_err());
+            assert!("Nope".parse::<T>().is_err());
+        }
+        round_trip(&[ChatKind::Direct, ChatKind::Group], ChatKind::as_str);
+        round_trip(&[Encryption::AtRest, Encryption::E2ee], Encryption::as_str);
+        round_trip(&[Role::Admin, Role::Moderator, Role::Member], Role::as_str);
+        round_trip(
+            &[
+                MessageType::Text,
+                MessageType::Image,
+                MessageType::Voice,
+                MessageType::File,
+                MessageType::System,
+            ],
+            MessageType::as_str,
+        );
+        round_trip(
+            &[
+                ReportStatus::Open,
+                ReportStatus::Resolved,
+                ReportStatus::Dismissed,
+            ],
+            ReportStatus::as_str,
+        );
     }
 
     #[test]

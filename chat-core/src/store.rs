@@ -13,6 +13,8 @@ use crate::{
     },
 };
 
+pub mod rows;
+
 /// Durable state: chats, participants, messages, receipts, blocks, reports,
 /// media records and what the engine keeps about users.
 ///
@@ -738,6 +740,18 @@ pub struct HistoryQuery {
     pub from_seq: u64,
     /// At most this many.
     pub limit: usize,
+}
+
+impl HistoryQuery {
+    /// The seqs the query may return, `from_seq` and `after_seq` and
+    /// `before_seq` taken together; empty when nothing can match.
+    pub fn seqs(&self) -> std::ops::Range<u64> {
+        let lo = self
+            .from_seq
+            .max(self.after_seq.map_or(0, |a| a.saturating_add(1)));
+        let hi = self.before_seq.unwrap_or(u64::MAX);
+        lo..hi
+    }
 }
 
 /// An admin's decision on a report.

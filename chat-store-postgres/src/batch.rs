@@ -31,13 +31,12 @@ use std::{
 
 use chat_core::{
     ChatId, MessageId, MessageType, UserId,
-    store::{Applied, Change, Committed, Members, NewMessage},
+    store::{Applied, Change, Committed, Members, NewMessage, rows::unsigned},
 };
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::{
-    Error,
-    read::{self, unsigned},
+    Error, read,
     write::{self, Locks, RELEASE, ROLLBACK_AND_RELEASE, SAVEPOINT},
 };
 

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use chat_core::store::rows::RowError;
+
 /// What can go wrong in a [`PostgresStore`](crate::PostgresStore).
 ///
 /// Converts into [`chat_core::Error`]: contract errors pass through
@@ -64,6 +66,15 @@ impl Error {
         Error::Corrupt {
             column,
             reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<RowError> for Error {
+    fn from(e: RowError) -> Self {
+        match e {
+            RowError::Corrupt { column, reason } => Error::Corrupt { column, reason },
+            RowError::Json(e) => Error::Json(e),
         }
     }
 }

@@ -6,78 +6,24 @@
 //! functions take any executor: the pool for the store's reads, the
 //! transaction's connection for the writes that read back.
 
-use std::{collections::HashMap, str::FromStr};
+use std::collections::HashMap;
 
 use chat_core::{
-    Chat, ChatId, ChatKind, Encryption, MediaId, MediaRecord, Message, MessageId, Participant,
-    ParticipantSettings, Privacy, Reactions, Report, ReportId, ReportStatus, Timestamp, UserId,
-    UserRecord,
-    store::{ChatListQuery, HistoryQuery, Members},
+    Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Report, ReportId, ReportStatus,
+    Timestamp, UserId, UserRecord,
+    store::{
+        ChatListQuery, HistoryQuery, Members,
+        rows::{
+            ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, UserRow, direct_key,
+            fold_reactions, parse, sql_limit, sql_u64, unsigned, user_id,
+        },
+    },
 };
 use sqlx::{PgExecutor, Row, postgres::PgRow};
 
 use crate::Error;
 
 // --- conversions ---------------------------------------------------------
-
-/// A seq, count or limit as PostgreSQL's BIGINT, saturating: no stored
-/// value comes near `i64::MAX`, so a larger bound means "no bound".
-pub(crate) fn sql_u64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// A limit as BIGINT, saturating.
-pub(crate) fn sql_limit(v: usize) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn unsigned(column: &'static str, v: i64) -> Result<u64, Error> {
-    u64::try_from(v).map_err(|e| Error::corrupt(column, e))
-}
-
-pub(crate) fn parse<T: FromStr>(column: &'static str, s: &str) -> Result<T, Error>
-where
-    T::Err: std::fmt::Display,
-{
-    s.parse().map_err(|e| Error::corrupt(column, e))
-}
-
-fn user(column: &'static str, s: String) -> Result<UserId, Error> {
-    UserId::new(s).map_err(|e| Error::corrupt(column, e))
-}
-
-fn ts(ms: i64) -> Timestamp {
-    Timestamp::from_millis(ms)
-}
-
-fn chat_kind(s: &str) -> Result<ChatKind, Error> {
-    match s {
-        "direct" => Ok(ChatKind::Direct),
-        "group" => Ok(ChatKind::Group),
-        other => Err(Error::corrupt(
-            "chats.kind",
-            format!("unknown kind {other:?}"),
-        )),
-    }
-}
-
-fn encryption(s: &str) -> Result<Encryption, Error> {
-    match s {
-        "at_rest" => Ok(Encryption::AtRest),
-        "e2ee" => Ok(Encryption::E2ee),
-        other => Err(Error::corrupt(
-            "chats.encryption",
-            format!("unknown encryption {other:?}"),
-        )),
-    }
-}
-
-/// The key of the direct chat of the unordered pair `{a, b}`.
-pub(crate) fn direct_key(a: &UserId, b: &UserId) -> String {
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    // '/' cannot occur in a user id, so the key is unambiguous.
-    format!("{lo}/{hi}")
-}
 
 /// An array aggregate (NULL over no rows) as a vector of `len` elements.
 fn array<T>(column: &'static str, v: Option<Vec<T>>, len: usize) -> Result<Vec<T>, Error> {
@@ -130,34 +76,31 @@ fn chat_from_row(r: &PgRow) -> Result<Chat, Error> {
     let muted: Vec<Option<i64>> = array("participants.muted_until", r.try_get("muted")?, n)?;
     let hidden: Vec<Option<i64>> = array("participants.hidden_seq", r.try_get("hidden")?, n)?;
     let mut participants = Vec::with_capacity(n);
-    for (i, user_id) in users.unwrap_or_default().into_iter().enumerate() {
-        participants.push(Participant {
-            user_id: user("participants.user_id", user_id)?,
-            role: parse("participants.role", &roles[i])?,
-            joined_at: ts(joined[i]),
-            delivered_seq: unsigned("participants.delivered_seq", delivered[i])?,
-            read_seq: unsigned("participants.read_seq", read[i])?,
-            visible_from_seq: unsigned("participants.visible_from_seq", visible[i])?,
-            settings: ParticipantSettings {
-                muted_until: muted[i].map(ts),
-                hidden_seq: hidden[i]
-                    .map(|s| unsigned("participants.hidden_seq", s))
-                    .transpose()?,
-            },
-        });
+    for (i, (user_id, role)) in users.unwrap_or_default().into_iter().zip(roles).enumerate() {
+        let row = ParticipantRow {
+            user_id,
+            role,
+            joined_at: joined[i],
+            delivered_seq: delivered[i],
+            read_seq: read[i],
+            visible_from_seq: visible[i],
+            muted_until: muted[i],
+            hidden_seq: hidden[i],
+        };
+        participants.push(row.into_participant()?);
     }
-    Ok(Chat {
-        id: parse("chats.id", r.try_get::<&str, _>("id")?)?,
-        kind: chat_kind(r.try_get("kind")?)?,
+    let row = ChatRow {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
         name: r.try_get("name")?,
         description: r.try_get("description")?,
         avatar_url: r.try_get("avatar_url")?,
-        encryption: encryption(r.try_get("encryption")?)?,
-        last_seq: unsigned("chats.last_seq", r.try_get("last_seq")?)?,
-        last_activity: ts(r.try_get("last_activity")?),
-        created_at: ts(r.try_get("created_at")?),
-        participants,
-    })
+        encryption: r.try_get("encryption")?,
+        last_seq: r.try_get("last_seq")?,
+        last_activity: r.try_get("last_activity")?,
+        created_at: r.try_get("created_at")?,
+    };
+    Ok(row.into_chat(participants)?)
 }
 
 /// A chat with its participants in joining order.
@@ -238,7 +181,7 @@ pub(crate) async fn group_count<'e>(ex: impl PgExecutor<'e>, who: &UserId) -> Re
     .bind(who.as_str())
     .fetch_one(ex)
     .await?;
-    unsigned("group count", n)
+    Ok(unsigned("group count", n)?)
 }
 
 /// The members of each of `chats` (ids as text), as the transaction sees
@@ -271,13 +214,13 @@ pub(crate) async fn members_of<'e>(
         let users = users
             .unwrap_or_default()
             .into_iter()
-            .map(|u| user("participants.user_id", u))
+            .map(|u| user_id("participants.user_id", u))
             .collect::<Result<Vec<_>, _>>()?;
         let mut members = Members::default();
         members.muted = users
             .iter()
             .zip(muted)
-            .filter_map(|(u, m)| m.map(|m| (u.clone(), ts(m))))
+            .filter_map(|(u, m)| m.map(|m| (u.clone(), Timestamp::from_millis(m))))
             .collect();
         members.users = users.into();
         members.blocked = r.try_get::<Option<bool>, _>("blocked")?.unwrap_or(false);
@@ -300,7 +243,7 @@ pub(crate) async fn co_members<'e>(
     .fetch_all(ex)
     .await?;
     ids.into_iter()
-        .map(|id| user("participants.user_id", id))
+        .map(|id| Ok(user_id("participants.user_id", id)?))
         .collect()
 }
 
@@ -324,35 +267,24 @@ pub(crate) fn message_from_row(r: &PgRow) -> Result<Message, Error> {
     let emoji: Option<Vec<String>> = r.try_get("emoji")?;
     let n = emoji.as_ref().map_or(0, Vec::len);
     let users: Vec<String> = array("reactions.user_id", r.try_get("users")?, n)?;
-    let mut reactions = Reactions::new();
-    for (emoji, user_id) in emoji.unwrap_or_default().into_iter().zip(users) {
-        reactions
-            .entry(emoji)
-            .or_default()
-            .push(user("reactions.user_id", user_id)?);
-    }
-    let media: Option<&str> = r.try_get("media")?;
-    let system: Option<&str> = r.try_get("system")?;
-    let reply_to: Option<&str> = r.try_get("reply_to")?;
-    Ok(Message {
-        id: parse("messages.id", r.try_get::<&str, _>("id")?)?,
-        chat_id: parse("messages.chat_id", r.try_get::<&str, _>("chat_id")?)?,
-        seq: unsigned("messages.seq", r.try_get("seq")?)?,
-        updated_seq: unsigned("messages.updated_seq", r.try_get("updated_seq")?)?,
-        sender_id: user("messages.sender_id", r.try_get("sender_id")?)?,
-        kind: parse("messages.kind", r.try_get::<&str, _>("kind")?)?,
+    let reactions = fold_reactions(emoji.unwrap_or_default().into_iter().zip(users))?;
+    let row = MessageRow {
+        id: r.try_get("id")?,
+        chat_id: r.try_get("chat_id")?,
+        seq: r.try_get("seq")?,
+        updated_seq: r.try_get("updated_seq")?,
+        sender_id: r.try_get("sender_id")?,
+        kind: r.try_get("kind")?,
         content: r.try_get("content")?,
-        media: media.map(serde_json::from_str).transpose()?,
-        reply_to: reply_to
-            .map(|s| parse("messages.reply_to", s))
-            .transpose()?,
+        media: r.try_get("media")?,
+        reply_to: r.try_get("reply_to")?,
         client_msg_id: r.try_get("client_msg_id")?,
-        created_at: ts(r.try_get("created_at")?),
-        edited_at: r.try_get::<Option<i64>, _>("edited_at")?.map(ts),
+        created_at: r.try_get("created_at")?,
+        edited_at: r.try_get("edited_at")?,
         deleted: r.try_get("deleted")?,
-        reactions,
-        system: system.map(serde_json::from_str).transpose()?,
-    })
+        system: r.try_get("system")?,
+    };
+    Ok(row.into_message(reactions)?)
 }
 
 /// A message by id, with its reactions.
@@ -392,11 +324,8 @@ pub(crate) async fn history<'e>(
     chat: ChatId,
     q: HistoryQuery,
 ) -> Result<Vec<Message>, Error> {
-    let lo = q
-        .from_seq
-        .max(q.after_seq.map_or(0, |a| a.saturating_add(1)));
-    let hi = q.before_seq.unwrap_or(u64::MAX);
-    if lo >= hi || q.limit == 0 {
+    let seqs = q.seqs();
+    if seqs.is_empty() || q.limit == 0 {
         return Ok(Vec::new());
     }
     let rows = sqlx::query(concat!(
@@ -404,8 +333,8 @@ pub(crate) async fn history<'e>(
         "WHERE m.chat_id = $1 AND m.seq >= $2 AND m.seq < $3 ORDER BY m.seq DESC LIMIT $4"
     ))
     .bind(chat.to_string())
-    .bind(sql_u64(lo))
-    .bind(sql_u64(hi))
+    .bind(sql_u64(seqs.start))
+    .bind(sql_u64(seqs.end))
     .bind(sql_limit(q.limit))
     .fetch_all(ex)
     .await?;
@@ -454,7 +383,7 @@ pub(crate) async fn unread_count<'e>(
     .bind(who.as_str())
     .fetch_one(ex)
     .await?;
-    unsigned("COUNT(*)", n)
+    Ok(unsigned("COUNT(*)", n)?)
 }
 
 // --- blocks --------------------------------------------------------------
@@ -469,7 +398,7 @@ async fn users<'e>(
         .bind(who.as_str())
         .fetch_all(ex)
         .await?;
-    ids.into_iter().map(|id| user(column, id)).collect()
+    ids.into_iter().map(|id| Ok(user_id(column, id)?)).collect()
 }
 
 /// Whom `who` blocks, in blocking order.
@@ -562,16 +491,14 @@ pub(crate) async fn user_records<'e>(
 }
 
 fn user_from_row(who: &UserId, r: &PgRow) -> Result<UserRecord, Error> {
-    Ok(UserRecord {
-        user_id: who.clone(),
-        last_seen: r.try_get::<Option<i64>, _>("last_seen")?.map(ts),
-        privacy: Privacy {
-            read_receipts: r.try_get("read_receipts")?,
-            typing: r.try_get("typing")?,
-            presence: r.try_get("presence")?,
-        },
-        suspended_until: r.try_get::<Option<i64>, _>("suspended_until")?.map(ts),
-    })
+    let row = UserRow {
+        last_seen: r.try_get("last_seen")?,
+        read_receipts: r.try_get("read_receipts")?,
+        typing: r.try_get("typing")?,
+        presence: r.try_get("presence")?,
+        suspended_until: r.try_get("suspended_until")?,
+    };
+    Ok(row.into_record(who.clone()))
 }
 
 // --- reports -------------------------------------------------------------
@@ -586,23 +513,21 @@ macro_rules! report_columns {
 pub(crate) use report_columns;
 
 pub(crate) fn report_from_row(r: &PgRow) -> Result<Report, Error> {
-    Ok(Report {
-        id: parse("reports.id", r.try_get::<&str, _>("id")?)?,
-        reporter_id: user("reports.reporter_id", r.try_get("reporter_id")?)?,
-        chat_id: parse("reports.chat_id", r.try_get::<&str, _>("chat_id")?)?,
-        message_id: parse("reports.message_id", r.try_get::<&str, _>("message_id")?)?,
-        reported_user_id: user("reports.reported_user_id", r.try_get("reported_user_id")?)?,
+    let row = ReportRow {
+        id: r.try_get("id")?,
+        reporter_id: r.try_get("reporter_id")?,
+        chat_id: r.try_get("chat_id")?,
+        message_id: r.try_get("message_id")?,
+        reported_user_id: r.try_get("reported_user_id")?,
         reason: r.try_get("reason")?,
         content: r.try_get("content")?,
-        status: parse("reports.status", r.try_get::<&str, _>("status")?)?,
-        created_at: ts(r.try_get("created_at")?),
-        resolved_at: r.try_get::<Option<i64>, _>("resolved_at")?.map(ts),
-        resolved_by: r
-            .try_get::<Option<String>, _>("resolved_by")?
-            .map(|u| user("reports.resolved_by", u))
-            .transpose()?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+        resolved_at: r.try_get("resolved_at")?,
+        resolved_by: r.try_get("resolved_by")?,
         resolution_note: r.try_get("resolution_note")?,
-    })
+    };
+    Ok(row.into_report()?)
 }
 
 /// A report by id.
@@ -676,17 +601,14 @@ pub(crate) async fn media<'e>(
     let Some(r) = row else {
         return Ok(None);
     };
-    Ok(Some(MediaRecord {
-        id,
-        chat_id: parse("media.chat_id", r.try_get::<&str, _>("chat_id")?)?,
-        uploader_id: user("media.uploader_id", r.try_get("uploader_id")?)?,
+    let row = MediaRow {
+        chat_id: r.try_get("chat_id")?,
+        uploader_id: r.try_get("uploader_id")?,
         mime: r.try_get("mime")?,
-        size: unsigned("media.size", r.try_get("size")?)?,
-        duration_ms: r
-            .try_get::<Option<i64>, _>("duration_ms")?
-            .map(|d| unsigned("media.duration_ms", d))
-            .transpose()?,
+        size: r.try_get("size")?,
+        duration_ms: r.try_get("duration_ms")?,
         has_thumbnail: r.try_get("has_thumbnail")?,
-        created_at: ts(r.try_get("created_at")?),
-    }))
+        created_at: r.try_get("created_at")?,
+    };
+    Ok(Some(row.into_record(id)?))
 }

@@ -10,16 +10,19 @@
 use std::collections::HashSet;
 
 use chat_core::{
-    Chat, ChatId, ChatKind, MediaRecord, Message, MessageId, MessageType, ParticipantSettings,
-    Privacy, Report, ReportStatus, Role, SystemEvent, Timestamp, UserId,
-    store::{Applied, Change, NewChat, NewMessage, ReportResolution},
+    Chat, ChatId, MediaRecord, Message, MessageId, MessageType, ParticipantSettings, Privacy,
+    Report, Role, SystemEvent, Timestamp, UserId,
+    store::{
+        Applied, Change, NewChat, NewMessage, ReportResolution,
+        rows::{self, Marked, direct_key, sql_u64, sql_u64_checked, unsigned},
+    },
 };
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::{
     Error,
     error::{conflict, invalid, not_found},
-    read::{self, direct_key, report_columns, sql_u64, unsigned},
+    read::{self, report_columns},
 };
 
 /// Opens the savepoint each change of a batch runs in.
@@ -126,7 +129,7 @@ async fn insert_next(conn: &mut PgConnection, new: &NewMessage) -> Result<Option
     .bind(system)
     .fetch_optional(conn)
     .await?;
-    seq.map(|s| unsigned("messages.seq", s)).transpose()
+    Ok(seq.map(|s| unsigned("messages.seq", s)).transpose()?)
 }
 
 /// Takes the chat's next seq and moves its `last_activity` to `at`.
@@ -140,7 +143,7 @@ async fn next_seq(conn: &mut PgConnection, chat: ChatId, at: Timestamp) -> Resul
     .fetch_optional(conn)
     .await?;
     let seq = seq.ok_or_else(|| not_found("chat not found"))?;
-    unsigned("chats.last_seq", seq)
+    Ok(unsigned("chats.last_seq", seq)?)
 }
 
 async fn role_of(
@@ -154,8 +157,9 @@ async fn role_of(
             .bind(user.as_str())
             .fetch_optional(conn)
             .await?;
-    role.map(|r| read::parse("participants.role", &r))
-        .transpose()
+    Ok(role
+        .map(|r| rows::parse("participants.role", &r))
+        .transpose()?)
 }
 
 async fn load_chat(conn: &mut PgConnection, chat: ChatId) -> Result<Chat, Error> {
@@ -171,10 +175,7 @@ async fn message_in_chat(
     chat: ChatId,
     id: MessageId,
 ) -> Result<Message, Error> {
-    match read::message(conn, id).await? {
-        Some(m) if m.chat_id == chat => Ok(m),
-        _ => Err(not_found("message not found")),
-    }
+    Ok(rows::message_in_chat(read::message(conn, id).await?, chat)?)
 }
 
 /// Applies one change of [`Store::apply`](chat_core::Store::apply), inside
@@ -226,9 +227,7 @@ pub(crate) async fn apply(
         } => {
             locks.ensure(conn, chat_id).await?;
             let mut message = message_in_chat(conn, chat_id, message_id).await?;
-            if message.deleted {
-                return Err(conflict("message was deleted"));
-            }
+            rows::check_not_deleted(&message)?;
             let seq = next_seq(conn, chat_id, at).await?;
             sqlx::query(
                 "UPDATE messages SET content = $2, edited_at = $3, updated_seq = $4 WHERE id = $1",
@@ -239,9 +238,7 @@ pub(crate) async fn apply(
             .bind(sql_u64(seq))
             .execute(&mut *conn)
             .await?;
-            message.content = Some(content);
-            message.edited_at = Some(at);
-            message.updated_seq = seq;
+            rows::edit(&mut message, content, at, seq);
             Ok(Applied::Updated {
                 message,
                 changed: true,
@@ -270,11 +267,7 @@ pub(crate) async fn apply(
             .bind(sql_u64(seq))
             .execute(&mut *conn)
             .await?;
-            message.content = None;
-            message.media = None;
-            message.deleted = true;
-            message.reactions.clear();
-            message.updated_seq = seq;
+            rows::tombstone(&mut message, seq);
             Ok(Applied::Updated {
                 message,
                 changed: true,
@@ -322,15 +315,12 @@ pub(crate) async fn apply(
             .bind(user_id.as_str())
             .fetch_one(&mut *conn)
             .await?;
-            if row.try_get::<Option<String>, _>("role")?.is_some() {
-                return Err(conflict("already a participant"));
-            }
             let count: i64 = row.try_get("count")?;
-            if usize::try_from(count).unwrap_or(usize::MAX) >= max_participants {
-                return Err(conflict(format!(
-                    "the chat is full ({max_participants} participants)"
-                )));
-            }
+            rows::check_can_join(
+                row.try_get::<Option<String>, _>("role")?.is_some(),
+                usize::try_from(count).unwrap_or(usize::MAX),
+                max_participants,
+            )?;
             let message = system_message(conn, chat_id, event, by, at).await?;
             sqlx::query(
                 "INSERT INTO participants (chat_id, user_id, role, joined_at, delivered_seq, \
@@ -383,16 +373,8 @@ pub(crate) async fn apply(
             if current == role {
                 return membership(conn, chat_id, None).await;
             }
-            if current == Role::Admin
-                && chat_core::store::demotes_last_admin(
-                    &load_chat(conn, chat_id).await?,
-                    &user_id,
-                    role,
-                )
-            {
-                return Err(conflict(
-                    "a group needs an admin; make someone else admin first",
-                ));
+            if current == Role::Admin {
+                rows::check_keeps_admin(&load_chat(conn, chat_id).await?, &user_id, role)?;
             }
             let message = system_message(conn, chat_id, event, by, at).await?;
             sqlx::query("UPDATE participants SET role = $3 WHERE chat_id = $1 AND user_id = $2")
@@ -450,17 +432,6 @@ pub(crate) async fn apply(
     }
 }
 
-/// A post whose `(sender, client_msg_id)` is stored as `existing`.
-fn duplicate(existing: Message, new: &NewMessage) -> Result<Applied, Error> {
-    if existing.chat_id != new.chat_id {
-        return Err(conflict("client_msg_id was already used in another chat"));
-    }
-    Ok(Applied::Posted {
-        message: existing,
-        duplicate: true,
-    })
-}
-
 /// [`Change::Post`]: checks in the order of the other stores (the key
 /// first, then the chat, the sender, `reply_to`), then takes the seq and
 /// inserts in one statement.
@@ -483,11 +454,11 @@ async fn post(
     .fetch_one(&mut *conn)
     .await?;
     if let Some(dup) = probe.try_get::<Option<&str>, _>("dup")? {
-        let id: MessageId = read::parse("messages.id", dup)?;
+        let id: MessageId = rows::parse("messages.id", dup)?;
         let existing = read::message(&mut *conn, id)
             .await?
             .ok_or_else(|| Error::corrupt("messages.id", "the duplicate vanished"))?;
-        return duplicate(existing, &new);
+        return Ok(rows::repost(existing, &new)?);
     }
     if !exists {
         return Err(not_found("chat not found"));
@@ -515,7 +486,7 @@ async fn post(
     let existing = read::by_client_id(&mut *conn, &new.sender_id, cid)
         .await?
         .ok_or_else(|| Error::corrupt("messages.client_msg_id", "the duplicate vanished"))?;
-    duplicate(existing, &new)
+    Ok(rows::repost(existing, &new)?)
 }
 
 /// Stores the system message of a membership change or group update.
@@ -545,23 +516,11 @@ async fn react(
     at: Timestamp,
 ) -> Result<Applied, Error> {
     let mut message = message_in_chat(conn, chat_id, message_id).await?;
-    if message.deleted {
-        return Err(conflict("message was deleted"));
-    }
-    let has = message
-        .reactions
-        .get(&emoji)
-        .is_some_and(|users| users.contains(&user_id));
-    if has == add {
+    if !rows::reaction_changes(&message, &user_id, &emoji, add, max_distinct)? {
         return Ok(Applied::Updated {
             message,
             changed: false,
         });
-    }
-    if add && !message.reactions.contains_key(&emoji) && message.reactions.len() >= max_distinct {
-        return Err(conflict(format!(
-            "a message has at most {max_distinct} distinct reactions"
-        )));
     }
     let seq = next_seq(conn, chat_id, at).await?;
     let sql = if add {
@@ -581,15 +540,7 @@ async fn react(
         .bind(sql_u64(seq))
         .execute(&mut *conn)
         .await?;
-    if add {
-        message.reactions.entry(emoji).or_default().push(user_id);
-    } else if let Some(users) = message.reactions.get_mut(&emoji) {
-        users.retain(|u| u != &user_id);
-        if users.is_empty() {
-            message.reactions.remove(&emoji);
-        }
-    }
-    message.updated_seq = seq;
+    rows::react(&mut message, &user_id, &emoji, add, seq);
     Ok(Applied::Updated {
         message,
         changed: true,
@@ -613,51 +564,43 @@ async fn mark(
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| not_found("not a participant"))?;
-    let last: i64 = row.try_get("last_seq")?;
-    let delivered_was: i64 = row.try_get("delivered_seq")?;
-    let read_was: i64 = row.try_get("read_seq")?;
-    let read = read_was.max(sql_u64(read_up_to).min(last));
-    let delivered = delivered_was
-        .max(sql_u64(delivered_up_to).min(last))
-        .max(read);
-    if delivered != delivered_was || read != read_was {
+    let marked = Marked::new(
+        unsigned("chats.last_seq", row.try_get("last_seq")?)?,
+        (
+            unsigned("participants.delivered_seq", row.try_get("delivered_seq")?)?,
+            unsigned("participants.read_seq", row.try_get("read_seq")?)?,
+        ),
+        delivered_up_to,
+        read_up_to,
+    );
+    if marked.moved() {
         sqlx::query(
             "UPDATE participants SET delivered_seq = $3, read_seq = $4 \
              WHERE chat_id = $1 AND user_id = $2",
         )
         .bind(chat_id.to_string())
         .bind(user_id.as_str())
-        .bind(delivered)
-        .bind(read)
+        .bind(sql_u64(marked.delivered_seq))
+        .bind(sql_u64(marked.read_seq))
         .execute(&mut *conn)
         .await?;
     }
-    Ok(Applied::Marked {
-        delivered_seq: unsigned("participants.delivered_seq", delivered)?,
-        read_seq: unsigned("participants.read_seq", read)?,
-        delivered_moved: delivered != delivered_was,
-        read_moved: read != read_was,
-    })
+    Ok(marked.into())
 }
 
 /// [`Store::create_chat`](chat_core::Store::create_chat), in its own
 /// transaction. The unique `direct_key` makes concurrent creations of one
 /// pair's chat (on any node) store one chat; the losers return it.
 pub(crate) async fn create_chat(pool: &PgPool, new: NewChat) -> Result<(Chat, bool), Error> {
-    let key = match new.kind {
-        ChatKind::Direct => {
-            let [(a, _), (b, _)] = new.participants.as_slice() else {
-                return Err(invalid("a direct chat has exactly two participants"));
-            };
-            if a == b {
-                return Err(invalid("a direct chat needs two different users"));
-            }
+    let pair = rows::direct_pair(&new)?.map(|(a, b)| (a.clone(), b.clone()));
+    let key = match &pair {
+        Some((a, b)) => {
             if let Some(existing) = read::direct_chat(pool, a, b).await? {
                 return Ok((existing, false));
             }
             Some(direct_key(a, b))
         }
-        ChatKind::Group => None,
+        None => None,
     };
     let chat = new.into_chat();
     let founders: Vec<(UserId, Role)> = chat
@@ -687,7 +630,7 @@ pub(crate) async fn create_chat(pool: &PgPool, new: NewChat) -> Result<(Chat, bo
     if created.is_none() {
         // The pair's chat was created (and committed) since we looked.
         tx.rollback().await?;
-        let [(a, _), (b, _)] = founders.as_slice() else {
+        let Some((a, b)) = &pair else {
             return Err(invalid("a direct chat has exactly two participants"));
         };
         let existing = read::direct_chat(pool, a, b)
@@ -866,8 +809,10 @@ pub(crate) async fn resolve_report(pool: &PgPool, res: ReportResolution) -> Resu
         Some(row) => read::report_from_row(&row),
         None => match read::report(pool, res.id).await? {
             None => Err(not_found("report not found")),
-            Some(r) if r.status != ReportStatus::Open => Err(conflict("report is not open")),
-            Some(_) => Err(conflict("report changed concurrently")),
+            Some(r) => {
+                rows::check_open(&r)?;
+                Err(conflict("report changed concurrently"))
+            }
         },
     }
 }
@@ -875,10 +820,10 @@ pub(crate) async fn resolve_report(pool: &PgPool, res: ReportResolution) -> Resu
 /// [`Store::insert_media`](chat_core::Store::insert_media); a taken id is a
 /// unique violation, so a `Conflict`.
 pub(crate) async fn insert_media(pool: &PgPool, m: MediaRecord) -> Result<(), Error> {
-    let size = i64::try_from(m.size).map_err(|_| invalid("size is too large"))?;
+    let size = sql_u64_checked("size", m.size)?;
     let duration = m
         .duration_ms
-        .map(|d| i64::try_from(d).map_err(|_| invalid("duration_ms is too large")))
+        .map(|d| sql_u64_checked("duration_ms", d))
         .transpose()?;
     sqlx::query(
         "INSERT INTO media (id, chat_id, uploader_id, mime, size, duration_ms, has_thumbnail, \

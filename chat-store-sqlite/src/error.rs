@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use chat_core::store::rows::RowError;
 use rusqlite::ffi;
 
 /// What can go wrong in a [`SqliteStore`](crate::SqliteStore).
@@ -74,11 +75,13 @@ impl Error {
             _ => false,
         }
     }
+}
 
-    pub(crate) fn corrupt(column: &'static str, reason: impl ToString) -> Self {
-        Error::Corrupt {
-            column,
-            reason: reason.to_string(),
+impl From<RowError> for Error {
+    fn from(e: RowError) -> Self {
+        match e {
+            RowError::Corrupt { column, reason } => Error::Corrupt { column, reason },
+            RowError::Json(e) => Error::Json(e),
         }
     }
 }

@@ -1,78 +1,20 @@
 //! Queries, and the mapping between rows and model types. Used by the
 //! readers and, inside its transaction, by the writer.
 
-use std::str::FromStr;
-
 use chat_core::{
-    Chat, ChatId, ChatKind, Encryption, MediaId, MediaRecord, Message, MessageId, Participant,
-    ParticipantSettings, Privacy, Reactions, Report, ReportId, ReportStatus, Timestamp, UserId,
-    UserRecord,
-    store::{ChatListQuery, HistoryQuery},
+    Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Participant, Reactions, Report,
+    ReportId, ReportStatus, UserId, UserRecord,
+    store::{
+        ChatListQuery, HistoryQuery,
+        rows::{
+            ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, UserRow, direct_key,
+            fold_reactions, sql_limit, sql_u64, unsigned, user_id,
+        },
+    },
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::Error;
-
-// --- conversions ---------------------------------------------------------
-
-/// A seq, count or limit as SQLite's signed integer, saturating: no stored
-/// value comes near `i64::MAX`, so a larger bound means "no bound".
-pub(crate) fn sql_u64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// A limit as SQLite's signed integer, saturating.
-pub(crate) fn sql_limit(v: usize) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn unsigned(column: &'static str, v: i64) -> Result<u64, Error> {
-    u64::try_from(v).map_err(|e| Error::corrupt(column, e))
-}
-
-fn parse<T: FromStr>(column: &'static str, s: &str) -> Result<T, Error>
-where
-    T::Err: std::fmt::Display,
-{
-    s.parse().map_err(|e| Error::corrupt(column, e))
-}
-
-fn user(column: &'static str, s: String) -> Result<UserId, Error> {
-    UserId::new(s).map_err(|e| Error::corrupt(column, e))
-}
-
-fn ts(ms: i64) -> Timestamp {
-    Timestamp::from_millis(ms)
-}
-
-fn chat_kind(s: &str) -> Result<ChatKind, Error> {
-    match s {
-        "direct" => Ok(ChatKind::Direct),
-        "group" => Ok(ChatKind::Group),
-        other => Err(Error::corrupt(
-            "chats.kind",
-            format!("unknown kind {other:?}"),
-        )),
-    }
-}
-
-fn encryption(s: &str) -> Result<Encryption, Error> {
-    match s {
-        "at_rest" => Ok(Encryption::AtRest),
-        "e2ee" => Ok(Encryption::E2ee),
-        other => Err(Error::corrupt(
-            "chats.encryption",
-            format!("unknown encryption {other:?}"),
-        )),
-    }
-}
-
-/// The key of the direct chat of the unordered pair `{a, b}`.
-pub(crate) fn direct_key(a: &UserId, b: &UserId) -> String {
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    // '/' cannot occur in a user id, so the key is unambiguous.
-    format!("{lo}/{hi}")
-}
 
 // --- chats ---------------------------------------------------------------
 
@@ -83,86 +25,46 @@ macro_rules! chat_columns {
     };
 }
 
-struct ChatRow {
-    id: String,
-    kind: String,
-    name: Option<String>,
-    description: Option<String>,
-    avatar_url: Option<String>,
-    encryption: String,
-    last_seq: i64,
-    last_activity: i64,
-    created_at: i64,
+/// The columns of `chat_columns!`.
+fn chat_row(r: &Row<'_>) -> rusqlite::Result<ChatRow> {
+    Ok(ChatRow {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        name: r.get(2)?,
+        description: r.get(3)?,
+        avatar_url: r.get(4)?,
+        encryption: r.get(5)?,
+        last_seq: r.get(6)?,
+        last_activity: r.get(7)?,
+        created_at: r.get(8)?,
+    })
 }
 
-impl ChatRow {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: r.get(0)?,
-            kind: r.get(1)?,
-            name: r.get(2)?,
-            description: r.get(3)?,
-            avatar_url: r.get(4)?,
-            encryption: r.get(5)?,
-            last_seq: r.get(6)?,
-            last_activity: r.get(7)?,
-            created_at: r.get(8)?,
-        })
-    }
-
-    fn into_chat(self, conn: &Connection) -> Result<Chat, Error> {
-        let id: ChatId = parse("chats.id", &self.id)?;
-        Ok(Chat {
-            id,
-            kind: chat_kind(&self.kind)?,
-            name: self.name,
-            description: self.description,
-            avatar_url: self.avatar_url,
-            encryption: encryption(&self.encryption)?,
-            last_seq: unsigned("chats.last_seq", self.last_seq)?,
-            last_activity: ts(self.last_activity),
-            created_at: ts(self.created_at),
-            participants: participants(conn, id)?,
-        })
-    }
+/// The chat of `row`, with its participants.
+fn with_participants(conn: &Connection, row: ChatRow) -> Result<Chat, Error> {
+    let participants = participants(conn, &row.id)?;
+    Ok(row.into_chat(participants)?)
 }
 
-fn participants(conn: &Connection, chat: ChatId) -> Result<Vec<Participant>, Error> {
+/// The participants of the chat with id `chat`, in joining order.
+fn participants(conn: &Connection, chat: &str) -> Result<Vec<Participant>, Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT user_id, role, joined_at, delivered_seq, read_seq, visible_from_seq, \
          muted_until, hidden_seq FROM participants WHERE chat_id = ?1 ORDER BY ordinal",
     )?;
-    let rows = stmt.query_map([chat.to_string()], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, i64>(5)?,
-            r.get::<_, Option<i64>>(6)?,
-            r.get::<_, Option<i64>>(7)?,
-        ))
+    let rows = stmt.query_map([chat], |r| {
+        Ok(ParticipantRow {
+            user_id: r.get(0)?,
+            role: r.get(1)?,
+            joined_at: r.get(2)?,
+            delivered_seq: r.get(3)?,
+            read_seq: r.get(4)?,
+            visible_from_seq: r.get(5)?,
+            muted_until: r.get(6)?,
+            hidden_seq: r.get(7)?,
+        })
     })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (user_id, role, joined_at, delivered, read, visible, muted_until, hidden_seq) = row?;
-        out.push(Participant {
-            user_id: user("participants.user_id", user_id)?,
-            role: parse("participants.role", &role)?,
-            joined_at: ts(joined_at),
-            delivered_seq: unsigned("participants.delivered_seq", delivered)?,
-            read_seq: unsigned("participants.read_seq", read)?,
-            visible_from_seq: unsigned("participants.visible_from_seq", visible)?,
-            settings: ParticipantSettings {
-                muted_until: muted_until.map(ts),
-                hidden_seq: hidden_seq
-                    .map(|s| unsigned("participants.hidden_seq", s))
-                    .transpose()?,
-            },
-        });
-    }
-    Ok(out)
+    rows.map(|row| Ok(row?.into_participant()?)).collect()
 }
 
 /// A chat with its participants in joining order.
@@ -173,9 +75,9 @@ pub(crate) fn chat(conn: &Connection, id: ChatId) -> Result<Option<Chat>, Error>
             chat_columns!(),
             " FROM chats c WHERE c.id = ?1"
         ))?
-        .query_row([id.to_string()], ChatRow::from_row)
+        .query_row([id.to_string()], chat_row)
         .optional()?;
-    row.map(|r| r.into_chat(conn)).transpose()
+    row.map(|r| with_participants(conn, r)).transpose()
 }
 
 /// The direct chat of the pair `{a, b}`.
@@ -190,9 +92,9 @@ pub(crate) fn direct_chat(
             chat_columns!(),
             " FROM chats c WHERE c.direct_key = ?1"
         ))?
-        .query_row([direct_key(a, b)], ChatRow::from_row)
+        .query_row([direct_key(a, b)], chat_row)
         .optional()?;
-    row.map(|r| r.into_chat(conn)).transpose()
+    row.map(|r| with_participants(conn, r)).transpose()
 }
 
 /// The chats of `user`, most recent first.
@@ -210,10 +112,7 @@ pub(crate) fn list_chats(
                  WHERE p.user_id = ?1 \
                  ORDER BY c.last_activity DESC, c.id DESC LIMIT ?2"
             ))?
-            .query_map(
-                params![user.as_str(), sql_limit(q.limit)],
-                ChatRow::from_row,
-            )?
+            .query_map(params![user.as_str(), sql_limit(q.limit)], chat_row)?
             .collect::<rusqlite::Result<_>>()?,
         Some((activity, id)) => conn
             .prepare_cached(concat!(
@@ -231,11 +130,13 @@ pub(crate) fn list_chats(
                     id.to_string(),
                     sql_limit(q.limit)
                 ],
-                ChatRow::from_row,
+                chat_row,
             )?
             .collect::<rusqlite::Result<_>>()?,
     };
-    rows.into_iter().map(|r| r.into_chat(conn)).collect()
+    rows.into_iter()
+        .map(|r| with_participants(conn, r))
+        .collect()
 }
 
 /// Everyone sharing a chat with `user`, sorted, each once.
@@ -259,7 +160,7 @@ pub(crate) fn co_members(conn: &Connection, user: &UserId) -> Result<Vec<UserId>
         .query_map([user.as_str()], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     ids.into_iter()
-        .map(|id| self::user("participants.user_id", id))
+        .map(|id| Ok(user_id("participants.user_id", id)?))
         .collect()
 }
 
@@ -272,92 +173,41 @@ macro_rules! message_columns {
     };
 }
 
-struct MessageRow {
-    id: String,
-    chat_id: String,
-    seq: i64,
-    updated_seq: i64,
-    sender_id: String,
-    kind: String,
-    content: Option<String>,
-    media: Option<String>,
-    reply_to: Option<String>,
-    client_msg_id: Option<String>,
-    created_at: i64,
-    edited_at: Option<i64>,
-    deleted: bool,
-    system: Option<String>,
+/// The columns of `message_columns!`.
+fn message_row(r: &Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        id: r.get(0)?,
+        chat_id: r.get(1)?,
+        seq: r.get(2)?,
+        updated_seq: r.get(3)?,
+        sender_id: r.get(4)?,
+        kind: r.get(5)?,
+        content: r.get(6)?,
+        media: r.get(7)?,
+        reply_to: r.get(8)?,
+        client_msg_id: r.get(9)?,
+        created_at: r.get(10)?,
+        edited_at: r.get(11)?,
+        deleted: r.get(12)?,
+        system: r.get(13)?,
+    })
 }
 
-impl MessageRow {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: r.get(0)?,
-            chat_id: r.get(1)?,
-            seq: r.get(2)?,
-            updated_seq: r.get(3)?,
-            sender_id: r.get(4)?,
-            kind: r.get(5)?,
-            content: r.get(6)?,
-            media: r.get(7)?,
-            reply_to: r.get(8)?,
-            client_msg_id: r.get(9)?,
-            created_at: r.get(10)?,
-            edited_at: r.get(11)?,
-            deleted: r.get(12)?,
-            system: r.get(13)?,
-        })
-    }
-
-    fn into_message(self, conn: &Connection) -> Result<Message, Error> {
-        let id: MessageId = parse("messages.id", &self.id)?;
-        Ok(Message {
-            id,
-            chat_id: parse("messages.chat_id", &self.chat_id)?,
-            seq: unsigned("messages.seq", self.seq)?,
-            updated_seq: unsigned("messages.updated_seq", self.updated_seq)?,
-            sender_id: user("messages.sender_id", self.sender_id)?,
-            kind: parse("messages.kind", &self.kind)?,
-            content: self.content,
-            media: self
-                .media
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()?,
-            reply_to: self
-                .reply_to
-                .as_deref()
-                .map(|s| parse("messages.reply_to", s))
-                .transpose()?,
-            client_msg_id: self.client_msg_id,
-            created_at: ts(self.created_at),
-            edited_at: self.edited_at.map(ts),
-            deleted: self.deleted,
-            reactions: reactions(conn, id)?,
-            system: self
-                .system
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()?,
-        })
-    }
+/// The message of `row`, with its reactions.
+fn with_reactions(conn: &Connection, row: MessageRow) -> Result<Message, Error> {
+    let reactions = reactions(conn, &row.id)?;
+    Ok(row.into_message(reactions)?)
 }
 
-fn reactions(conn: &Connection, message: MessageId) -> Result<Reactions, Error> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT emoji, user_id FROM reactions WHERE message_id = ?1 ORDER BY ordinal",
-    )?;
-    let rows = stmt.query_map([message.to_string()], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
-    let mut out = Reactions::new();
-    for row in rows {
-        let (emoji, user_id) = row?;
-        out.entry(emoji)
-            .or_default()
-            .push(user("reactions.user_id", user_id)?);
-    }
-    Ok(out)
+/// The reactions of the message with id `message`.
+fn reactions(conn: &Connection, message: &str) -> Result<Reactions, Error> {
+    let rows: Vec<(String, String)> = conn
+        .prepare_cached(
+            "SELECT emoji, user_id FROM reactions WHERE message_id = ?1 ORDER BY ordinal",
+        )?
+        .query_map([message], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(fold_reactions(rows)?)
 }
 
 fn messages(
@@ -367,9 +217,9 @@ fn messages(
 ) -> Result<Vec<Message>, Error> {
     let rows: Vec<MessageRow> = conn
         .prepare_cached(sql)?
-        .query_map(params, MessageRow::from_row)?
+        .query_map(params, message_row)?
         .collect::<rusqlite::Result<_>>()?;
-    rows.into_iter().map(|r| r.into_message(conn)).collect()
+    rows.into_iter().map(|r| with_reactions(conn, r)).collect()
 }
 
 /// A message by id, with its reactions.
@@ -380,9 +230,9 @@ pub(crate) fn message(conn: &Connection, id: MessageId) -> Result<Option<Message
             message_columns!(),
             " FROM messages WHERE id = ?1"
         ))?
-        .query_row([id.to_string()], MessageRow::from_row)
+        .query_row([id.to_string()], message_row)
         .optional()?;
-    row.map(|r| r.into_message(conn)).transpose()
+    row.map(|r| with_reactions(conn, r)).transpose()
 }
 
 /// The message `sender` posted with `client_msg_id`.
@@ -397,12 +247,9 @@ pub(crate) fn by_client_id(
             message_columns!(),
             " FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
         ))?
-        .query_row(
-            params![sender.as_str(), client_msg_id],
-            MessageRow::from_row,
-        )
+        .query_row(params![sender.as_str(), client_msg_id], message_row)
         .optional()?;
-    row.map(|r| r.into_message(conn)).transpose()
+    row.map(|r| with_reactions(conn, r)).transpose()
 }
 
 /// A page of a chat's log, newest first.
@@ -411,11 +258,8 @@ pub(crate) fn history(
     chat: ChatId,
     q: HistoryQuery,
 ) -> Result<Vec<Message>, Error> {
-    let lo = q
-        .from_seq
-        .max(q.after_seq.map_or(0, |a| a.saturating_add(1)));
-    let hi = q.before_seq.unwrap_or(u64::MAX);
-    if lo >= hi || q.limit == 0 {
+    let seqs = q.seqs();
+    if seqs.is_empty() || q.limit == 0 {
         return Ok(Vec::new());
     }
     messages(
@@ -428,8 +272,8 @@ pub(crate) fn history(
         ),
         params![
             chat.to_string(),
-            sql_u64(lo),
-            sql_u64(hi),
+            sql_u64(seqs.start),
+            sql_u64(seqs.end),
             sql_limit(q.limit)
         ],
     )
@@ -515,7 +359,7 @@ pub(crate) fn unread_count(
             params![chat.to_string(), sql_u64(after_seq), user.as_str()],
             |r| r.get(0),
         )?;
-    unsigned("COUNT(*)", n)
+    Ok(unsigned("COUNT(*)", n)?)
 }
 
 // --- blocks --------------------------------------------------------------
@@ -530,7 +374,7 @@ fn users(
         .prepare_cached(sql)?
         .query_map([who.as_str()], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    ids.into_iter().map(|id| user(column, id)).collect()
+    ids.into_iter().map(|id| Ok(user_id(column, id)?)).collect()
 }
 
 /// Whom `user` blocks, in blocking order.
@@ -573,16 +417,14 @@ pub(crate) fn user_record(conn: &Connection, who: &UserId) -> Result<Option<User
              FROM users WHERE user_id = ?1",
         )?
         .query_row([who.as_str()], |r| {
-            Ok(UserRecord {
-                user_id: who.clone(),
-                last_seen: r.get::<_, Option<i64>>(0)?.map(ts),
-                privacy: Privacy {
-                    read_receipts: r.get(1)?,
-                    typing: r.get(2)?,
-                    presence: r.get(3)?,
-                },
-                suspended_until: r.get::<_, Option<i64>>(4)?.map(ts),
-            })
+            Ok(UserRow {
+                last_seen: r.get(0)?,
+                read_receipts: r.get(1)?,
+                typing: r.get(2)?,
+                presence: r.get(3)?,
+                suspended_until: r.get(4)?,
+            }
+            .into_record(who.clone()))
         })
         .optional()?)
 }
@@ -596,58 +438,27 @@ macro_rules! report_columns {
     };
 }
 
-struct ReportRow {
-    id: String,
-    reporter_id: String,
-    chat_id: String,
-    message_id: String,
-    reported_user_id: String,
-    reason: String,
-    content: Option<String>,
-    status: String,
-    created_at: i64,
-    resolved_at: Option<i64>,
-    resolved_by: Option<String>,
-    resolution_note: Option<String>,
+/// The columns of `report_columns!`.
+fn report_row(r: &Row<'_>) -> rusqlite::Result<ReportRow> {
+    Ok(ReportRow {
+        id: r.get(0)?,
+        reporter_id: r.get(1)?,
+        chat_id: r.get(2)?,
+        message_id: r.get(3)?,
+        reported_user_id: r.get(4)?,
+        reason: r.get(5)?,
+        content: r.get(6)?,
+        status: r.get(7)?,
+        created_at: r.get(8)?,
+        resolved_at: r.get(9)?,
+        resolved_by: r.get(10)?,
+        resolution_note: r.get(11)?,
+    })
 }
 
-impl ReportRow {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: r.get(0)?,
-            reporter_id: r.get(1)?,
-            chat_id: r.get(2)?,
-            message_id: r.get(3)?,
-            reported_user_id: r.get(4)?,
-            reason: r.get(5)?,
-            content: r.get(6)?,
-            status: r.get(7)?,
-            created_at: r.get(8)?,
-            resolved_at: r.get(9)?,
-            resolved_by: r.get(10)?,
-            resolution_note: r.get(11)?,
-        })
-    }
-
-    fn into_report(self) -> Result<Report, Error> {
-        Ok(Report {
-            id: parse("reports.id", &self.id)?,
-            reporter_id: user("reports.reporter_id", self.reporter_id)?,
-            chat_id: parse("reports.chat_id", &self.chat_id)?,
-            message_id: parse("reports.message_id", &self.message_id)?,
-            reported_user_id: user("reports.reported_user_id", self.reported_user_id)?,
-            reason: self.reason,
-            content: self.content,
-            status: parse("reports.status", &self.status)?,
-            created_at: ts(self.created_at),
-            resolved_at: self.resolved_at.map(ts),
-            resolved_by: self
-                .resolved_by
-                .map(|u| user("reports.resolved_by", u))
-                .transpose()?,
-            resolution_note: self.resolution_note,
-        })
-    }
+/// The report of `row`.
+fn report_of(row: ReportRow) -> Result<Report, Error> {
+    Ok(row.into_report()?)
 }
 
 /// A report by id.
@@ -657,9 +468,9 @@ pub(crate) fn report(conn: &Connection, id: ReportId) -> Result<Option<Report>, 
         report_columns!(),
         " FROM reports WHERE id = ?1"
     ))?
-    .query_row([id.to_string()], ReportRow::from_row)
+    .query_row([id.to_string()], report_row)
     .optional()?
-    .map(ReportRow::into_report)
+    .map(report_of)
     .transpose()
 }
 
@@ -674,12 +485,9 @@ pub(crate) fn open_report(
         report_columns!(),
         " FROM reports WHERE reporter_id = ?1 AND message_id = ?2 AND status = 'open' LIMIT 1"
     ))?
-    .query_row(
-        params![reporter.as_str(), message.to_string()],
-        ReportRow::from_row,
-    )
+    .query_row(params![reporter.as_str(), message.to_string()], report_row)
     .optional()?
-    .map(ReportRow::into_report)
+    .map(report_of)
     .transpose()
 }
 
@@ -696,10 +504,7 @@ pub(crate) fn list_reports(
                 report_columns!(),
                 " FROM reports WHERE status = ?1 ORDER BY id LIMIT ?2"
             ))?
-            .query_map(
-                params![status.as_str(), sql_limit(limit)],
-                ReportRow::from_row,
-            )?
+            .query_map(params![status.as_str(), sql_limit(limit)], report_row)?
             .collect::<rusqlite::Result<_>>()?,
         None => conn
             .prepare_cached(concat!(
@@ -707,10 +512,10 @@ pub(crate) fn list_reports(
                 report_columns!(),
                 " FROM reports ORDER BY id LIMIT ?1"
             ))?
-            .query_map([sql_limit(limit)], ReportRow::from_row)?
+            .query_map([sql_limit(limit)], report_row)?
             .collect::<rusqlite::Result<_>>()?,
     };
-    rows.into_iter().map(ReportRow::into_report).collect()
+    rows.into_iter().map(report_of).collect()
 }
 
 // --- media ---------------------------------------------------------------
@@ -723,31 +528,16 @@ pub(crate) fn media(conn: &Connection, id: MediaId) -> Result<Option<MediaRecord
              FROM media WHERE id = ?1",
         )?
         .query_row([id.to_string()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get::<_, bool>(5)?,
-                r.get::<_, i64>(6)?,
-            ))
+            Ok(MediaRow {
+                chat_id: r.get(0)?,
+                uploader_id: r.get(1)?,
+                mime: r.get(2)?,
+                size: r.get(3)?,
+                duration_ms: r.get(4)?,
+                has_thumbnail: r.get(5)?,
+                created_at: r.get(6)?,
+            })
         })
         .optional()?;
-    let Some((chat_id, uploader_id, mime, size, duration_ms, has_thumbnail, created_at)) = row
-    else {
-        return Ok(None);
-    };
-    Ok(Some(MediaRecord {
-        id,
-        chat_id: parse("media.chat_id", &chat_id)?,
-        uploader_id: user("media.uploader_id", uploader_id)?,
-        mime,
-        size: unsigned("media.size", size)?,
-        duration_ms: duration_ms
-            .map(|d| unsigned("media.duration_ms", d))
-            .transpose()?,
-        has_thumbnail,
-        created_at: ts(created_at),
-    }))
+    Ok(row.map(|r| r.into_record(id)).transpose()?)
 }

@@ -8,16 +8,19 @@
 use std::cell::Cell;
 
 use chat_core::{
-    Chat, ChatId, ChatKind, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
-    ParticipantSettings, Privacy, Report, ReportStatus, Role, Timestamp, UserId,
-    store::{Applied, Change, Committed, NewChat, NewMessage, ReportResolution},
+    Chat, ChatId, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
+    ParticipantSettings, Privacy, Report, Role, Timestamp, UserId,
+    store::{
+        Applied, Change, Committed, NewChat, NewMessage, ReportResolution,
+        rows::{self, Marked, direct_key, sql_u64, sql_u64_checked},
+    },
 };
 use rusqlite::{Connection, OptionalExtension, Params, Statement, params};
 
 use crate::{
     Error,
     prepared::{Hot, Prepared},
-    read::{self, direct_key, sql_u64},
+    read,
     writer::Batch,
 };
 
@@ -27,11 +30,6 @@ fn not_found(what: &str) -> Error {
 
 fn conflict(what: impl Into<String>) -> Error {
     Error::Contract(CoreError::conflict(what))
-}
-
-fn to_i64(what: &str, v: u64) -> Result<i64, Error> {
-    i64::try_from(v)
-        .map_err(|_| Error::Contract(CoreError::invalid(format!("{what} is too large"))))
 }
 
 /// Takes the chat's next seq and moves its `last_activity` to `at`.
@@ -71,8 +69,9 @@ fn last_seq_of_post(db: &Prepared<'_>, new: &NewMessage) -> Result<Option<u64>, 
 /// Runs a query for a `chats.last_seq`, checked; `None` if it has no row.
 fn query_counter(stmt: &mut Statement<'_>, params: impl Params) -> Result<Option<u64>, Error> {
     let seq: Option<i64> = stmt.query_row(params, |r| r.get(0)).optional()?;
-    seq.map(|s| u64::try_from(s).map_err(|e| Error::corrupt("chats.last_seq", e)))
-        .transpose()
+    Ok(seq
+        .map(|s| rows::unsigned("chats.last_seq", s))
+        .transpose()?)
 }
 
 fn set_last_seq(conn: &Connection, chat: ChatId, seq: u64, at: Timestamp) -> Result<(), Error> {
@@ -106,19 +105,19 @@ fn role_of(conn: &Connection, chat: ChatId, user: &UserId) -> Result<Option<Role
         .prepare_cached("SELECT role FROM participants WHERE chat_id = ?1 AND user_id = ?2")?
         .query_row(params![chat.to_string(), user.as_str()], |r| r.get(0))
         .optional()?;
-    role.map(|r| {
-        r.parse()
-            .map_err(|e| Error::corrupt("participants.role", e))
-    })
-    .transpose()
+    Ok(role
+        .map(|r| rows::parse("participants.role", &r))
+        .transpose()?)
 }
 
 fn load_chat(conn: &Connection, chat: ChatId) -> Result<Chat, Error> {
     read::chat(conn, chat)?.ok_or_else(|| not_found("chat not found"))
 }
 
-fn load_message(conn: &Connection, id: MessageId) -> Result<Message, Error> {
-    read::message(conn, id)?.ok_or_else(|| not_found("message not found"))
+/// The message `id` of `chat`, with its reactions; `NotFound` if it is not
+/// a message of `chat`.
+fn message_in_chat(conn: &Connection, chat: ChatId, id: MessageId) -> Result<Message, Error> {
+    Ok(rows::message_in_chat(read::message(conn, id)?, chat)?)
 }
 
 fn insert_message(conn: &Connection, m: &Message) -> Result<(), Error> {
@@ -183,9 +182,8 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             content,
             at,
         } => {
-            if message_state(conn, chat_id, message_id)? {
-                return Err(conflict("message was deleted"));
-            }
+            let mut message = message_in_chat(conn, chat_id, message_id)?;
+            rows::check_not_deleted(&message)?;
             let seq = next_seq(conn, chat_id, at)?;
             conn.prepare_cached(
                 "UPDATE messages SET content = ?2, edited_at = ?3, updated_seq = ?4 WHERE id = ?1",
@@ -196,8 +194,9 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
                 at.as_millis(),
                 sql_u64(seq)
             ])?;
+            rows::edit(&mut message, content, at, seq);
             Ok(Applied::Updated {
-                message: load_message(conn, message_id)?,
+                message,
                 changed: true,
             })
         }
@@ -206,9 +205,10 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             message_id,
             at,
         } => {
-            if message_state(conn, chat_id, message_id)? {
+            let mut message = message_in_chat(conn, chat_id, message_id)?;
+            if message.deleted {
                 return Ok(Applied::Updated {
-                    message: load_message(conn, message_id)?,
+                    message,
                     changed: false,
                 });
             }
@@ -220,8 +220,9 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             .execute(params![message_id.to_string(), sql_u64(seq)])?;
             conn.prepare_cached("DELETE FROM reactions WHERE message_id = ?1")?
                 .execute([message_id.to_string()])?;
+            rows::tombstone(&mut message, seq);
             Ok(Applied::Updated {
-                message: load_message(conn, message_id)?,
+                message,
                 changed: true,
             })
         }
@@ -254,17 +255,15 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             if !chat_exists(conn, chat_id)? {
                 return Err(not_found("chat not found"));
             }
-            if role_of(conn, chat_id, &user_id)?.is_some() {
-                return Err(conflict("already a participant"));
-            }
+            let already = role_of(conn, chat_id, &user_id)?.is_some();
             let count: i64 = conn
                 .prepare_cached("SELECT COUNT(*) FROM participants WHERE chat_id = ?1")?
                 .query_row([chat_id.to_string()], |r| r.get(0))?;
-            if usize::try_from(count).unwrap_or(usize::MAX) >= max_participants {
-                return Err(conflict(format!(
-                    "the chat is full ({max_participants} participants)"
-                )));
-            }
+            rows::check_can_join(
+                already,
+                usize::try_from(count).unwrap_or(usize::MAX),
+                max_participants,
+            )?;
             let message = system_message(conn, chat_id, event, &by, at)?;
             let seq = sql_u64(message.seq);
             conn.prepare_cached(
@@ -314,12 +313,8 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             if current == role {
                 return membership(conn, chat_id, None);
             }
-            if current == Role::Admin
-                && chat_core::store::demotes_last_admin(&load_chat(conn, chat_id)?, &user_id, role)
-            {
-                return Err(conflict(
-                    "a group needs an admin; make someone else admin first",
-                ));
+            if current == Role::Admin {
+                rows::check_keeps_admin(&load_chat(conn, chat_id)?, &user_id, role)?;
             }
             let message = system_message(conn, chat_id, event, &by, at)?;
             conn.prepare_cached(
@@ -385,15 +380,6 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
     }
 }
 
-/// Whether the message of `chat` is deleted; `NotFound` if it is not a
-/// message of `chat`.
-fn message_state(conn: &Connection, chat: ChatId, message: MessageId) -> Result<bool, Error> {
-    conn.prepare_cached("SELECT deleted FROM messages WHERE id = ?1 AND chat_id = ?2")?
-        .query_row(params![message.to_string(), chat.to_string()], |r| r.get(0))
-        .optional()?
-        .ok_or_else(|| not_found("message not found"))
-}
-
 /// Stores a post. Everything that can refuse it runs before its first
 /// write, which sets `wrote` (see `Batch::step_unguarded`).
 fn post(db: &Prepared<'_>, new: NewMessage, wrote: &Cell<bool>) -> Result<Applied, Error> {
@@ -440,14 +426,8 @@ fn post(db: &Prepared<'_>, new: NewMessage, wrote: &Cell<bool>) -> Result<Applie
 /// `Conflict` if that is in another chat); anything else with `error`.
 fn retry_or(conn: &Connection, new: &NewMessage, error: Error) -> Result<Applied, Error> {
     if let Some(cid) = &new.client_msg_id {
-        if let Some(message) = read::by_client_id(conn, &new.sender_id, cid)? {
-            if message.chat_id != new.chat_id {
-                return Err(conflict("client_msg_id was already used in another chat"));
-            }
-            return Ok(Applied::Posted {
-                message,
-                duplicate: true,
-            });
+        if let Some(existing) = read::by_client_id(conn, &new.sender_id, cid)? {
+            return Ok(rows::repost(existing, new)?);
         }
     }
     Err(error)
@@ -501,35 +481,14 @@ fn react(
     max_distinct: usize,
     at: Timestamp,
 ) -> Result<Applied, Error> {
-    if message_state(conn, chat_id, message_id)? {
-        return Err(conflict("message was deleted"));
-    }
-    let id = message_id.to_string();
-    let has: bool = conn
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM reactions \
-             WHERE message_id = ?1 AND emoji = ?2 AND user_id = ?3)",
-        )?
-        .query_row(params![id, emoji, user_id.as_str()], |r| r.get(0))?;
-    if has == add {
+    let mut message = message_in_chat(conn, chat_id, message_id)?;
+    if !rows::reaction_changes(&message, user_id, emoji, add, max_distinct)? {
         return Ok(Applied::Updated {
-            message: load_message(conn, message_id)?,
+            message,
             changed: false,
         });
     }
-    if add {
-        let (present, distinct): (bool, i64) = conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM reactions WHERE message_id = ?1 AND emoji = ?2), \
-                 (SELECT COUNT(DISTINCT emoji) FROM reactions WHERE message_id = ?1)",
-            )?
-            .query_row(params![id, emoji], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        if !present && usize::try_from(distinct).unwrap_or(usize::MAX) >= max_distinct {
-            return Err(conflict(format!(
-                "a message has at most {max_distinct} distinct reactions"
-            )));
-        }
-    }
+    let id = message_id.to_string();
     let seq = next_seq(conn, chat_id, at)?;
     if add {
         conn.prepare_cached(
@@ -545,8 +504,9 @@ fn react(
     }
     conn.prepare_cached("UPDATE messages SET updated_seq = ?2 WHERE id = ?1")?
         .execute(params![id, sql_u64(seq)])?;
+    rows::react(&mut message, user_id, emoji, add, seq);
     Ok(Applied::Updated {
-        message: load_message(conn, message_id)?,
+        message,
         changed: true,
     })
 }
@@ -572,11 +532,16 @@ fn mark(
         })
         .optional()?
         .ok_or_else(|| not_found("not a participant"))?;
-    let read = read_was.max(sql_u64(read_up_to).min(last));
-    let delivered = delivered_was
-        .max(sql_u64(delivered_up_to).min(last))
-        .max(read);
-    if delivered != delivered_was || read != read_was {
+    let marked = Marked::new(
+        rows::unsigned("chats.last_seq", last)?,
+        (
+            rows::unsigned("participants.delivered_seq", delivered_was)?,
+            rows::unsigned("participants.read_seq", read_was)?,
+        ),
+        delivered_up_to,
+        read_up_to,
+    );
+    if marked.moved() {
         conn.prepare_cached(
             "UPDATE participants SET delivered_seq = ?3, read_seq = ?4 \
              WHERE chat_id = ?1 AND user_id = ?2",
@@ -584,39 +549,23 @@ fn mark(
         .execute(params![
             chat_id.to_string(),
             user_id.as_str(),
-            delivered,
-            read
+            sql_u64(marked.delivered_seq),
+            sql_u64(marked.read_seq)
         ])?;
     }
-    let unsigned = |v: i64, column| u64::try_from(v).map_err(|e| Error::corrupt(column, e));
-    Ok(Applied::Marked {
-        delivered_seq: unsigned(delivered, "participants.delivered_seq")?,
-        read_seq: unsigned(read, "participants.read_seq")?,
-        delivered_moved: delivered != delivered_was,
-        read_moved: read != read_was,
-    })
+    Ok(marked.into())
 }
 
 /// [`Store::create_chat`](chat_core::Store::create_chat).
 pub(crate) fn create_chat(conn: &Connection, new: NewChat) -> Result<(Chat, bool), Error> {
-    let key = match new.kind {
-        ChatKind::Direct => {
-            let [(a, _), (b, _)] = new.participants.as_slice() else {
-                return Err(Error::Contract(CoreError::invalid(
-                    "a direct chat has exactly two participants",
-                )));
-            };
-            if a == b {
-                return Err(Error::Contract(CoreError::invalid(
-                    "a direct chat needs two different users",
-                )));
-            }
+    let key = match rows::direct_pair(&new)? {
+        Some((a, b)) => {
             if let Some(existing) = read::direct_chat(conn, a, b)? {
                 return Ok((existing, false));
             }
             Some(direct_key(a, b))
         }
-        ChatKind::Group => None,
+        None => None,
     };
     if chat_exists(conn, new.id)? {
         return Err(conflict("chat id exists"));
@@ -703,9 +652,7 @@ pub(crate) fn set_participant_settings(
     user: &UserId,
     settings: ParticipantSettings,
 ) -> Result<(), Error> {
-    let hidden = settings
-        .hidden_seq
-        .map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+    let hidden = settings.hidden_seq.map(sql_u64);
     let changed = conn
         .prepare_cached(
             "UPDATE participants SET muted_until = ?3, hidden_seq = ?4 \
@@ -766,24 +713,18 @@ pub(crate) fn insert_report(conn: &Connection, r: Report) -> Result<Report, Erro
 /// [`Store::resolve_report`](chat_core::Store::resolve_report).
 pub(crate) fn resolve_report(conn: &Connection, res: ReportResolution) -> Result<Report, Error> {
     let mut report = read::report(conn, res.id)?.ok_or_else(|| not_found("report not found"))?;
-    if report.status != ReportStatus::Open {
-        return Err(conflict("report is not open"));
-    }
+    rows::resolve(&mut report, res)?;
     conn.prepare_cached(
         "UPDATE reports SET status = ?2, resolved_at = ?3, resolved_by = ?4, \
          resolution_note = ?5 WHERE id = ?1",
     )?
     .execute(params![
-        res.id.to_string(),
-        res.status.as_str(),
-        res.at.as_millis(),
-        res.by.as_str(),
-        res.note,
+        report.id.to_string(),
+        report.status.as_str(),
+        report.resolved_at.map(Timestamp::as_millis),
+        report.resolved_by.as_ref().map(UserId::as_str),
+        report.resolution_note,
     ])?;
-    report.status = res.status;
-    report.resolved_at = Some(res.at);
-    report.resolved_by = Some(res.by);
-    report.resolution_note = res.note;
     Ok(report)
 }
 
@@ -801,9 +742,9 @@ pub(crate) fn insert_media(conn: &Connection, m: MediaRecord) -> Result<(), Erro
         m.chat_id.to_string(),
         m.uploader_id.as_str(),
         m.mime,
-        to_i64("size", m.size)?,
+        sql_u64_checked("size", m.size)?,
         m.duration_ms
-            .map(|d| to_i64("duration_ms", d))
+            .map(|d| sql_u64_checked("duration_ms", d))
             .transpose()?,
         m.has_thumbnail,
         m.created_at.as_millis(),
