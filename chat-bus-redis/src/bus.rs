@@ -131,6 +131,8 @@ struct Shared {
     pending_offline: Mutex<Vec<UserId>>,
     wake: Notify,
     registered: AtomicBool,
+    /// This node's channel was subscribed on the current subscription
+    /// connection (see [`watch_subscriber`] for why fred cannot tell).
     subscribed: AtomicBool,
     redis_up: AtomicBool,
     last_ping: AtomicU64,
@@ -955,7 +957,21 @@ async fn receive(shared: Arc<Shared>, mut messages: broadcast::Receiver<Message>
     }
 }
 
-/// (Re)subscribes to this node's channel on every (re)connection.
+/// (Re)subscribes to this node's channel on every (re)connection, and
+/// keeps `subscribed` true from then until the connection fails.
+///
+/// fred's `SubscriberClient::manage_subscriptions` resubscribes in a task
+/// of its own, but cannot stand in for this one: the bus must know when it
+/// is subscribed again (for `is_ready`, and for the self-ping of
+/// `Shared::beat`, which must not wait for a ping sent before the
+/// resubscription), and that task reports nothing, not even a failure (it
+/// only logs it); it also stops for good if its reconnect receiver ever
+/// lags. Calling fred's `resubscribe_all` here instead of `subscribe`
+/// gains nothing: it subscribes only what an earlier `subscribe` recorded
+/// (nothing on the first connection), and it sends a `PSUBSCRIBE` without
+/// patterns, which Redis refuses while fred answers `Ok`. And fred's
+/// `subscribe` returns once the command is written, not when Redis
+/// confirms it: only the self-ping proves that the subscription works.
 async fn watch_subscriber(
     shared: Arc<Shared>,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,
