@@ -131,6 +131,8 @@ struct Shared {
     pending_offline: Mutex<Vec<UserId>>,
     wake: Notify,
     registered: AtomicBool,
+    /// This node's channel was subscribed on the current subscription
+    /// connection (see [`watch_subscriber`] for why fred cannot tell).
     subscribed: AtomicBool,
     redis_up: AtomicBool,
     last_ping: AtomicU64,
@@ -493,9 +495,14 @@ impl Shared {
     /// `EVALSHA`, loading the script if Redis does not have it (first use,
     /// or after a restart).
     ///
-    /// Sent as custom commands: fred's `LuaInterface` is not implemented
-    /// for `WithOptions`, and would silently drop `fail_fast` and
-    /// `max_attempts`.
+    /// The steps of fred's `Script::evalsha_with_reload`, written here
+    /// because fred's script calls cannot carry [`Shared::options`]: that
+    /// function takes a bare `&Client`, and `LuaInterface` is implemented
+    /// neither for `WithOptions` nor for `Pipeline`. Without `fail_fast`, a
+    /// call made while Redis is away would wait for the reconnection (up to
+    /// the command timeout) instead of failing at once, as the bus promises
+    /// (and the drain task would hold the publish queue meanwhile). So
+    /// `EVALSHA` and `SCRIPT LOAD` go as custom commands.
     async fn eval(&self, lua: &Lua, keys: Vec<Key>, args: Vec<Value>) -> Result<Value> {
         let client = self.cmd.with_options(&self.options);
         let command = evalsha_args(lua, keys, args);
@@ -518,13 +525,18 @@ impl Shared {
         let load = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
         self.cmd
             .with_options(&self.options)
-            .custom::<Value, Value>(load, vec![text("LOAD"), text(lua.source.as_str())])
+            .custom::<Value, Value>(load, vec![text("LOAD"), Value::String(lua.source.clone())])
             .await
             .map(drop)
     }
 
     /// Sends `commands` (arguments of `EVALSHA`) in one pipeline, in order,
     /// and returns one result per command.
+    ///
+    /// Custom commands here too: fred's `Pipeline` has no `LuaInterface`,
+    /// and `evalsha_with_reload` per delivery would turn one round trip per
+    /// batch into one per delivery (two on `NOSCRIPT`). `send_batch` reloads
+    /// the script once for the whole batch instead.
     async fn pipeline(&self, commands: &[Vec<Value>]) -> Vec<Result<Value, RedisError>> {
         let all_failed = |e: RedisError| vec![Err(e); commands.len()];
         let pipeline = self.cmd.pipeline().with_options(&self.options);
@@ -856,7 +868,7 @@ fn evalsha() -> CustomCommand {
 /// The arguments of `EVALSHA` for `lua`.
 fn evalsha_args(lua: &Lua, keys: Vec<Key>, args: Vec<Value>) -> Vec<Value> {
     let mut command = Vec::with_capacity(2 + keys.len() + args.len());
-    command.push(text(lua.sha1.as_str()));
+    command.push(Value::String(lua.sha1.clone()));
     command.push(Value::Integer(
         i64::try_from(keys.len()).unwrap_or(i64::MAX),
     ));
@@ -865,6 +877,12 @@ fn evalsha_args(lua: &Lua, keys: Vec<Key>, args: Vec<Value>) -> Vec<Value> {
     command
 }
 
+/// Whether Redis refused a script it does not know.
+///
+/// By the reply's text: fred has no error kind for it (its reply parser
+/// files `NOSCRIPT` under `ErrorKind::Unknown`, with every other server
+/// error it does not name), and its own `Script::evalsha_with_reload`
+/// tests the same prefix.
 fn is_noscript(e: &RedisError) -> bool {
     e.details().starts_with("NOSCRIPT")
 }
@@ -939,7 +957,21 @@ async fn receive(shared: Arc<Shared>, mut messages: broadcast::Receiver<Message>
     }
 }
 
-/// (Re)subscribes to this node's channel on every (re)connection.
+/// (Re)subscribes to this node's channel on every (re)connection, and
+/// keeps `subscribed` true from then until the connection fails.
+///
+/// fred's `SubscriberClient::manage_subscriptions` resubscribes in a task
+/// of its own, but cannot stand in for this one: the bus must know when it
+/// is subscribed again (for `is_ready`, and for the self-ping of
+/// `Shared::beat`, which must not wait for a ping sent before the
+/// resubscription), and that task reports nothing, not even a failure (it
+/// only logs it); it also stops for good if its reconnect receiver ever
+/// lags. Calling fred's `resubscribe_all` here instead of `subscribe`
+/// gains nothing: it subscribes only what an earlier `subscribe` recorded
+/// (nothing on the first connection), and it sends a `PSUBSCRIBE` without
+/// patterns, which Redis refuses while fred answers `Ok`. And fred's
+/// `subscribe` returns once the command is written, not when Redis
+/// confirms it: only the self-ping proves that the subscription works.
 async fn watch_subscriber(
     shared: Arc<Shared>,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,

@@ -8,7 +8,7 @@
 //! Scripts build the keys of other nodes and users from prefixes passed in
 //! `ARGV`, so they need a standalone Redis (or Sentinel), not Redis Cluster.
 
-use fred::types::scripts::Script;
+use fred::{bytes_utils::Str, types::scripts::Script};
 
 /// Helpers shared by every script.
 const PRELUDE: &str = r#"
@@ -211,17 +211,21 @@ return 1
 "#;
 
 /// One script: its source and its SHA-1, for `EVALSHA`.
+///
+/// fred's [`Script`] computes the SHA-1 (fred's `sha-1` feature). Both are
+/// kept as fred's shared strings, which every `EVALSHA` and `SCRIPT LOAD`
+/// takes without a copy.
 #[derive(Debug)]
 pub(crate) struct Lua {
     pub(crate) name: &'static str,
-    pub(crate) source: String,
-    pub(crate) sha1: String,
+    pub(crate) source: Str,
+    pub(crate) sha1: Str,
 }
 
 impl Lua {
     fn new(name: &'static str, body: &str) -> Self {
-        let source = format!("{PRELUDE}{body}");
-        let sha1 = Script::from_lua(source.clone()).sha1().to_string();
+        let source = Str::from(format!("{PRELUDE}{body}"));
+        let sha1 = Script::from_lua(source.clone()).sha1().clone();
         Self { name, source, sha1 }
     }
 }
