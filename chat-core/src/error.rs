@@ -57,7 +57,7 @@ pub enum Error {
     },
 }
 
-/// The error codes of the wire protocol (PROTOCOL.md, "Error codes").
+/// The error codes of the wire protocol (`docs/protocol.md`, "Error codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]

@@ -19,13 +19,13 @@ use crate::{
     model::{ChatId, ChatView, Message, MessageId, Role, Timestamp, UserId},
 };
 
-/// An event from the server to a client (PROTOCOL.md, "Events").
+/// An event from the server to a client (`docs/protocol.md`, "Events").
 ///
 /// Serialized as `{"type": "<snake_case name>", "data": {...}}`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 #[non_exhaustive]
-#[allow(missing_docs)] // the fields are documented in PROTOCOL.md
+#[allow(missing_docs)] // the fields are documented in `docs/protocol.md`
 pub enum ServerEvent {
     /// A new message (also the system messages of membership changes).
     MessageReceived(Message),

@@ -13,7 +13,7 @@
 //!   bytes, push for offline users, who may talk to whom, and checks that
 //!   run before a message is stored.
 //!
-//! The [`protocol`] module is the wire language of PROTOCOL.md and its
+//! The [`protocol`] module is the wire language of `docs/protocol.md` and its
 //! dispatcher, so that every transport speaks it the same way.
 //!
 //! # Layout

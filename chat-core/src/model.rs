@@ -1,6 +1,6 @@
 //! The domain model: identifiers, chats, participants, messages, reports.
 //!
-//! These types are also the wire objects of PROTOCOL.md; their serde form is
+//! These types are also the wire objects of `docs/protocol.md`; their serde form is
 //! the contract, so field names here are never renamed.
 
 use std::{
@@ -122,7 +122,7 @@ fn valid_name_char(c: char) -> bool {
 /// The next ULID of this process: ids made within one millisecond (or
 /// after the clock stepped back) follow each other instead of being
 /// ordered by their random part, so that ids sort in the order they were
-/// made, as PROTOCOL.md promises ("time-ordered").
+/// made, as `docs/protocol.md` promises ("time-ordered").
 fn next_ulid() -> Ulid {
     static GENERATOR: Mutex<Generator> = Mutex::new(Generator::new());
     let mut generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());

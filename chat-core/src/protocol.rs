@@ -1,4 +1,4 @@
-//! The wire language of PROTOCOL.md: commands, events, error codes, and the
+//! The wire language of `docs/protocol.md`: commands, events, error codes, and the
 //! dispatcher that turns a command of an authenticated connection into
 //! engine calls.
 //!

@@ -1,4 +1,4 @@
-//! The HTTP API of PROTOCOL.md section 4. Every mutation goes through the
+//! The HTTP API of `docs/protocol.md` section 4. Every mutation goes through the
 //! engine, so it emits the same events as its WebSocket twin.
 
 use std::{collections::HashMap, str::FromStr, time::Duration};

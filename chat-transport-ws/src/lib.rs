@@ -4,7 +4,7 @@
 //! |---|---|
 //! | [`auth`] | JWT verification (one algorithm, `exp` required) |
 //! | `ws` | `GET /ws`: the upgrade, then socket glue around chat-core's [connection driver](chat_core::protocol::driver) |
-//! | `http` | the HTTP API of PROTOCOL.md section 4 |
+//! | `http` | the HTTP API of `docs/protocol.md` section 4 |
 //! | `server` | the accept loop of [`serve`]: header read timeout, graceful shutdown |
 //!
 //! Rate limits ([`limits`]) and metric names ([`metrics`]) are chat-core's,
@@ -115,7 +115,7 @@ impl AppState {
     }
 }
 
-/// The routes of PROTOCOL.md (`/ws`, the HTTP API under `/api/v1`,
+/// The routes of `docs/protocol.md` (`/ws`, the HTTP API under `/api/v1`,
 /// `/healthz`, `/metrics` and, in dev mode, `/dev/token`) as a router to
 /// nest in an application's own; see the [crate docs](crate#embedding).
 ///

@@ -49,7 +49,7 @@ pub(crate) async fn upgrade(
     // A token at upgrade is verified here, so that a user over the connect
     // rate limit is refused before the upgrade (429 `rate_limited` with
     // `Retry-After`). An invalid token is still refused after the upgrade,
-    // with `authentication_error` and 4001, as PROTOCOL.md says.
+    // with `authentication_error` and 4001, as `docs/protocol.md` says.
     let auth = match token.map(|token| app.driver.authenticate(&token)) {
         None => Auth::FirstFrame,
         Some(Err(e)) => Auth::Failed(e),

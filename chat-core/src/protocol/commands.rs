@@ -11,12 +11,12 @@ use crate::{
     model::{ChatId, Encryption, MessageId, Role, UserId},
 };
 
-/// A command from a client (PROTOCOL.md, "Commands"), parsed from
+/// A command from a client (`docs/protocol.md`, "Commands"), parsed from
 /// `{"type": "<name>", "id": "...", "data": {...}}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 #[non_exhaustive]
-#[allow(missing_docs)] // the fields are documented in PROTOCOL.md
+#[allow(missing_docs)] // the fields are documented in `docs/protocol.md`
 pub enum ClientCommand {
     /// Authenticate with a JWT (handled by the transport).
     Authenticate { token: String },

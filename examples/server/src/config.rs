@@ -97,6 +97,9 @@ struct FileConfig {
     /// A WebSocket that sends nothing, not even a pong, for this many
     /// seconds is closed with 1001 (default 75).
     idle_timeout_secs: Option<u64>,
+    /// An HTTP client that has not sent a request's whole header section
+    /// within this many seconds is disconnected (default 10).
+    header_read_timeout_secs: Option<u64>,
     /// With Redis: the prefix of the bus's keys (several clusters on one Redis).
     redis_key_prefix: Option<String>,
     rate_limits: Option<FileRateLimits>,
@@ -183,6 +186,7 @@ pub(crate) struct Settings {
     pub(crate) presence_ttl: Duration,
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) header_read_timeout: Option<Duration>,
     pub(crate) redis_key_prefix: Option<String>,
     pub(crate) rate_limits: RateLimits,
     pub(crate) engine: EngineConfig,
@@ -279,6 +283,7 @@ impl Settings {
             presence_ttl: secs(file.presence_ttl_secs).unwrap_or(Duration::from_secs(30)),
             ping_interval: secs(file.ping_interval_secs),
             idle_timeout: secs(file.idle_timeout_secs),
+            header_read_timeout: secs(file.header_read_timeout_secs),
             redis_key_prefix: file.redis_key_prefix,
             rate_limits: FileRateLimits::resolve(file.rate_limits.as_ref()),
             engine,

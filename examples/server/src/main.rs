@@ -2,7 +2,7 @@
 //!
 //! The standalone chat server: `chat-core` with the SQLite store and the
 //! local bus (one node), or PostgreSQL and Redis (many nodes), and the
-//! WebSocket/HTTP transport, speaking PROTOCOL.md.
+//! WebSocket/HTTP transport, speaking `docs/protocol.md`.
 
 mod config;
 
@@ -219,6 +219,9 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     ws.outgoing_queue = settings.outgoing_queue;
     ws.ping_interval = settings.ping_interval.unwrap_or(ws.ping_interval);
     ws.idle_timeout = settings.idle_timeout.unwrap_or(ws.idle_timeout);
+    ws.header_read_timeout = settings
+        .header_read_timeout
+        .unwrap_or(ws.header_read_timeout);
     ws.dev_token_secret =
         (settings.dev && settings.jwt_public_key.is_none()).then(|| secret.clone());
     ws.metrics = Some(Arc::new(move || metrics.render()));

@@ -303,3 +303,61 @@ async fn shutdown_delivers_the_ack_of_every_stored_message_before_1001() {
         "acked but lost"
     );
 }
+
+/// Writes `request` raw on a new TCP connection and reads what comes back
+/// until the server closes or `within` passes.
+async fn raw_exchange(server: &Server, request: &[u8], within: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connects");
+    tcp.write_all(request).await.expect("writes");
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(within, tcp.read_to_end(&mut answer))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn oversized_request_lines_and_headers_get_the_error_body() {
+    let server = Server::start().await;
+    let long_path = format!("/api/v1/chat/sessions?x={}", "a".repeat(9 * 1024));
+    let resp = server.http("GET", &long_path, None, None).await;
+    resp.expect_error(414, "too_large");
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nX-More: {}\r\n\r\n",
+        "b".repeat(20 * 1024),
+        "c".repeat(20 * 1024)
+    );
+    let (answer, _) = raw_exchange(&server, request.as_bytes(), WAIT).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains(r#""code":"too_large""#), "{answer}");
+    // Within the limits, the same request is served.
+    let (answer, _) = raw_exchange(
+        &server,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_client_that_trickles_its_headers_is_disconnected() {
+    let server = Server::with_config("header_read_timeout_secs = 1\n").await;
+    // Half a request line, then nothing: closed after the timeout, with
+    // nothing served.
+    let started = tokio::time::Instant::now();
+    let (answer, closed) = raw_exchange(
+        &server,
+        b"GET /healthz HTTP/1.1\r\nHost:",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(closed, "the server closed the connection");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(!answer.contains("200"), "{answer}");
+    // A prompt client is unaffected.
+    server.http("GET", "/healthz", None, None).await.expect(200);
+}
