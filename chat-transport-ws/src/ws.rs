@@ -15,7 +15,12 @@ use chat_core::{
     Error,
     protocol::{Auth, Inbound, Outbound},
 };
-use futures::{Sink, SinkExt, Stream, StreamExt, future::ready};
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures::{Sink, Stream, StreamExt, future::ready};
 use serde::Deserialize;
 
 use crate::{AppState, http::ApiError};
@@ -105,24 +110,52 @@ fn too_large(error: &axum::Error) -> bool {
         .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
-/// The socket as the driver writes it.
-fn outbound(
-    sink: impl Sink<Message, Error = axum::Error> + Send + Unpin + 'static,
-) -> impl Sink<Outbound, Error = axum::Error> + Send + Unpin + 'static {
-    sink.with(|outbound: Outbound| {
-        ready(match outbound {
+/// The socket as the driver writes it: each [`Outbound`] becomes one
+/// WebSocket message. A direct adapter rather than `SinkExt::with`, which
+/// would wrap every frame of the fan-out in a future of its own.
+fn outbound<S>(sink: S) -> WsSink<S>
+where
+    S: Sink<Message, Error = axum::Error> + Send + Unpin + 'static,
+{
+    WsSink(sink)
+}
+
+/// See [`outbound`].
+struct WsSink<S>(S);
+
+impl<S> Sink<Outbound> for WsSink<S>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    type Error = axum::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Outbound) -> Result<(), Self::Error> {
+        let message = match item {
             // Frames are made of serde_json's output: always UTF-8.
-            Outbound::Text(text) => Utf8Bytes::try_from(text)
-                .map(Message::Text)
-                .map_err(axum::Error::new),
-            Outbound::Ping => Ok(Message::Ping(Bytes::new())),
-            Outbound::Close(close) => Ok(Message::Close(Some(CloseFrame {
+            Outbound::Text(text) => {
+                Message::Text(Utf8Bytes::try_from(text).map_err(axum::Error::new)?)
+            }
+            Outbound::Ping => Message::Ping(Bytes::new()),
+            Outbound::Close(close) => Message::Close(Some(CloseFrame {
                 code: close.reason.code(),
                 reason: Utf8Bytes::from(close.message),
-            }))),
+            })),
             // A kind of output this transport does not know: nothing on the
             // wire is better than a wrong frame.
-            _ => Ok(Message::Pong(Bytes::new())),
-        })
-    })
+            _ => return Ok(()),
+        };
+        Pin::new(&mut self.0).start_send(message)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
 }

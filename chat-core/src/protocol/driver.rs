@@ -355,7 +355,7 @@ where
 
     /// Writes one frame straight to the sink (before the session exists).
     async fn write(&mut self, frame: Frame) -> bool {
-        let text = frame.encode(self.framing());
+        let text = frame.into_wire(self.framing());
         self.sink.send(Outbound::Text(text)).await.is_ok()
     }
 
@@ -676,7 +676,7 @@ where
     let mut fed = 0;
     while let Some(frame) = next.take() {
         if sink
-            .feed(Outbound::Text(frame.encode(framing)))
+            .feed(Outbound::Text(frame.into_wire(framing)))
             .await
             .is_err()
         {
