@@ -26,6 +26,7 @@
 //! | [`event`] | events and replies, encoded once, framed per transport |
 //! | [`hub`] | local fan-out to live connections |
 //! | [`store`], [`bus`], [`transport`], [`hooks`], [`media`] | the seams |
+//! | [`crypto`] | encryption at rest: keys, wrapping, sealing, epochs |
 //! | `testing` (feature `testing`) | conformance suites for adapters |
 //!
 //! # Example
@@ -51,6 +52,7 @@
 
 pub mod bus;
 pub mod clock;
+pub mod crypto;
 pub mod engine;
 mod error;
 pub mod event;
