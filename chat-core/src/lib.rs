@@ -27,6 +27,7 @@
 //! | [`hub`] | local fan-out to live connections |
 //! | [`store`], [`bus`], [`transport`], [`hooks`], [`media`] | the seams |
 //! | [`crypto`] | encryption at rest: keys, wrapping, sealing, epochs |
+//! | [`keystore`] | [`KeyStore`](keystore::KeyStore): wrapped user keys, apart from the [`Store`] |
 //! | `testing` (feature `testing`) | conformance suites for adapters |
 //!
 //! # Example
@@ -58,6 +59,7 @@ mod error;
 pub mod event;
 pub mod hooks;
 pub mod hub;
+pub mod keystore;
 pub mod limits;
 pub mod media;
 mod memory;
