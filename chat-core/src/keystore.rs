@@ -1,5 +1,5 @@
 //! The [`KeyStore`] trait: where wrapped user keys live, apart from the
-//! messages.
+//! messages; and the [`KeyCache`] of unwrapped keys.
 //!
 //! The key store is what makes erasure reach old copies of the message
 //! store: a user's [`UserKey`] exists only here (wrapped by the
@@ -22,8 +22,10 @@ use crate::{
     model::UserId,
 };
 
+mod cache;
 mod memory;
 
+pub use cache::KeyCache;
 pub use memory::MemoryKeyStore;
 
 /// Durable storage of wrapped user keys, and of the key check that tells

@@ -27,7 +27,7 @@
 //! | [`hub`] | local fan-out to live connections |
 //! | [`store`], [`bus`], [`transport`], [`hooks`], [`media`] | the seams |
 //! | [`crypto`] | encryption at rest: keys, wrapping, sealing, epochs |
-//! | [`keystore`] | [`KeyStore`](keystore::KeyStore): wrapped user keys, apart from the [`Store`] |
+//! | [`keystore`] | [`KeyStore`](keystore::KeyStore): wrapped user keys, apart from the [`Store`]; the key cache |
 //! | `testing` (feature `testing`) | conformance suites for adapters |
 //!
 //! # Example
