@@ -26,6 +26,8 @@
 //! | [`event`] | events and replies, encoded once, framed per transport |
 //! | [`hub`] | local fan-out to live connections |
 //! | [`store`], [`bus`], [`transport`], [`hooks`], [`media`] | the seams |
+//! | [`crypto`] | encryption at rest: keys, wrapping, sealing, epochs |
+//! | [`keystore`] | [`KeyStore`](keystore::KeyStore): wrapped user keys, apart from the [`Store`]; the key cache |
 //! | `testing` (feature `testing`) | conformance suites for adapters |
 //!
 //! # Example
@@ -51,11 +53,13 @@
 
 pub mod bus;
 pub mod clock;
+pub mod crypto;
 pub mod engine;
 mod error;
 pub mod event;
 pub mod hooks;
 pub mod hub;
+pub mod keystore;
 pub mod limits;
 pub mod media;
 mod memory;

@@ -30,6 +30,10 @@
 //!
 //! The in-memory store runs the same suite inside `chat-core`, which tests
 //! the suite itself.
+//!
+//! Likewise [`keystore_suite`] for the [`KeyStore`](crate::keystore::KeyStore)
+//! (with [`keystore_conformance_tests!`](crate::keystore_conformance_tests)
+//! and [`KeyStoreFixture`]) and [`bus_suite`] for the [`Bus`](crate::Bus).
 
 use std::{any::Any, fmt, future::Future, sync::Arc, time::Duration};
 
@@ -303,6 +307,13 @@ mod memory_store {
         assert!(weak.upgrade().is_none(), "the store is dropped after run");
     }
 }
+
+// --- KeyStore ----------------------------------------------------------------
+
+mod keystore;
+pub mod keystore_suite;
+
+pub use keystore::{IntoKeyStoreFixture, KeyStoreFixture};
 
 // --- Bus ---------------------------------------------------------------------
 
