@@ -17,9 +17,9 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 
 use crate::{
-    crypto::{CryptoError, KeyCheck, MasterKey, UserKey, WrappedUserKey},
+    crypto::{CryptoError, KeyCheck, KeyEpoch, MasterKey, UserKey, WrappedDataKey, WrappedUserKey},
     error::{Error, Result},
-    model::UserId,
+    model::{ChatId, Timestamp, UserId},
 };
 
 mod cache;
@@ -61,6 +61,13 @@ pub use memory::MemoryKeyStore;
 ///   `bytea`), strictly after `after`, at most `limit` of them.
 /// - **Byte-exact.** Records come back exactly as stored.
 /// - **Durability.** When a call returns `Ok`, its change is durable.
+/// - **Data keys** are one record per (chat, sender, epoch), written once
+///   ([`put_data_key_if_absent`](KeyStore::put_data_key_if_absent), with
+///   the same winner rule as user keys: two nodes starting the same epoch
+///   agree on one key). [`latest_data_key`](KeyStore::latest_data_key) is
+///   the one with the highest epoch. They are useless without their
+///   sender's user key, and [`delete_user_key`](KeyStore::delete_user_key)
+///   deletes the user's data keys with it.
 /// - **The key check** is one record per key store, with the same
 ///   put-if-absent and compare-and-swap rules as user keys.
 /// - Errors: a backend failure, or a stored record that is not a valid
@@ -120,8 +127,8 @@ pub trait KeyStore: Debug + Send + Sync + 'static {
         new: WrappedUserKey,
     ) -> Result<bool>;
 
-    /// Deletes `user`'s key for good (crypto-shredding); returns whether
-    /// there was one.
+    /// Deletes `user`'s key for good (crypto-shredding), and every data key
+    /// of which `user` is the sender; returns whether there was a user key.
     async fn delete_user_key(&self, user: &UserId) -> Result<bool>;
 
     /// Up to `limit` users with their keys, in ascending byte order of
@@ -132,6 +139,31 @@ pub trait KeyStore: Debug + Send + Sync + 'static {
         after: Option<&UserId>,
         limit: usize,
     ) -> Result<Vec<(UserId, WrappedUserKey)>>;
+
+    // --- data keys -------------------------------------------------------
+
+    /// Stores `record` as the data key of `sender` in `chat` for
+    /// `record.epoch` if there is none; returns the record stored after the
+    /// call (equal to `record` if this call stored it).
+    async fn put_data_key_if_absent(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        record: DataKeyRecord,
+    ) -> Result<DataKeyRecord>;
+
+    /// The data key of `sender` in `chat` for `epoch`, if any.
+    async fn get_data_key(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        epoch: KeyEpoch,
+    ) -> Result<Option<DataKeyRecord>>;
+
+    /// The data key of `sender` in `chat` with the highest epoch, if any:
+    /// where a node that just started continues.
+    async fn latest_data_key(&self, chat: ChatId, sender: &UserId)
+    -> Result<Option<DataKeyRecord>>;
 
     // --- the key check ---------------------------------------------------
 
@@ -145,6 +177,17 @@ pub trait KeyStore: Debug + Send + Sync + 'static {
     /// Replaces the check by `new` if it is `current`; returns whether it
     /// did.
     async fn replace_check(&self, current: &KeyCheck, new: KeyCheck) -> Result<bool>;
+}
+
+/// One wrapped data key, as the key store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataKeyRecord {
+    /// The epoch it seals.
+    pub epoch: KeyEpoch,
+    /// The key, wrapped by its sender's user key.
+    pub key: WrappedDataKey,
+    /// When the epoch began (for [`EpochPolicy`](crate::crypto::EpochPolicy)).
+    pub created_at: Timestamp,
 }
 
 /// What [`KeyStoreExt::rotate_master_key`] did.

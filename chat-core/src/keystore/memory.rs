@@ -10,11 +10,11 @@ use std::{
 
 use async_trait::async_trait;
 
-use super::KeyStore;
+use super::{DataKeyRecord, KeyStore};
 use crate::{
-    crypto::{KeyCheck, WrappedUserKey},
+    crypto::{KeyCheck, KeyEpoch, WrappedUserKey},
     error::Result,
-    model::UserId,
+    model::{ChatId, UserId},
 };
 
 /// A [`KeyStore`] that keeps everything in memory, behind one lock.
@@ -31,6 +31,9 @@ pub struct MemoryKeyStore {
 struct State {
     /// In `UserId` order, which is byte order: the order of listing.
     users: BTreeMap<UserId, WrappedUserKey>,
+    /// By (chat, sender, epoch): a chat's keys of one sender are adjacent,
+    /// in epoch order.
+    data_keys: BTreeMap<(ChatId, UserId, KeyEpoch), DataKeyRecord>,
     check: Option<KeyCheck>,
 }
 
@@ -83,7 +86,51 @@ impl KeyStore for MemoryKeyStore {
     async fn delete_user_key(&self, user: &UserId) -> Result<bool> {
         // The record holds ciphertext only; the key it wraps was never
         // here in the clear.
-        Ok(self.lock().users.remove(user).is_some())
+        let mut state = self.lock();
+        state.data_keys.retain(|(_, sender, _), _| sender != user);
+        Ok(state.users.remove(user).is_some())
+    }
+
+    async fn put_data_key_if_absent(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        record: DataKeyRecord,
+    ) -> Result<DataKeyRecord> {
+        Ok(self
+            .lock()
+            .data_keys
+            .entry((chat, sender.clone(), record.epoch))
+            .or_insert(record)
+            .clone())
+    }
+
+    async fn get_data_key(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        epoch: KeyEpoch,
+    ) -> Result<Option<DataKeyRecord>> {
+        Ok(self
+            .lock()
+            .data_keys
+            .get(&(chat, sender.clone(), epoch))
+            .cloned())
+    }
+
+    async fn latest_data_key(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+    ) -> Result<Option<DataKeyRecord>> {
+        let state = self.lock();
+        let from = (chat, sender.clone(), KeyEpoch::new(0));
+        Ok(state
+            .data_keys
+            .range(from..)
+            .take_while(|((c, s, _), _)| *c == chat && s == sender)
+            .last()
+            .map(|(_, record)| record.clone()))
     }
 
     async fn list_user_keys(

@@ -150,6 +150,9 @@ macro_rules! keystore_conformance_tests {
             concurrent_puts_store_one_key,
             concurrent_replaces_have_one_winner,
             concurrent_check_puts_store_one,
+            data_keys_are_written_once_per_epoch,
+            latest_data_key_is_the_highest_epoch_of_that_sender,
+            deleting_a_user_deletes_their_data_keys,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

@@ -10,10 +10,10 @@ use std::{fmt::Debug, sync::Arc};
 use tokio::sync::Barrier;
 
 use crate::{
-    crypto::{KeyCheck, MasterKey, UserKey, WrappedUserKey},
+    crypto::{DataKey, DataKeyScope, KeyCheck, KeyEpoch, MasterKey, UserKey, WrappedUserKey},
     error::Result,
-    keystore::KeyStore,
-    model::UserId,
+    keystore::{DataKeyRecord, KeyStore},
+    model::{ChatId, Timestamp, UserId},
 };
 
 crate::keystore_conformance_tests!(@list names);
@@ -514,4 +514,136 @@ pub async fn concurrent_check_puts_store_one(store: Arc<dyn KeyStore>) {
             "every racer gets the one stored check",
         );
     }
+}
+
+// --- data keys -----------------------------------------------------------
+
+/// A fresh data key record of `sender` in `chat` for `epoch`.
+fn data_key(chat: ChatId, sender: &UserId, epoch: u32, at: i64) -> DataKeyRecord {
+    let epoch = KeyEpoch::new(epoch);
+    let scope = DataKeyScope::new(chat, sender.clone(), epoch);
+    let key = UserKey::generate()
+        .and_then(|user_key| user_key.wrap_data_key(&scope, &DataKey::generate()?))
+        .unwrap_or_else(|e| panic!("wrap a data key: {e}"));
+    DataKeyRecord {
+        epoch,
+        key,
+        created_at: Timestamp::from_millis(at),
+    }
+}
+
+/// A data key is written once per (chat, sender, epoch): the first record
+/// wins, byte for byte, and reads return it.
+pub async fn data_keys_are_written_once_per_epoch(store: Arc<dyn KeyStore>) {
+    let (chat, ann) = (ChatId::new(), user("ann"));
+    let first = data_key(chat, &ann, 1, 1_000);
+    let won = ok(
+        store
+            .put_data_key_if_absent(chat, &ann, first.clone())
+            .await,
+        "put_data_key_if_absent",
+    );
+    same(
+        won,
+        first.clone(),
+        "the first data key of an epoch is stored",
+    );
+    let second = data_key(chat, &ann, 1, 2_000);
+    let kept = ok(
+        store.put_data_key_if_absent(chat, &ann, second).await,
+        "put_data_key_if_absent",
+    );
+    same(
+        kept,
+        first.clone(),
+        "a second key for the same epoch returns the first",
+    );
+    let read = ok(
+        store.get_data_key(chat, &ann, KeyEpoch::new(1)).await,
+        "get_data_key",
+    );
+    same(read, Some(first), "the stored record reads back byte-exact");
+    let other_epoch = ok(
+        store.get_data_key(chat, &ann, KeyEpoch::new(2)).await,
+        "get_data_key",
+    );
+    same(other_epoch, None, "another epoch has no key yet");
+    let other_chat = ok(
+        store
+            .get_data_key(ChatId::new(), &ann, KeyEpoch::new(1))
+            .await,
+        "get_data_key",
+    );
+    same(other_chat, None, "keys are per chat");
+}
+
+/// The latest data key of a sender in a chat is the one with the highest
+/// epoch, whatever order they were written in; other senders and chats do
+/// not count.
+pub async fn latest_data_key_is_the_highest_epoch_of_that_sender(store: Arc<dyn KeyStore>) {
+    let (chat, ann, bob) = (ChatId::new(), user("ann"), user("bob"));
+    let none = ok(store.latest_data_key(chat, &ann).await, "latest_data_key");
+    same(none, None, "no key before the first epoch");
+    for epoch in [2, 10, 1] {
+        let record = data_key(chat, &ann, epoch, i64::from(epoch) * 1_000);
+        ok(
+            store.put_data_key_if_absent(chat, &ann, record).await,
+            "put_data_key_if_absent",
+        );
+    }
+    ok(
+        store
+            .put_data_key_if_absent(chat, &bob, data_key(chat, &bob, 99, 5))
+            .await,
+        "put_data_key_if_absent",
+    );
+    let other_chat = ChatId::new();
+    ok(
+        store
+            .put_data_key_if_absent(other_chat, &ann, data_key(other_chat, &ann, 50, 5))
+            .await,
+        "put_data_key_if_absent",
+    );
+    let latest = ok(store.latest_data_key(chat, &ann).await, "latest_data_key")
+        .unwrap_or_else(|| panic!("ann has data keys in the chat"));
+    same(
+        latest.epoch,
+        KeyEpoch::new(10),
+        "the highest epoch (not the last written)",
+    );
+    same(
+        latest.created_at,
+        Timestamp::from_millis(10_000),
+        "with its own start time",
+    );
+}
+
+/// Shredding a user deletes the data keys they sent under, and only those.
+pub async fn deleting_a_user_deletes_their_data_keys(store: Arc<dyn KeyStore>) {
+    let records = Records::new();
+    let (chat, ann, bob) = (ChatId::new(), user("ann"), user("bob"));
+    put(&store, &ann, &records.key(&ann)).await;
+    for (sender, epoch) in [(&ann, 1), (&ann, 2), (&bob, 1)] {
+        ok(
+            store
+                .put_data_key_if_absent(chat, sender, data_key(chat, sender, epoch, 1))
+                .await,
+            "put_data_key_if_absent",
+        );
+    }
+    assert!(ok(store.delete_user_key(&ann).await, "delete_user_key"));
+    for epoch in [1, 2] {
+        let gone = ok(
+            store.get_data_key(chat, &ann, KeyEpoch::new(epoch)).await,
+            "get_data_key",
+        );
+        same(gone, None, "the erased user's data keys are gone");
+    }
+    let latest = ok(store.latest_data_key(chat, &ann).await, "latest_data_key");
+    same(latest, None, "no latest key either");
+    let kept = ok(
+        store.get_data_key(chat, &bob, KeyEpoch::new(1)).await,
+        "get_data_key",
+    );
+    assert!(kept.is_some(), "other senders' keys stay");
 }
