@@ -23,9 +23,11 @@ use crate::{
 };
 
 mod cache;
+mod keyring;
 mod memory;
 
 pub use cache::KeyCache;
+pub use keyring::{Keyring, KeyringConfig, Opened};
 pub use memory::MemoryKeyStore;
 
 /// Durable storage of wrapped user keys, and of the key check that tells
@@ -67,7 +69,9 @@ pub use memory::MemoryKeyStore;
 ///   agree on one key). [`latest_data_key`](KeyStore::latest_data_key) is
 ///   the one with the highest epoch. They are useless without their
 ///   sender's user key, and [`delete_user_key`](KeyStore::delete_user_key)
-///   deletes the user's data keys with it.
+///   leaves them: the epochs they record keep a sender who is erased and
+///   comes back from ever sealing again under an epoch number that old
+///   content used.
 /// - **The key check** is one record per key store, with the same
 ///   put-if-absent and compare-and-swap rules as user keys.
 /// - Errors: a backend failure, or a stored record that is not a valid
@@ -127,8 +131,8 @@ pub trait KeyStore: Debug + Send + Sync + 'static {
         new: WrappedUserKey,
     ) -> Result<bool>;
 
-    /// Deletes `user`'s key for good (crypto-shredding), and every data key
-    /// of which `user` is the sender; returns whether there was a user key.
+    /// Deletes `user`'s key for good (crypto-shredding); returns whether
+    /// there was one. The user's data keys stay (see the contract).
     async fn delete_user_key(&self, user: &UserId) -> Result<bool>;
 
     /// Up to `limit` users with their keys, in ascending byte order of

@@ -86,9 +86,7 @@ impl KeyStore for MemoryKeyStore {
     async fn delete_user_key(&self, user: &UserId) -> Result<bool> {
         // The record holds ciphertext only; the key it wraps was never
         // here in the clear.
-        let mut state = self.lock();
-        state.data_keys.retain(|(_, sender, _), _| sender != user);
-        Ok(state.users.remove(user).is_some())
+        Ok(self.lock().users.remove(user).is_some())
     }
 
     async fn put_data_key_if_absent(

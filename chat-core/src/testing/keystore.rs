@@ -152,7 +152,7 @@ macro_rules! keystore_conformance_tests {
             concurrent_check_puts_store_one,
             data_keys_are_written_once_per_epoch,
             latest_data_key_is_the_highest_epoch_of_that_sender,
-            deleting_a_user_deletes_their_data_keys,
+            data_keys_outlive_their_user_key,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

@@ -1,0 +1,318 @@
+//! [`Keyring`]: sealing and opening message bodies with the keys of a
+//! [`KeyStore`], as the engine will for chats encrypted at rest.
+//!
+//! It holds the master key, caches unwrapped user and data keys (bounded),
+//! and decides the epoch each (chat, sender) seals in: a new data key after
+//! [`EpochPolicy::max_messages`] bodies or [`EpochPolicy::max_age`], old
+//! epochs still open. Reading never makes a key: a sender whose user key
+//! was shredded reads as [`Opened::Erased`].
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex},
+};
+
+use zeroize::Zeroizing;
+
+use super::{DataKeyRecord, KeyCache, KeyStore, KeyStoreExt};
+use crate::{
+    clock::Clock,
+    crypto::{
+        Aad, CryptoError, DataKey, DataKeyScope, EpochPolicy, KeyEpoch, MasterKey, UserKey,
+        sealed_epoch,
+    },
+    error::{Error, Result},
+    model::{ChatId, MessageId, Timestamp, UserId},
+};
+
+/// How a [`Keyring`] rotates and caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyringConfig {
+    /// When a (chat, sender) starts a new epoch.
+    pub epochs: EpochPolicy,
+    /// Unwrapped keys kept in memory, of each kind (user keys, data keys).
+    pub cached_keys: usize,
+}
+
+impl Default for KeyringConfig {
+    fn default() -> Self {
+        Self {
+            epochs: EpochPolicy::default(),
+            cached_keys: 10_000,
+        }
+    }
+}
+
+/// What opening a sealed body gave.
+pub enum Opened {
+    /// The text.
+    Text(Zeroizing<String>),
+    /// The sender was erased: their user key is gone, and with it every
+    /// way to read what they sent. Shown as a placeholder, not an error.
+    Erased,
+}
+
+impl fmt::Debug for Opened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the text.
+        match self {
+            Self::Text(_) => f.write_str("Text(..)"),
+            Self::Erased => f.write_str("Erased"),
+        }
+    }
+}
+
+/// Where one (chat, sender) seals now.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    epoch: KeyEpoch,
+    /// Bodies sealed in this epoch by this node since it started (a node
+    /// that restarts counts from zero; the age bound still holds).
+    sealed: u64,
+    started_at: Timestamp,
+}
+
+/// Seals and opens message bodies; see the [module docs](self).
+pub struct Keyring {
+    master: MasterKey,
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    config: KeyringConfig,
+    user_keys: KeyCache<UserId, UserKey>,
+    data_keys: KeyCache<DataKeyScope, DataKey>,
+    current: Mutex<HashMap<(ChatId, UserId), Current>>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("master", &self.master)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    /// A keyring over `store` with `master`; fails, changing nothing, if
+    /// `master` is not the key `store` was sealed with.
+    pub async fn new(
+        master: MasterKey,
+        store: Arc<dyn KeyStore>,
+        clock: Arc<dyn Clock>,
+        config: KeyringConfig,
+    ) -> Result<Self> {
+        store.verify_master_key(&master).await?;
+        Ok(Self {
+            master,
+            store,
+            clock,
+            user_keys: KeyCache::new(config.cached_keys),
+            data_keys: KeyCache::new(config.cached_keys),
+            config,
+            current: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Seals the body of `message`, sent by `sender` in `chat`.
+    pub async fn seal_body(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        message: MessageId,
+        text: &str,
+    ) -> Result<Vec<u8>> {
+        let (scope, key) = self.sealing_key(chat, sender).await?;
+        Ok(key.seal(&Aad::body(&scope, message), text.as_bytes())?)
+    }
+
+    /// Opens the body of `message`, sealed by [`Keyring::seal_body`].
+    /// Altered content, or content moved from another message, chat or
+    /// sender, is an error; an erased sender is [`Opened::Erased`].
+    pub async fn open_body(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        message: MessageId,
+        sealed: &[u8],
+    ) -> Result<Opened> {
+        let scope = DataKeyScope::new(chat, sender.clone(), sealed_epoch(sealed)?);
+        let Some(key) = self.opening_key(&scope).await? else {
+            return Ok(Opened::Erased);
+        };
+        Ok(Opened::Text(
+            key.open_text(&Aad::body(&scope, message), sealed)?,
+        ))
+    }
+
+    /// Crypto-shredding: destroys `user`'s key in the key store and forgets
+    /// every key of theirs this node holds. Returns whether there was one.
+    ///
+    /// Other nodes keep what they cached until it is evicted; a cluster
+    /// must tell them (the erasure endpoint does, over the bus).
+    pub async fn erase_user(&self, user: &UserId) -> Result<bool> {
+        let existed = self.store.delete_user_key(user).await?;
+        self.forget_user(user);
+        Ok(existed)
+    }
+
+    /// Forgets every key of `user` held in memory (after an erasure on
+    /// another node).
+    pub fn forget_user(&self, user: &UserId) {
+        self.user_keys.remove(user);
+        self.data_keys.remove_where(|scope| scope.sender == *user);
+        self.lock().retain(|(_, sender), _| sender != user);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(ChatId, UserId), Current>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The data key `sender` seals with in `chat` now, starting a new epoch
+    /// when the policy says so.
+    async fn sealing_key(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+    ) -> Result<(DataKeyScope, Arc<DataKey>)> {
+        let now = self.clock.now();
+        let slot = (chat, sender.clone());
+        let known = self.lock().get(&slot).copied();
+        let current = match known {
+            Some(current) => Some(current),
+            None => self
+                .store
+                .latest_data_key(chat, sender)
+                .await?
+                .map(|record| Current {
+                    epoch: record.epoch,
+                    sealed: 0,
+                    started_at: record.created_at,
+                }),
+        };
+        let due = current.is_none_or(|c| self.config.epochs.is_due(c.sealed, c.started_at, now));
+        let (scope, key, started_at) = match current {
+            Some(c) if !due => {
+                let scope = DataKeyScope::new(chat, sender.clone(), c.epoch);
+                match self.opening_key(&scope).await {
+                    Ok(Some(key)) => (scope, key, c.started_at),
+                    // Wrapped by a user key that is gone (the sender was
+                    // erased and came back): never seal under that epoch
+                    // again, start the next one.
+                    Ok(None) | Err(Error::Backend { .. }) => {
+                        self.start_epoch(chat, sender, current, now).await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => self.start_epoch(chat, sender, current, now).await?,
+        };
+        let mut map = self.lock();
+        // Bounded like the key caches: one entry per active (chat, sender).
+        if map.len() >= self.config.cached_keys && !map.contains_key(&slot) {
+            map.clear();
+        }
+        let entry = map.entry(slot).or_insert(Current {
+            epoch: scope.epoch,
+            sealed: 0,
+            started_at,
+        });
+        if entry.epoch != scope.epoch {
+            *entry = Current {
+                epoch: scope.epoch,
+                sealed: 0,
+                started_at,
+            };
+        }
+        entry.sealed += 1;
+        Ok((scope, key))
+    }
+
+    /// Makes the data key of the epoch after `current` (the first if none)
+    /// and stores it; if another node stored one for that epoch first,
+    /// uses that one.
+    async fn start_epoch(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        current: Option<Current>,
+        now: Timestamp,
+    ) -> Result<(DataKeyScope, Arc<DataKey>, Timestamp)> {
+        let epoch = match current {
+            None => KeyEpoch::FIRST,
+            Some(c) => c
+                .epoch
+                .next()
+                .ok_or_else(|| Error::backend("data key epochs exhausted"))?,
+        };
+        let scope = DataKeyScope::new(chat, sender.clone(), epoch);
+        let user_key = self.user_key_for_writing(sender).await?;
+        let key = DataKey::generate()?;
+        let ours = DataKeyRecord {
+            epoch,
+            key: user_key.wrap_data_key(&scope, &key)?,
+            created_at: now,
+        };
+        let stored = self
+            .store
+            .put_data_key_if_absent(chat, sender, ours.clone())
+            .await?;
+        let key = if stored == ours {
+            key
+        } else {
+            user_key.unwrap_data_key(&scope, &stored.key)?
+        };
+        let key = self.data_keys.insert(scope.clone(), key);
+        Ok((scope, key, stored.created_at))
+    }
+
+    /// The unwrapped data key of `scope`; `None` if its sender's user key
+    /// is gone (erased) or is not the one that wrapped it.
+    async fn opening_key(&self, scope: &DataKeyScope) -> Result<Option<Arc<DataKey>>> {
+        if let Some(key) = self.data_keys.get(scope) {
+            return Ok(Some(key));
+        }
+        let Some(record) = self
+            .store
+            .get_data_key(scope.chat, &scope.sender, scope.epoch)
+            .await?
+        else {
+            return Err(Error::backend(format!(
+                "no data key for epoch {} of this sender in this chat",
+                scope.epoch
+            )));
+        };
+        let Some(user_key) = self.user_key_for_reading(&scope.sender).await? else {
+            return Ok(None);
+        };
+        match user_key.unwrap_data_key(scope, &record.key) {
+            Ok(key) => Ok(Some(self.data_keys.insert(scope.clone(), key))),
+            Err(CryptoError::KeyMismatch { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `user`'s key, made on first use.
+    async fn user_key_for_writing(&self, user: &UserId) -> Result<Arc<UserKey>> {
+        if let Some(key) = self.user_keys.get(user) {
+            return Ok(key);
+        }
+        let key = self.store.user_key(&self.master, user).await?;
+        Ok(self.user_keys.insert(user.clone(), key))
+    }
+
+    /// `user`'s key if they have one; never makes one.
+    async fn user_key_for_reading(&self, user: &UserId) -> Result<Option<Arc<UserKey>>> {
+        if let Some(key) = self.user_keys.get(user) {
+            return Ok(Some(key));
+        }
+        let Some(wrapped) = self.store.get_user_key(user).await? else {
+            return Ok(None);
+        };
+        let key = self.master.unwrap_user_key(user, &wrapped)?;
+        Ok(Some(self.user_keys.insert(user.clone(), key)))
+    }
+}
+
+#[cfg(test)]
+mod tests;
