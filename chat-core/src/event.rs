@@ -492,6 +492,7 @@ mod tests {
             deleted: false,
             reactions,
             system: None,
+            unreadable: None,
         }
     }
 

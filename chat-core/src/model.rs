@@ -698,6 +698,23 @@ pub struct Message {
     /// For `system` messages: what happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<SystemEvent>,
+    /// Set (and `content` `None`) when the stored content cannot be read
+    /// back: its sender was erased, or it was damaged. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<Unreadable>,
+}
+
+/// Why a message's content cannot be read (see [`Message::unreadable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Unreadable {
+    /// Its sender was erased: the key that sealed it is destroyed, on
+    /// purpose, everywhere (crypto-shredding).
+    Erased,
+    /// The stored bytes do not decrypt (altered or corrupted storage): an
+    /// error for this message alone, logged on the server.
+    Damaged,
 }
 
 /// What a user lets others see about them (`set_privacy`).

@@ -642,6 +642,7 @@ impl NewMessage {
             deleted: false,
             reactions: Default::default(),
             system: self.system,
+            unreadable: None,
         }
     }
 }

@@ -258,6 +258,7 @@ impl MessageRow {
             deleted: self.deleted,
             reactions,
             system: json(self.system.as_deref())?,
+            unreadable: None,
         })
     }
 }

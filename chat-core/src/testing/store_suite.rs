@@ -190,6 +190,7 @@ fn stored(new: &NewMessage, seq: u64) -> Message {
         deleted: false,
         reactions: Reactions::new(),
         system: new.system.clone(),
+        unreadable: None,
     }
 }
 

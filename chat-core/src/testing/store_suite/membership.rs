@@ -41,6 +41,7 @@ pub async fn add_participant_records_system_message(store: Arc<dyn Store>) {
             deleted: false,
             reactions: Reactions::new(),
             system: change.system_event(),
+            unreadable: None,
         },
         "the system message must record ParticipantAdded with the next seq"
     );
