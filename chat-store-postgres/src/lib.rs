@@ -45,7 +45,17 @@
 //! | `batch` | `apply`: the transaction, savepoints, bulk posts |
 //! | `write` | the changes and the other writes |
 //! | `read` | queries and row mapping |
+//! | `keystore` | [`PostgresKeyStore`], the key store in a schema of its own |
 //! | `error` | [`Error`] and its conversion into [`chat_core::Error`] |
+//!
+//! # Key store
+//!
+//! [`PostgresKeyStore`] implements [`chat_core::keystore::KeyStore`] in a
+//! schema of its own (`chat_keys` by default), created at connect, in the
+//! database its URL names: point it at a database other than the message
+//! store's, backed up separately, so that erasing a user's key reaches
+//! old backups of the messages. See its docs for how deletions are
+//! vacuumed and what that cannot reach.
 //!
 //! # Example
 //!
@@ -101,6 +111,7 @@
 
 mod batch;
 mod error;
+mod keystore;
 mod read;
 mod write;
 
@@ -120,6 +131,7 @@ use sqlx::{
 
 pub use batch::BatchStats;
 pub use error::Error;
+pub use keystore::{KEYSTORE_SCHEMA_VERSION, PostgresKeyStore, PostgresKeyStoreConfig};
 pub use sqlx;
 
 /// The migrations of this crate (`migrations/`), embedded at build time.

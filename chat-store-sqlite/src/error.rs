@@ -48,6 +48,16 @@ pub enum Error {
         /// The newest version this build can migrate to.
         known: i64,
     },
+    /// The file opened as a key store is another database (most likely the
+    /// message database): user keys must live in a file of their own.
+    #[error(
+        "this file is not a key store (application_id {application_id:#x}); the key store \
+         must be a SQLite file of its own, not the message database"
+    )]
+    NotAKeyStore {
+        /// `PRAGMA application_id` of the file.
+        application_id: i32,
+    },
     /// The write was abandoned: the store was closed, or its writer thread
     /// failed (a panic while running this write, which was rolled back).
     #[error("the store is closed or its writer failed")]

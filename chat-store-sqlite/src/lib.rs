@@ -50,7 +50,16 @@
 //! | `writer` | the writer thread and its group commit |
 //! | `write` | write operations, run by the writer |
 //! | `readers`, `read` | the read pool and the queries |
+//! | `keystore` | [`SqliteKeyStore`], the key store in a file of its own |
 //! | `error` | [`Error`] and its conversion into [`chat_core::Error`] |
+//!
+//! # Key store
+//!
+//! [`SqliteKeyStore`] implements [`chat_core::keystore::KeyStore`] in a
+//! second SQLite file (by default beside the message database): the
+//! wrapped user keys that crypto-shredding deletes must never sit in the
+//! message database or its backups. See its docs for durability and how
+//! deletions leave no copy in the file or its WAL.
 //!
 //! # Example
 //!
@@ -105,6 +114,7 @@
 //! ```
 
 mod error;
+mod keystore;
 mod prepared;
 mod read;
 mod readers;
@@ -128,6 +138,7 @@ use chat_core::{
 use rusqlite::{Connection, OpenFlags};
 
 pub use error::Error;
+pub use keystore::{KEYSTORE_SCHEMA_VERSION, SqliteKeyStore};
 pub use rusqlite;
 pub use schema::SCHEMA_VERSION;
 pub use writer::CommitStats;

@@ -1,6 +1,6 @@
 //! Versioned migrations, tracked in `PRAGMA user_version`.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::Error;
 
@@ -193,22 +193,35 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
     migrated
 }
 
-fn migrate_unchecked(conn: &mut Connection) -> Result<(), Error> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// Runs the `migrations` that `tx`'s database (at `user_version`) lacks;
+/// returns whether it ran any. The caller checks the result and sets
+/// `user_version` to `migrations.len()` before it commits. `what` names
+/// the database in logs. Shared by the message database and the key store.
+pub(crate) fn apply_migrations(
+    tx: &Transaction<'_>,
+    migrations: &[&str],
+    what: &str,
+) -> Result<bool, Error> {
+    let known = i64::try_from(migrations.len()).unwrap_or(i64::MAX);
     let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if found > SCHEMA_VERSION {
-        return Err(Error::SchemaTooNew {
-            found,
-            known: SCHEMA_VERSION,
-        });
+    if found > known {
+        return Err(Error::SchemaTooNew { found, known });
     }
-    if found == SCHEMA_VERSION {
-        return Ok(());
+    if found == known {
+        return Ok(false);
     }
     let applied = usize::try_from(found).unwrap_or(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        tracing::info!(version = i + 1, "applying SQLite migration");
+    for (i, sql) in migrations.iter().enumerate().skip(applied) {
+        tracing::info!(version = i + 1, "applying {what} migration");
         tx.execute_batch(sql)?;
+    }
+    Ok(true)
+}
+
+fn migrate_unchecked(conn: &mut Connection) -> Result<(), Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if !apply_migrations(&tx, MIGRATIONS, "SQLite")? {
+        return Ok(());
     }
     let broken: Option<String> = tx
         .prepare("PRAGMA foreign_key_check")?

@@ -98,6 +98,23 @@ impl TestDb {
     /// Creates a fresh, migrated database; `None` if the test is to be
     /// skipped because PostgreSQL is unreachable.
     pub async fn create() -> Option<TestDb> {
+        let db = Self::create_empty().await?;
+        // Migrate through a store of its own, as a deploy step would.
+        let store = PostgresStore::connect_with(&db.url, small_pool())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", redacted(&db.url)));
+        store
+            .migrate()
+            .await
+            .unwrap_or_else(|e| panic!("migrate {}: {e}", redacted(&db.url)));
+        store.close().await;
+        Some(db)
+    }
+
+    /// Creates a fresh, empty database (no message store schema: for the
+    /// key store, which makes its own); `None` if the test is to be
+    /// skipped because PostgreSQL is unreachable.
+    pub async fn create_empty() -> Option<TestDb> {
         let admin_url = admin_url();
         let shown = redacted(&admin_url);
         let mut admin = match connect_admin(&admin_url).await {
@@ -123,21 +140,11 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name} at {shown}: {e}"));
         let _ = admin.close().await;
-        let db = TestDb {
+        Some(TestDb {
             url: with_database(&admin_url, &name),
             name,
             admin_url,
-        };
-        // Migrate through a store of its own, as a deploy step would.
-        let store = PostgresStore::connect_with(&db.url, small_pool())
-            .await
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", redacted(&db.url)));
-        store
-            .migrate()
-            .await
-            .unwrap_or_else(|e| panic!("migrate {}: {e}", redacted(&db.url)));
-        store.close().await;
-        Some(db)
+        })
     }
 
     /// A store (a "node") on this database.
