@@ -38,7 +38,7 @@ const MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL,
         PRIMARY KEY (chat_id, sender, epoch)
     );
-    -- delete_user_key deletes a sender's data keys in every chat.
+    -- A sender's data keys in every chat (erasure, audits).
     CREATE INDEX data_keys_by_sender ON {s}.data_keys (sender);
     CREATE TABLE {s}.key_check (
         id      INTEGER PRIMARY KEY CHECK (id = 1),
@@ -325,31 +325,27 @@ impl PostgresKeyStore {
     }
 
     async fn delete_user_key_(&self, user: &UserId) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
-        let data_keys = sqlx::query(self.sql("DELETE FROM {s}.data_keys WHERE sender = $1"))
-            .bind(user.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        // The user's data keys stay (the KeyStore contract): useless
+        // without this key, they keep the user's epochs from being reused
+        // should the id come back.
         let user_keys = sqlx::query(self.sql("DELETE FROM {s}.user_keys WHERE user_id = $1"))
             .bind(user.as_str())
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?
             .rows_affected();
-        tx.commit().await?;
-        if data_keys + user_keys > 0 {
+        if user_keys > 0 {
             self.vacuum().await;
         }
         Ok(user_keys == 1)
     }
 
-    /// Vacuums both key tables after a deletion; best effort (the deletion
+    /// Vacuums the user key table after a deletion; best effort (the deletion
     /// is committed already), a failure is logged.
     async fn vacuum(&self) {
         let sql = if self.config.vacuum_full {
-            "VACUUM FULL {s}.user_keys, {s}.data_keys"
+            "VACUUM FULL {s}.user_keys"
         } else {
-            "VACUUM {s}.user_keys, {s}.data_keys"
+            "VACUUM {s}.user_keys"
         };
         // The simple query protocol: VACUUM cannot run in the implicit
         // transaction of an extended-protocol statement.

@@ -51,7 +51,7 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         PRIMARY KEY (chat_id, sender, epoch)
     ) STRICT, WITHOUT ROWID;
-    -- delete_user_key deletes a sender's data keys in every chat.
+    -- A sender's data keys in every chat (erasure, audits).
     CREATE INDEX data_keys_by_sender ON data_keys (sender);
 
     -- One row at most.
@@ -314,15 +314,13 @@ impl KeyStore for SqliteKeyStore {
     async fn delete_user_key(&self, user: &UserId) -> chat_core::Result<bool> {
         let user = user.clone();
         self.run("delete_user_key", move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let data_keys = tx
-                .prepare_cached("DELETE FROM data_keys WHERE sender = ?1")?
-                .execute([user.as_str()])?;
-            let user_keys = tx
+            // The user's data keys stay (the KeyStore contract): useless
+            // without this key, they keep the user's epochs from being
+            // reused should the id come back.
+            let user_keys = conn
                 .prepare_cached("DELETE FROM user_keys WHERE user_id = ?1")?
                 .execute([user.as_str()])?;
-            tx.commit()?;
-            if data_keys + user_keys > 0 {
+            if user_keys > 0 {
                 checkpoint_truncate(conn)?;
             }
             Ok(user_keys == 1)
