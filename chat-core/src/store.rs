@@ -13,7 +13,10 @@ use crate::{
     },
 };
 
+mod encrypted;
 pub mod rows;
+
+pub use encrypted::EncryptedStore;
 
 /// Durable state: chats, participants, messages, receipts, blocks, reports,
 /// media records and what the engine keeps about users.

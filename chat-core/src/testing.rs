@@ -308,6 +308,38 @@ mod memory_store {
     }
 }
 
+/// The same suite through [`EncryptedStore`](crate::store::EncryptedStore):
+/// sealing and opening is invisible to every rule of the contract.
+#[cfg(test)]
+mod encrypted_memory_store {
+    use std::sync::Arc;
+
+    use super::Fixture;
+    use crate::{
+        MemoryStore,
+        clock::SystemClock,
+        crypto::MasterKey,
+        keystore::{Keyring, KeyringConfig, MemoryKeyStore},
+        store::EncryptedStore,
+    };
+
+    async fn setup() -> Fixture {
+        let master = MasterKey::generate().unwrap_or_else(|e| panic!("master key: {e}"));
+        let keyring = Keyring::new(
+            master,
+            Arc::new(MemoryKeyStore::new()),
+            Arc::new(SystemClock),
+            KeyringConfig::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("keyring: {e}"));
+        let store = EncryptedStore::new(Arc::new(MemoryStore::new()), Arc::new(keyring));
+        Fixture::new(Arc::new(store))
+    }
+
+    crate::store_conformance_tests!(setup);
+}
+
 // --- KeyStore ----------------------------------------------------------------
 
 mod keystore;

@@ -51,6 +51,10 @@ pub enum Opened {
     /// The sender was erased: their user key is gone, and with it every
     /// way to read what they sent. Shown as a placeholder, not an error.
     Erased,
+    /// The sealed bytes do not open (altered, truncated, moved from another
+    /// message, or their data key is missing): an error for this content
+    /// alone, logged here.
+    Damaged,
 }
 
 impl fmt::Debug for Opened {
@@ -59,8 +63,18 @@ impl fmt::Debug for Opened {
         match self {
             Self::Text(_) => f.write_str("Text(..)"),
             Self::Erased => f.write_str("Erased"),
+            Self::Damaged => f.write_str("Damaged"),
         }
     }
+}
+
+/// What [`Keyring::opening_key`] found.
+enum Opening {
+    Key(Arc<DataKey>),
+    /// The sender's user key is gone, or is not the one that wrapped it.
+    Erased,
+    /// The data key is missing or does not unwrap.
+    Damaged(String),
 }
 
 /// Where one (chat, sender) seals now.
@@ -122,13 +136,28 @@ impl Keyring {
         message: MessageId,
         text: &str,
     ) -> Result<Vec<u8>> {
-        let (scope, key) = self.sealing_key(chat, sender).await?;
-        Ok(key.seal(&Aad::body(&scope, message), text.as_bytes())?)
+        self.seal(Aad::body, chat, sender, message, text).await
     }
 
-    /// Opens the body of `message`, sealed by [`Keyring::seal_body`].
-    /// Altered content, or content moved from another message, chat or
-    /// sender, is an error; an erased sender is [`Opened::Erased`].
+    /// Seals a report's copy of `message` (sent by `sender` in `chat`), as
+    /// evidence that outlives an edit or deletion of the message but not
+    /// the erasure of its sender.
+    pub async fn seal_snapshot(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        message: MessageId,
+        text: &str,
+    ) -> Result<Vec<u8>> {
+        self.seal(Aad::report_snapshot, chat, sender, message, text)
+            .await
+    }
+
+    /// Opens the body of `message`, sealed by [`Keyring::seal_body`]: the
+    /// text, [`Opened::Erased`] for an erased sender, [`Opened::Damaged`]
+    /// for content that does not open as this message's body (altered, or
+    /// moved from another message, chat or sender). An error only when the
+    /// key store cannot be read.
     pub async fn open_body(
         &self,
         chat: ChatId,
@@ -136,13 +165,60 @@ impl Keyring {
         message: MessageId,
         sealed: &[u8],
     ) -> Result<Opened> {
-        let scope = DataKeyScope::new(chat, sender.clone(), sealed_epoch(sealed)?);
-        let Some(key) = self.opening_key(&scope).await? else {
-            return Ok(Opened::Erased);
+        self.open(Aad::body, chat, sender, message, sealed).await
+    }
+
+    /// Opens a report's copy sealed by [`Keyring::seal_snapshot`], as
+    /// [`Keyring::open_body`] does.
+    pub async fn open_snapshot(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        message: MessageId,
+        sealed: &[u8],
+    ) -> Result<Opened> {
+        self.open(Aad::report_snapshot, chat, sender, message, sealed)
+            .await
+    }
+
+    async fn seal(
+        &self,
+        aad: fn(&DataKeyScope, MessageId) -> Aad,
+        chat: ChatId,
+        sender: &UserId,
+        message: MessageId,
+        text: &str,
+    ) -> Result<Vec<u8>> {
+        let (scope, key) = self.sealing_key(chat, sender).await?;
+        Ok(key.seal(&aad(&scope, message), text.as_bytes())?)
+    }
+
+    async fn open(
+        &self,
+        aad: fn(&DataKeyScope, MessageId) -> Aad,
+        chat: ChatId,
+        sender: &UserId,
+        message: MessageId,
+        sealed: &[u8],
+    ) -> Result<Opened> {
+        let damaged = |e: &dyn fmt::Display| {
+            tracing::error!(%chat, %message, error = %e, "stored content does not open");
+            Ok(Opened::Damaged)
         };
-        Ok(Opened::Text(
-            key.open_text(&Aad::body(&scope, message), sealed)?,
-        ))
+        let epoch = match sealed_epoch(sealed) {
+            Ok(epoch) => epoch,
+            Err(e) => return damaged(&e),
+        };
+        let scope = DataKeyScope::new(chat, sender.clone(), epoch);
+        let key = match self.opening_key(&scope).await? {
+            Opening::Key(key) => key,
+            Opening::Erased => return Ok(Opened::Erased),
+            Opening::Damaged(why) => return damaged(&why),
+        };
+        match key.open_text(&aad(&scope, message), sealed) {
+            Ok(text) => Ok(Opened::Text(text)),
+            Err(e) => damaged(&e),
+        }
     }
 
     /// Crypto-shredding: destroys `user`'s key in the key store and forgets
@@ -194,15 +270,14 @@ impl Keyring {
         let (scope, key, started_at) = match current {
             Some(c) if !due => {
                 let scope = DataKeyScope::new(chat, sender.clone(), c.epoch);
-                match self.opening_key(&scope).await {
-                    Ok(Some(key)) => (scope, key, c.started_at),
+                match self.opening_key(&scope).await? {
+                    Opening::Key(key) => (scope, key, c.started_at),
                     // Wrapped by a user key that is gone (the sender was
-                    // erased and came back): never seal under that epoch
-                    // again, start the next one.
-                    Ok(None) | Err(Error::Backend { .. }) => {
+                    // erased and came back), or unusable: never seal under
+                    // that epoch again, start the next one.
+                    Opening::Erased | Opening::Damaged(_) => {
                         self.start_epoch(chat, sender, current, now).await?
                     }
-                    Err(e) => return Err(e),
                 }
             }
             _ => self.start_epoch(chat, sender, current, now).await?,
@@ -266,29 +341,29 @@ impl Keyring {
         Ok((scope, key, stored.created_at))
     }
 
-    /// The unwrapped data key of `scope`; `None` if its sender's user key
-    /// is gone (erased) or is not the one that wrapped it.
-    async fn opening_key(&self, scope: &DataKeyScope) -> Result<Option<Arc<DataKey>>> {
+    /// The unwrapped data key of `scope`, or why there is none; an error
+    /// only when the key store cannot be read.
+    async fn opening_key(&self, scope: &DataKeyScope) -> Result<Opening> {
         if let Some(key) = self.data_keys.get(scope) {
-            return Ok(Some(key));
+            return Ok(Opening::Key(key));
         }
         let Some(record) = self
             .store
             .get_data_key(scope.chat, &scope.sender, scope.epoch)
             .await?
         else {
-            return Err(Error::backend(format!(
+            return Ok(Opening::Damaged(format!(
                 "no data key for epoch {} of this sender in this chat",
                 scope.epoch
             )));
         };
         let Some(user_key) = self.user_key_for_reading(&scope.sender).await? else {
-            return Ok(None);
+            return Ok(Opening::Erased);
         };
         match user_key.unwrap_data_key(scope, &record.key) {
-            Ok(key) => Ok(Some(self.data_keys.insert(scope.clone(), key))),
-            Err(CryptoError::KeyMismatch { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+            Ok(key) => Ok(Opening::Key(self.data_keys.insert(scope.clone(), key))),
+            Err(CryptoError::KeyMismatch { .. }) => Ok(Opening::Erased),
+            Err(e) => Ok(Opening::Damaged(format!("a data key does not unwrap: {e}"))),
         }
     }
 

@@ -1,0 +1,403 @@
+//! [`EncryptedStore`]: encryption at rest around any [`Store`].
+//!
+//! Message bodies (and edits, which replace them) and report snapshots are
+//! sealed by a [`Keyring`] before the inner store sees them, and opened
+//! again on every way they come back: change results, messages, history,
+//! sync pages, reports. The inner store only ever holds ciphertext, as
+//! `"\u{1}v1:" + base64` in its text columns (U+0001 is refused in text
+//! messages, so no plaintext starts with it); content without that prefix
+//! was written before encryption and is returned as it is.
+//!
+//! A body that does not open is not an error for the whole read: the
+//! message keeps its place with `content: None` and
+//! [`Message::unreadable`] saying why ([`Unreadable::Erased`] for a
+//! shredded sender, [`Unreadable::Damaged`] otherwise).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+
+use super::{
+    Applied, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution, Store,
+};
+use crate::{
+    error::{Error, Result},
+    keystore::{Keyring, Opened},
+    model::{
+        Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy,
+        Report, ReportId, ReportStatus, Timestamp, Unreadable, UserId, UserRecord,
+    },
+};
+
+/// What sealed content starts with in the inner store.
+const SEALED: &str = "\u{1}v1:";
+
+/// A [`Store`] that keeps message content encrypted in the store it wraps;
+/// see the [module docs](self).
+#[derive(Debug)]
+pub struct EncryptedStore {
+    inner: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+}
+
+impl EncryptedStore {
+    /// `inner`, with content sealed by `keyring`.
+    pub fn new(inner: Arc<dyn Store>, keyring: Arc<Keyring>) -> Self {
+        Self { inner, keyring }
+    }
+
+    /// The keyring (for erasure).
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    async fn seal_body(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        message: MessageId,
+        text: &str,
+    ) -> Result<String> {
+        let sealed = self.keyring.seal_body(chat, sender, message, text).await?;
+        Ok(format!("{SEALED}{}", STANDARD.encode(sealed)))
+    }
+
+    /// `message` with its content opened.
+    async fn open_message(&self, mut message: Message) -> Result<Message> {
+        let Some(sealed) = message
+            .content
+            .as_deref()
+            .and_then(|c| c.strip_prefix(SEALED))
+        else {
+            return Ok(message);
+        };
+        let opened = match STANDARD.decode(sealed) {
+            Ok(bytes) => {
+                self.keyring
+                    .open_body(message.chat_id, &message.sender_id, message.id, &bytes)
+                    .await?
+            }
+            Err(_) => Opened::Damaged,
+        };
+        set_opened(&mut message, opened);
+        Ok(message)
+    }
+
+    async fn open_messages(&self, messages: Vec<Message>) -> Result<Vec<Message>> {
+        let mut out = Vec::with_capacity(messages.len());
+        for message in messages {
+            out.push(self.open_message(message).await?);
+        }
+        Ok(out)
+    }
+
+    async fn open_report(&self, mut report: Report) -> Result<Report> {
+        let Some(sealed) = report
+            .content
+            .as_deref()
+            .and_then(|c| c.strip_prefix(SEALED))
+        else {
+            return Ok(report);
+        };
+        let opened = match STANDARD.decode(sealed) {
+            Ok(bytes) => {
+                self.keyring
+                    .open_snapshot(
+                        report.chat_id,
+                        &report.reported_user_id,
+                        report.message_id,
+                        &bytes,
+                    )
+                    .await?
+            }
+            Err(_) => Opened::Damaged,
+        };
+        report.content = match opened {
+            Opened::Text(text) => Some(text.as_str().to_owned()),
+            // The evidence went with its sender's key (or is damaged): the
+            // report stays, without the copy.
+            Opened::Erased | Opened::Damaged => None,
+        };
+        Ok(report)
+    }
+
+    /// `change` with its content sealed.
+    async fn seal_change(&self, change: Change) -> Result<Change> {
+        Ok(match change {
+            Change::Post(mut new) => {
+                if let Some(text) = new.content.take() {
+                    new.content = Some(
+                        self.seal_body(new.chat_id, &new.sender_id, new.id, &text)
+                            .await?,
+                    );
+                }
+                Change::Post(new)
+            }
+            Change::Edit {
+                chat_id,
+                message_id,
+                content,
+                at,
+            } => {
+                // Only a message's sender edits it; the store checks the
+                // chat. A message that does not exist is refused here.
+                let sender = match self.inner.get_message(message_id).await? {
+                    Some(message) => message.sender_id,
+                    None => return Err(Error::not_found("message not found")),
+                };
+                Change::Edit {
+                    chat_id,
+                    message_id,
+                    content: self
+                        .seal_body(chat_id, &sender, message_id, &content)
+                        .await?,
+                    at,
+                }
+            }
+            Change::Authorized { by, role, change } => Change::Authorized {
+                by,
+                role,
+                change: Box::new(Box::pin(self.seal_change(*change)).await?),
+            },
+            other => other,
+        })
+    }
+
+    /// A committed change with its messages opened.
+    async fn open_committed(&self, mut committed: Committed) -> Result<Committed> {
+        committed.applied = match committed.applied {
+            Applied::Posted { message, duplicate } => Applied::Posted {
+                message: self.open_message(message).await?,
+                duplicate,
+            },
+            Applied::Updated { message, changed } => Applied::Updated {
+                message: self.open_message(message).await?,
+                changed,
+            },
+            Applied::Membership { chat, message } => Applied::Membership {
+                chat,
+                message: match message {
+                    Some(message) => Some(self.open_message(message).await?),
+                    None => None,
+                },
+            },
+            other => other,
+        };
+        Ok(committed)
+    }
+}
+
+fn set_opened(message: &mut Message, opened: Opened) {
+    match opened {
+        Opened::Text(text) => message.content = Some(text.as_str().to_owned()),
+        Opened::Erased => {
+            message.content = None;
+            message.unreadable = Some(Unreadable::Erased);
+        }
+        Opened::Damaged => {
+            message.content = None;
+            message.unreadable = Some(Unreadable::Damaged);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EncryptedStore {
+    async fn apply(&self, changes: Vec<Change>) -> Vec<Result<Committed>> {
+        // Changes whose sealing failed are answered here; the others go to
+        // the inner store as one batch, in order, and are matched back.
+        let mut results: Vec<Option<Result<Committed>>> = Vec::with_capacity(changes.len());
+        let mut sealed = Vec::with_capacity(changes.len());
+        for change in changes {
+            match self.seal_change(change).await {
+                Ok(change) => {
+                    results.push(None);
+                    sealed.push(change);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let mut applied = self.inner.apply(sealed).await.into_iter();
+        let mut out = Vec::with_capacity(results.len());
+        for slot in results {
+            let result = match slot {
+                Some(refused) => refused,
+                None => match applied.next() {
+                    Some(Ok(committed)) => self.open_committed(committed).await,
+                    Some(Err(e)) => Err(e),
+                    None => Err(Error::backend(
+                        "the store answered fewer changes than given",
+                    )),
+                },
+            };
+            out.push(result);
+        }
+        out
+    }
+
+    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool)> {
+        self.inner.create_chat(chat).await
+    }
+
+    async fn get_chat(&self, id: ChatId) -> Result<Option<Chat>> {
+        self.inner.get_chat(id).await
+    }
+
+    async fn find_direct_chat(&self, a: &UserId, b: &UserId) -> Result<Option<Chat>> {
+        self.inner.find_direct_chat(a, b).await
+    }
+
+    async fn list_chats(&self, user: &UserId, query: ChatListQuery) -> Result<Vec<Chat>> {
+        self.inner.list_chats(user, query).await
+    }
+
+    async fn set_participant_settings(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        settings: ParticipantSettings,
+    ) -> Result<()> {
+        self.inner
+            .set_participant_settings(chat, user, settings)
+            .await
+    }
+
+    async fn group_count(&self, user: &UserId) -> Result<u64> {
+        self.inner.group_count(user).await
+    }
+
+    async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>> {
+        self.inner.co_members(user).await
+    }
+
+    async fn get_message(&self, id: MessageId) -> Result<Option<Message>> {
+        match self.inner.get_message(id).await? {
+            Some(message) => Ok(Some(self.open_message(message).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn find_by_client_id(
+        &self,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>> {
+        match self.inner.find_by_client_id(sender, client_msg_id).await? {
+            Some(message) => Ok(Some(self.open_message(message).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn history(&self, chat: ChatId, query: HistoryQuery) -> Result<Vec<Message>> {
+        let messages = self.inner.history(chat, query).await?;
+        self.open_messages(messages).await
+    }
+
+    async fn changes(
+        &self,
+        chat: ChatId,
+        after_updated_seq: u64,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        let messages = self
+            .inner
+            .changes(chat, after_updated_seq, from_seq, limit)
+            .await?;
+        self.open_messages(messages).await
+    }
+
+    async fn unread_count(&self, chat: ChatId, user: &UserId, after_seq: u64) -> Result<u64> {
+        self.inner.unread_count(chat, user, after_seq).await
+    }
+
+    async fn set_block(&self, blocker: &UserId, blocked: &UserId, on: bool) -> Result<bool> {
+        self.inner.set_block(blocker, blocked, on).await
+    }
+
+    async fn blocked_by_user(&self, user: &UserId) -> Result<Vec<UserId>> {
+        self.inner.blocked_by_user(user).await
+    }
+
+    async fn blockers_of(&self, user: &UserId) -> Result<Vec<UserId>> {
+        self.inner.blockers_of(user).await
+    }
+
+    async fn is_blocked_either(&self, a: &UserId, b: &UserId) -> Result<bool> {
+        self.inner.is_blocked_either(a, b).await
+    }
+
+    async fn get_user(&self, user: &UserId) -> Result<Option<UserRecord>> {
+        self.inner.get_user(user).await
+    }
+
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<Option<UserRecord>>> {
+        self.inner.get_users(users).await
+    }
+
+    async fn set_last_seen(&self, user: &UserId, at: Timestamp) -> Result<()> {
+        self.inner.set_last_seen(user, at).await
+    }
+
+    async fn set_privacy(&self, user: &UserId, privacy: Privacy) -> Result<()> {
+        self.inner.set_privacy(user, privacy).await
+    }
+
+    async fn set_suspension(&self, user: &UserId, until: Option<Timestamp>) -> Result<()> {
+        self.inner.set_suspension(user, until).await
+    }
+
+    async fn insert_report(&self, mut report: Report) -> Result<Report> {
+        if let Some(text) = report.content.take() {
+            let sealed = self
+                .keyring
+                .seal_snapshot(
+                    report.chat_id,
+                    &report.reported_user_id,
+                    report.message_id,
+                    &text,
+                )
+                .await?;
+            report.content = Some(format!("{SEALED}{}", STANDARD.encode(sealed)));
+        }
+        let stored = self.inner.insert_report(report).await?;
+        self.open_report(stored).await
+    }
+
+    async fn get_report(&self, id: ReportId) -> Result<Option<Report>> {
+        match self.inner.get_report(id).await? {
+            Some(report) => Ok(Some(self.open_report(report).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_reports(
+        &self,
+        status: Option<ReportStatus>,
+        limit: usize,
+    ) -> Result<Vec<Report>> {
+        let reports = self.inner.list_reports(status, limit).await?;
+        let mut out = Vec::with_capacity(reports.len());
+        for report in reports {
+            out.push(self.open_report(report).await?);
+        }
+        Ok(out)
+    }
+
+    async fn resolve_report(&self, resolution: ReportResolution) -> Result<Report> {
+        let report = self.inner.resolve_report(resolution).await?;
+        self.open_report(report).await
+    }
+
+    async fn insert_media(&self, record: MediaRecord) -> Result<()> {
+        self.inner.insert_media(record).await
+    }
+
+    async fn get_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
+        self.inner.get_media(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests;
