@@ -195,6 +195,8 @@ async fn spawn_server(args: &LoadArgs, secret: &str) -> Result<Server, Error> {
                 .arg("--config")
                 .arg(&config)
                 .env("CHAT_JWT_SECRET", secret)
+                // A throwaway master key: the benchmark's database is too.
+                .env("CHAT_MASTER_KEY", throwaway_master_key()?)
                 .env("RUST_LOG", "warn");
             c
         }
@@ -758,4 +760,11 @@ fn print_report(args: &LoadArgs, r: &Report) -> Result<(), Error> {
             .unwrap_or_default()
     );
     Ok(())
+}
+
+/// A random master key for a server whose database is thrown away after
+/// the run.
+fn throwaway_master_key() -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let key = chat_core::crypto::MasterKey::generate()?;
+    Ok(key.to_base64().as_str().to_owned())
 }

@@ -50,7 +50,16 @@ pub(crate) struct ServeArgs {
     /// Browser origins allowed to connect, comma-separated (`*` for all).
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Option<Vec<String>>,
-    /// Development mode: a random JWT secret if none is set, and
+    /// The master key of encryption at rest, in a file (32 bytes,
+    /// base64); `CHAT_MASTER_KEY` holds the key itself instead.
+    #[arg(long, env = "CHAT_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// The key store's SQLite file (default: the database's path with
+    /// `.keys` appended). Back it up apart from the database.
+    #[arg(long, env = "CHAT_KEY_STORE")]
+    key_store: Option<PathBuf>,
+    /// Development mode: a random JWT secret if none is set, a master key
+    /// kept beside the database if none is set, and
     /// `GET /dev/token?user=<id>`.
     #[arg(long)]
     dev: bool,
@@ -86,6 +95,13 @@ struct FileConfig {
     jwt_algorithm: Option<String>,
     /// PEM public key for RS256 / EdDSA.
     jwt_public_key_file: Option<PathBuf>,
+    /// File holding the master key (32 bytes, base64).
+    master_key_file: Option<PathBuf>,
+    /// The key store's SQLite file.
+    key_store_path: Option<PathBuf>,
+    /// The key store's PostgreSQL database (with PostgreSQL; default: the
+    /// message database, in its own schema `chat_keys`).
+    key_store_url: Option<String>,
     /// `full` (default), `normal` or `off`.
     sqlite_synchronous: Option<String>,
     max_connections: Option<usize>,
@@ -176,6 +192,11 @@ pub(crate) struct Settings {
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) dev: bool,
     pub(crate) jwt_secret: Option<String>,
+    /// `CHAT_MASTER_KEY`: the master key itself (base64).
+    pub(crate) master_key: Option<String>,
+    pub(crate) master_key_file: Option<PathBuf>,
+    pub(crate) key_store_path: PathBuf,
+    pub(crate) key_store_url: Option<String>,
     pub(crate) jwt_audience: Option<String>,
     pub(crate) jwt_issuer: Option<String>,
     /// A public key verifies tokens instead of the HS256 secret.
@@ -252,15 +273,21 @@ impl Settings {
             engine.chat_cache = l.chat_cache.unwrap_or(engine.chat_cache);
         }
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        let sqlite = args
+            .sqlite
+            .or(file.sqlite)
+            .unwrap_or_else(|| PathBuf::from("./chat.db"));
+        let key_store_path = args.key_store.or(file.key_store_path).unwrap_or_else(|| {
+            let mut path = sqlite.clone().into_os_string();
+            path.push(".keys");
+            PathBuf::from(path)
+        });
         Ok(Self {
             bind: args
                 .bind
                 .or(file.bind)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            sqlite: args
-                .sqlite
-                .or(file.sqlite)
-                .unwrap_or_else(|| PathBuf::from("./chat.db")),
+            sqlite,
             postgres: non_empty(args.postgres.or(file.postgres)),
             redis: non_empty(args.redis.or(file.redis)),
             media_dir: args.media_dir.or(file.media_dir),
@@ -274,6 +301,10 @@ impl Settings {
                 .collect(),
             dev: args.dev,
             jwt_secret: non_empty(std::env::var("CHAT_JWT_SECRET").ok()),
+            master_key: non_empty(std::env::var("CHAT_MASTER_KEY").ok()),
+            master_key_file: args.master_key_file.or(file.master_key_file),
+            key_store_path,
+            key_store_url: non_empty(file.key_store_url),
             jwt_audience: file.jwt_audience,
             jwt_issuer: file.jwt_issuer,
             jwt_public_key,

@@ -9,9 +9,15 @@ mod config;
 use std::{io::Write, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use chat_bus_redis::{RedisBus, RedisBusConfig};
-use chat_core::{ChatEngine, Store, UserId};
-use chat_store_postgres::PostgresStore;
-use chat_store_sqlite::SqliteStore;
+use chat_core::{
+    ChatEngine, Store, UserId,
+    clock::SystemClock,
+    crypto::MasterKey,
+    keystore::{KeyStore, Keyring, KeyringConfig},
+    store::EncryptedStore,
+};
+use chat_store_postgres::{PostgresKeyStore, PostgresStore};
+use chat_store_sqlite::{SqliteKeyStore, SqliteStore};
 use chat_transport_ws::{WsConfig, auth::AuthConfig, auth::issue_hs256};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -184,6 +190,7 @@ async fn run(settings: Settings) -> Result<(), Failure> {
             Arc::new(store)
         }
     };
+    let store = encrypted(store, &settings).await?;
     if let Some(dir) = &settings.media_dir {
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("cannot create media dir {}: {e}", dir.display())))?;
@@ -253,6 +260,117 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     // Give the store's writer a moment to finish its last commit on drop.
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+/// `store` with message content encrypted at rest, under the configured
+/// master key and key store. Refuses to start without a master key (outside
+/// `--dev`) or with one that does not open the key store, changing nothing.
+async fn encrypted(store: Arc<dyn Store>, settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
+    let master = master_key(settings)?;
+    let (keys, place): (Arc<dyn KeyStore>, String) = match settings
+        .key_store_url
+        .as_ref()
+        .or(settings.postgres.as_ref())
+    {
+        Some(url) => {
+            let keys = PostgresKeyStore::connect(url)
+                .await
+                .map_err(|e| fail(format!("cannot open the PostgreSQL key store: {e}")))?;
+            (Arc::new(keys), "the PostgreSQL key store".to_owned())
+        }
+        None => {
+            let path = &settings.key_store_path;
+            let keys = SqliteKeyStore::open(path)
+                .await
+                .map_err(|e| fail(format!("cannot open the key store {}: {e}", path.display())))?;
+            (Arc::new(keys), format!("the key store {}", path.display()))
+        }
+    };
+    let keyring = Keyring::new(
+        master,
+        keys,
+        Arc::new(SystemClock),
+        KeyringConfig::default(),
+    )
+    .await
+    .map_err(|e| {
+        Failure(
+            2,
+            format!(
+                "chat-server: the master key does not open {place} ({e}); nothing was \
+                     changed. Start with the key this store was created with."
+            ),
+        )
+    })?;
+    tracing::info!(key_store = %place, "message content is encrypted at rest");
+    Ok(Arc::new(EncryptedStore::new(store, Arc::new(keyring))))
+}
+
+/// The master key: `CHAT_MASTER_KEY`, else the key file; in `--dev`
+/// without either, one kept in a file beside the database (made on first
+/// start), so that a development server reads its own messages after a
+/// restart.
+fn master_key(settings: &Settings) -> Result<MasterKey, Failure> {
+    let invalid = |from: &str, e: &dyn std::fmt::Display| {
+        Failure(
+            2,
+            format!("chat-server: the master key in {from} is not valid: {e}"),
+        )
+    };
+    if let Some(text) = &settings.master_key {
+        return MasterKey::from_base64(text).map_err(|e| invalid("CHAT_MASTER_KEY", &e));
+    }
+    if let Some(path) = &settings.master_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure(
+                2,
+                format!(
+                    "chat-server: cannot read the master key file {}: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        return MasterKey::from_base64(&text).map_err(|e| invalid(&path.display().to_string(), &e));
+    }
+    if !settings.dev {
+        return Err(Failure(
+            2,
+            "chat-server: no master key: set CHAT_MASTER_KEY (32 random bytes, base64, e.g. \
+             `openssl rand -base64 32`) or master_key_file, or pass --dev"
+                .into(),
+        ));
+    }
+    let mut path = settings.sqlite.clone().into_os_string();
+    path.push(".dev-master-key");
+    let path = std::path::PathBuf::from(path);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return MasterKey::from_base64(&text).map_err(|e| invalid(&path.display().to_string(), &e));
+    }
+    let key = MasterKey::generate().map_err(fail)?;
+    write_private(&path, key.to_base64().as_bytes()).map_err(|e| {
+        fail(format!(
+            "cannot write the dev master key {}: {e}",
+            path.display()
+        ))
+    })?;
+    tracing::warn!(
+        path = %path.display(),
+        "--dev without CHAT_MASTER_KEY: made up a master key and kept it beside the database; \
+         never use this outside development"
+    );
+    Ok(key)
+}
+
+/// Writes a new file readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 async fn shutdown_signal() {

@@ -140,6 +140,7 @@ async fn serve_subcommand_reads_the_environment_twins() {
         .env("CHAT_SQLITE", &db)
         .env("CHAT_CONFIG", &config)
         .env("CHAT_JWT_SECRET", SECRET)
+        .env("CHAT_MASTER_KEY", MASTER_KEY)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))

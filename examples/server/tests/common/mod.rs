@@ -30,6 +30,8 @@ use tokio_tungstenite::{
 
 /// The HS256 secret every test server is started with.
 pub(crate) const SECRET: &str = "integration-test-secret-0123456789abcdef0123456789";
+/// The master key of every test server (32 bytes, base64).
+pub(crate) const MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LW9mLTMyLWJ5dGVzLWxvbmc=";
 /// How long any expected frame or event may take.
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
 /// How long we watch for an event that must not come.
@@ -190,6 +192,7 @@ impl Server {
             cmd.env_remove(var);
         }
         cmd.env("CHAT_JWT_SECRET", SECRET)
+            .env("CHAT_MASTER_KEY", MASTER_KEY)
             .env(
                 "RUST_LOG",
                 std::env::var("CHAT_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -227,6 +230,20 @@ impl Server {
         }
     }
 
+    /// Kills the process and returns its directory (database, key store),
+    /// which stays until the last handle is dropped.
+    pub(crate) async fn stop(mut self) -> Arc<tempfile::TempDir> {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+        self.dir.clone()
+    }
+
+    /// A server with the default settings on the files of `dir` (from
+    /// [`Server::stop`]).
+    pub(crate) async fn start_in(dir: Arc<tempfile::TempDir>) -> Self {
+        Self::launch(dir, None, false).await
+    }
+
     /// Kills the process (if still running) and starts a new one on the
     /// same database file and config.
     pub(crate) async fn restart(mut self) -> Self {
@@ -255,6 +272,11 @@ impl Server {
             .await
             .unwrap_or_else(|_| panic!("server did not exit within {within:?}"))
             .expect("wait for server")
+    }
+
+    /// The directory holding the server's database, key store and log.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub(crate) fn log(&self) -> String {
