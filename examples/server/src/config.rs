@@ -65,6 +65,22 @@ pub(crate) struct ServeArgs {
     dev: bool,
 }
 
+/// `chat-server rotate-master-key --new-key-file F [serve options]`
+#[derive(Debug, Parser)]
+#[command(
+    name = "rotate-master-key",
+    about = "Re-wraps every user key of the key store under a new master key (stop the servers first)"
+)]
+pub(crate) struct RotateArgs {
+    /// The new master key (32 bytes, base64). The current one comes from
+    /// CHAT_MASTER_KEY or master_key_file, as for `serve`.
+    #[arg(long)]
+    pub(crate) new_key_file: PathBuf,
+    /// Where the key store is: the same options as `serve`.
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
 /// `chat-server token <user> [--admin] [--ttl 24h]`
 #[derive(Debug, Parser)]
 #[command(name = "token", about = "Prints a token signed with CHAT_JWT_SECRET")]

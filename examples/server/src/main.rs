@@ -13,7 +13,7 @@ use chat_core::{
     ChatEngine, Store, UserId,
     clock::SystemClock,
     crypto::MasterKey,
-    keystore::{KeyStore, Keyring, KeyringConfig},
+    keystore::{KeyStore, KeyStoreExt, Keyring, KeyringConfig},
     store::EncryptedStore,
 };
 use chat_store_postgres::{PostgresKeyStore, PostgresStore};
@@ -22,7 +22,7 @@ use chat_transport_ws::{WsConfig, auth::AuthConfig, auth::issue_hs256};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Cli, ServeArgs, Settings, TokenArgs};
+use crate::config::{Cli, RotateArgs, ServeArgs, Settings, TokenArgs};
 
 fn main() -> ExitCode {
     tune_allocator();
@@ -31,6 +31,9 @@ fn main() -> ExitCode {
         Some("token") => TokenArgs::try_parse_from(args.iter().skip(1))
             .map_err(clap_exit)
             .and_then(token),
+        Some("rotate-master-key") => RotateArgs::try_parse_from(args.iter().skip(1))
+            .map_err(clap_exit)
+            .and_then(rotate_master_key),
         Some("serve") => ServeArgs::try_parse_from(args.iter().skip(1))
             .map_err(clap_exit)
             .and_then(serve),
@@ -267,25 +270,7 @@ async fn run(settings: Settings) -> Result<(), Failure> {
 /// `--dev`) or with one that does not open the key store, changing nothing.
 async fn encrypted(store: Arc<dyn Store>, settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
     let master = master_key(settings)?;
-    let (keys, place): (Arc<dyn KeyStore>, String) = match settings
-        .key_store_url
-        .as_ref()
-        .or(settings.postgres.as_ref())
-    {
-        Some(url) => {
-            let keys = PostgresKeyStore::connect(url)
-                .await
-                .map_err(|e| fail(format!("cannot open the PostgreSQL key store: {e}")))?;
-            (Arc::new(keys), "the PostgreSQL key store".to_owned())
-        }
-        None => {
-            let path = &settings.key_store_path;
-            let keys = SqliteKeyStore::open(path)
-                .await
-                .map_err(|e| fail(format!("cannot open the key store {}: {e}", path.display())))?;
-            (Arc::new(keys), format!("the key store {}", path.display()))
-        }
-    };
+    let (keys, place) = open_key_store(settings).await?;
     let keyring = Keyring::new(
         master,
         keys,
@@ -304,6 +289,115 @@ async fn encrypted(store: Arc<dyn Store>, settings: &Settings) -> Result<Arc<dyn
     })?;
     tracing::info!(key_store = %place, "message content is encrypted at rest");
     Ok(Arc::new(EncryptedStore::new(store, Arc::new(keyring))))
+}
+
+/// The configured key store, and how to name it in messages.
+async fn open_key_store(settings: &Settings) -> Result<(Arc<dyn KeyStore>, String), Failure> {
+    match settings
+        .key_store_url
+        .as_ref()
+        .or(settings.postgres.as_ref())
+    {
+        Some(url) => {
+            let keys = PostgresKeyStore::connect(url)
+                .await
+                .map_err(|e| fail(format!("cannot open the PostgreSQL key store: {e}")))?;
+            Ok((Arc::new(keys), "the PostgreSQL key store".to_owned()))
+        }
+        None => {
+            let path = &settings.key_store_path;
+            let keys = SqliteKeyStore::open(path)
+                .await
+                .map_err(|e| fail(format!("cannot open the key store {}: {e}", path.display())))?;
+            Ok((Arc::new(keys), format!("the key store {}", path.display())))
+        }
+    }
+}
+
+/// `chat-server rotate-master-key`: re-wraps every user key under the new
+/// master key; message rows and data keys are not touched. Resumable: an
+/// interrupted run is finished by running it again with the same keys.
+fn rotate_master_key(args: RotateArgs) -> Result<(), Failure> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings =
+        Settings::resolve(args.serve).map_err(|e| Failure(2, format!("chat-server: {e}")))?;
+    let text = std::fs::read_to_string(&args.new_key_file).map_err(|e| {
+        Failure(
+            2,
+            format!(
+                "chat-server: cannot read the new master key file {}: {e}",
+                args.new_key_file.display()
+            ),
+        )
+    })?;
+    let new = MasterKey::from_base64(&text).map_err(|e| {
+        Failure(
+            2,
+            format!("chat-server: the new master key is not valid: {e}"),
+        )
+    })?;
+    let old = master_key(&settings)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(fail)?;
+    runtime.block_on(async {
+        let (keys, place) = open_key_store(&settings).await?;
+        // Refuses a current key that does not open the store, changing
+        // nothing, before anything is re-wrapped.
+        keys.verify_master_key(&old).await.or_else(|e| {
+            // An interrupted rotation already moved the check to the new
+            // key: finish it.
+            keys_verified_by(&new, &e)
+        })
+        .map_err(|e| {
+            Failure(2, format!("chat-server: the current master key does not open {place} ({e})"))
+        })?;
+        let rotation = keys
+            .rotate_master_key(&old, &new, 500)
+            .await
+            .map_err(|e| fail(format!("rotation of {place} failed: {e}")))?;
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(
+            stdout,
+            "re-wrapped {} user keys ({} already under the new key, {} deleted meanwhile) in {place}",
+            rotation.rewrapped, rotation.already_rotated, rotation.vanished
+        );
+        if !rotation.unreadable.is_empty() {
+            return Err(Failure(
+                1,
+                format!(
+                    "chat-server: {} user keys could not be re-wrapped (not under the current \
+                     key); they still need it",
+                    rotation.unreadable.len()
+                ),
+            ));
+        }
+        let _ = writeln!(
+            stdout,
+            "start the servers with the new key now: the old one no longer opens {place}"
+        );
+        Ok(())
+    })
+}
+
+/// Whether `error` (from checking the current key) is only that the check
+/// already moved to `new`: an interrupted rotation, which running again
+/// finishes.
+fn keys_verified_by(new: &MasterKey, error: &chat_core::Error) -> chat_core::Result<()> {
+    match std::error::Error::source(error)
+        .and_then(|s| s.downcast_ref::<chat_core::crypto::CryptoError>())
+    {
+        Some(chat_core::crypto::CryptoError::KeyMismatch { found, .. }) if *found == new.id() => {
+            Ok(())
+        }
+        _ => Err(chat_core::Error::backend(error.to_string())),
+    }
 }
 
 /// The master key: `CHAT_MASTER_KEY`, else the key file; in `--dev`

@@ -109,3 +109,66 @@ async fn a_missing_or_wrong_master_key_is_refused_and_changes_nothing() {
     let (history, _) = alice.history(&chat_id, serde_json::json!({})).await;
     assert_eq!(history.last().expect("the message")["content"], "before");
 }
+
+#[tokio::test]
+async fn the_master_key_rotates_without_touching_messages() {
+    let server = Server::start().await;
+    let mut alice = server.ws("rot-alice").await;
+    let chat = alice.direct("rot-bob").await;
+    let chat_id = chat["id"].as_str().expect("a chat id").to_owned();
+    alice.send(&chat_id, "before the rotation").await;
+    drop(alice);
+    let kept = server.stop().await;
+    let dir = kept.path();
+    let new_key = "cm90YXRlZC1tYXN0ZXIta2V5LW9mLTMyLWJ5dGVzISE=";
+    let key_file = dir.join("new.key");
+    std::fs::write(&key_file, new_key).expect("write the new key");
+    let rotate = |current: &'static str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        cmd.arg("rotate-master-key")
+            .arg("--new-key-file")
+            .arg(&key_file)
+            .arg("--sqlite")
+            .arg(dir.join("chat.db"))
+            .env_remove("CHAT_CONFIG")
+            .env("CHAT_MASTER_KEY", current)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    let out = tokio::time::timeout(Duration::from_secs(20), rotate(MASTER_KEY).output())
+        .await
+        .expect("the rotation finishes")
+        .expect("it runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("re-wrapped"), "{stdout}");
+    // Running it again is harmless (an interrupted rotation finishes so).
+    let again = tokio::time::timeout(Duration::from_secs(20), rotate(MASTER_KEY).output())
+        .await
+        .expect("the rotation finishes")
+        .expect("it runs");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // The old key no longer opens the key store; the new one reads every
+    // message, which were not touched.
+    let (code, stderr) = refused(dir, Some(MASTER_KEY)).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("does not open"), "{stderr}");
+    let server = Server::start_in_with(kept, &[("CHAT_MASTER_KEY", new_key)]).await;
+    let mut alice = server.ws("rot-alice").await;
+    let (history, _) = alice.history(&chat_id, serde_json::json!({})).await;
+    assert_eq!(
+        history.last().expect("the message")["content"],
+        "before the rotation"
+    );
+}

@@ -204,13 +204,28 @@ impl Server {
     }
 
     async fn launch(dir: Arc<tempfile::TempDir>, config: Option<PathBuf>, dev: bool) -> Self {
+        Self::launch_with(dir, config, dev, &[]).await
+    }
+
+    /// A server with the default settings on the files of `dir`, with
+    /// these environment variables set too.
+    pub(crate) async fn start_in_with(dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Self {
+        Self::launch_with(dir, None, false, env).await
+    }
+
+    async fn launch_with(
+        dir: Arc<tempfile::TempDir>,
+        config: Option<PathBuf>,
+        dev: bool,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.path().join("server.log"))
             .expect("open server log");
         let mut cmd = Self::command(&dir.path().join("chat.db"), config.as_deref());
-        cmd.stderr(Stdio::from(log));
+        cmd.stderr(Stdio::from(log)).envs(env.iter().copied());
         if dev {
             cmd.arg("--dev").env_remove("CHAT_JWT_SECRET");
         }
