@@ -201,3 +201,48 @@ async fn two_nodes_share_chats_and_survive_a_killed_node() {
     );
     drop(node2);
 }
+
+/// Encryption at rest on PostgreSQL: a marker sent and edited through the
+/// server reads back for the participants and is nowhere in `pg_dump` of
+/// the database (messages, and the key store's schema beside them).
+#[tokio::test]
+async fn message_content_is_not_in_pg_dump() {
+    let Some(db) = Database::create() else { return };
+    let config = format!("postgres = \"{}\"\n", db.url());
+    let server = Server::with_config(&config).await;
+    let mut alice = server.ws("dump-alice").await;
+    let mut bob = server.ws("dump-bob").await;
+    let chat = alice.direct("dump-bob").await;
+    let chat_id = s(&chat, "id").to_owned();
+    let marker = unique("marker-3d9a");
+    let sent = alice.send(&chat_id, &format!("between us: {marker}")).await;
+    let received = bob
+        .event_where("message_received", |e| e["id"] == sent["id"])
+        .await;
+    assert_eq!(received["content"], format!("between us: {marker}"));
+    let edited = unique("edited-77e0");
+    alice
+        .ok(
+            "edit_message",
+            json!({"message_id": sent["id"], "content": edited}),
+        )
+        .await;
+    let (history, _) = bob.history(&chat_id, json!({})).await;
+    assert_eq!(history.last().expect("the message")["content"], edited);
+    let dump = std::process::Command::new("pg_dump")
+        .arg(db.url())
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("chat_keys"),
+        "the key store is in the dump too"
+    );
+    assert!(!dump.contains(&marker), "the message text is in pg_dump");
+    assert!(!dump.contains(&edited), "the edited text is in pg_dump");
+}
