@@ -30,6 +30,13 @@ use crate::{
     },
 };
 
+/// Content this store just sealed: the sealed text, and the plaintext it
+/// stands for.
+struct Known {
+    sealed: String,
+    plain: String,
+}
+
 /// What sealed content starts with in the inner store.
 const SEALED: &str = "\u{1}v1:";
 
@@ -122,15 +129,22 @@ impl EncryptedStore {
         Ok(report)
     }
 
-    /// `change` with its content sealed.
-    async fn seal_change(&self, change: Change) -> Result<Change> {
-        Ok(match change {
+    /// `change` with its content sealed, and the sealed text with the
+    /// plaintext it stands for: the change's result carries the sealed
+    /// text back, and is given the plaintext without decrypting it again.
+    async fn seal_change(&self, change: Change) -> Result<(Change, Option<Known>)> {
+        let mut known = None;
+        let change = match change {
             Change::Post(mut new) => {
                 if let Some(text) = new.content.take() {
-                    new.content = Some(
-                        self.seal_body(new.chat_id, &new.sender_id, new.id, &text)
-                            .await?,
-                    );
+                    let sealed = self
+                        .seal_body(new.chat_id, &new.sender_id, new.id, &text)
+                        .await?;
+                    new.content = Some(sealed.clone());
+                    known = Some(Known {
+                        sealed,
+                        plain: text,
+                    });
                 }
                 Change::Post(new)
             }
@@ -146,33 +160,59 @@ impl EncryptedStore {
                     Some(message) => message.sender_id,
                     None => return Err(Error::not_found("message not found")),
                 };
+                let sealed = self
+                    .seal_body(chat_id, &sender, message_id, &content)
+                    .await?;
+                known = Some(Known {
+                    sealed: sealed.clone(),
+                    plain: content,
+                });
                 Change::Edit {
                     chat_id,
                     message_id,
-                    content: self
-                        .seal_body(chat_id, &sender, message_id, &content)
-                        .await?,
+                    content: sealed,
                     at,
                 }
             }
-            Change::Authorized { by, role, change } => Change::Authorized {
-                by,
-                role,
-                change: Box::new(Box::pin(self.seal_change(*change)).await?),
-            },
+            Change::Authorized { by, role, change } => {
+                let (change, inner) = Box::pin(self.seal_change(*change)).await?;
+                known = inner;
+                Change::Authorized {
+                    by,
+                    role,
+                    change: Box::new(change),
+                }
+            }
             other => other,
-        })
+        };
+        Ok((change, known))
+    }
+
+    /// `message` opened, using `known` when the stored content is the text
+    /// this call just sealed.
+    async fn open_known(&self, mut message: Message, known: Option<&Known>) -> Result<Message> {
+        if let Some(known) = known {
+            if message.content.as_deref() == Some(known.sealed.as_str()) {
+                message.content = Some(known.plain.clone());
+                return Ok(message);
+            }
+        }
+        self.open_message(message).await
     }
 
     /// A committed change with its messages opened.
-    async fn open_committed(&self, mut committed: Committed) -> Result<Committed> {
+    async fn open_committed(
+        &self,
+        mut committed: Committed,
+        known: Option<&Known>,
+    ) -> Result<Committed> {
         committed.applied = match committed.applied {
             Applied::Posted { message, duplicate } => Applied::Posted {
-                message: self.open_message(message).await?,
+                message: self.open_known(message, known).await?,
                 duplicate,
             },
             Applied::Updated { message, changed } => Applied::Updated {
-                message: self.open_message(message).await?,
+                message: self.open_known(message, known).await?,
                 changed,
             },
             Applied::Membership { chat, message } => Applied::Membership {
@@ -207,24 +247,24 @@ impl Store for EncryptedStore {
     async fn apply(&self, changes: Vec<Change>) -> Vec<Result<Committed>> {
         // Changes whose sealing failed are answered here; the others go to
         // the inner store as one batch, in order, and are matched back.
-        let mut results: Vec<Option<Result<Committed>>> = Vec::with_capacity(changes.len());
+        let mut results: Vec<Result<Option<Known>>> = Vec::with_capacity(changes.len());
         let mut sealed = Vec::with_capacity(changes.len());
         for change in changes {
             match self.seal_change(change).await {
-                Ok(change) => {
-                    results.push(None);
+                Ok((change, known)) => {
+                    results.push(Ok(known));
                     sealed.push(change);
                 }
-                Err(e) => results.push(Some(Err(e))),
+                Err(e) => results.push(Err(e)),
             }
         }
         let mut applied = self.inner.apply(sealed).await.into_iter();
         let mut out = Vec::with_capacity(results.len());
         for slot in results {
             let result = match slot {
-                Some(refused) => refused,
-                None => match applied.next() {
-                    Some(Ok(committed)) => self.open_committed(committed).await,
+                Err(refused) => Err(refused),
+                Ok(known) => match applied.next() {
+                    Some(Ok(committed)) => self.open_committed(committed, known.as_ref()).await,
                     Some(Err(e)) => Err(e),
                     None => Err(Error::backend(
                         "the store answered fewer changes than given",
