@@ -5,9 +5,10 @@ use std::{fmt, time::Duration};
 
 use async_trait::async_trait;
 use chat_core::{
-    ChatId, Timestamp, UserId,
-    crypto::{KeyCheck, KeyEpoch, WrappedDataKey, WrappedUserKey},
+    ChatId, UserId,
+    crypto::{KeyCheck, KeyEpoch, WrappedUserKey},
     keystore::{DataKeyRecord, KeyStore},
+    store::rows,
 };
 use sqlx::{
     AssertSqlSafe, PgPool,
@@ -498,21 +499,17 @@ fn corrupt(column: &'static str, reason: impl ToString) -> Error {
     Error::corrupt(column, reason)
 }
 
+/// The shared decoders of key store rows, with this store's errors.
 fn user_key(bytes: Vec<u8>) -> Result<WrappedUserKey, Error> {
-    WrappedUserKey::from_bytes(bytes).map_err(|e| corrupt("user_keys.wrapped", e))
+    Ok(rows::wrapped_user_key(bytes)?)
 }
 
 fn check(bytes: Vec<u8>) -> Result<KeyCheck, Error> {
-    KeyCheck::from_bytes(bytes).map_err(|e| corrupt("key_check.wrapped", e))
+    Ok(rows::key_check(bytes)?)
 }
 
-/// A `data_keys` row from `(epoch, wrapped, created_at)`.
-fn data_key((epoch, wrapped, created_at): (i64, Vec<u8>, i64)) -> Result<DataKeyRecord, Error> {
-    Ok(DataKeyRecord {
-        epoch: KeyEpoch::new(u32::try_from(epoch).map_err(|e| corrupt("data_keys.epoch", e))?),
-        key: WrappedDataKey::from_bytes(wrapped).map_err(|e| corrupt("data_keys.wrapped", e))?,
-        created_at: Timestamp::from_millis(created_at),
-    })
+fn data_key(row: (i64, Vec<u8>, i64)) -> Result<DataKeyRecord, Error> {
+    Ok(rows::data_key_record(row)?)
 }
 
 #[async_trait]

@@ -91,6 +91,32 @@ pub fn unsigned(column: &'static str, v: i64) -> Result<u64, RowError> {
     u64::try_from(v).map_err(|e| RowError::corrupt(column, e))
 }
 
+/// A key store's `user_keys.wrapped`.
+pub fn wrapped_user_key(bytes: Vec<u8>) -> Result<crate::crypto::WrappedUserKey, RowError> {
+    crate::crypto::WrappedUserKey::from_bytes(bytes)
+        .map_err(|e| RowError::corrupt("user_keys.wrapped", e))
+}
+
+/// A key store's `key_check.wrapped`.
+pub fn key_check(bytes: Vec<u8>) -> Result<crate::crypto::KeyCheck, RowError> {
+    crate::crypto::KeyCheck::from_bytes(bytes)
+        .map_err(|e| RowError::corrupt("key_check.wrapped", e))
+}
+
+/// A key store's `data_keys` row from `(epoch, wrapped, created_at)`.
+pub fn data_key_record(
+    (epoch, wrapped, created_at): (i64, Vec<u8>, i64),
+) -> Result<crate::keystore::DataKeyRecord, RowError> {
+    Ok(crate::keystore::DataKeyRecord {
+        epoch: crate::crypto::KeyEpoch::new(
+            u32::try_from(epoch).map_err(|e| RowError::corrupt("data_keys.epoch", e))?,
+        ),
+        key: crate::crypto::WrappedDataKey::from_bytes(wrapped)
+            .map_err(|e| RowError::corrupt("data_keys.wrapped", e))?,
+        created_at: Timestamp::from_millis(created_at),
+    })
+}
+
 /// A stored text that holds an id or an enum's wire name.
 pub fn parse<T: FromStr>(column: &'static str, s: &str) -> Result<T, RowError>
 where
