@@ -38,8 +38,9 @@ use crate::{
     error::{Error, Result},
     hooks::{AllowAll, ContactPolicy, MessageHook, Notifier},
     hub::Hub,
+    keystore::Keyring,
     model::*,
-    store::Store,
+    store::{EncryptedStore, Store},
 };
 // `tests` finds these through `use super::*`; the code here that used them
 // moved to the area modules.
@@ -160,6 +161,7 @@ pub struct EngineBuilder {
     policy: Arc<dyn ContactPolicy>,
     hooks: Vec<Arc<dyn MessageHook>>,
     notifier: Option<Arc<dyn Notifier>>,
+    keyring: Option<Arc<Keyring>>,
     config: EngineConfig,
 }
 
@@ -194,6 +196,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Encrypts message content at rest with `keyring`: the store is
+    /// wrapped in an [`EncryptedStore`], and
+    /// [`ChatEngine::erase_user_keys`] destroys keys in the keyring's key
+    /// store.
+    pub fn encrypt_at_rest(mut self, keyring: Arc<Keyring>) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
     /// Limits and timings.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
@@ -204,6 +215,10 @@ impl EngineBuilder {
     /// Must be called within a Tokio runtime.
     pub async fn build(self) -> Result<ChatEngine> {
         let hub = Arc::new(Hub::new());
+        let store = match &self.keyring {
+            Some(keyring) => Arc::new(EncryptedStore::new(self.store, Arc::clone(keyring))),
+            None => self.store,
+        };
         let mut attached = None;
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
             attached = Some(Arc::new(EngineSink {
@@ -218,7 +233,8 @@ impl EngineBuilder {
             Inner {
                 writer: Writer::start(weak.clone(), &self.config),
                 chats: ChatCache::new(cache_capacity),
-                store: self.store,
+                store,
+                keyring: self.keyring,
                 bus: self.bus,
                 clock: self.clock,
                 policy: self.policy,
@@ -272,6 +288,7 @@ pub struct ChatEngine {
 #[derive(Debug)]
 struct Inner {
     store: Arc<dyn Store>,
+    keyring: Option<Arc<Keyring>>,
     bus: Arc<dyn Bus>,
     hub: Arc<Hub>,
     clock: Arc<dyn Clock>,
@@ -295,6 +312,7 @@ impl ChatEngine {
             policy: Arc::new(AllowAll),
             hooks: Vec::new(),
             notifier: None,
+            keyring: None,
             config: EngineConfig::default(),
         }
     }

@@ -202,6 +202,32 @@ impl ChatEngine {
             .await
     }
 
+    /// Crypto-shredding (service admins): destroys `user`'s key in the key
+    /// store of encryption at rest, so that everything they sent, in this
+    /// store and in every copy of it (free pages, the WAL, dead tuples,
+    /// backups), reads as [`Unreadable::Erased`](crate::model::Unreadable)
+    /// from now on, on this node at once and on every other node within
+    /// [`KeyringConfig::recheck_after`](crate::keystore::KeyringConfig).
+    /// Their report snapshots go with it. Returns whether they had a key.
+    ///
+    /// The messages themselves, and the user's other data, stay: removing
+    /// them is erasure's other half. If the user writes again, they get a
+    /// new key.
+    ///
+    /// A [`Conflict`](Error::Conflict) on an engine without encryption at
+    /// rest: it has no key to destroy, and saying "done" would mislead.
+    pub async fn erase_user_keys(&self, actor: &Actor, user: &UserId) -> Result<bool> {
+        Self::require_admin(actor)?;
+        let Some(keyring) = &self.inner.keyring else {
+            return Err(Error::conflict(
+                "this engine does not encrypt at rest: there are no keys to destroy",
+            ));
+        };
+        let existed = keyring.erase_user(user).await?;
+        tracing::info!(admin = %actor.user_id, user = %user, existed, "user key destroyed");
+        Ok(existed)
+    }
+
     /// Deletes any message (service admins), leaving a tombstone.
     pub async fn moderator_delete(&self, actor: &Actor, message_id: MessageId) -> Result<Message> {
         Self::require_admin(actor)?;

@@ -1872,6 +1872,23 @@ impl crate::store::Store for PanicsOnce {
     async fn get_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
         self.inner.get_media(id).await
     }
+    async fn stored_texts(
+        &self,
+        table: crate::store::TextTable,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::StoredText>> {
+        self.inner.stored_texts(table, after, limit).await
+    }
+    async fn replace_texts(&self, r: Vec<crate::store::TextReplacement>) -> Result<usize> {
+        self.inner.replace_texts(r).await
+    }
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        self.inner.get_meta(key).await
+    }
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.inner.set_meta(key, value).await
+    }
 }
 
 /// A panic in the store fails the batch's callers; the lane goes on and
@@ -2110,4 +2127,87 @@ async fn read_up_to_a_message_moves_the_watermark_to_its_seq() {
         code(e.mark_read_up_to(&actor("cat"), first.id).await),
         C::NotFound
     );
+}
+
+// --- encryption at rest ----------------------------------------------------
+
+#[tokio::test]
+async fn erasing_a_users_keys_leaves_only_their_content_unreadable() {
+    use crate::{
+        clock::SystemClock,
+        crypto::MasterKey,
+        keystore::{KeyringConfig, MemoryKeyStore},
+    };
+    let store = Arc::new(MemoryStore::new());
+    let keyring = Keyring::new(
+        MasterKey::generate().unwrap(),
+        Arc::new(MemoryKeyStore::new()),
+        Arc::new(SystemClock),
+        KeyringConfig::default(),
+    )
+    .await
+    .unwrap();
+    let e = ChatEngine::builder(store.clone())
+        .encrypt_at_rest(Arc::new(keyring))
+        .build()
+        .await
+        .unwrap();
+    let chat = direct(&e, "ann", "bob").await;
+    let from_ann = e
+        .send(
+            &actor("ann"),
+            SendMessage::text(chat, "a1", "I feel unsafe at home"),
+        )
+        .await
+        .unwrap();
+    let from_bob = e
+        .send(
+            &actor("bob"),
+            SendMessage::text(chat, "b1", "I am here for you"),
+        )
+        .await
+        .unwrap();
+    // The store under the engine holds ciphertext only.
+    let raw = store.get_message(from_ann.id).await.unwrap().unwrap();
+    assert!(!raw.content.unwrap_or_default().contains("unsafe"));
+
+    // Only service admins destroy keys.
+    let refused = e.erase_user_keys(&actor("bob"), &uid("ann")).await;
+    assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
+    let admin = Actor::admin(uid("root"));
+    assert!(e.erase_user_keys(&admin, &uid("ann")).await.unwrap());
+    assert!(!e.erase_user_keys(&admin, &uid("ann")).await.unwrap());
+
+    // Bob's history keeps both messages in place: Ann's as erased, his own
+    // readable.
+    let page = e
+        .history(&actor("bob"), chat, HistoryRequest::default())
+        .await
+        .unwrap();
+    let of = |id| page.messages.iter().find(|m| m.id == id).unwrap();
+    assert_eq!(of(from_ann.id).content, None);
+    assert_eq!(of(from_ann.id).unreadable, Some(Unreadable::Erased));
+    assert_eq!(
+        of(from_bob.id).content.as_deref(),
+        Some("I am here for you")
+    );
+    assert_eq!(of(from_bob.id).unreadable, None);
+
+    // Ann writes again: a new key, readable.
+    let again = e
+        .send(&actor("ann"), SendMessage::text(chat, "a2", "thank you"))
+        .await
+        .unwrap();
+    let page = e
+        .history(&actor("bob"), chat, HistoryRequest::default())
+        .await
+        .unwrap();
+    let of = |id| page.messages.iter().find(|m| m.id == id).unwrap();
+    assert_eq!(of(again.id).content.as_deref(), Some("thank you"));
+    assert_eq!(of(from_ann.id).unreadable, Some(Unreadable::Erased));
+
+    // An engine without encryption at rest has no key to destroy.
+    let plain = engine().await;
+    let refused = plain.erase_user_keys(&admin, &uid("ann")).await;
+    assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
 }

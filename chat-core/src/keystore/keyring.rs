@@ -6,14 +6,25 @@
 //! [`EpochPolicy::max_messages`] bodies or [`EpochPolicy::max_age`], old
 //! epochs still open. Reading never makes a key: a sender whose user key
 //! was shredded reads as [`Opened::Erased`].
+//!
+//! # Erasure elsewhere
+//!
+//! A user key may be destroyed by another node, or by an operator's
+//! command, while this keyring holds it unwrapped. So a cached user key is
+//! trusted for [`KeyringConfig::recheck_after`] only: then the key store
+//! is asked again, and if the key is gone (or was replaced) every key of
+//! that user held here is forgotten, data keys included. Data keys are
+//! used only while their sender's user key is trusted. An erasure thus
+//! reaches every node within that bound, without a message between them.
 
 use std::{
     collections::HashMap,
     fmt,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use zeroize::Zeroizing;
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use super::{DataKeyRecord, KeyCache, KeyStore, KeyStoreExt};
 use crate::{
@@ -33,6 +44,16 @@ pub struct KeyringConfig {
     pub epochs: EpochPolicy,
     /// Unwrapped keys kept in memory, of each kind (user keys, data keys).
     pub cached_keys: usize,
+    /// How long a cached user key is used before the key store is asked
+    /// whether it still exists: the longest an erasure made elsewhere
+    /// leaves that user's content readable on this node (zero: ask on
+    /// every use).
+    pub recheck_after: Duration,
+}
+
+impl KeyringConfig {
+    /// The default [`KeyringConfig::recheck_after`]: one minute.
+    pub const DEFAULT_RECHECK_AFTER: Duration = Duration::from_secs(60);
 }
 
 impl Default for KeyringConfig {
@@ -40,9 +61,19 @@ impl Default for KeyringConfig {
         Self {
             epochs: EpochPolicy::default(),
             cached_keys: 10_000,
+            recheck_after: Self::DEFAULT_RECHECK_AFTER,
         }
     }
 }
+
+/// A user key in the cache, and when the key store last confirmed it.
+struct Checked {
+    key: UserKey,
+    at: Timestamp,
+}
+
+// The user key wipes itself when dropped; the time is not secret.
+impl ZeroizeOnDrop for Checked {}
 
 /// What opening a sealed body gave.
 pub enum Opened {
@@ -93,7 +124,7 @@ pub struct Keyring {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
     config: KeyringConfig,
-    user_keys: KeyCache<UserId, UserKey>,
+    user_keys: KeyCache<UserId, Checked>,
     data_keys: KeyCache<DataKeyScope, DataKey>,
     current: Mutex<HashMap<(ChatId, UserId), Current>>,
 }
@@ -224,8 +255,8 @@ impl Keyring {
     /// Crypto-shredding: destroys `user`'s key in the key store and forgets
     /// every key of theirs this node holds. Returns whether there was one.
     ///
-    /// Other nodes keep what they cached until it is evicted; a cluster
-    /// must tell them (the erasure endpoint does, over the bus).
+    /// Other nodes (and other keyrings over the same key store) stop using
+    /// what they cached within [`KeyringConfig::recheck_after`].
     pub async fn erase_user(&self, user: &UserId) -> Result<bool> {
         let existed = self.store.delete_user_key(user).await?;
         self.forget_user(user);
@@ -321,11 +352,14 @@ impl Keyring {
                 .ok_or_else(|| Error::backend("data key epochs exhausted"))?,
         };
         let scope = DataKeyScope::new(chat, sender.clone(), epoch);
-        let user_key = self.user_key_for_writing(sender).await?;
+        let user_key = match self.user_key(sender, true).await? {
+            Found::Trusted(key) | Found::Replaced(key) => key,
+            Found::None => return Err(Error::backend("the key store made no user key")),
+        };
         let key = DataKey::generate()?;
         let ours = DataKeyRecord {
             epoch,
-            key: user_key.wrap_data_key(&scope, &key)?,
+            key: user_key.key.wrap_data_key(&scope, &key)?,
             created_at: now,
         };
         let stored = self
@@ -335,7 +369,7 @@ impl Keyring {
         let key = if stored == ours {
             key
         } else {
-            user_key.unwrap_data_key(&scope, &stored.key)?
+            user_key.key.unwrap_data_key(&scope, &stored.key)?
         };
         let key = self.data_keys.insert(scope.clone(), key);
         Ok((scope, key, stored.created_at))
@@ -345,7 +379,14 @@ impl Keyring {
     /// only when the key store cannot be read.
     async fn opening_key(&self, scope: &DataKeyScope) -> Result<Opening> {
         if let Some(key) = self.data_keys.get(scope) {
-            return Ok(Opening::Key(key));
+            // Usable while its sender's user key is: that is what tells
+            // whether the sender was erased since it was unwrapped.
+            match self.user_key(&scope.sender, false).await? {
+                Found::Trusted(_) => return Ok(Opening::Key(key)),
+                Found::None => return Ok(Opening::Erased),
+                // Forgotten with the old user key: unwrap again below.
+                Found::Replaced(_) => {}
+            }
         }
         let Some(record) = self
             .store
@@ -357,36 +398,76 @@ impl Keyring {
                 scope.epoch
             )));
         };
-        let Some(user_key) = self.user_key_for_reading(&scope.sender).await? else {
-            return Ok(Opening::Erased);
+        let user_key = match self.user_key(&scope.sender, false).await? {
+            Found::Trusted(key) | Found::Replaced(key) => key,
+            Found::None => return Ok(Opening::Erased),
         };
-        match user_key.unwrap_data_key(scope, &record.key) {
+        match user_key.key.unwrap_data_key(scope, &record.key) {
             Ok(key) => Ok(Opening::Key(self.data_keys.insert(scope.clone(), key))),
             Err(CryptoError::KeyMismatch { .. }) => Ok(Opening::Erased),
             Err(e) => Ok(Opening::Damaged(format!("a data key does not unwrap: {e}"))),
         }
     }
 
-    /// `user`'s key, made on first use.
-    async fn user_key_for_writing(&self, user: &UserId) -> Result<Arc<UserKey>> {
-        if let Some(key) = self.user_keys.get(user) {
-            return Ok(key);
+    /// `user`'s key, from the cache while it is trusted (see the [module
+    /// docs](self)), else from the key store; made there on first use if
+    /// `create`. Finding the key gone or replaced forgets every key of
+    /// `user` held here, data keys included.
+    async fn user_key(&self, user: &UserId, create: bool) -> Result<Found> {
+        let now = self.clock.now();
+        let cached = self.user_keys.get(user);
+        if let Some(cached) = &cached {
+            // A clock that stepped back (a negative age) counts as stale:
+            // asking again is always safe.
+            let age_ms = now.as_millis().saturating_sub(cached.at.as_millis());
+            let fresh = u64::try_from(age_ms)
+                .is_ok_and(|age| Duration::from_millis(age) < self.config.recheck_after);
+            if fresh {
+                return Ok(Found::Trusted(Arc::clone(cached)));
+            }
         }
-        let key = self.store.user_key(&self.master, user).await?;
-        Ok(self.user_keys.insert(user.clone(), key))
-    }
-
-    /// `user`'s key if they have one; never makes one.
-    async fn user_key_for_reading(&self, user: &UserId) -> Result<Option<Arc<UserKey>>> {
-        if let Some(key) = self.user_keys.get(user) {
-            return Ok(Some(key));
-        }
-        let Some(wrapped) = self.store.get_user_key(user).await? else {
-            return Ok(None);
+        let found = if create {
+            Some(self.store.user_key(&self.master, user).await?)
+        } else {
+            match self.store.get_user_key(user).await? {
+                Some(wrapped) => Some(self.master.unwrap_user_key(user, &wrapped)?),
+                None => None,
+            }
         };
-        let key = self.master.unwrap_user_key(user, &wrapped)?;
-        Ok(Some(self.user_keys.insert(user.clone(), key)))
+        let replaced = match (&cached, &found) {
+            (Some(old), Some(new)) => old.key.id() != new.id(),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if replaced {
+            tracing::info!(user = %user, "a user key was erased elsewhere; forgetting it here");
+            self.forget_user(user);
+        }
+        Ok(match found {
+            None => Found::None,
+            Some(key) => {
+                let key = self
+                    .user_keys
+                    .insert(user.clone(), Checked { key, at: now });
+                if replaced {
+                    Found::Replaced(key)
+                } else {
+                    Found::Trusted(key)
+                }
+            }
+        })
     }
+}
+
+/// What [`Keyring::user_key`] found.
+enum Found {
+    /// The key, as cached or read: data keys cached for it are good.
+    Trusted(Arc<Checked>),
+    /// A different key than the one cached: every key of the user held
+    /// here was forgotten.
+    Replaced(Arc<Checked>),
+    /// No key (never made, or erased).
+    None,
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ async fn setup(epochs: EpochPolicy) -> Setup {
     let config = KeyringConfig {
         epochs,
         cached_keys: 100,
+        ..KeyringConfig::default()
     };
     let master = MasterKey::generate().expect("a master key");
     let keyring = Keyring::new(master, store.clone(), clock.clone(), config)
@@ -31,6 +32,21 @@ async fn setup(epochs: EpochPolicy) -> Setup {
         clock,
         keyring,
     }
+}
+
+/// Another keyring on the same key store and master key: another node, or
+/// this one after a restart. (The master key is cloned through base64, as
+/// a server reads it from its configuration.)
+async fn another_node(s: &Setup) -> Keyring {
+    let master = MasterKey::from_base64(&s.keyring.master.to_base64()).expect("the same key");
+    Keyring::new(
+        master,
+        s.store.clone(),
+        s.clock.clone(),
+        KeyringConfig::default(),
+    )
+    .await
+    .expect("a keyring")
 }
 
 fn text(opened: Opened) -> String {
@@ -131,18 +147,8 @@ async fn a_restarted_node_continues_the_stored_epoch() {
         .seal_body(chat, &ann, message, "before the restart")
         .await
         .expect("sealed");
-    // Another keyring on the same key store and master key: a new node, or
-    // this one after a restart. (The master key is cloned through base64,
-    // as a server reads it from its configuration.)
-    let master = MasterKey::from_base64(&s.keyring.master.to_base64()).expect("the same key");
-    let again = Keyring::new(
-        master,
-        s.store.clone(),
-        s.clock.clone(),
-        KeyringConfig::default(),
-    )
-    .await
-    .expect("a keyring");
+    // A restarted node.
+    let again = another_node(&s).await;
     let second = again
         .seal_body(chat, &ann, MessageId::new(), "after")
         .await
@@ -208,4 +214,96 @@ async fn erasing_a_sender_makes_their_bodies_erased_and_only_theirs() {
         s.keyring.open_body(chat, &ann, m1, &from_ann).await,
         Ok(Opened::Erased)
     ));
+}
+
+#[tokio::test]
+async fn an_erasure_on_another_node_reaches_this_one_within_the_recheck_bound() {
+    let s = setup(EpochPolicy::default()).await;
+    let (chat, ann, bob) = (ChatId::new(), uid("ann"), uid("bob"));
+    let (m1, m2) = (MessageId::new(), MessageId::new());
+    let from_ann = s
+        .keyring
+        .seal_body(chat, &ann, m1, "ann's secret")
+        .await
+        .expect("sealed");
+    let from_bob = s
+        .keyring
+        .seal_body(chat, &bob, m2, "bob's words")
+        .await
+        .expect("sealed");
+    // Both opened once, so their keys sit in this node's caches.
+    assert!(matches!(
+        s.keyring.open_body(chat, &ann, m1, &from_ann).await,
+        Ok(Opened::Text(_))
+    ));
+    // Another node erases Ann.
+    let other = another_node(&s).await;
+    assert!(other.erase_user(&ann).await.expect("erased"));
+    // Within the bound this node may still read from its cache; past it,
+    // it asks the key store, finds the key gone and forgets it.
+    s.clock
+        .advance(KeyringConfig::DEFAULT_RECHECK_AFTER + Duration::from_millis(1));
+    assert!(matches!(
+        s.keyring.open_body(chat, &ann, m1, &from_ann).await,
+        Ok(Opened::Erased)
+    ));
+    let opened = s.keyring.open_body(chat, &bob, m2, &from_bob).await;
+    assert_eq!(text(opened.expect("opens")), "bob's words");
+    // Ann comes back and writes from this node: a new key, a new epoch,
+    // readable on both nodes; her old body stays erased on both.
+    let m3 = MessageId::new();
+    let again = s
+        .keyring
+        .seal_body(chat, &ann, m3, "new start")
+        .await
+        .expect("sealed");
+    for node in [&s.keyring, &other] {
+        let opened = node.open_body(chat, &ann, m3, &again).await;
+        assert_eq!(text(opened.expect("opens")), "new start");
+        assert!(matches!(
+            node.open_body(chat, &ann, m1, &from_ann).await,
+            Ok(Opened::Erased)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_key_replaced_elsewhere_drops_the_data_keys_it_unwrapped() {
+    let s = setup(EpochPolicy::default()).await;
+    let (chat, ann) = (ChatId::new(), uid("ann"));
+    let m1 = MessageId::new();
+    let old = s
+        .keyring
+        .seal_body(chat, &ann, m1, "before")
+        .await
+        .expect("sealed");
+    // Erased and back again on another node before this one rechecked:
+    // the key store now holds a different key for Ann.
+    let other = another_node(&s).await;
+    other.erase_user(&ann).await.expect("erased");
+    let m2 = MessageId::new();
+    let new = other
+        .seal_body(chat, &ann, m2, "after")
+        .await
+        .expect("sealed");
+    s.clock
+        .advance(KeyringConfig::DEFAULT_RECHECK_AFTER + Duration::from_millis(1));
+    // This node must not keep sealing under the epoch of the erased key.
+    let m3 = MessageId::new();
+    let sealed_here = s
+        .keyring
+        .seal_body(chat, &ann, m3, "from here")
+        .await
+        .expect("sealed");
+    assert!(sealed_epoch(&sealed_here).expect("an epoch") > sealed_epoch(&old).expect("an epoch"));
+    for node in [&s.keyring, &other] {
+        assert!(matches!(
+            node.open_body(chat, &ann, m1, &old).await,
+            Ok(Opened::Erased)
+        ));
+        let opened = node.open_body(chat, &ann, m2, &new).await;
+        assert_eq!(text(opened.expect("opens")), "after");
+        let opened = node.open_body(chat, &ann, m3, &sealed_here).await;
+        assert_eq!(text(opened.expect("opens")), "from here");
+    }
 }
