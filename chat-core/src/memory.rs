@@ -17,7 +17,8 @@ use crate::{
     },
     store::{
         Applied, Change, ChatListQuery, Committed, HistoryQuery, Members, NewChat, NewMessage,
-        ReportResolution, Store, check_authority, promotion_of_heir,
+        ReportResolution, Store, StoredText, TextReplacement, TextTable, check_authority,
+        promotion_of_heir,
         rows::{self, Marked, direct_key},
     },
 };
@@ -41,6 +42,7 @@ struct State {
     users: HashMap<UserId, UserRecord>,
     reports: BTreeMap<ReportId, Report>,
     media: HashMap<MediaId, MediaRecord>,
+    meta: HashMap<String, String>,
     /// Each chat's members as its last change left them, shared by the
     /// results of the changes that follow until one changes them (a
     /// membership change, a participant's settings, a block).
@@ -689,5 +691,96 @@ impl Store for MemoryStore {
 
     async fn get_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
         Ok(self.lock().media.get(&id).cloned())
+    }
+
+    async fn stored_texts(
+        &self,
+        table: TextTable,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredText>> {
+        let state = self.lock();
+        // Ids are ULIDs: their order is their text's order.
+        let after = after.unwrap_or("");
+        let mut texts: Vec<StoredText> = match table {
+            TextTable::Messages => state
+                .logs
+                .values()
+                .flat_map(|log| log.values())
+                .filter_map(|m| {
+                    let text = m.content.as_ref()?;
+                    Some(StoredText {
+                        row: m.id.to_string(),
+                        chat_id: m.chat_id,
+                        author: m.sender_id.clone(),
+                        message_id: m.id,
+                        text: text.clone(),
+                    })
+                })
+                .filter(|t| t.row.as_str() > after)
+                .collect(),
+            TextTable::Reports => state
+                .reports
+                .values()
+                .filter_map(|r| {
+                    let text = r.content.as_ref()?;
+                    Some(StoredText {
+                        row: r.id.to_string(),
+                        chat_id: r.chat_id,
+                        author: r.reported_user_id.clone(),
+                        message_id: r.message_id,
+                        text: text.clone(),
+                    })
+                })
+                .filter(|t| t.row.as_str() > after)
+                .collect(),
+        };
+        texts.sort_by(|a, b| a.row.cmp(&b.row));
+        texts.truncate(limit);
+        Ok(texts)
+    }
+
+    async fn replace_texts(&self, replacements: Vec<TextReplacement>) -> Result<usize> {
+        let mut state = self.lock();
+        let mut replaced = 0;
+        for r in replacements {
+            let slot = match r.table {
+                TextTable::Messages => {
+                    let Ok(id) = r.row.parse::<MessageId>() else {
+                        continue;
+                    };
+                    let Some(&(chat, seq)) = state.message_index.get(&id) else {
+                        continue;
+                    };
+                    state
+                        .logs
+                        .get_mut(&chat)
+                        .and_then(|log| log.get_mut(&seq))
+                        .map(|m| &mut m.content)
+                }
+                TextTable::Reports => {
+                    let Ok(id) = r.row.parse::<ReportId>() else {
+                        continue;
+                    };
+                    state.reports.get_mut(&id).map(|report| &mut report.content)
+                }
+            };
+            if let Some(content) = slot {
+                if content.as_deref() == Some(r.old.as_str()) {
+                    *content = Some(r.new);
+                    replaced += 1;
+                }
+            }
+        }
+        Ok(replaced)
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.lock().meta.get(key).cloned())
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.lock().meta.insert(key.to_owned(), value.to_owned());
+        Ok(())
     }
 }

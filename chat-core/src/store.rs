@@ -16,7 +16,7 @@ use crate::{
 mod encrypted;
 pub mod rows;
 
-pub use encrypted::EncryptedStore;
+pub use encrypted::{EncryptedStore, SealedExisting};
 
 /// Durable state: chats, participants, messages, receipts, blocks, reports,
 /// media records and what the engine keeps about users.
@@ -216,6 +216,92 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// The record of an upload.
     async fn get_media(&self, id: crate::model::MediaId) -> Result<Option<MediaRecord>>;
+
+    // --- maintenance -----------------------------------------------------
+
+    /// Up to `limit` stored texts of `table` (messages with content, or
+    /// reports with a snapshot), in id order, after the row `after` (from
+    /// the start if `None`). For re-sealing content written before
+    /// encryption at rest; see [`EncryptedStore::seal_existing`].
+    async fn stored_texts(
+        &self,
+        table: TextTable,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredText>>;
+
+    /// Replaces each text whose row still holds exactly `old` with `new`,
+    /// in one transaction, changing nothing else (no `updated_seq`, no
+    /// time): a row edited or deleted since it was read keeps what it has
+    /// now. Returns how many were replaced. Old contents are not kept: a
+    /// store overwrites the freed space where it can (SQLite's
+    /// `secure_delete`).
+    async fn replace_texts(&self, replacements: Vec<TextReplacement>) -> Result<usize>;
+
+    /// A value the engine keeps about the store itself (the progress of a
+    /// maintenance task), or `None`.
+    async fn get_meta(&self, key: &str) -> Result<Option<String>>;
+
+    /// Sets a value of [`Store::get_meta`].
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
+}
+
+/// Which stored texts [`Store::stored_texts`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TextTable {
+    /// The content of messages.
+    Messages,
+    /// The snapshots of reported messages.
+    Reports,
+}
+
+/// A text at rest: a message's content or a report's snapshot of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredText {
+    /// The row's id (the message's, or the report's).
+    pub row: String,
+    /// The chat it was written in.
+    pub chat_id: ChatId,
+    /// Who wrote it (for a report, the reported user).
+    pub author: UserId,
+    /// The message it is, or is a copy of.
+    pub message_id: MessageId,
+    /// The text as stored.
+    pub text: String,
+}
+
+impl Debug for StoredText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the text: it may be a plaintext body.
+        f.debug_struct("StoredText")
+            .field("row", &self.row)
+            .field("chat_id", &self.chat_id)
+            .field("author", &self.author)
+            .field("message_id", &self.message_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One replacement of [`Store::replace_texts`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct TextReplacement {
+    /// Where.
+    pub table: TextTable,
+    /// The row's id.
+    pub row: String,
+    /// What the row must still hold.
+    pub old: String,
+    /// What it holds afterwards.
+    pub new: String,
+}
+
+impl Debug for TextReplacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextReplacement")
+            .field("table", &self.table)
+            .field("row", &self.row)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A change of a chat's log (or of a participant's watermarks), applied by

@@ -212,6 +212,9 @@ macro_rules! store_conformance_tests {
             concurrent_posts_see_members_at_commit,
             get_users_answers_in_order,
             authorized_changes_need_the_role_at_commit,
+            stored_texts_page_in_id_order,
+            replace_texts_only_where_unchanged,
+            meta_values_round_trip,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

@@ -121,7 +121,10 @@ use async_trait::async_trait;
 use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy, Report,
     ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
-    store::{Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution},
+    store::{
+        Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution, StoredText,
+        TextReplacement, TextTable,
+    },
 };
 use sqlx::{
     PgPool,
@@ -407,5 +410,26 @@ impl Store for PostgresStore {
 
     async fn get_media(&self, id: MediaId) -> chat_core::Result<Option<MediaRecord>> {
         core(read::media(&self.pool, id).await)
+    }
+
+    async fn stored_texts(
+        &self,
+        table: TextTable,
+        after: Option<&str>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<StoredText>> {
+        core(read::stored_texts(&self.pool, table, after.unwrap_or(""), limit).await)
+    }
+
+    async fn replace_texts(&self, replacements: Vec<TextReplacement>) -> chat_core::Result<usize> {
+        core(write::replace_texts(&self.pool, replacements).await)
+    }
+
+    async fn get_meta(&self, key: &str) -> chat_core::Result<Option<String>> {
+        core(read::meta(&self.pool, key).await)
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> chat_core::Result<()> {
+        core(write::set_meta(&self.pool, key, value).await)
     }
 }

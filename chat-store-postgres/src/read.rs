@@ -12,9 +12,9 @@ use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Report, ReportId, ReportStatus,
     Timestamp, UserId, UserRecord,
     store::{
-        ChatListQuery, HistoryQuery, Members,
+        ChatListQuery, HistoryQuery, Members, StoredText, TextTable,
         rows::{
-            ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, UserRow, direct_key,
+            ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow, UserRow, direct_key,
             fold_reactions, parse, sql_limit, sql_u64, unsigned, user_id,
         },
     },
@@ -611,4 +611,52 @@ pub(crate) async fn media<'e>(
         created_at: r.try_get("created_at")?,
     };
     Ok(Some(row.into_record(id)?))
+}
+
+// --- maintenance ---------------------------------------------------------
+
+/// [`Store::stored_texts`](chat_core::Store::stored_texts).
+pub(crate) async fn stored_texts<'e>(
+    ex: impl PgExecutor<'e>,
+    table: TextTable,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<StoredText>, Error> {
+    // Both walk the primary key (COLLATE "C": byte order, as ids sort).
+    let sql = match table {
+        TextTable::Messages => {
+            "SELECT id, chat_id, sender_id AS author, id AS message_id, content FROM messages \
+             WHERE id > $1 AND content IS NOT NULL ORDER BY id LIMIT $2"
+        }
+        TextTable::Reports => {
+            "SELECT id, chat_id, reported_user_id AS author, message_id, content FROM reports \
+             WHERE id > $1 AND content IS NOT NULL ORDER BY id LIMIT $2"
+        }
+    };
+    let rows = sqlx::query(sql)
+        .bind(after)
+        .bind(sql_limit(limit))
+        .fetch_all(ex)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let row = TextRow {
+            row: r.try_get("id")?,
+            chat_id: r.try_get("chat_id")?,
+            author: r.try_get("author")?,
+            message_id: r.try_get("message_id")?,
+            text: r.try_get("content")?,
+        };
+        out.push(row.into_stored_text()?);
+    }
+    Ok(out)
+}
+
+/// [`Store::get_meta`](chat_core::Store::get_meta).
+pub(crate) async fn meta<'e>(ex: impl PgExecutor<'e>, key: &str) -> Result<Option<String>, Error> {
+    let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+        .bind(key)
+        .fetch_optional(ex)
+        .await?;
+    Ok(row.map(|r| r.try_get("value")).transpose()?)
 }

@@ -13,7 +13,7 @@ use chat_core::{
     Chat, ChatId, MediaRecord, Message, MessageId, MessageType, ParticipantSettings, Privacy,
     Report, Role, SystemEvent, Timestamp, UserId,
     store::{
-        Applied, Change, NewChat, NewMessage, ReportResolution,
+        Applied, Change, NewChat, NewMessage, ReportResolution, TextReplacement, TextTable,
         rows::{self, Marked, direct_key, sql_u64, sql_u64_checked, unsigned},
     },
 };
@@ -852,4 +852,48 @@ async fn membership(
         chat: load_chat(conn, chat_id).await?,
         message,
     })
+}
+
+// --- maintenance ---------------------------------------------------------
+
+/// [`Store::replace_texts`](chat_core::Store::replace_texts), in one
+/// transaction. The old row versions stay in the table's dead tuples until
+/// VACUUM reclaims them (and in free space until it is reused): README says
+/// how to rewrite the table after the first sealing.
+pub(crate) async fn replace_texts(
+    pool: &PgPool,
+    replacements: Vec<TextReplacement>,
+) -> Result<usize, Error> {
+    let mut tx = pool.begin().await?;
+    let mut replaced = 0;
+    for r in replacements {
+        let sql = match r.table {
+            TextTable::Messages => {
+                "UPDATE messages SET content = $3 WHERE id = $1 AND content = $2"
+            }
+            TextTable::Reports => "UPDATE reports SET content = $3 WHERE id = $1 AND content = $2",
+        };
+        let done = sqlx::query(sql)
+            .bind(&r.row)
+            .bind(&r.old)
+            .bind(&r.new)
+            .execute(&mut *tx)
+            .await?;
+        replaced += usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+    }
+    tx.commit().await?;
+    Ok(replaced)
+}
+
+/// [`Store::set_meta`](chat_core::Store::set_meta).
+pub(crate) async fn set_meta(pool: &PgPool, key: &str, value: &str) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

@@ -133,7 +133,10 @@ use async_trait::async_trait;
 use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy, Report,
     ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
-    store::{Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution},
+    store::{
+        Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution, StoredText,
+        TextReplacement, TextTable,
+    },
 };
 use rusqlite::{Connection, OpenFlags};
 
@@ -574,6 +577,33 @@ impl Store for SqliteStore {
 
     async fn get_media(&self, id: MediaId) -> chat_core::Result<Option<MediaRecord>> {
         self.read(move |conn| read::media(conn, id)).await
+    }
+
+    async fn stored_texts(
+        &self,
+        table: TextTable,
+        after: Option<&str>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<StoredText>> {
+        let after = after.unwrap_or("").to_owned();
+        self.read(move |conn| read::stored_texts(conn, table, &after, limit))
+            .await
+    }
+
+    async fn replace_texts(&self, replacements: Vec<TextReplacement>) -> chat_core::Result<usize> {
+        self.write(move |conn| write::replace_texts(conn, replacements))
+            .await
+    }
+
+    async fn get_meta(&self, key: &str) -> chat_core::Result<Option<String>> {
+        let key = key.to_owned();
+        self.read(move |conn| read::meta(conn, &key)).await
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> chat_core::Result<()> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.write(move |conn| write::set_meta(conn, &key, &value))
+            .await
     }
 }
 

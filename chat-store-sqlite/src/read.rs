@@ -5,9 +5,9 @@ use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Participant, Reactions, Report,
     ReportId, ReportStatus, UserId, UserRecord,
     store::{
-        ChatListQuery, HistoryQuery,
+        ChatListQuery, HistoryQuery, StoredText, TextTable,
         rows::{
-            ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, UserRow, direct_key,
+            ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow, UserRow, direct_key,
             fold_reactions, sql_limit, sql_u64, unsigned, user_id,
         },
     },
@@ -540,4 +540,49 @@ pub(crate) fn media(conn: &Connection, id: MediaId) -> Result<Option<MediaRecord
         })
         .optional()?;
     Ok(row.map(|r| r.into_record(id)).transpose()?)
+}
+
+// --- maintenance ---------------------------------------------------------
+
+/// [`Store::stored_texts`](chat_core::Store::stored_texts).
+pub(crate) fn stored_texts(
+    conn: &Connection,
+    table: TextTable,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<StoredText>, Error> {
+    // Both walk the primary key's index from `after`.
+    let sql = match table {
+        TextTable::Messages => {
+            "SELECT id, chat_id, sender_id, id, content FROM messages \
+             WHERE id > ?1 AND content IS NOT NULL ORDER BY id LIMIT ?2"
+        }
+        TextTable::Reports => {
+            "SELECT id, chat_id, reported_user_id, message_id, content FROM reports \
+             WHERE id > ?1 AND content IS NOT NULL ORDER BY id LIMIT ?2"
+        }
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![after, sql_limit(limit)], |r| {
+        Ok(TextRow {
+            row: r.get(0)?,
+            chat_id: r.get(1)?,
+            author: r.get(2)?,
+            message_id: r.get(3)?,
+            text: r.get(4)?,
+        })
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row?.into_stored_text()?);
+    }
+    Ok(out)
+}
+
+/// [`Store::get_meta`](chat_core::Store::get_meta).
+pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<String>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
 }

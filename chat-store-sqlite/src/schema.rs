@@ -175,6 +175,14 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX messages_by_updated_seq;
     CREATE INDEX messages_changed ON messages (chat_id, updated_seq) WHERE updated_seq > seq;
     "#,
+    // 5: values the engine keeps about the store itself, such as how far
+    // the sealing of content written before encryption at rest has come.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.

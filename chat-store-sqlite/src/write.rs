@@ -11,7 +11,8 @@ use chat_core::{
     Chat, ChatId, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
     ParticipantSettings, Privacy, Report, Role, Timestamp, UserId,
     store::{
-        Applied, Change, Committed, NewChat, NewMessage, ReportResolution,
+        Applied, Change, Committed, NewChat, NewMessage, ReportResolution, TextReplacement,
+        TextTable,
         rows::{self, Marked, direct_key, sql_u64, sql_u64_checked},
     },
 };
@@ -762,4 +763,50 @@ fn membership(
         chat: load_chat(conn, chat_id)?,
         message,
     })
+}
+
+// --- maintenance ---------------------------------------------------------
+
+/// [`Store::replace_texts`](chat_core::Store::replace_texts), with
+/// `secure_delete` on while it runs, so that the texts replaced (plaintext
+/// written before encryption at rest) are overwritten with zeros in the
+/// file instead of left in free space.
+pub(crate) fn replace_texts(
+    conn: &Connection,
+    replacements: Vec<TextReplacement>,
+) -> Result<usize, Error> {
+    let before: i64 = conn.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
+    conn.pragma_update(None, "secure_delete", true)?;
+    let replaced = replace_each(conn, replacements);
+    // Restored whatever happened: the writer's other work runs without it.
+    let restored = conn.pragma_update(None, "secure_delete", before);
+    let replaced = replaced?;
+    restored?;
+    Ok(replaced)
+}
+
+fn replace_each(conn: &Connection, replacements: Vec<TextReplacement>) -> Result<usize, Error> {
+    let mut replaced = 0;
+    for r in replacements {
+        let sql = match r.table {
+            TextTable::Messages => {
+                "UPDATE messages SET content = ?3 WHERE id = ?1 AND content = ?2"
+            }
+            TextTable::Reports => "UPDATE reports SET content = ?3 WHERE id = ?1 AND content = ?2",
+        };
+        replaced += conn
+            .prepare_cached(sql)?
+            .execute(params![r.row, r.old, r.new])?;
+    }
+    Ok(replaced)
+}
+
+/// [`Store::set_meta`](chat_core::Store::set_meta).
+pub(crate) fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, value])?;
+    Ok(())
 }

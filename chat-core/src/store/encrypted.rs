@@ -20,6 +20,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 
 use super::{
     Applied, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution, Store,
+    StoredText, TextReplacement, TextTable,
 };
 use crate::{
     error::{Error, Result},
@@ -40,6 +41,70 @@ struct Known {
 /// What sealed content starts with in the inner store.
 const SEALED: &str = "\u{1}v1:";
 
+/// Meta key: [`MIGRATED_V1`] once every text is sealed.
+const MIGRATED: &str = "at_rest.sealed_existing";
+const MIGRATED_V1: &str = "v1";
+/// Meta key: where [`EncryptedStore::seal_existing`] stopped
+/// ([`Position`]).
+const MIGRATION_AT: &str = "at_rest.sealed_through";
+/// How often [`EncryptedStore::seal_existing`] logs its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What [`EncryptedStore::seal_existing`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SealedExisting {
+    /// Nothing to do: an earlier call finished.
+    pub already_done: bool,
+    /// Texts read.
+    pub scanned: u64,
+    /// Texts that were plaintext and are sealed now.
+    pub sealed: u64,
+}
+
+/// Where [`EncryptedStore::seal_existing`] is: a table, and the last row
+/// done in it. Saved as `"messages:<id>"` / `"reports:<id>"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    table: TextTable,
+    after: Option<String>,
+}
+
+impl Default for Position {
+    fn default() -> Self {
+        Self {
+            table: TextTable::Messages,
+            after: None,
+        }
+    }
+}
+
+impl Position {
+    /// A saved position; anything unreadable starts over (sealing is
+    /// idempotent: sealed rows are skipped).
+    fn parse(saved: &str) -> Self {
+        let (table, after) = match saved.split_once(':') {
+            Some(("messages", after)) => (TextTable::Messages, after),
+            Some(("reports", after)) => (TextTable::Reports, after),
+            _ => return Self::default(),
+        };
+        Self {
+            table,
+            after: (!after.is_empty()).then(|| after.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let table = match self.table {
+            TextTable::Messages => "messages",
+            TextTable::Reports => "reports",
+        };
+        write!(f, "{table}:{}", self.after.as_deref().unwrap_or(""))
+    }
+}
+
 /// A [`Store`] that keeps message content encrypted in the store it wraps;
 /// see the [module docs](self).
 #[derive(Debug)]
@@ -57,6 +122,110 @@ impl EncryptedStore {
     /// The keyring (for erasure).
     pub fn keyring(&self) -> &Arc<Keyring> {
         &self.keyring
+    }
+
+    /// Seals every text the inner store holds in plaintext (written before
+    /// encryption at rest was turned on): message contents, then report
+    /// snapshots, `batch` rows at a time, each batch replaced in one
+    /// transaction of the inner store.
+    ///
+    /// Resumable: after each batch the position is saved in the store's
+    /// meta values, and a later call continues from there; once both
+    /// tables are done, calls return at once (unless `from_start`, which
+    /// scans everything again: for a database that an older server wrote
+    /// to after the migration). Safe while the engine serves: a row edited
+    /// or deleted between the read and the write keeps its new content
+    /// (which was sealed by the edit). Progress is logged.
+    pub async fn seal_existing(&self, batch: usize, from_start: bool) -> Result<SealedExisting> {
+        let mut report = SealedExisting::default();
+        if !from_start && self.inner.get_meta(MIGRATED).await?.as_deref() == Some(MIGRATED_V1) {
+            report.already_done = true;
+            return Ok(report);
+        }
+        let batch = batch.max(1);
+        let mut position = match self.inner.get_meta(MIGRATION_AT).await? {
+            Some(at) if !from_start => Position::parse(&at),
+            _ => Position::default(),
+        };
+        let started = std::time::Instant::now();
+        let mut logged = started;
+        for table in [TextTable::Messages, TextTable::Reports] {
+            if position.table == TextTable::Reports && table == TextTable::Messages {
+                continue;
+            }
+            if position.table != table {
+                position = Position { table, after: None };
+            }
+            loop {
+                let texts = self
+                    .inner
+                    .stored_texts(table, position.after.as_deref(), batch)
+                    .await?;
+                let Some(last) = texts.last() else {
+                    break;
+                };
+                let last = last.row.clone();
+                let full = texts.len() == batch;
+                report.scanned += texts.len() as u64;
+                let mut replacements = Vec::new();
+                for text in texts {
+                    if text.text.starts_with(SEALED) {
+                        continue;
+                    }
+                    let sealed = match table {
+                        TextTable::Messages => {
+                            self.keyring
+                                .seal_body(text.chat_id, &text.author, text.message_id, &text.text)
+                                .await?
+                        }
+                        TextTable::Reports => {
+                            self.keyring
+                                .seal_snapshot(
+                                    text.chat_id,
+                                    &text.author,
+                                    text.message_id,
+                                    &text.text,
+                                )
+                                .await?
+                        }
+                    };
+                    replacements.push(TextReplacement {
+                        table,
+                        row: text.row,
+                        new: format!("{SEALED}{}", STANDARD.encode(sealed)),
+                        old: text.text,
+                    });
+                }
+                if !replacements.is_empty() {
+                    report.sealed += self.inner.replace_texts(replacements).await? as u64;
+                }
+                position.after = Some(last);
+                self.inner
+                    .set_meta(MIGRATION_AT, &position.to_string())
+                    .await?;
+                if logged.elapsed() >= PROGRESS_EVERY {
+                    logged = std::time::Instant::now();
+                    tracing::info!(
+                        scanned = report.scanned,
+                        sealed = report.sealed,
+                        table = ?table,
+                        "sealing content written before encryption at rest"
+                    );
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        self.inner.set_meta(MIGRATED, MIGRATED_V1).await?;
+        self.inner.set_meta(MIGRATION_AT, "").await?;
+        tracing::info!(
+            scanned = report.scanned,
+            sealed = report.sealed,
+            seconds = started.elapsed().as_secs(),
+            "content written before encryption at rest is sealed"
+        );
+        Ok(report)
     }
 
     async fn seal_body(
@@ -436,6 +605,30 @@ impl Store for EncryptedStore {
 
     async fn get_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
         self.inner.get_media(id).await
+    }
+
+    // Maintenance reads and writes the stored form: it is how
+    // `seal_existing` finds plaintext and puts ciphertext in its place.
+
+    async fn stored_texts(
+        &self,
+        table: TextTable,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredText>> {
+        self.inner.stored_texts(table, after, limit).await
+    }
+
+    async fn replace_texts(&self, replacements: Vec<TextReplacement>) -> Result<usize> {
+        self.inner.replace_texts(replacements).await
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        self.inner.get_meta(key).await
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.inner.set_meta(key, value).await
     }
 }
 

@@ -303,6 +303,46 @@ pub fn fold_reactions(
     Ok(out)
 }
 
+/// A stored text as [`Store::stored_texts`](super::Store::stored_texts)
+/// selects it: `(id, chat_id, author, message_id, text)`, where the author
+/// is a message's `sender_id` or a report's `reported_user_id`, and the
+/// message id is the row's own id for messages.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TextRow {
+    /// The row's id.
+    pub row: String,
+    /// `chat_id`.
+    pub chat_id: String,
+    /// The author.
+    pub author: String,
+    /// The message.
+    pub message_id: String,
+    /// The text.
+    pub text: String,
+}
+
+impl std::fmt::Debug for TextRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the text.
+        f.debug_struct("TextRow")
+            .field("row", &self.row)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TextRow {
+    /// The stored text.
+    pub fn into_stored_text(self) -> Result<super::StoredText, RowError> {
+        Ok(super::StoredText {
+            chat_id: parse("chat_id", &self.chat_id)?,
+            author: user_id("author", self.author)?,
+            message_id: parse("message_id", &self.message_id)?,
+            row: self.row,
+            text: self.text,
+        })
+    }
+}
+
 /// A row of `reports`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReportRow {

@@ -27,12 +27,14 @@ mod audience;
 mod chats;
 mod concurrency;
 mod log;
+mod maintenance;
 mod membership;
 mod receipts;
 mod safety;
 mod users;
 pub use self::{
-    audience::*, chats::*, concurrency::*, log::*, membership::*, receipts::*, safety::*, users::*,
+    audience::*, chats::*, concurrency::*, log::*, maintenance::*, membership::*, receipts::*,
+    safety::*, users::*,
 };
 
 // --- helpers -------------------------------------------------------------

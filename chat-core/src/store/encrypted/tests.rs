@@ -69,8 +69,9 @@ async fn page(s: &Setup) -> Vec<Message> {
         .expect("the page reads")
 }
 
-async fn post(s: &Setup, sender: &str, text: &str) -> Message {
-    let new = NewMessage {
+/// A text message by `sender` in the setup's chat.
+fn new_text(s: &Setup, sender: &str, text: &str) -> NewMessage {
+    NewMessage {
         id: MessageId::new(),
         chat_id: s.chat,
         sender_id: uid(sender),
@@ -81,7 +82,11 @@ async fn post(s: &Setup, sender: &str, text: &str) -> Message {
         client_msg_id: Some(format!("c-{}", MessageId::new())),
         system: None,
         created_at: Timestamp::from_millis(2_000),
-    };
+    }
+}
+
+async fn post(s: &Setup, sender: &str, text: &str) -> Message {
+    let new = new_text(s, sender, text);
     let mut results = s.store.apply(vec![Change::Post(new)]).await;
     match results.pop() {
         Some(Ok(Committed {
@@ -207,4 +212,143 @@ async fn a_damaged_body_fails_that_message_alone() {
             .all(|m| m.unreadable.is_none() && m.content.is_some()),
         "the others read"
     );
+}
+
+/// Posts straight into the inner store: content as an older server wrote
+/// it, in plaintext.
+async fn post_plain(s: &Setup, sender: &str, text: &str) -> MessageId {
+    let new = new_text(s, sender, text);
+    let id = new.id;
+    let result = s.inner.apply(vec![Change::Post(new)]).await.pop();
+    assert!(matches!(result, Some(Ok(_))), "{result:?}");
+    id
+}
+
+async fn raw_content(s: &Setup, id: MessageId) -> String {
+    s.inner
+        .get_message(id)
+        .await
+        .expect("a read")
+        .and_then(|m| m.content)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn existing_plaintext_is_sealed_in_resumable_batches() {
+    let s = setup().await;
+    let mut plain = Vec::new();
+    for i in 0..7 {
+        plain.push(
+            post_plain(
+                &s,
+                if i % 2 == 0 { "ann" } else { "bob" },
+                &format!("old {i}"),
+            )
+            .await,
+        );
+    }
+    let already = post(&s, "ann", "new, sealed on the way in").await;
+    // A report snapshot written before encryption, too.
+    let report = Report {
+        id: ReportId::new(),
+        reporter_id: uid("bob"),
+        chat_id: s.chat,
+        message_id: plain[0],
+        reported_user_id: uid("ann"),
+        reason: "harassment".into(),
+        content: Some("old 0".into()),
+        status: ReportStatus::Open,
+        created_at: Timestamp::from_millis(2_500),
+        resolved_at: None,
+        resolved_by: None,
+        resolution_note: None,
+    };
+    s.inner.insert_report(report.clone()).await.expect("stored");
+    let before = raw_content(&s, already.id).await;
+
+    // Readers see legacy plaintext as it is, before and after.
+    let history = page(&s).await;
+    assert!(
+        history
+            .iter()
+            .any(|m| m.content.as_deref() == Some("old 3"))
+    );
+
+    // A first run that stops after one batch (as a crash would): resumed
+    // from the saved position, nothing sealed twice, nothing missed.
+    let texts = s
+        .inner
+        .stored_texts(TextTable::Messages, None, 3)
+        .await
+        .expect("a read");
+    assert_eq!(texts.len(), 3);
+    s.inner
+        .set_meta(MIGRATION_AT, &format!("messages:{}", texts[2].row))
+        .await
+        .expect("saved");
+    // (The three rows before the saved position stay plaintext in this
+    // staged crash; a `from_start` run below picks them up.)
+    let done = s.store.seal_existing(2, false).await.expect("sealed");
+    assert_eq!(
+        done.sealed,
+        4 + 1,
+        "four messages after the position, one report"
+    );
+    assert_eq!(
+        raw_content(&s, already.id).await,
+        before,
+        "sealed rows untouched"
+    );
+    let again = s.store.seal_existing(2, false).await.expect("no-op");
+    assert!(again.already_done);
+    let rest = s.store.seal_existing(2, true).await.expect("sealed");
+    assert_eq!(rest.sealed, 3);
+    assert_eq!(rest.scanned, 8 + 1);
+
+    for (i, id) in plain.iter().enumerate() {
+        let raw = raw_content(&s, *id).await;
+        assert!(raw.starts_with(SEALED), "message {i} sealed: {raw}");
+    }
+    let history = page(&s).await;
+    for i in 0..7 {
+        let text = format!("old {i}");
+        assert!(
+            history
+                .iter()
+                .any(|m| m.content.as_deref() == Some(text.as_str()))
+        );
+    }
+    let raw = s
+        .inner
+        .get_report(report.id)
+        .await
+        .expect("a read")
+        .expect("kept");
+    assert!(raw.content.unwrap_or_default().starts_with(SEALED));
+    let opened = s
+        .store
+        .get_report(report.id)
+        .await
+        .expect("a read")
+        .expect("kept");
+    assert_eq!(opened.content.as_deref(), Some("old 0"));
+}
+
+#[tokio::test]
+async fn a_row_changed_since_it_was_read_keeps_its_new_content() {
+    let s = setup().await;
+    let id = post_plain(&s, "ann", "old text").await;
+    let sealed_edit = "\u{1}v1:not-really".to_string();
+    let replaced = s
+        .inner
+        .replace_texts(vec![TextReplacement {
+            table: TextTable::Messages,
+            row: id.to_string(),
+            old: "something else".into(),
+            new: sealed_edit,
+        }])
+        .await
+        .expect("replaced");
+    assert_eq!(replaced, 0, "the row does not hold `old`");
+    assert_eq!(raw_content(&s, id).await, "old text");
 }
