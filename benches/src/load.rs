@@ -30,7 +30,7 @@ use tokio::{
 };
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
-use crate::{Error, procstat};
+use crate::{Error, procstat, reads};
 
 /// What to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +77,13 @@ pub(crate) struct LoadArgs {
     /// Only connect and hold the connections (memory per idle connection).
     #[arg(long)]
     idle: bool,
+    /// Measure reads instead of sends: fill each chat with --fill
+    /// messages, then read in a loop for --duration seconds.
+    #[arg(long, value_enum)]
+    reads: Option<reads::ReadKind>,
+    /// Messages per chat before a read workload.
+    #[arg(long, default_value_t = 200)]
+    fill: usize,
     /// The spawned server's SQLite durability: full or normal.
     #[arg(long, default_value = "full")]
     synchronous: String,
@@ -91,16 +98,16 @@ pub(crate) struct LoadArgs {
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Default, serde::Serialize)]
 pub(crate) struct Percentiles {
-    p50: f64,
+    pub(crate) p50: f64,
     p90: f64,
-    p99: f64,
+    pub(crate) p99: f64,
     p999: f64,
-    max: f64,
+    pub(crate) max: f64,
     count: u64,
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         Self {
             p50: ms(0.5),
@@ -140,7 +147,7 @@ pub(crate) struct Report {
     server_cpu_s_per_million_deliveries: Option<f64>,
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The server under test, killed on drop.
 struct Server {
@@ -254,7 +261,7 @@ async fn connect(args: &LoadArgs, addr: SocketAddr, secret: &str, i: usize) -> R
 }
 
 /// Sends a command and reads until its ack; returns the ack's `data`.
-async fn request(
+pub(crate) async fn request(
     ws: &mut Ws,
     id: &str,
     kind: &str,
@@ -287,7 +294,7 @@ struct ConnStats {
     acked: u64,
 }
 
-fn histogram() -> Result<Histogram<u64>, Error> {
+pub(crate) fn histogram() -> Result<Histogram<u64>, Error> {
     // Microseconds up to 100 s, 3 significant digits.
     Ok(Histogram::new_with_bounds(1, 100_000_000, 3)?)
 }
@@ -412,6 +419,20 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
         }
     }
     let group_of: Vec<usize> = (0..n).map(|i| i / group).collect();
+
+    if let (Some(kind), Target::Chat) = (args.reads, args.target) {
+        let duration = Duration::from_secs(args.duration.max(1));
+        let workload = reads::Workload {
+            kind,
+            fill: args.fill,
+            message_bytes: args.message_bytes,
+            duration,
+            json: args.json,
+        };
+        reads::run(workload, sockets, chat_of, pid).await?;
+        drop(server);
+        return Ok(());
+    }
 
     // Run.
     let base = Instant::now();

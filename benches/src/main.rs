@@ -9,6 +9,7 @@
 
 mod load;
 mod procstat;
+mod reads;
 mod relay;
 mod store;
 

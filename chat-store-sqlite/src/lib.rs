@@ -28,6 +28,11 @@
 //!   and a power loss. [`Synchronous::Normal`] keeps them across a process
 //!   crash but may lose the last commits on power loss;
 //!   [`Synchronous::Off`] is for tests.
+//! - **Deleted means overwritten.** `secure_delete=ON`: content deleted
+//!   or replaced (a deleted message's ciphertext, plaintext sealed by
+//!   encryption at rest after an upgrade) is overwritten with zeros in the
+//!   file rather than left in free pages. Inserts cost the same; a freed
+//!   page is written once more.
 //! - **Schema.** Versioned migrations (`PRAGMA user_version`, see
 //!   [`SCHEMA_VERSION`]) run in one transaction when the store opens, with
 //!   foreign keys off (a migration may rebuild a table) and every reference
@@ -36,7 +41,8 @@
 //!   after upgrading takes as long as copying the messages. Version 4
 //!   indexes by `updated_seq` only the messages changed after they were
 //!   posted (sync finds the others on the log), which takes one index
-//!   build on the first open.
+//!   build on the first open. Version 5 adds the `meta` table of
+//!   [`Store::get_meta`].
 //!
 //! Dropping the store lets the writer finish the jobs already queued, then
 //! it closes its connection and exits; [`SqliteStore::close`] does the same
@@ -253,6 +259,11 @@ fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection, Error> {
     conn.pragma_update(None, "synchronous", config.synchronous.as_str())?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Content that is deleted or replaced is overwritten with zeros in the
+    // file, not left in free space: deleted messages, and plaintext that
+    // was sealed after encryption at rest was turned on. Costs nothing on
+    // inserts; a page freed is written once more (rare here).
+    conn.pragma_update(None, "secure_delete", true)?;
     Ok(conn)
 }
 

@@ -767,25 +767,15 @@ fn membership(
 
 // --- maintenance ---------------------------------------------------------
 
-/// [`Store::replace_texts`](chat_core::Store::replace_texts), with
-/// `secure_delete` on while it runs, so that the texts replaced (plaintext
+/// [`Store::replace_texts`](chat_core::Store::replace_texts). The
+/// connection has `secure_delete` on, so the texts replaced (plaintext
 /// written before encryption at rest) are overwritten with zeros in the
-/// file instead of left in free space.
+/// file instead of left in free space. (Turning it on for this step alone
+/// is not enough: pages are freed and rebalanced after the step.)
 pub(crate) fn replace_texts(
     conn: &Connection,
     replacements: Vec<TextReplacement>,
 ) -> Result<usize, Error> {
-    let before: i64 = conn.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
-    conn.pragma_update(None, "secure_delete", true)?;
-    let replaced = replace_each(conn, replacements);
-    // Restored whatever happened: the writer's other work runs without it.
-    let restored = conn.pragma_update(None, "secure_delete", before);
-    let replaced = replaced?;
-    restored?;
-    Ok(replaced)
-}
-
-fn replace_each(conn: &Connection, replacements: Vec<TextReplacement>) -> Result<usize, Error> {
     let mut replaced = 0;
     for r in replacements {
         let sql = match r.table {

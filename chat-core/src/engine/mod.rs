@@ -215,8 +215,11 @@ impl EngineBuilder {
     /// Must be called within a Tokio runtime.
     pub async fn build(self) -> Result<ChatEngine> {
         let hub = Arc::new(Hub::new());
-        let store = match &self.keyring {
-            Some(keyring) => Arc::new(EncryptedStore::new(self.store, Arc::clone(keyring))),
+        let encrypted = self
+            .keyring
+            .map(|keyring| Arc::new(EncryptedStore::new(self.store.clone(), keyring)));
+        let store = match &encrypted {
+            Some(encrypted) => Arc::clone(encrypted) as Arc<dyn Store>,
             None => self.store,
         };
         let mut attached = None;
@@ -234,7 +237,7 @@ impl EngineBuilder {
                 writer: Writer::start(weak.clone(), &self.config),
                 chats: ChatCache::new(cache_capacity),
                 store,
-                keyring: self.keyring,
+                encrypted,
                 bus: self.bus,
                 clock: self.clock,
                 policy: self.policy,
@@ -288,7 +291,9 @@ pub struct ChatEngine {
 #[derive(Debug)]
 struct Inner {
     store: Arc<dyn Store>,
-    keyring: Option<Arc<Keyring>>,
+    /// The same store, when it encrypts at rest (for erasure and sealing
+    /// existing content).
+    encrypted: Option<Arc<EncryptedStore>>,
     bus: Arc<dyn Bus>,
     hub: Arc<Hub>,
     clock: Arc<dyn Clock>,

@@ -218,14 +218,30 @@ impl ChatEngine {
     /// rest: it has no key to destroy, and saying "done" would mislead.
     pub async fn erase_user_keys(&self, actor: &Actor, user: &UserId) -> Result<bool> {
         Self::require_admin(actor)?;
-        let Some(keyring) = &self.inner.keyring else {
-            return Err(Error::conflict(
-                "this engine does not encrypt at rest: there are no keys to destroy",
-            ));
-        };
-        let existed = keyring.erase_user(user).await?;
+        let existed = self.encrypted()?.keyring().erase_user(user).await?;
         tracing::info!(admin = %actor.user_id, user = %user, existed, "user key destroyed");
         Ok(existed)
+    }
+
+    /// Seals the content written before encryption at rest was turned on;
+    /// see [`EncryptedStore::seal_existing`](crate::store::EncryptedStore::seal_existing)
+    /// (resumable, safe while serving). For the embedder at start, not for
+    /// clients: it takes no actor.
+    ///
+    /// A [`Conflict`](Error::Conflict) on an engine without encryption at
+    /// rest.
+    pub async fn seal_existing_content(
+        &self,
+        batch: usize,
+        from_start: bool,
+    ) -> Result<crate::store::SealedExisting> {
+        self.encrypted()?.seal_existing(batch, from_start).await
+    }
+
+    fn encrypted(&self) -> Result<&crate::store::EncryptedStore> {
+        self.inner.encrypted.as_deref().ok_or_else(|| {
+            Error::conflict("this engine does not encrypt at rest: there are no keys")
+        })
     }
 
     /// Deletes any message (service admins), leaving a tombstone.

@@ -81,6 +81,35 @@ pub(crate) struct RotateArgs {
     pub(crate) serve: ServeArgs,
 }
 
+/// `chat-server erase-user-keys <user> [serve options]`
+#[derive(Debug, Parser)]
+#[command(
+    name = "erase-user-keys",
+    about = "Destroys a user's key in the key store: everything they sent reads as erased, in every copy of the database"
+)]
+pub(crate) struct EraseArgs {
+    /// The user id.
+    pub(crate) user: String,
+    /// Where the key store is: the same options as `serve`.
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// `chat-server seal-existing [--from-start] [serve options]`
+#[derive(Debug, Parser)]
+#[command(
+    name = "seal-existing",
+    about = "Encrypts message content written before encryption at rest (servers also do it at start)"
+)]
+pub(crate) struct SealArgs {
+    /// Scan every row again, even if an earlier run finished.
+    #[arg(long)]
+    pub(crate) from_start: bool,
+    /// Where the database and key store are: the same options as `serve`.
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
 /// `chat-server token <user> [--admin] [--ttl 24h]`
 #[derive(Debug, Parser)]
 #[command(name = "token", about = "Prints a token signed with CHAT_JWT_SECRET")]

@@ -22,7 +22,7 @@ use chat_transport_ws::{WsConfig, auth::AuthConfig, auth::issue_hs256};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Cli, RotateArgs, ServeArgs, Settings, TokenArgs};
+use crate::config::{Cli, EraseArgs, RotateArgs, SealArgs, ServeArgs, Settings, TokenArgs};
 
 fn main() -> ExitCode {
     tune_allocator();
@@ -34,6 +34,12 @@ fn main() -> ExitCode {
         Some("rotate-master-key") => RotateArgs::try_parse_from(args.iter().skip(1))
             .map_err(clap_exit)
             .and_then(rotate_master_key),
+        Some("erase-user-keys") => EraseArgs::try_parse_from(args.iter().skip(1))
+            .map_err(clap_exit)
+            .and_then(erase_user_keys),
+        Some("seal-existing") => SealArgs::try_parse_from(args.iter().skip(1))
+            .map_err(clap_exit)
+            .and_then(seal_existing),
         Some("serve") => ServeArgs::try_parse_from(args.iter().skip(1))
             .map_err(clap_exit)
             .and_then(serve),
@@ -166,39 +172,15 @@ async fn run(settings: Settings) -> Result<(), Failure> {
         }
     });
 
-    let store: Arc<dyn Store> = match &settings.postgres {
-        Some(url) => {
-            let store = PostgresStore::connect(url)
-                .await
-                .map_err(|e| fail(format!("cannot connect to PostgreSQL: {e}")))?;
-            store
-                .migrate()
-                .await
-                .map_err(|e| fail(format!("cannot migrate PostgreSQL: {e}")))?;
-            Arc::new(store)
-        }
-        None => {
-            let sqlite = settings.sqlite.clone();
-            let sqlite_config = settings.sqlite_config();
-            let store =
-                tokio::task::spawn_blocking(move || SqliteStore::open_with(&sqlite, sqlite_config))
-                    .await
-                    .map_err(fail)?
-                    .map_err(|e| {
-                        fail(format!(
-                            "cannot open SQLite database {}: {e}",
-                            settings.sqlite.display()
-                        ))
-                    })?;
-            Arc::new(store)
-        }
-    };
-    let store = encrypted(store, &settings).await?;
+    let store = open_store(&settings).await?;
+    let keyring = open_keyring(&settings).await?;
     if let Some(dir) = &settings.media_dir {
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("cannot create media dir {}: {e}", dir.display())))?;
     }
-    let mut builder = ChatEngine::builder(store).config(settings.engine.clone());
+    let mut builder = ChatEngine::builder(store)
+        .encrypt_at_rest(keyring)
+        .config(settings.engine.clone());
     let mut redis = None;
     if let Some(url) = &settings.redis {
         let mut config = RedisBusConfig::default();
@@ -236,6 +218,15 @@ async fn run(settings: Settings) -> Result<(), Failure> {
         (settings.dev && settings.jwt_public_key.is_none()).then(|| secret.clone());
     ws.metrics = Some(Arc::new(move || metrics.render()));
 
+    // Content an older version wrote in plaintext is sealed in the
+    // background, in small batches between the sends; a restart resumes.
+    let sealing = engine.clone();
+    tokio::spawn(async move {
+        if let Err(e) = sealing.seal_existing_content(SEAL_BATCH, false).await {
+            tracing::error!(error = %e, "sealing existing content stopped; the next start resumes it");
+        }
+    });
+
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", settings.bind)))?;
@@ -265,10 +256,44 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `store` with message content encrypted at rest, under the configured
-/// master key and key store. Refuses to start without a master key (outside
-/// `--dev`) or with one that does not open the key store, changing nothing.
-async fn encrypted(store: Arc<dyn Store>, settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
+/// Rows per batch when sealing content written before encryption at rest.
+const SEAL_BATCH: usize = 500;
+
+/// The configured message store, migrated.
+async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
+    match &settings.postgres {
+        Some(url) => {
+            let store = PostgresStore::connect(url)
+                .await
+                .map_err(|e| fail(format!("cannot connect to PostgreSQL: {e}")))?;
+            store
+                .migrate()
+                .await
+                .map_err(|e| fail(format!("cannot migrate PostgreSQL: {e}")))?;
+            Ok(Arc::new(store))
+        }
+        None => {
+            let sqlite = settings.sqlite.clone();
+            let sqlite_config = settings.sqlite_config();
+            let store =
+                tokio::task::spawn_blocking(move || SqliteStore::open_with(&sqlite, sqlite_config))
+                    .await
+                    .map_err(fail)?
+                    .map_err(|e| {
+                        fail(format!(
+                            "cannot open SQLite database {}: {e}",
+                            settings.sqlite.display()
+                        ))
+                    })?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// The keyring of encryption at rest, under the configured master key and
+/// key store. Refuses to start without a master key (outside `--dev`) or
+/// with one that does not open the key store, changing nothing.
+async fn open_keyring(settings: &Settings) -> Result<Arc<Keyring>, Failure> {
     let master = master_key(settings)?;
     let (keys, place) = open_key_store(settings).await?;
     let keyring = Keyring::new(
@@ -288,7 +313,87 @@ async fn encrypted(store: Arc<dyn Store>, settings: &Settings) -> Result<Arc<dyn
         )
     })?;
     tracing::info!(key_store = %place, "message content is encrypted at rest");
-    Ok(Arc::new(EncryptedStore::new(store, Arc::new(keyring))))
+    Ok(Arc::new(keyring))
+}
+
+/// Logging for the maintenance commands.
+fn init_command_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A runtime for the maintenance commands.
+fn command_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(fail)
+}
+
+/// `chat-server erase-user-keys <user>`: crypto-shredding from the command
+/// line (for an account deleted in the host application): destroys the
+/// user's key in the key store. Everything they sent reads as erased, in
+/// the database and in every copy of it; running servers stop reading it
+/// within a minute (they recheck cached keys).
+fn erase_user_keys(args: EraseArgs) -> Result<(), Failure> {
+    init_command_logging();
+    let user = UserId::new(args.user).map_err(|e| Failure(2, format!("chat-server: {e}")))?;
+    let settings =
+        Settings::resolve(args.serve).map_err(|e| Failure(2, format!("chat-server: {e}")))?;
+    command_runtime()?.block_on(async {
+        let keyring = open_keyring(&settings).await?;
+        let existed = keyring
+            .erase_user(&user)
+            .await
+            .map_err(|e| fail(format!("cannot destroy the key of {user}: {e}")))?;
+        let mut stdout = std::io::stdout();
+        let _ = if existed {
+            writeln!(
+                stdout,
+                "destroyed the key of {user}: what they sent now reads as erased, here and in \
+                 every backup of the message store; running servers follow within a minute"
+            )
+        } else {
+            writeln!(stdout, "{user} had no key: nothing they sent is stored")
+        };
+        Ok(())
+    })
+}
+
+/// `chat-server seal-existing [--from-start]`: seals content written in
+/// plaintext before encryption at rest, as every server does in the
+/// background at start; `--from-start` scans everything again (after an
+/// older server wrote to the database). Safe while servers run.
+fn seal_existing(args: SealArgs) -> Result<(), Failure> {
+    init_command_logging();
+    let settings =
+        Settings::resolve(args.serve).map_err(|e| Failure(2, format!("chat-server: {e}")))?;
+    command_runtime()?.block_on(async {
+        let store = open_store(&settings).await?;
+        let keyring = open_keyring(&settings).await?;
+        let sealed = EncryptedStore::new(store, keyring)
+            .seal_existing(SEAL_BATCH, args.from_start)
+            .await
+            .map_err(|e| fail(format!("sealing stopped (run again to resume): {e}")))?;
+        let mut stdout = std::io::stdout();
+        let _ = if sealed.already_done {
+            writeln!(
+                stdout,
+                "nothing to do: existing content was sealed already (--from-start checks again)"
+            )
+        } else {
+            writeln!(
+                stdout,
+                "sealed {} of {} stored texts; the rest were sealed already",
+                sealed.sealed, sealed.scanned
+            )
+        };
+        Ok(())
+    })
 }
 
 /// The configured key store, and how to name it in messages.
@@ -318,12 +423,7 @@ async fn open_key_store(settings: &Settings) -> Result<(Arc<dyn KeyStore>, Strin
 /// master key; message rows and data keys are not touched. Resumable: an
 /// interrupted run is finished by running it again with the same keys.
 fn rotate_master_key(args: RotateArgs) -> Result<(), Failure> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_command_logging();
     let settings =
         Settings::resolve(args.serve).map_err(|e| Failure(2, format!("chat-server: {e}")))?;
     let text = std::fs::read_to_string(&args.new_key_file).map_err(|e| {
@@ -342,11 +442,7 @@ fn rotate_master_key(args: RotateArgs) -> Result<(), Failure> {
         )
     })?;
     let old = master_key(&settings)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(fail)?;
-    runtime.block_on(async {
+    command_runtime()?.block_on(async {
         let (keys, place) = open_key_store(&settings).await?;
         // Refuses a current key that does not open the store, changing
         // nothing, before anything is re-wrapped.
