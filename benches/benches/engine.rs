@@ -1,13 +1,19 @@
 //! Run with: cargo bench -p chat-bench --bench engine
 //!
 //! The engine's send path on the in-memory store (validation, write lane,
-//! fan-out to live sessions), and event serialization for fan-out.
+//! fan-out to live sessions), plain and with encryption at rest side by
+//! side; history pages plain and encrypted (every body opened); and event
+//! serialization for fan-out.
 
 use std::sync::Arc;
 
 use chat_core::event::Framing;
 use chat_core::{
     Actor, ChatEngine, DeviceId, MemoryStore, NewGroup, SendMessage, UserId,
+    clock::SystemClock,
+    crypto::MasterKey,
+    engine::HistoryRequest,
+    keystore::{Keyring, KeyringConfig, MemoryKeyStore},
     protocol::ServerEvent,
     transport::{Outgoing, outbox},
 };
@@ -17,6 +23,46 @@ fn uid(i: usize) -> UserId {
     UserId::new(format!("u{i}")).expect("valid id")
 }
 
+/// An engine on the memory store; with `encrypted`, content is sealed at
+/// rest under a memory key store.
+async fn engine(encrypted: bool) -> ChatEngine {
+    let mut builder = ChatEngine::builder(Arc::new(MemoryStore::new()));
+    if encrypted {
+        let keyring = Keyring::new(
+            MasterKey::generate().expect("a key"),
+            Arc::new(MemoryKeyStore::new()),
+            Arc::new(SystemClock),
+            KeyringConfig::default(),
+        )
+        .await
+        .expect("a keyring");
+        builder = builder.encrypt_at_rest(Arc::new(keyring));
+    }
+    builder.build().await.expect("engine")
+}
+
+/// A group of users 0..`members`, created by user 0.
+async fn group_of(engine: &ChatEngine, members: usize) -> chat_core::ChatId {
+    let others = (1..members).map(uid).collect();
+    engine
+        .create_group(
+            &Actor::user(uid(0)),
+            NewGroup {
+                name: "bench".into(),
+                member_ids: others,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("group")
+        .chat
+        .id
+}
+
+fn mode(encrypted: bool) -> &'static str {
+    if encrypted { "encrypted" } else { "plain" }
+}
+
 fn send_path(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -24,26 +70,10 @@ fn send_path(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let mut group = c.benchmark_group("engine_send");
-    for members in [2usize, 50] {
+    for (members, encrypted) in [(2usize, false), (2, true), (50, false), (50, true)] {
         let (engine, chat, drains) = rt.block_on(async {
-            let engine = ChatEngine::builder(Arc::new(MemoryStore::new()))
-                .build()
-                .await
-                .expect("engine");
-            let others = (1..members).map(uid).collect();
-            let chat = engine
-                .create_group(
-                    &Actor::user(uid(0)),
-                    NewGroup {
-                        name: "bench".into(),
-                        member_ids: others,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .expect("group")
-                .chat
-                .id;
+            let engine = engine(encrypted).await;
+            let chat = group_of(&engine, members).await;
             // Every member is connected; drainers keep their queues empty.
             let mut drains = Vec::new();
             for i in 0..members {
@@ -65,7 +95,7 @@ fn send_path(c: &mut Criterion) {
         });
         group.throughput(Throughput::Elements(1));
         let mut n = 0u64;
-        group.bench_function(format!("members_{members}"), |b| {
+        group.bench_function(format!("members_{members}_{}", mode(encrypted)), |b| {
             b.to_async(&rt).iter(|| {
                 n += 1;
                 let engine = engine.clone();
@@ -129,5 +159,45 @@ fn serialization(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, send_path, serialization);
+/// A history page of 50 messages of 100 bytes, from ten senders: with
+/// encryption at rest every body is opened on the way out.
+fn history_page(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("engine_history_50");
+    group.throughput(Throughput::Elements(50));
+    for encrypted in [false, true] {
+        let (engine, chat) = rt.block_on(async {
+            let engine = engine(encrypted).await;
+            let chat = group_of(&engine, 10).await;
+            for n in 0..200 {
+                let msg = SendMessage::text(chat, format!("c{n}"), "x".repeat(100));
+                engine
+                    .send(&Actor::user(uid(n % 10)), msg)
+                    .await
+                    .expect("send");
+            }
+            (engine, chat)
+        });
+        group.bench_function(mode(encrypted), |b| {
+            b.to_async(&rt).iter(|| {
+                let engine = engine.clone();
+                async move {
+                    let page = engine
+                        .history(&Actor::user(uid(1)), chat, HistoryRequest::default())
+                        .await
+                        .expect("history");
+                    assert_eq!(page.messages.len(), 50);
+                    page
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, send_path, history_page, serialization);
 criterion_main!(benches);

@@ -77,6 +77,11 @@ pub(crate) struct LoadArgs {
     /// Only connect and hold the connections (memory per idle connection).
     #[arg(long)]
     idle: bool,
+    /// Skip the warm-up (one message per connection before measuring, so
+    /// that first-use work, such as making each sender's keys, is not
+    /// counted in the steady state).
+    #[arg(long)]
+    no_warmup: bool,
     /// Measure reads instead of sends: fill each chat with --fill
     /// messages, then read in a loop for --duration seconds.
     #[arg(long, value_enum)]
@@ -283,6 +288,29 @@ pub(crate) async fn request(
     Err("connection closed during setup".into())
 }
 
+/// Content of warm-up messages; readers skip them.
+const WARMUP: &str = "warmup";
+
+/// One message per connection, all at once, and a moment for their
+/// deliveries to go out: first-use work (a sender's keys in each chat, the
+/// store's caches) happens here, not in the measured window.
+async fn warm_up(sockets: &mut [Ws], chat_of: &[String]) -> Result<(), Error> {
+    let sends = sockets
+        .iter_mut()
+        .zip(chat_of)
+        .enumerate()
+        .map(|(i, (ws, chat))| async move {
+            let id = format!("warmup-{i}");
+            let data = serde_json::json!({"chat_id": chat, "client_msg_id": id, "content": WARMUP});
+            request(ws, &id, "send_message", data).await
+        });
+    for result in futures::future::join_all(sends).await {
+        result?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
 /// Per-connection results, merged at the end.
 struct ConnStats {
     ack: Histogram<u64>,
@@ -432,6 +460,10 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
         reads::run(workload, sockets, chat_of, pid).await?;
         drop(server);
         return Ok(());
+    }
+
+    if args.target == Target::Chat && !args.no_warmup {
+        warm_up(&mut sockets, &chat_of).await?;
     }
 
     // Run.
@@ -690,6 +722,9 @@ async fn read_loop(
             let Some(content) = field(frame, &CONTENT) else {
                 continue;
             };
+            if content == WARMUP {
+                continue;
+            }
             let mut parts = content.split(';');
             let t: u64 = parts
                 .next()

@@ -107,7 +107,7 @@ pub use envelope::{
     Aad, DataKeyScope, KeyCheck, Purpose, WrappedDataKey, WrappedUserKey, sealed_epoch,
 };
 pub use epoch::{EpochPolicy, KeyEpoch};
-pub use keys::{DataKey, KEY_LEN, MasterKey, UserKey};
+pub use keys::{DataKey, DataKeyOpener, KEY_LEN, MasterKey, UserKey};
 
 /// What went wrong in the crypto module.
 ///

@@ -27,7 +27,7 @@ mod keyring;
 mod memory;
 
 pub use cache::KeyCache;
-pub use keyring::{Keyring, KeyringConfig, Opened};
+pub use keyring::{Keyring, KeyringConfig, Opened, SealedBody};
 pub use memory::MemoryKeyStore;
 
 /// Durable storage of wrapped user keys, and of the key check that tells

@@ -423,6 +423,37 @@ impl fmt::Debug for DataKey {
     }
 }
 
+impl DataKey {
+    /// The key ready to open many contents in a row (a page of history):
+    /// its AES key schedule expanded once, not per content. Wiped when
+    /// dropped, like the key; keep it no longer than the page.
+    pub fn opener(&self) -> DataKeyOpener {
+        DataKeyOpener {
+            cipher: self.raw.cipher(),
+        }
+    }
+}
+
+/// A [`DataKey`] expanded for opening, from [`DataKey::opener`].
+pub struct DataKeyOpener {
+    // With `aes`'s `zeroize` feature, the round keys are wiped on drop.
+    cipher: Aes256Gcm,
+}
+
+impl DataKeyOpener {
+    /// [`DataKey::open_text`].
+    pub fn open_text(&self, aad: &Aad, sealed: &[u8]) -> Result<Zeroizing<String>, CryptoError> {
+        let record = envelope::parse(sealed, Kind::Sealed)?;
+        into_text(envelope::open(&self.cipher, &aad.associated(), &record)?)
+    }
+}
+
+impl fmt::Debug for DataKeyOpener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKeyOpener").finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 pub(super) mod testing {
     //! What the tests of the parent module need to see: raw bytes, and

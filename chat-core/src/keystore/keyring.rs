@@ -30,8 +30,8 @@ use super::{DataKeyRecord, KeyCache, KeyStore, KeyStoreExt};
 use crate::{
     clock::Clock,
     crypto::{
-        Aad, CryptoError, DataKey, DataKeyScope, EpochPolicy, KeyEpoch, MasterKey, UserKey,
-        sealed_epoch,
+        Aad, CryptoError, DataKey, DataKeyOpener, DataKeyScope, EpochPolicy, KeyEpoch, MasterKey,
+        UserKey, sealed_epoch,
     },
     error::{Error, Result},
     model::{ChatId, MessageId, Timestamp, UserId},
@@ -97,6 +97,34 @@ impl fmt::Debug for Opened {
             Self::Damaged => f.write_str("Damaged"),
         }
     }
+}
+
+/// One body for [`Keyring::open_bodies`].
+#[derive(Debug, Clone, Copy)]
+pub struct SealedBody<'a> {
+    /// The chat it was sent in.
+    pub chat: ChatId,
+    /// Its sender.
+    pub sender: &'a UserId,
+    /// The message.
+    pub message: MessageId,
+    /// What [`Keyring::seal_body`] made.
+    pub sealed: &'a [u8],
+}
+
+/// Content that does not open: logged here (never the content), and
+/// [`Opened::Damaged`].
+fn damaged(chat: ChatId, message: MessageId, error: &dyn fmt::Display) -> Opened {
+    tracing::error!(%chat, %message, error = %error, "stored content does not open");
+    Opened::Damaged
+}
+
+/// A key of one page of [`Keyring::open_bodies`].
+enum PageKey {
+    // Boxed: the expanded key schedule is about 1 KiB.
+    Open(Box<DataKeyOpener>),
+    Erased,
+    Damaged(String),
 }
 
 /// What [`Keyring::opening_key`] found.
@@ -212,6 +240,52 @@ impl Keyring {
             .await
     }
 
+    /// Opens many bodies at once (a history or sync page), as
+    /// [`Keyring::open_body`] each: every (chat, sender, epoch) key is
+    /// looked up once for the whole page, not once per message.
+    pub async fn open_bodies(&self, bodies: &[SealedBody<'_>]) -> Result<Vec<Opened>> {
+        // Per (chat, sender, epoch) of the page: the key, expanded once.
+        let mut keys: Vec<(DataKeyScope, PageKey)> = Vec::new();
+        let mut out = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let epoch = match sealed_epoch(body.sealed) {
+                Ok(epoch) => epoch,
+                Err(e) => {
+                    out.push(damaged(body.chat, body.message, &e));
+                    continue;
+                }
+            };
+            let found = keys.iter().position(|(scope, _)| {
+                scope.epoch == epoch && scope.chat == body.chat && scope.sender == *body.sender
+            });
+            let index = match found {
+                Some(index) => index,
+                None => {
+                    let scope = DataKeyScope::new(body.chat, body.sender.clone(), epoch);
+                    let opening = match self.opening_key(&scope).await? {
+                        Opening::Key(key) => PageKey::Open(Box::new(key.opener())),
+                        Opening::Erased => PageKey::Erased,
+                        Opening::Damaged(why) => PageKey::Damaged(why),
+                    };
+                    keys.push((scope, opening));
+                    keys.len() - 1
+                }
+            };
+            let (scope, opening) = &keys[index];
+            out.push(match opening {
+                PageKey::Open(key) => {
+                    match key.open_text(&Aad::body(scope, body.message), body.sealed) {
+                        Ok(text) => Opened::Text(text),
+                        Err(e) => damaged(body.chat, body.message, &e),
+                    }
+                }
+                PageKey::Erased => Opened::Erased,
+                PageKey::Damaged(why) => damaged(body.chat, body.message, why),
+            });
+        }
+        Ok(out)
+    }
+
     async fn seal(
         &self,
         aad: fn(&DataKeyScope, MessageId) -> Aad,
@@ -232,23 +306,19 @@ impl Keyring {
         message: MessageId,
         sealed: &[u8],
     ) -> Result<Opened> {
-        let damaged = |e: &dyn fmt::Display| {
-            tracing::error!(%chat, %message, error = %e, "stored content does not open");
-            Ok(Opened::Damaged)
-        };
         let epoch = match sealed_epoch(sealed) {
             Ok(epoch) => epoch,
-            Err(e) => return damaged(&e),
+            Err(e) => return Ok(damaged(chat, message, &e)),
         };
         let scope = DataKeyScope::new(chat, sender.clone(), epoch);
         let key = match self.opening_key(&scope).await? {
             Opening::Key(key) => key,
             Opening::Erased => return Ok(Opened::Erased),
-            Opening::Damaged(why) => return damaged(&why),
+            Opening::Damaged(why) => return Ok(damaged(chat, message, &why)),
         };
         match key.open_text(&aad(&scope, message), sealed) {
             Ok(text) => Ok(Opened::Text(text)),
-            Err(e) => damaged(&e),
+            Err(e) => Ok(damaged(chat, message, &e)),
         }
     }
 

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    keystore::{Keyring, Opened},
+    keystore::{Keyring, Opened, SealedBody},
     model::{
         Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy,
         Report, ReportId, ReportStatus, Timestamp, Unreadable, UserId, UserRecord,
@@ -260,12 +260,48 @@ impl EncryptedStore {
         Ok(message)
     }
 
-    async fn open_messages(&self, messages: Vec<Message>) -> Result<Vec<Message>> {
-        let mut out = Vec::with_capacity(messages.len());
-        for message in messages {
-            out.push(self.open_message(message).await?);
+    /// A page of messages opened: the sealed bodies are decoded into one
+    /// buffer and opened together, each key looked up once per page.
+    async fn open_messages(&self, mut messages: Vec<Message>) -> Result<Vec<Message>> {
+        // (index in `messages`, range in `bytes`) of each sealed body.
+        let mut sealed: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        let mut bytes = Vec::new();
+        for (i, message) in messages.iter_mut().enumerate() {
+            let Some(text) = message
+                .content
+                .as_deref()
+                .and_then(|c| c.strip_prefix(SEALED))
+            else {
+                continue;
+            };
+            let start = bytes.len();
+            match STANDARD.decode_vec(text, &mut bytes) {
+                Ok(()) => sealed.push((i, start..bytes.len())),
+                Err(_) => {
+                    bytes.truncate(start);
+                    set_opened(message, Opened::Damaged);
+                }
+            }
         }
-        Ok(out)
+        if sealed.is_empty() {
+            return Ok(messages);
+        }
+        let mut bodies = Vec::with_capacity(sealed.len());
+        for (i, range) in &sealed {
+            let m = &messages[*i];
+            bodies.push(SealedBody {
+                chat: m.chat_id,
+                sender: &m.sender_id,
+                message: m.id,
+                sealed: &bytes[range.clone()],
+            });
+        }
+        let opened = self.keyring.open_bodies(&bodies).await?;
+        drop(bodies);
+        for ((i, _), opened) in sealed.into_iter().zip(opened) {
+            set_opened(&mut messages[i], opened);
+        }
+        Ok(messages)
     }
 
     async fn open_report(&self, mut report: Report) -> Result<Report> {
@@ -399,7 +435,10 @@ impl EncryptedStore {
 
 fn set_opened(message: &mut Message, opened: Opened) {
     match opened {
-        Opened::Text(text) => message.content = Some(text.as_str().to_owned()),
+        // Moved out, not copied: the message's content is the only copy
+        // of the plaintext left (it is not wiped when dropped: it goes to
+        // the reader).
+        Opened::Text(mut text) => message.content = Some(std::mem::take(&mut *text)),
         Opened::Erased => {
             message.content = None;
             message.unreadable = Some(Unreadable::Erased);

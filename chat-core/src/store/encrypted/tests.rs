@@ -163,6 +163,11 @@ async fn an_erased_sender_reads_as_erased_and_others_still_read() {
         .expect("kept");
     assert_eq!(bob.content.as_deref(), Some("bob writes"));
     assert_eq!(bob.unreadable, None);
+    // The same through a page, where keys are looked up once per sender.
+    let history = page(&s).await;
+    let of = |id| history.iter().find(|m| m.id == id).expect("kept");
+    assert_eq!(of(from_ann.id).unreadable, Some(Unreadable::Erased));
+    assert_eq!(of(from_bob.id).content.as_deref(), Some("bob writes"));
 }
 
 #[tokio::test]
