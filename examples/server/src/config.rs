@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use chat_core::EngineConfig;
+use chat_core::{EngineConfig, keystore::KeyringConfig};
 use chat_store_sqlite::{SqliteConfig, Synchronous};
 use chat_transport_ws::{
     auth::JwtKey,
@@ -147,6 +147,14 @@ struct FileConfig {
     /// The key store's PostgreSQL database (with PostgreSQL; default: the
     /// message database, in its own schema `chat_keys`).
     key_store_url: Option<String>,
+    /// Messages a sender seals under one data key in a chat before the
+    /// next key (default 10,000).
+    key_epoch_messages: Option<u64>,
+    /// How long one data key seals (`7d` by default; `12h`, `30d`, ...).
+    key_epoch_max_age: Option<String>,
+    /// Seconds a node trusts a cached user key before asking the key store
+    /// again: the longest an erasure elsewhere takes to reach it (60).
+    key_recheck_secs: Option<u64>,
     /// `full` (default), `normal` or `off`.
     sqlite_synchronous: Option<String>,
     max_connections: Option<usize>,
@@ -242,6 +250,7 @@ pub(crate) struct Settings {
     pub(crate) master_key_file: Option<PathBuf>,
     pub(crate) key_store_path: PathBuf,
     pub(crate) key_store_url: Option<String>,
+    pub(crate) keyring: KeyringConfig,
     pub(crate) jwt_audience: Option<String>,
     pub(crate) jwt_issuer: Option<String>,
     /// A public key verifies tokens instead of the HS256 secret.
@@ -327,6 +336,20 @@ impl Settings {
             path.push(".keys");
             PathBuf::from(path)
         });
+        let mut keyring = KeyringConfig::default();
+        if let Some(n) = file.key_epoch_messages {
+            keyring.epochs.max_messages = n.max(1);
+        }
+        if let Some(age) = &file.key_epoch_max_age {
+            let age = parse_duration(age).map_err(|e| format!("key_epoch_max_age: {e}"))?;
+            if age.is_zero() {
+                return Err("key_epoch_max_age must be more than zero".into());
+            }
+            keyring.epochs.max_age = age;
+        }
+        if let Some(recheck) = secs(file.key_recheck_secs) {
+            keyring.recheck_after = recheck;
+        }
         Ok(Self {
             bind: args
                 .bind
@@ -350,6 +373,7 @@ impl Settings {
             master_key_file: args.master_key_file.or(file.master_key_file),
             key_store_path,
             key_store_url: non_empty(file.key_store_url),
+            keyring,
             jwt_audience: file.jwt_audience,
             jwt_issuer: file.jwt_issuer,
             jwt_public_key,
@@ -405,6 +429,31 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    /// Settings from `toml` (and no flags).
+    fn settings(toml: &str) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("chat.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let args = ServeArgs::try_parse_from(["serve", "--config", path.to_str().expect("utf-8")])
+            .expect("args");
+        Settings::resolve(args)
+    }
+
+    #[test]
+    fn key_epochs_and_recheck_from_the_file() {
+        let s = settings(
+            "key_epoch_messages = 500\nkey_epoch_max_age = \"12h\"\nkey_recheck_secs = 5\n",
+        )
+        .expect("valid");
+        assert_eq!(s.keyring.epochs.max_messages, 500);
+        assert_eq!(s.keyring.epochs.max_age, Duration::from_secs(12 * 3600));
+        assert_eq!(s.keyring.recheck_after, Duration::from_secs(5));
+        let defaults = settings("").expect("valid");
+        assert_eq!(defaults.keyring, KeyringConfig::default());
+        assert!(settings("key_epoch_max_age = \"0s\"\n").is_err());
+        assert!(settings("key_epoch_max_age = \"soon\"\n").is_err());
     }
 
     #[test]

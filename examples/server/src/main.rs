@@ -13,7 +13,7 @@ use chat_core::{
     ChatEngine, Store, UserId,
     clock::SystemClock,
     crypto::MasterKey,
-    keystore::{KeyStore, KeyStoreExt, Keyring, KeyringConfig},
+    keystore::{KeyStore, KeyStoreExt, Keyring},
     store::EncryptedStore,
 };
 use chat_store_postgres::{PostgresKeyStore, PostgresStore};
@@ -296,22 +296,17 @@ async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
 async fn open_keyring(settings: &Settings) -> Result<Arc<Keyring>, Failure> {
     let master = master_key(settings)?;
     let (keys, place) = open_key_store(settings).await?;
-    let keyring = Keyring::new(
-        master,
-        keys,
-        Arc::new(SystemClock),
-        KeyringConfig::default(),
-    )
-    .await
-    .map_err(|e| {
-        Failure(
-            2,
-            format!(
-                "chat-server: the master key does not open {place} ({e}); nothing was \
+    let keyring = Keyring::new(master, keys, Arc::new(SystemClock), settings.keyring)
+        .await
+        .map_err(|e| {
+            Failure(
+                2,
+                format!(
+                    "chat-server: the master key does not open {place} ({e}); nothing was \
                      changed. Start with the key this store was created with."
-            ),
-        )
-    })?;
+                ),
+            )
+        })?;
     tracing::info!(key_store = %place, "message content is encrypted at rest");
     Ok(Arc::new(keyring))
 }
