@@ -64,6 +64,7 @@ pub mod limits;
 pub mod media;
 mod memory;
 pub mod metrics;
+pub mod mls;
 pub mod model;
 pub mod protocol;
 pub mod store;

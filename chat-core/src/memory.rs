@@ -10,10 +10,11 @@ use async_trait::async_trait;
 
 use crate::{
     error::{Error, Result},
+    mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     model::{
-        Chat, ChatId, ChatKind, MediaId, MediaRecord, Message, MessageId, MessageType, Participant,
-        ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Timestamp, UserId,
-        UserRecord,
+        Chat, ChatId, ChatKind, DeviceId, MediaId, MediaRecord, Message, MessageId, MessageType,
+        Participant, ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Timestamp,
+        UserId, UserRecord,
     },
     store::{
         Applied, Change, ChatListQuery, Committed, HistoryQuery, Members, NewChat, NewMessage,
@@ -43,10 +44,19 @@ struct State {
     reports: BTreeMap<ReportId, Report>,
     media: HashMap<MediaId, MediaRecord>,
     meta: HashMap<String, String>,
+    /// Per device, in user then device order: key packages oldest first,
+    /// and the last-resort one.
+    key_packages: BTreeMap<(UserId, DeviceId), DeviceKeyPackages>,
     /// Each chat's members as its last change left them, shared by the
     /// results of the changes that follow until one changes them (a
     /// membership change, a participant's settings, a block).
     members: HashMap<ChatId, Arc<Members>>,
+}
+
+#[derive(Debug, Default)]
+struct DeviceKeyPackages {
+    packages: std::collections::VecDeque<Vec<u8>>,
+    last_resort: Option<Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -691,6 +701,65 @@ impl Store for MemoryStore {
 
     async fn get_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
         Ok(self.lock().media.get(&id).cloned())
+    }
+
+    async fn publish_key_packages(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        _at: Timestamp,
+    ) -> Result<u64> {
+        let mut state = self.lock();
+        let entry = state
+            .key_packages
+            .entry((user.clone(), device.clone()))
+            .or_default();
+        let total = entry.packages.len() as u64 + packages.len() as u64;
+        if total > MAX_KEY_PACKAGES_PER_DEVICE {
+            return Err(Error::conflict(format!(
+                "a device keeps at most {MAX_KEY_PACKAGES_PER_DEVICE} key packages; it has {}",
+                entry.packages.len()
+            )));
+        }
+        entry.packages.extend(packages);
+        if last_resort.is_some() {
+            entry.last_resort = last_resort;
+        }
+        Ok(entry.packages.len() as u64)
+    }
+
+    async fn claim_key_packages(&self, users: &[UserId]) -> Result<Vec<ClaimedKeyPackage>> {
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for user in users {
+            if !seen.insert(user) {
+                continue;
+            }
+            let devices = state
+                .key_packages
+                .iter_mut()
+                .filter(|((u, _), _)| u == user);
+            for ((user_id, device_id), entry) in devices {
+                let (key_package, last_resort) = match entry.packages.pop_front() {
+                    Some(package) => (package, false),
+                    None => match &entry.last_resort {
+                        Some(package) => (package.clone(), true),
+                        None => continue,
+                    },
+                };
+                out.push(ClaimedKeyPackage {
+                    user_id: user_id.clone(),
+                    device_id: device_id.clone(),
+                    key_package,
+                    last_resort,
+                    remaining: entry.packages.len() as u64,
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn stored_texts(

@@ -6,10 +6,11 @@ use async_trait::async_trait;
 
 use crate::{
     error::Result,
+    mls::ClaimedKeyPackage,
     model::{
-        Chat, ChatId, ChatKind, Encryption, MediaRecord, MediaRef, Message, MessageId, MessageType,
-        ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Role, SystemEvent, Timestamp,
-        UserId, UserRecord,
+        Chat, ChatId, ChatKind, DeviceId, Encryption, MediaRecord, MediaRef, Message, MessageId,
+        MessageType, ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Role,
+        SystemEvent, Timestamp, UserId, UserRecord,
     },
 };
 
@@ -216,6 +217,28 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// The record of an upload.
     async fn get_media(&self, id: crate::model::MediaId) -> Result<Option<MediaRecord>>;
+
+    // --- MLS key packages ------------------------------------------------
+
+    /// Adds `packages` to `device`'s key packages (and makes `last_resort`
+    /// its last-resort one, replacing any before); returns how many it now
+    /// has, the last-resort one not counted. More than
+    /// [`MAX_KEY_PACKAGES_PER_DEVICE`](crate::mls::MAX_KEY_PACKAGES_PER_DEVICE)
+    /// in all is a [`Conflict`](crate::Error::Conflict) and stores nothing.
+    async fn publish_key_packages(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        at: Timestamp,
+    ) -> Result<u64>;
+
+    /// One key package of each device of each of `users` that has any:
+    /// the oldest not handed out yet, which is removed (never handed out
+    /// twice, also to concurrent claimers on several nodes), or the
+    /// device's last-resort one when none is left (kept).
+    async fn claim_key_packages(&self, users: &[UserId]) -> Result<Vec<ClaimedKeyPackage>>;
 
     // --- maintenance -----------------------------------------------------
 

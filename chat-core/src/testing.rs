@@ -215,6 +215,9 @@ macro_rules! store_conformance_tests {
             stored_texts_page_in_id_order,
             replace_texts_only_where_unchanged,
             meta_values_round_trip,
+            key_packages_are_handed_out_once_oldest_first,
+            key_packages_per_device_are_bounded,
+            concurrent_claims_never_share_a_key_package,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

@@ -119,8 +119,9 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chat_core::{
-    Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy, Report,
-    ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
+    Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy,
+    Report, ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
+    mls::ClaimedKeyPackage,
     store::{
         Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution, StoredText,
         TextReplacement, TextTable,
@@ -431,5 +432,23 @@ impl Store for PostgresStore {
 
     async fn set_meta(&self, key: &str, value: &str) -> chat_core::Result<()> {
         core(write::set_meta(&self.pool, key, value).await)
+    }
+
+    async fn publish_key_packages(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        at: Timestamp,
+    ) -> chat_core::Result<u64> {
+        core(write::publish_key_packages(&self.pool, user, device, packages, last_resort, at).await)
+    }
+
+    async fn claim_key_packages(
+        &self,
+        users: &[UserId],
+    ) -> chat_core::Result<Vec<ClaimedKeyPackage>> {
+        core(write::claim_key_packages(&self.pool, users).await)
     }
 }

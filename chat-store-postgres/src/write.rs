@@ -10,8 +10,9 @@
 use std::collections::HashSet;
 
 use chat_core::{
-    Chat, ChatId, MediaRecord, Message, MessageId, MessageType, ParticipantSettings, Privacy,
-    Report, Role, SystemEvent, Timestamp, UserId,
+    Chat, ChatId, DeviceId, MediaRecord, Message, MessageId, MessageType, ParticipantSettings,
+    Privacy, Report, Role, SystemEvent, Timestamp, UserId,
+    mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
         Applied, Change, NewChat, NewMessage, ReportResolution, TextReplacement, TextTable,
         rows::{self, Marked, direct_key, sql_u64, sql_u64_checked, unsigned},
@@ -896,4 +897,145 @@ pub(crate) async fn set_meta(pool: &PgPool, key: &str, value: &str) -> Result<()
     .execute(pool)
     .await?;
     Ok(())
+}
+
+// --- MLS key packages ----------------------------------------------------
+
+/// How many key packages (not last resort) `device` has.
+async fn key_package_count(
+    conn: &mut PgConnection,
+    user: &UserId,
+    device: &DeviceId,
+) -> Result<u64, Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM key_packages \
+         WHERE user_id = $1 AND device_id = $2 AND NOT last_resort",
+    )
+    .bind(user.as_str())
+    .bind(device.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(unsigned("key_packages.count", n)?)
+}
+
+/// [`Store::publish_key_packages`](chat_core::Store::publish_key_packages),
+/// in one transaction holding the device's advisory lock, so that two
+/// publishes of one device cannot both pass the bound.
+pub(crate) async fn publish_key_packages(
+    pool: &PgPool,
+    user: &UserId,
+    device: &DeviceId,
+    packages: Vec<Vec<u8>>,
+    last_resort: Option<Vec<u8>>,
+    at: Timestamp,
+) -> Result<u64, Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('key_packages/' || $1 || '/' || $2, 0))",
+    )
+    .bind(user.as_str())
+    .bind(device.as_str())
+    .execute(&mut *tx)
+    .await?;
+    let have = key_package_count(&mut tx, user, device).await?;
+    if have + packages.len() as u64 > MAX_KEY_PACKAGES_PER_DEVICE {
+        return Err(conflict(format!(
+            "a device keeps at most {MAX_KEY_PACKAGES_PER_DEVICE} key packages; it has {have}"
+        )));
+    }
+    let insert = "INSERT INTO key_packages (user_id, device_id, last_resort, bytes, created_at) \
+                  VALUES ($1, $2, $3, $4, $5)";
+    for package in &packages {
+        sqlx::query(insert)
+            .bind(user.as_str())
+            .bind(device.as_str())
+            .bind(false)
+            .bind(package)
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(package) = last_resort {
+        sqlx::query(
+            "DELETE FROM key_packages WHERE user_id = $1 AND device_id = $2 AND last_resort",
+        )
+        .bind(user.as_str())
+        .bind(device.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(insert)
+            .bind(user.as_str())
+            .bind(device.as_str())
+            .bind(true)
+            .bind(package)
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(have + packages.len() as u64)
+}
+
+/// [`Store::claim_key_packages`](chat_core::Store::claim_key_packages).
+/// Each device's oldest package is deleted and returned in one statement;
+/// `SKIP LOCKED` lets concurrent claimers (on any node) take the next one
+/// instead of waiting for, and then missing, the same row.
+pub(crate) async fn claim_key_packages(
+    pool: &PgPool,
+    users: &[UserId],
+) -> Result<Vec<ClaimedKeyPackage>, Error> {
+    let mut conn = pool.acquire().await?;
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for user in users {
+        if !seen.insert(user) {
+            continue;
+        }
+        let devices: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT device_id FROM key_packages WHERE user_id = $1 ORDER BY device_id",
+        )
+        .bind(user.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        for device in devices {
+            let device_id = DeviceId::new(device).map_err(|e| invalid(e.to_string()))?;
+            let taken: Option<Vec<u8>> = sqlx::query_scalar(
+                "DELETE FROM key_packages WHERE id = (\
+                   SELECT id FROM key_packages \
+                   WHERE user_id = $1 AND device_id = $2 AND NOT last_resort \
+                   ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING bytes",
+            )
+            .bind(user.as_str())
+            .bind(device_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            let (key_package, last_resort) = match taken {
+                Some(bytes) => (bytes, false),
+                None => {
+                    let fallback: Option<Vec<u8>> = sqlx::query_scalar(
+                        "SELECT bytes FROM key_packages \
+                         WHERE user_id = $1 AND device_id = $2 AND last_resort",
+                    )
+                    .bind(user.as_str())
+                    .bind(device_id.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    match fallback {
+                        Some(bytes) => (bytes, true),
+                        None => continue,
+                    }
+                }
+            };
+            let remaining = key_package_count(&mut conn, user, &device_id).await?;
+            out.push(ClaimedKeyPackage {
+                user_id: user.clone(),
+                device_id,
+                key_package,
+                last_resort,
+                remaining,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -42,7 +42,7 @@
 //!   indexes by `updated_seq` only the messages changed after they were
 //!   posted (sync finds the others on the log), which takes one index
 //!   build on the first open. Version 5 adds the `meta` table of
-//!   [`Store::get_meta`].
+//!   [`Store::get_meta`], version 6 the MLS key package directory.
 //!
 //! Dropping the store lets the writer finish the jobs already queued, then
 //! it closes its connection and exits; [`SqliteStore::close`] does the same
@@ -137,8 +137,9 @@ use std::{
 
 use async_trait::async_trait;
 use chat_core::{
-    Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy, Report,
-    ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
+    Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy,
+    Report, ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
+    mls::ClaimedKeyPackage,
     store::{
         Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution, StoredText,
         TextReplacement, TextTable,
@@ -614,6 +615,30 @@ impl Store for SqliteStore {
     async fn set_meta(&self, key: &str, value: &str) -> chat_core::Result<()> {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.write(move |conn| write::set_meta(conn, &key, &value))
+            .await
+    }
+
+    async fn publish_key_packages(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        at: Timestamp,
+    ) -> chat_core::Result<u64> {
+        let (user, device) = (user.clone(), device.clone());
+        self.write(move |conn| {
+            write::publish_key_packages(conn, &user, &device, packages, last_resort, at)
+        })
+        .await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        users: &[UserId],
+    ) -> chat_core::Result<Vec<ClaimedKeyPackage>> {
+        let users = users.to_vec();
+        self.write(move |conn| write::claim_key_packages(conn, &users))
             .await
     }
 }

@@ -183,6 +183,18 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 6: the MLS key package directory of e2ee chats.
+    r#"
+    CREATE TABLE key_packages (
+        id          INTEGER PRIMARY KEY,   -- publishing order: oldest first
+        user_id     TEXT NOT NULL,
+        device_id   TEXT NOT NULL,
+        last_resort INTEGER NOT NULL,
+        bytes       BLOB NOT NULL,
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX key_packages_by_device ON key_packages (user_id, device_id, last_resort, id);
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.

@@ -8,8 +8,9 @@
 use std::cell::Cell;
 
 use chat_core::{
-    Chat, ChatId, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
+    Chat, ChatId, DeviceId, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
     ParticipantSettings, Privacy, Report, Role, Timestamp, UserId,
+    mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
         Applied, Change, Committed, NewChat, NewMessage, ReportResolution, TextReplacement,
         TextTable,
@@ -799,4 +800,127 @@ pub(crate) fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), 
     )?
     .execute(params![key, value])?;
     Ok(())
+}
+
+// --- MLS key packages ----------------------------------------------------
+
+/// How many key packages (not last resort) `device` has.
+fn key_package_count(conn: &Connection, user: &UserId, device: &DeviceId) -> Result<u64, Error> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM key_packages \
+             WHERE user_id = ?1 AND device_id = ?2 AND last_resort = 0",
+        )?
+        .query_row(params![user.as_str(), device.as_str()], |r| r.get(0))?;
+    Ok(rows::unsigned("key_packages.count", n)?)
+}
+
+/// [`Store::publish_key_packages`](chat_core::Store::publish_key_packages).
+pub(crate) fn publish_key_packages(
+    conn: &Connection,
+    user: &UserId,
+    device: &DeviceId,
+    packages: Vec<Vec<u8>>,
+    last_resort: Option<Vec<u8>>,
+    at: Timestamp,
+) -> Result<u64, Error> {
+    let have = key_package_count(conn, user, device)?;
+    if have + packages.len() as u64 > MAX_KEY_PACKAGES_PER_DEVICE {
+        return Err(conflict(format!(
+            "a device keeps at most {MAX_KEY_PACKAGES_PER_DEVICE} key packages; it has {have}"
+        )));
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO key_packages (user_id, device_id, last_resort, bytes, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for package in &packages {
+        insert.execute(params![
+            user.as_str(),
+            device.as_str(),
+            false,
+            package,
+            at.as_millis()
+        ])?;
+    }
+    if let Some(package) = last_resort {
+        conn.prepare_cached(
+            "DELETE FROM key_packages WHERE user_id = ?1 AND device_id = ?2 AND last_resort = 1",
+        )?
+        .execute(params![user.as_str(), device.as_str()])?;
+        insert.execute(params![
+            user.as_str(),
+            device.as_str(),
+            true,
+            package,
+            at.as_millis()
+        ])?;
+    }
+    Ok(have + packages.len() as u64)
+}
+
+/// [`Store::claim_key_packages`](chat_core::Store::claim_key_packages): on
+/// the single writer, so two claims never see the same row.
+pub(crate) fn claim_key_packages(
+    conn: &Connection,
+    users: &[UserId],
+) -> Result<Vec<ClaimedKeyPackage>, Error> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for user in users {
+        if !seen.insert(user) {
+            continue;
+        }
+        let devices: Vec<String> = conn
+            .prepare_cached(
+                "SELECT DISTINCT device_id FROM key_packages WHERE user_id = ?1 ORDER BY device_id",
+            )?
+            .query_map([user.as_str()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for device in devices {
+            let device_id = DeviceId::new(device).map_err(|e| Error::Corrupt {
+                column: "key_packages.device_id",
+                reason: e.to_string(),
+            })?;
+            let next: Option<(i64, Vec<u8>)> = conn
+                .prepare_cached(
+                    "SELECT id, bytes FROM key_packages \
+                     WHERE user_id = ?1 AND device_id = ?2 AND last_resort = 0 \
+                     ORDER BY id LIMIT 1",
+                )?
+                .query_row(params![user.as_str(), device_id.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let (key_package, last_resort) = match next {
+                Some((id, bytes)) => {
+                    conn.prepare_cached("DELETE FROM key_packages WHERE id = ?1")?
+                        .execute([id])?;
+                    (bytes, false)
+                }
+                None => {
+                    let fallback: Option<Vec<u8>> = conn
+                        .prepare_cached(
+                            "SELECT bytes FROM key_packages \
+                             WHERE user_id = ?1 AND device_id = ?2 AND last_resort = 1",
+                        )?
+                        .query_row(params![user.as_str(), device_id.as_str()], |r| r.get(0))
+                        .optional()?;
+                    match fallback {
+                        Some(bytes) => (bytes, true),
+                        None => continue,
+                    }
+                }
+            };
+            let remaining = key_package_count(conn, user, &device_id)?;
+            out.push(ClaimedKeyPackage {
+                user_id: user.clone(),
+                device_id,
+                key_package,
+                last_resort,
+                remaining,
+            });
+        }
+    }
+    Ok(out)
 }

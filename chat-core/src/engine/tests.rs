@@ -1886,6 +1886,24 @@ impl crate::store::Store for PanicsOnce {
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         self.inner.get_meta(key).await
     }
+    async fn publish_key_packages(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        at: Timestamp,
+    ) -> Result<u64> {
+        self.inner
+            .publish_key_packages(user, device, packages, last_resort, at)
+            .await
+    }
+    async fn claim_key_packages(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<crate::mls::ClaimedKeyPackage>> {
+        self.inner.claim_key_packages(users).await
+    }
     async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.inner.set_meta(key, value).await
     }

@@ -646,6 +646,27 @@ impl Store for EncryptedStore {
         self.inner.get_media(id).await
     }
 
+    async fn publish_key_packages(
+        &self,
+        user: &UserId,
+        device: &crate::model::DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        at: Timestamp,
+    ) -> Result<u64> {
+        // Public keys and signatures: nothing to seal.
+        self.inner
+            .publish_key_packages(user, device, packages, last_resort, at)
+            .await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<crate::mls::ClaimedKeyPackage>> {
+        self.inner.claim_key_packages(users).await
+    }
+
     // Maintenance reads and writes the stored form: it is how
     // `seal_existing` finds plaintext and puts ciphertext in its place.
 

@@ -26,6 +26,7 @@ crate::store_conformance_tests!(@list names);
 mod audience;
 mod chats;
 mod concurrency;
+mod key_packages;
 mod log;
 mod maintenance;
 mod membership;
@@ -33,8 +34,8 @@ mod receipts;
 mod safety;
 mod users;
 pub use self::{
-    audience::*, chats::*, concurrency::*, log::*, maintenance::*, membership::*, receipts::*,
-    safety::*, users::*,
+    audience::*, chats::*, concurrency::*, key_packages::*, log::*, maintenance::*, membership::*,
+    receipts::*, safety::*, users::*,
 };
 
 // --- helpers -------------------------------------------------------------
