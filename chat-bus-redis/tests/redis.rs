@@ -84,6 +84,7 @@ async fn node_holding_no_audience_user_gets_nothing() {
             users: vec![bob.clone(), carol.clone()].into(),
             except_user: Some(carol.clone()),
             chat_open: None,
+            device: None,
         },
         action: Action::Event(
             chat_core::event::Event::from_frame(Bytes::from_static(

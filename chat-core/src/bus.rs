@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::Result,
     event::Event,
-    model::{ChatId, UserId},
+    model::{ChatId, DeviceId, UserId},
 };
 
 /// Who receives a [`Delivery`] on each node.
@@ -27,9 +27,12 @@ pub struct Audience {
     /// ...except those of this user (the typist of a typing event)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except_user: Option<UserId>,
-    /// ...and only connections that have this chat open (typing).
+    /// ...and only connections that have this chat open (typing)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_open: Option<ChatId>,
+    /// ...and only connections of this device (`key_packages_low`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
 }
 
 impl Audience {
@@ -39,6 +42,7 @@ impl Audience {
             users: users.into(),
             except_user: None,
             chat_open: None,
+            device: None,
         }
     }
 }

@@ -100,6 +100,8 @@ pub enum ServerEvent {
         retry_after_ms: u64,
         command: String,
     },
+    /// This device has fewer than 10 MLS key packages left on the server.
+    KeyPackagesLow { available: u64 },
 }
 
 /// One user's presence in a `presence_update`.

@@ -202,6 +202,13 @@ impl DeliverySink for Hub {
                         continue;
                     }
                 }
+                if audience
+                    .device
+                    .as_ref()
+                    .is_some_and(|d| *d != conn.device_id)
+                {
+                    continue;
+                }
                 match &delivery.action {
                     Action::Event(event) => {
                         match conn.transport.try_send(Frame::Event(event.clone())) {

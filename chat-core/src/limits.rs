@@ -43,7 +43,10 @@ impl CommandClass {
             | C::SetRole { .. }
             | C::Report { .. }
             | C::BlockUser { .. }
-            | C::UnblockUser { .. } => CommandClass::Write,
+            | C::UnblockUser { .. }
+            // Claims use up other users' key packages: as scarce as writes.
+            | C::PublishKeyPackages { .. }
+            | C::ClaimKeyPackages { .. } => CommandClass::Write,
             C::TypingStart { .. } | C::TypingStop { .. } => CommandClass::Typing,
             C::Authenticate { .. }
             | C::JoinChat { .. }

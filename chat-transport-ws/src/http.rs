@@ -118,10 +118,31 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         app: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        DeviceCaller::from_request_parts(parts, app)
+            .await
+            .map(|c| Caller(c.actor))
+    }
+}
+
+/// [`Caller`] with the device its token names (the MLS routes).
+#[derive(Debug)]
+pub(crate) struct DeviceCaller {
+    pub(crate) actor: Actor,
+    pub(crate) device: chat_core::DeviceId,
+}
+
+impl FromRequestParts<AppState> for DeviceCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or_else(|| {
             Error::Unauthenticated("Authorization: Bearer <token> required".into())
         })?;
         let identity = app.verifier.verify(token)?;
+        let device = identity.device_id;
         let actor = app
             .engine
             .authorize(identity.user_id, identity.admin)
@@ -135,7 +156,7 @@ impl FromRequestParts<AppState> for Caller {
             metrics::counter!(m::RATE_LIMITED).increment(1);
             return Err(ApiError(Error::RateLimited { retry_after }));
         }
-        Ok(Caller(actor))
+        Ok(DeviceCaller { actor, device })
     }
 }
 
@@ -638,4 +659,58 @@ pub(crate) async fn dev_token(
     let user: UserId = id(&p.user)?;
     let token = issue_hs256(secret, &user, p.admin, Duration::from_secs(24 * 3600))?;
     Ok(Json(json!({ "token": token, "user_id": user })))
+}
+
+// --- MLS key packages ----------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishKeyPackages {
+    #[serde(default)]
+    key_packages: Vec<String>,
+    #[serde(default)]
+    last_resort: Option<String>,
+}
+
+/// `POST /api/v1/mls/key-packages`: `publish_key_packages` for the device
+/// the token names.
+pub(crate) async fn publish_key_packages(
+    State(app): State<AppState>,
+    caller: DeviceCaller,
+    Body(b): Body<PublishKeyPackages>,
+) -> ApiResult {
+    use chat_core::protocol::from_base64;
+    let packages = b
+        .key_packages
+        .iter()
+        .map(|p| from_base64("key_packages", p))
+        .collect::<chat_core::Result<Vec<_>>>()?;
+    let last_resort = b
+        .last_resort
+        .as_deref()
+        .map(|p| from_base64("last_resort", p))
+        .transpose()?;
+    let available = app
+        .engine
+        .publish_key_packages(&caller.actor, &caller.device, packages, last_resort)
+        .await?;
+    Ok(Json(json!({ "available": available })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClaimKeyPackages {
+    user_ids: Vec<chat_core::UserId>,
+}
+
+/// `POST /api/v1/mls/key-packages/claim`: `claim_key_packages`.
+pub(crate) async fn claim_key_packages(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Body(b): Body<ClaimKeyPackages>,
+) -> ApiResult {
+    let claimed = app.engine.claim_key_packages(&actor, &b.user_ids).await?;
+    Ok(Json(
+        json!({ "devices": chat_core::protocol::ClaimedView::list(&claimed) }),
+    ))
 }

@@ -161,6 +161,8 @@ fn routes(state: AppState) -> Router {
         .route("/admin/reports", get(list_reports))
         .route("/admin/reports/{id}/resolve", post(resolve_report))
         .route("/admin/users/{id}/suspend", post(suspend).delete(unsuspend))
+        .route("/mls/key-packages", post(publish_key_packages))
+        .route("/mls/key-packages/claim", post(claim_key_packages))
         .method_not_allowed_fallback(http::wrong_method);
     Router::new()
         .route("/ws", get(ws::upgrade))

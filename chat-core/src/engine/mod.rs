@@ -10,6 +10,7 @@ mod cache;
 mod chats;
 mod groups;
 mod messages;
+mod mls;
 mod moderation;
 mod presence;
 mod sync;
@@ -39,6 +40,7 @@ use crate::{
     hooks::{AllowAll, ContactPolicy, MessageHook, Notifier},
     hub::Hub,
     keystore::Keyring,
+    mls::MlsDelivery,
     model::*,
     store::{EncryptedStore, Store},
 };
@@ -162,6 +164,7 @@ pub struct EngineBuilder {
     hooks: Vec<Arc<dyn MessageHook>>,
     notifier: Option<Arc<dyn Notifier>>,
     keyring: Option<Arc<Keyring>>,
+    mls: Option<Arc<dyn MlsDelivery>>,
     config: EngineConfig,
 }
 
@@ -205,6 +208,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Enables `e2ee` chats: `mls` parses and checks what clients send for
+    /// MLS (the engine keeps the key package directory and the order of
+    /// commits). Without it, the MLS commands are refused.
+    pub fn mls(mut self, mls: Arc<dyn MlsDelivery>) -> Self {
+        self.mls = Some(mls);
+        self
+    }
+
     /// Limits and timings.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
@@ -238,6 +249,7 @@ impl EngineBuilder {
                 chats: ChatCache::new(cache_capacity),
                 store,
                 encrypted,
+                mls: self.mls,
                 bus: self.bus,
                 clock: self.clock,
                 policy: self.policy,
@@ -294,6 +306,7 @@ struct Inner {
     /// The same store, when it encrypts at rest (for erasure and sealing
     /// existing content).
     encrypted: Option<Arc<EncryptedStore>>,
+    mls: Option<Arc<dyn MlsDelivery>>,
     bus: Arc<dyn Bus>,
     hub: Arc<Hub>,
     clock: Arc<dyn Clock>,
@@ -318,6 +331,7 @@ impl ChatEngine {
             hooks: Vec::new(),
             notifier: None,
             keyring: None,
+            mls: None,
             config: EngineConfig::default(),
         }
     }

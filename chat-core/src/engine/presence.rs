@@ -530,6 +530,7 @@ fn typing_audience(cached: &Cached, typist: &UserId) -> Audience {
         users: cached.members.clone(),
         except_user: Some(typist.clone()),
         chat_open: Some(cached.chat.id),
+        device: None,
     }
 }
 

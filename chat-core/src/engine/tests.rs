@@ -2229,3 +2229,233 @@ async fn erasing_a_users_keys_leaves_only_their_content_unreadable() {
     let refused = plain.erase_user_keys(&admin, &uid("ann")).await;
     assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
 }
+
+// --- MLS key packages --------------------------------------------------------
+
+/// Key packages for tests: `"kp:<user>/<device>"`, `"...:lr"` for last resort.
+#[derive(Debug)]
+struct FakeMls;
+
+impl crate::mls::MlsDelivery for FakeMls {
+    fn inspect_key_package(&self, bytes: &[u8]) -> Result<crate::mls::KeyPackageInfo> {
+        let text = std::str::from_utf8(bytes).map_err(|_| Error::invalid("not a key package"))?;
+        let rest = text
+            .strip_prefix("kp:")
+            .ok_or_else(|| Error::invalid("not a key package"))?;
+        let (rest, last_resort) = match rest.strip_suffix(":lr") {
+            Some(rest) => (rest, true),
+            None => (rest, false),
+        };
+        let (user, device) = rest
+            .split_once('/')
+            .ok_or_else(|| Error::invalid("not a key package"))?;
+        Ok(crate::mls::KeyPackageInfo {
+            user_id: UserId::new(user)?,
+            device_id: DeviceId::new(device)?,
+            last_resort,
+        })
+    }
+}
+
+fn kp(user: &str, device: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| format!("kp:{user}/{device}").into_bytes())
+        .collect()
+}
+
+async fn mls_engine(policy: Option<Arc<dyn ContactPolicy>>) -> ChatEngine {
+    let mut builder = ChatEngine::builder(Arc::new(MemoryStore::new())).mls(Arc::new(FakeMls));
+    if let Some(policy) = policy {
+        builder = builder.contact_policy(policy);
+    }
+    builder.build().await.unwrap()
+}
+
+#[tokio::test]
+async fn key_packages_are_published_only_with_ones_own_credential() {
+    let e = mls_engine(None).await;
+    let (alice, phone) = (actor("alice"), DeviceId::new("phone").unwrap());
+    // Without an MLS delivery service, the commands are refused.
+    let plain = engine().await;
+    let refused = plain
+        .publish_key_packages(&alice, &phone, kp("alice", "phone", 1), None)
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidInput(_))),
+        "{refused:?}"
+    );
+
+    let lr = Some(b"kp:alice/phone:lr".to_vec());
+    assert_eq!(
+        e.publish_key_packages(&alice, &phone, kp("alice", "phone", 3), lr)
+            .await
+            .unwrap(),
+        3
+    );
+    // Another user's credential, or another device's: refused, nothing stored.
+    for forged in [kp("bob", "phone", 1), kp("alice", "laptop", 1)] {
+        let mut packages = kp("alice", "phone", 1);
+        packages.extend(forged);
+        let refused = e.publish_key_packages(&alice, &phone, packages, None).await;
+        assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
+    }
+    let garbage = e
+        .publish_key_packages(&alice, &phone, vec![b"garbage".to_vec()], None)
+        .await;
+    assert!(
+        matches!(garbage, Err(Error::InvalidInput(_))),
+        "{garbage:?}"
+    );
+    let too_many = e
+        .publish_key_packages(&alice, &phone, kp("alice", "phone", 101), None)
+        .await;
+    assert!(
+        matches!(too_many, Err(Error::InvalidInput(_))),
+        "{too_many:?}"
+    );
+    let nothing = e
+        .publish_key_packages(&alice, &phone, Vec::new(), None)
+        .await;
+    assert!(
+        matches!(nothing, Err(Error::InvalidInput(_))),
+        "{nothing:?}"
+    );
+    let claimed = e
+        .claim_key_packages(&actor("bob"), &[uid("alice")])
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        claimed[0].remaining, 2,
+        "the refused publishes stored nothing"
+    );
+}
+
+#[tokio::test]
+async fn key_packages_go_only_to_users_one_may_talk_to() {
+    let e = mls_engine(Some(Arc::new(OnlyMatched))).await;
+    let phone = DeviceId::new("phone").unwrap();
+    for user in ["alice", "bob", "carol", "dave"] {
+        e.publish_key_packages(&actor(user), &phone, kp(user, "phone", 5), None)
+            .await
+            .unwrap();
+    }
+    // Matched (the contact policy), and oneself: allowed.
+    assert_eq!(
+        e.claim_key_packages(&actor("alice"), &[uid("bob"), uid("alice")])
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // A stranger: refused, and nothing is handed out.
+    let refused = e
+        .claim_key_packages(&actor("alice"), &[uid("bob"), uid("carol")])
+        .await;
+    assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
+    // Someone one shares a group with: allowed, though not matched.
+    let refused = e.claim_key_packages(&actor("dave"), &[uid("carol")]).await;
+    assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
+    e.create_group(
+        &actor("dave"),
+        NewGroup {
+            name: "circle".into(),
+            member_ids: vec![uid("carol")],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        e.claim_key_packages(&actor("dave"), &[uid("carol")])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // A block cuts it off even when matched.
+    e.block(&actor("bob"), &uid("alice")).await.unwrap();
+    let blocked = e.claim_key_packages(&actor("alice"), &[uid("bob")]).await;
+    assert!(matches!(blocked, Err(Error::Forbidden(_))), "{blocked:?}");
+    let empty = e.claim_key_packages(&actor("alice"), &[]).await;
+    assert!(matches!(empty, Err(Error::InvalidInput(_))), "{empty:?}");
+}
+
+#[tokio::test]
+async fn a_device_low_on_key_packages_is_told_so_and_only_it() {
+    let e = mls_engine(None).await;
+    let mut phone = Client::connect_with(&e, "alice", "phone", 256).await;
+    let mut laptop = Client::connect_with(&e, "alice", "laptop", 256).await;
+    e.publish_key_packages(
+        &actor("alice"),
+        phone.session.device_id(),
+        kp("alice", "phone", 11),
+        None,
+    )
+    .await
+    .unwrap();
+    // 11 -> 10: not low yet.
+    e.claim_key_packages(&actor("bob"), &[uid("alice")])
+        .await
+        .unwrap();
+    // 10 -> 9: low.
+    e.claim_key_packages(&actor("bob"), &[uid("alice")])
+        .await
+        .unwrap();
+    let low = phone.next_of("key_packages_low").await;
+    assert_eq!(low["available"], 9);
+    assert!(
+        !laptop.types().contains(&"key_packages_low".to_owned()),
+        "only the device that is low"
+    );
+    assert_eq!(
+        phone
+            .drain()
+            .iter()
+            .filter(|f| f["type"] == "key_packages_low")
+            .count(),
+        0,
+        "once per claim that leaves it low"
+    );
+}
+
+#[tokio::test]
+async fn key_package_commands_over_the_protocol() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let e = mls_engine(None).await;
+    let alice = Client::connect_with(&e, "alice", "phone", 256).await;
+    let bob = Client::connect(&e, "bob").await;
+    let published = alice
+        .cmd(
+            serde_json::json!({"type": "publish_key_packages", "id": "p", "data": {
+                "key_packages": [b64(b"kp:alice/phone"), b64(b"kp:alice/phone")],
+                "last_resort": b64(b"kp:alice/phone:lr"),
+            }}),
+        )
+        .await;
+    assert_eq!(published["type"], "ack", "{published}");
+    assert_eq!(published["data"]["available"], 2);
+    let bad = alice
+        .cmd(
+            serde_json::json!({"type": "publish_key_packages", "id": "b", "data": {
+                "key_packages": ["not base64!"],
+            }}),
+        )
+        .await;
+    assert_eq!(bad["data"]["code"], "bad_request", "{bad}");
+    let claimed = bob
+        .cmd(
+            serde_json::json!({"type": "claim_key_packages", "id": "c", "data": {
+                "user_ids": ["alice"],
+            }}),
+        )
+        .await;
+    assert_eq!(claimed["type"], "ack", "{claimed}");
+    let devices = claimed["data"]["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["user_id"], "alice");
+    assert_eq!(devices[0]["device_id"], "phone");
+    assert_eq!(devices[0]["key_package"], b64(b"kp:alice/phone"));
+    assert_eq!(devices[0]["last_resort"], false);
+}

@@ -119,6 +119,15 @@ pub enum ClientCommand {
     },
     /// Keep-alive.
     Ping {},
+    /// Publish this device's MLS key packages (standard base64 each).
+    PublishKeyPackages {
+        #[serde(default)]
+        key_packages: Vec<String>,
+        #[serde(default)]
+        last_resort: Option<String>,
+    },
+    /// Claim one key package of each device of these users.
+    ClaimKeyPackages { user_ids: Vec<UserId> },
 }
 
 /// Longest request `id`, in characters.

@@ -7,7 +7,7 @@ use crate::{
     engine::{HistoryRequest, Receipt, Session},
     error::{Error, Result},
     event::{AckData, Frame},
-    model::Role,
+    model::{Role, UserId},
     store::GroupPatch,
 };
 
@@ -188,5 +188,62 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             field("report_id", &report_id)
         }
         ClientCommand::Ping {} => empty(),
+        ClientCommand::PublishKeyPackages {
+            key_packages,
+            last_resort,
+        } => {
+            let packages = key_packages
+                .iter()
+                .map(|p| from_base64("key_packages", p))
+                .collect::<Result<Vec<_>>>()?;
+            let last_resort = last_resort
+                .as_deref()
+                .map(|p| from_base64("last_resort", p))
+                .transpose()?;
+            let available = engine
+                .publish_key_packages(actor, session.device_id(), packages, last_resort)
+                .await?;
+            field("available", &available)
+        }
+        ClientCommand::ClaimKeyPackages { user_ids } => {
+            let claimed = engine.claim_key_packages(actor, &user_ids).await?;
+            field("devices", &ClaimedView::list(&claimed))
+        }
+    }
+}
+
+/// Standard base64, as MLS objects travel; `what` names the field in the
+/// error.
+pub fn from_base64(what: &str, text: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| Error::invalid(format!("{what} must be standard base64")))
+}
+
+/// A claimed key package as the `claim_key_packages` ack (and its REST
+/// twin) shows it.
+#[derive(Debug, Serialize)]
+pub struct ClaimedView<'a> {
+    user_id: &'a UserId,
+    device_id: &'a crate::model::DeviceId,
+    /// Standard base64.
+    key_package: String,
+    last_resort: bool,
+}
+
+impl<'a> ClaimedView<'a> {
+    /// The views of `claimed`.
+    pub fn list(claimed: &'a [crate::mls::ClaimedKeyPackage]) -> Vec<Self> {
+        use base64::Engine as _;
+        claimed
+            .iter()
+            .map(|c| Self {
+                user_id: &c.user_id,
+                device_id: &c.device_id,
+                key_package: base64::engine::general_purpose::STANDARD.encode(&c.key_package),
+                last_resort: c.last_resort,
+            })
+            .collect()
     }
 }

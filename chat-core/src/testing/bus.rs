@@ -520,6 +520,7 @@ pub mod bus_suite {
                     users: vec![to.clone(), typist.clone()].into(),
                     except_user: Some(typist),
                     chat_open: Some(chat),
+                    device: None,
                 },
                 action: Action::Event(text_event("h\u{e9}llo \u{1f44b} \"q\"\n")),
             },
