@@ -1,14 +1,97 @@
-//! End-to-end encrypted chats with MLS (RFC 9420, through openmls).
+//! End-to-end encrypted chats with MLS (RFC 9420, through openmls): the
+//! client side ([`Device`]) and the checks the server runs as the delivery
+//! service ([`ds`]).
 //!
-//! This first part holds the device identity format and the store a device
-//! keeps its MLS state in; the device itself and the delivery-service
-//! checks follow.
+//! # Model
 //!
-//! A device's credential is an MLS BasicCredential whose identity is
-//! `"<user_id>/<device_id>"` (see [`identity`] and [`parse_identity`]).
+//! * A **device** ([`Device`]) is one installation of one user: it owns an
+//!   Ed25519 signature key pair and an MLS BasicCredential whose identity is
+//!   `"<user_id>/<device_id>"` (see [`identity`] and [`parse_identity`]).
+//!   Every device is its own MLS member (its own leaf), so a user with two
+//!   devices occupies two leaves of each of its chats.
+//! * A **chat** is an MLS group whose group id is the chat id's bytes (the
+//!   caller passes an opaque id, e.g. a ULID string's bytes). Groups are kept
+//!   in a plain ciphersuite: [`CIPHERSUITE`], the only one this crate speaks.
+//! * The **store** ([`DeviceStore`]) holds the device's whole MLS state as a
+//!   key-value map: identity, signature key pair, key package private keys,
+//!   every group's tree, epoch secrets and ratchets. [`MemoryDeviceStore`]
+//!   is for tests, [`SqliteDeviceStore`] for real devices.
+//! * The **server** is the MLS delivery service: it orders handshake
+//!   messages per group, so exactly one commit wins each epoch. It keeps a
+//!   public view of each group ([`ds::PublicGroupState`]) to check that a
+//!   commit is for the current epoch and to learn which devices it adds and
+//!   removes, and it serves key packages after checking them
+//!   ([`ds::validate_key_package`]). It never holds a group secret.
+//!
+//! # Pending commits
+//!
+//! An operation that changes membership or keys ([`Device::add_members`],
+//! [`Device::remove_members`], [`Device::remove_device`],
+//! [`Device::self_update`]) builds a commit and leaves it **pending**: the
+//! group stays in its current epoch. The caller sends the commit to the
+//! server, then:
+//!
+//! * the server accepted it: [`Device::merge_pending_commit`] moves the group
+//!   to the next epoch (and the welcome, if any, goes to the new members);
+//! * the server refused it because another commit won the epoch:
+//!   [`Device::discard_pending_commit`], then [`Device::process`] what was
+//!   missed (the winning commit among it), then retry the operation.
+//!
+//! While a commit is pending the device does not encrypt
+//! ([`E2eeError::PendingCommit`]): a message sent at the old epoch would
+//! reach members after the commit moved them on, and they could no longer
+//! read it.
+//!
+//! # Persistence rule
+//!
+//! **Group state is written before a ciphertext leaves the device.** Every
+//! operation runs on an in-memory copy of the state; when it succeeds, the
+//! entries it changed are written through [`DeviceStore::apply`] in one
+//! atomic transaction, and only then are the ciphertext, commit or
+//! plaintext returned. If the write fails, the in-memory state is put back
+//! as it was and the operation returns [`E2eeError::Storage`], handing out
+//! nothing: a ciphertext whose ratchet step was not saved could otherwise
+//! be followed, after a crash, by a second ciphertext under the same key.
+//! An operation that fails for any other reason (a tampered message, a
+//! message for another epoch, an unknown group) changes nothing either, in
+//! memory or on disk.
+//!
+//! # Wire conventions
+//!
+//! This crate deals in raw bytes (`Vec<u8>`); the protocol carries them as
+//! standard base64, which is the caller's job.
+//!
+//! * **Key packages**: the TLS encoding of an `MLSMessage` carrying the
+//!   `KeyPackage` (wire format `mls_key_package`). Readers
+//!   ([`Device::add_members`], [`ds::validate_key_package`]) also accept a
+//!   bare TLS-encoded `KeyPackage`. Each device has one reusable
+//!   **last-resort** key package (LastResort extension,
+//!   [`Device::last_resort_key_package`]) for when its one-shot ones run out.
+//! * **Welcome**: TLS encoding of `MLSMessage(welcome)`. Groups carry the
+//!   ratchet tree extension in their GroupInfo and Welcome, so a joiner needs
+//!   nothing but the welcome.
+//! * **GroupInfo**: TLS encoding of `MLSMessage(group_info)`, with the
+//!   ratchet tree extension ([`CommitBundle::group_info`],
+//!   [`Device::group_info`]).
+//! * **Commits**: `MLSMessage` carrying a `PublicMessage`. Handshake
+//!   messages go out in plaintext (outgoing wire format policy "always
+//!   plaintext", incoming "mixed") so the server can check them; they are
+//!   signed by the committer, and nothing in them is secret.
+//! * **Application messages**: `MLSMessage` carrying a `PrivateMessage`.
+//!
+//! # Versions
+//!
+//! openmls is pinned exactly (`=0.9.2`): its storage format (what a device
+//! keeps between runs, and what [`ds::PublicGroupState::to_bytes`] holds)
+//! can change between pre-1.0 releases, so an upgrade needs a migration.
 
+mod device;
+mod error;
 mod store;
+mod wire;
 
+pub use device::{CommitBundle, Device, Processed, RotationPolicy};
+pub use error::E2eeError;
 pub use store::{Change, DeviceStore, Entry, MemoryDeviceStore, SqliteDeviceStore, StoreError};
 
 use openmls::prelude::Ciphersuite;
