@@ -1196,4 +1196,94 @@ mod tests {
         let mut device = Device::open(store).expect("reopen");
         assert_eq!(device.last_resort_key_package().expect("stable"), third);
     }
+
+    /// Bob, running a modified client, makes a commit whose update path
+    /// gives his leaf another identity (credential or signature key). Both
+    /// the server's public view and Alice refuse it.
+    fn forged_update_is_refused(forge: impl FnOnce(&mut Device) -> Vec<u8>) {
+        const G: &[u8] = b"chat";
+        let mut alice = Device::create("alice", "phone", MemoryDeviceStore::new()).expect("alice");
+        let mut bob = Device::create("bob", "phone", MemoryDeviceStore::new()).expect("bob");
+        alice.create_group(G).expect("group");
+        let mut server =
+            crate::ds::PublicGroupState::from_group_info(&alice.group_info(G).expect("info"))
+                .expect("server");
+        let kp = bob.generate_key_packages(1).expect("kp");
+        let addition = alice.add_members(G, &kp).expect("add");
+        server.apply_commit(&addition.commit).expect("server");
+        alice.merge_pending_commit(G).expect("merge");
+        bob.join(addition.welcome.as_deref().expect("welcome"))
+            .expect("join");
+
+        let forged = forge(&mut bob);
+        assert!(matches!(
+            server.check_commit(&forged),
+            Err(crate::ds::DsError::Invalid(_))
+        ));
+        assert!(matches!(
+            alice.process(G, &forged),
+            Err(E2eeError::InvalidCredential)
+        ));
+        assert_eq!(alice.epoch(G).expect("epoch"), 1);
+    }
+
+    fn forge_commit(
+        bob: &mut Device,
+        update: impl FnOnce(&mut MlsGroup, &Provider, &SignatureKeyPair) -> MlsMessageOut,
+    ) -> Vec<u8> {
+        bob.transact(|dev| {
+            let mut group = dev.load_group(b"chat")?;
+            update(&mut group, &dev.provider, &dev.signer)
+                .to_bytes()
+                .map_err(mls)
+        })
+        .expect("forged commit")
+    }
+
+    #[test]
+    fn a_member_cannot_take_another_name() {
+        forged_update_is_refused(|bob| {
+            forge_commit(bob, |group, provider, signer| {
+                let params = LeafNodeParameters::builder()
+                    .with_credential_with_key(CredentialWithKey {
+                        credential: BasicCredential::new(b"alice/laptop".to_vec()).into(),
+                        signature_key: signer.public().into(),
+                    })
+                    .build();
+                group
+                    .self_update(provider, signer, params)
+                    .expect("self update")
+                    .into_commit()
+            })
+        });
+    }
+
+    #[test]
+    fn a_member_cannot_swap_its_signature_key() {
+        forged_update_is_refused(|bob| {
+            forge_commit(bob, |group, provider, signer| {
+                let new_signer = SignatureKeyPair::new(SignatureScheme::ED25519).expect("key");
+                new_signer.store(provider.storage()).expect("store");
+                let credential_with_key = CredentialWithKey {
+                    credential: BasicCredential::new(b"bob/phone".to_vec()).into(),
+                    signature_key: new_signer.public().into(),
+                };
+                let params = LeafNodeParameters::builder()
+                    .with_credential_with_key(credential_with_key.clone())
+                    .build();
+                group
+                    .self_update_with_new_signer(
+                        provider,
+                        signer,
+                        openmls::prelude::NewSignerBundle {
+                            signer: &new_signer,
+                            credential_with_key,
+                        },
+                        params,
+                    )
+                    .expect("self update")
+                    .into_commit()
+            })
+        });
+    }
 }

@@ -86,6 +86,7 @@
 //! can change between pre-1.0 releases, so an upgrade needs a migration.
 
 mod device;
+pub mod ds;
 mod error;
 mod store;
 mod wire;

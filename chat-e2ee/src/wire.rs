@@ -1,5 +1,6 @@
 //! Parsing of the wire encodings both sides read (see the crate docs).
 
+use openmls::messages::group_info::VerifiableGroupInfo;
 use openmls::prelude::{BasicCredential, tls_codec::Deserialize as _};
 use openmls::prelude::{
     Credential, KeyPackage, KeyPackageIn, LeafNode, MlsMessageBodyIn, MlsMessageIn, OpenMlsCrypto,
@@ -48,6 +49,18 @@ pub(crate) fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, St
         MlsMessageBodyIn::PrivateMessage(m) => Ok(m.into()),
         _ => Err("not a group message (a welcome, group info or key package)".to_owned()),
     }
+}
+
+/// A GroupInfo in either encoding: `MLSMessage(group_info)` or bare.
+pub(crate) fn parse_group_info(bytes: &[u8]) -> Result<VerifiableGroupInfo, String> {
+    if let Ok(message) = MlsMessageIn::tls_deserialize_exact(bytes) {
+        return match message.extract() {
+            MlsMessageBodyIn::GroupInfo(group_info) => Ok(group_info),
+            _ => Err("MLS message does not carry a group info".to_owned()),
+        };
+    }
+    VerifiableGroupInfo::tls_deserialize_exact(bytes)
+        .map_err(|_| "neither an MLS message nor a group info".to_owned())
 }
 
 /// The `(user_id, device_id)` a credential names, if it is a BasicCredential
