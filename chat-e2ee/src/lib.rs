@@ -56,6 +56,21 @@
 //! message for another epoch, an unknown group) changes nothing either, in
 //! memory or on disk.
 //!
+//! The price: each operation copies the device's whole state map (to diff
+//! and roll back) and loads the group from it. That is linear in the
+//! state of all the device's groups, which suits a client with tens of
+//! chats, not a device in thousands of large groups.
+//!
+//! # Trust
+//!
+//! Credentials are BasicCredentials: nothing but the server's checks binds
+//! `"<user>/<device>"` to a signature key (see [`ds`] for what it checks).
+//! Members refuse commits that let a member change its identity or key, but
+//! they trust the server to serve each device's genuine key package; a
+//! malicious server could only be caught by comparing
+//! [`Device::signature_public_key`] out of band, which this crate leaves to
+//! the application.
+//!
 //! # Wire conventions
 //!
 //! This crate deals in raw bytes (`Vec<u8>`); the protocol carries them as
