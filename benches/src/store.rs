@@ -142,6 +142,7 @@ pub(crate) async fn compare(
         tasks.push(tokio::spawn(async move {
             for n in 0..per_sender {
                 let change = Change::Post(NewMessage {
+                    mls: None,
                     id: MessageId::new(),
                     chat_id,
                     sender_id: sender.clone(),

@@ -479,6 +479,7 @@ mod tests {
         let mut reactions = crate::model::Reactions::new();
         reactions.insert("👍".into(), vec![UserId::new("bob").expect("a valid id")]);
         Message {
+            mls: None,
             id: MessageId::new(),
             chat_id: ChatId::new(),
             seq: 7,

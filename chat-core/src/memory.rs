@@ -17,9 +17,9 @@ use crate::{
         UserId, UserRecord,
     },
     store::{
-        Applied, Change, ChatListQuery, Committed, HistoryQuery, Members, NewChat, NewMessage,
-        ReportResolution, Store, StoredText, TextReplacement, TextTable, check_authority,
-        promotion_of_heir,
+        Applied, Change, ChatListQuery, Committed, HistoryQuery, Members, MlsGroupRecord, NewChat,
+        NewMessage, ReportResolution, Store, StoredText, TextReplacement, TextTable,
+        check_authority, promotion_of_heir,
         rows::{self, Marked, direct_key},
     },
 };
@@ -47,6 +47,7 @@ struct State {
     /// Per device, in user then device order: key packages oldest first,
     /// and the last-resort one.
     key_packages: BTreeMap<(UserId, DeviceId), DeviceKeyPackages>,
+    mls_groups: HashMap<ChatId, MlsGroupRecord>,
     /// Each chat's members as its last change left them, shared by the
     /// results of the changes that follow until one changes them (a
     /// membership change, a participant's settings, a block).
@@ -154,6 +155,17 @@ impl State {
 
     fn apply(&mut self, change: Change) -> Result<Applied> {
         match &change {
+            Change::MlsCommit {
+                expected_epoch,
+                group,
+                message,
+            } => {
+                let current = self.mls_groups.get(&message.chat_id).map(|g| g.epoch);
+                rows::check_mls_epoch(current, *expected_epoch)?;
+                let applied = self.apply(Change::Post(message.clone()))?;
+                self.mls_groups.insert(message.chat_id, group.clone());
+                Ok(applied)
+            }
             Change::Post(new) => {
                 if let Some(cid) = &new.client_msg_id {
                     if let Some(id) = self.client_ids.get(&(new.sender_id.clone(), cid.clone())) {
@@ -760,6 +772,10 @@ impl Store for MemoryStore {
             }
         }
         Ok(out)
+    }
+
+    async fn get_mls_group(&self, chat: ChatId) -> Result<Option<MlsGroupRecord>> {
+        Ok(self.lock().mls_groups.get(&chat).cloned())
     }
 
     async fn stored_texts(

@@ -544,6 +544,9 @@ pub enum MessageType {
     File,
     /// Written by the engine: membership changes and group updates.
     System,
+    /// An accepted MLS commit of an `e2ee` chat (see [`Message::mls`]),
+    /// written by the engine for `mls_commit`.
+    MlsCommit,
 }
 
 impl MessageType {
@@ -555,7 +558,15 @@ impl MessageType {
             MessageType::Voice => "voice",
             MessageType::File => "file",
             MessageType::System => "system",
+            MessageType::MlsCommit => "mls_commit",
         }
+    }
+
+    /// Whether the engine writes messages of this type (`system`,
+    /// `mls_commit`): clients cannot send, edit, delete or react to them,
+    /// and they raise no push notification.
+    pub fn is_engine_written(self) -> bool {
+        matches!(self, MessageType::System | MessageType::MlsCommit)
     }
 
     /// Whether messages of this type carry a media object.
@@ -577,6 +588,7 @@ impl FromStr for MessageType {
             "voice" => Ok(MessageType::Voice),
             "file" => Ok(MessageType::File),
             "system" => Ok(MessageType::System),
+            "mls_commit" => Ok(MessageType::MlsCommit),
             other => Err(Error::invalid(format!(
                 "unknown message type {}",
                 Truncated(other)
@@ -659,6 +671,20 @@ pub enum SystemEvent {
     },
 }
 
+/// The MLS part of an `mls_commit` message: what devices process, in log
+/// order, to follow the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MlsCommitRecord {
+    /// The epoch the commit applies to (the group is at `epoch + 1` after).
+    pub epoch: u64,
+    /// The commit (an `MLSMessage` carrying a `PublicMessage`), standard
+    /// base64.
+    pub commit: String,
+    /// The welcome of the members it added, standard base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub welcome: Option<String>,
+}
+
 /// Emoji to the users who reacted with it, in the order they reacted.
 pub type Reactions = BTreeMap<String, Vec<UserId>>;
 
@@ -698,6 +724,10 @@ pub struct Message {
     /// For `system` messages: what happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<SystemEvent>,
+    /// For `mls_commit` messages: the commit, and the welcome of the
+    /// members it added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mls: Option<MlsCommitRecord>,
     /// Set (and `content` `None`) when the stored content cannot be read
     /// back: its sender was erased, or it was damaged. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -240,6 +240,9 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// device's last-resort one when none is left (kept).
     async fn claim_key_packages(&self, users: &[UserId]) -> Result<Vec<ClaimedKeyPackage>>;
 
+    /// The chat's MLS group, if an MLS commit was accepted for it.
+    async fn get_mls_group(&self, chat: ChatId) -> Result<Option<MlsGroupRecord>>;
+
     // --- maintenance -----------------------------------------------------
 
     /// Up to `limit` stored texts of `table` (messages with content, or
@@ -267,6 +270,30 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// Sets a value of [`Store::get_meta`].
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
+}
+
+/// A chat's MLS group as the delivery service follows it: read with
+/// [`Store::get_mls_group`], written by [`Change::MlsCommit`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct MlsGroupRecord {
+    /// Its current epoch.
+    pub epoch: u64,
+    /// The devices in it, by user.
+    pub members: Vec<(UserId, DeviceId)>,
+    /// Its public state, opaque to the store (the [`MlsDelivery`]'s).
+    ///
+    /// [`MlsDelivery`]: crate::mls::MlsDelivery
+    pub state: Vec<u8>,
+}
+
+impl Debug for MlsGroupRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlsGroupRecord")
+            .field("epoch", &self.epoch)
+            .field("members", &self.members)
+            .field("state_bytes", &self.state.len())
+            .finish()
+    }
 }
 
 /// Which stored texts [`Store::stored_texts`] reads.
@@ -442,6 +469,19 @@ pub enum Change {
         /// The change to apply.
         change: Box<Change>,
     },
+    /// An accepted MLS commit of an `e2ee` chat: if the chat's group is at
+    /// `expected_epoch` (`None`: the chat has no group yet), it becomes
+    /// `group` and `message` (the `mls_commit` log entry) is posted, in one
+    /// transaction; otherwise a `Conflict` and nothing is written. This is
+    /// what makes commits a total order per chat, also between nodes.
+    MlsCommit {
+        /// The epoch the commit was made for.
+        expected_epoch: Option<u64>,
+        /// The group after the commit.
+        group: MlsGroupRecord,
+        /// The log entry, posted as [`Change::Post`].
+        message: NewMessage,
+    },
     /// If the chat has participants but none of them is an admin (its last
     /// admin just left), make its heir admin: the longest-standing
     /// moderator, else the longest-standing participant; recorded like a
@@ -487,7 +527,7 @@ impl Change {
     /// The chat the change belongs to.
     pub fn chat_id(&self) -> ChatId {
         match self {
-            Change::Post(m) => m.chat_id,
+            Change::Post(m) | Change::MlsCommit { message: m, .. } => m.chat_id,
             Change::Authorized { change, .. } => change.chat_id(),
             Change::Edit { chat_id, .. }
             | Change::Delete { chat_id, .. }
@@ -714,6 +754,8 @@ pub struct NewMessage {
     pub client_msg_id: Option<String>,
     /// For system messages.
     pub system: Option<SystemEvent>,
+    /// For `mls_commit` messages: the commit.
+    pub mls: Option<crate::model::MlsCommitRecord>,
     /// When.
     pub created_at: Timestamp,
 }
@@ -723,6 +765,7 @@ impl NewMessage {
     /// caused by `by`.
     pub fn system(chat_id: ChatId, by: UserId, event: Option<SystemEvent>, at: Timestamp) -> Self {
         Self {
+            mls: None,
             id: MessageId::new(),
             chat_id,
             sender_id: by,
@@ -739,6 +782,7 @@ impl NewMessage {
     /// The message this post becomes when stored with `seq`.
     pub fn into_message(self, seq: u64) -> Message {
         Message {
+            mls: self.mls,
             id: self.id,
             chat_id: self.chat_id,
             seq,

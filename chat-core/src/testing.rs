@@ -218,6 +218,8 @@ macro_rules! store_conformance_tests {
             key_packages_are_handed_out_once_oldest_first,
             key_packages_per_device_are_bounded,
             concurrent_claims_never_share_a_key_package,
+            mls_commits_take_the_current_epoch_only,
+            concurrent_mls_commits_for_one_epoch_accept_one,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

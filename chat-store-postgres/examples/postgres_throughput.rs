@@ -22,6 +22,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn post(chat: ChatId, sender: &UserId, i: usize) -> Change {
     Change::Post(NewMessage {
+        mls: None,
         id: MessageId::new(),
         chat_id: chat,
         sender_id: sender.clone(),

@@ -460,6 +460,7 @@ impl Plan {
         let mut client_msg_id = Vec::with_capacity(posts.len());
         let mut created_at = Vec::with_capacity(posts.len());
         let mut system = Vec::with_capacity(posts.len());
+        let mut mls = Vec::with_capacity(posts.len());
         for new in posts {
             let chat_id = new.chat_id.to_string();
             let Some(slot) = next.get_mut(&chat_id) else {
@@ -468,7 +469,7 @@ impl Plan {
             let s = *slot;
             *slot += 1;
             seqs.push(unsigned("chats.last_seq", s)?);
-            let (m, sys) = write::json_columns(new)?;
+            let (m, sys, commit) = write::json_columns(new)?;
             chat.push(chat_id);
             seq.push(s);
             sender.push(new.sender_id.as_str());
@@ -479,17 +480,19 @@ impl Plan {
             client_msg_id.push(new.client_msg_id.as_deref());
             created_at.push(new.created_at.as_millis());
             system.push(sys);
+            mls.push(commit);
         }
         let inserted = sqlx::query(
             "INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, content, \
-               media, reply_to, client_msg_id, created_at, deleted, system) \
+               media, reply_to, client_msg_id, created_at, deleted, system, mls) \
              SELECT u.id, u.chat_id, u.seq, u.seq, u.sender_id, u.kind, u.content, \
                u.media::jsonb, u.reply_to, u.client_msg_id, u.created_at, FALSE, \
-               u.system::jsonb \
+               u.system::jsonb, u.mls::jsonb \
              FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-               $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[]) \
+               $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], \
+               $12::text[]) \
                AS u(id, chat_id, seq, sender_id, kind, content, media, reply_to, \
-               client_msg_id, created_at, system)",
+               client_msg_id, created_at, system, mls)",
         )
         .bind(&self.ids)
         .bind(&chat)
@@ -502,6 +505,7 @@ impl Plan {
         .bind(&client_msg_id)
         .bind(&created_at)
         .bind(&system)
+        .bind(&mls)
         .execute(&mut *conn)
         .await?;
         if inserted.rows_affected() != count(posts.len()) {

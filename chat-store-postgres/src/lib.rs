@@ -451,4 +451,11 @@ impl Store for PostgresStore {
     ) -> chat_core::Result<Vec<ClaimedKeyPackage>> {
         core(write::claim_key_packages(&self.pool, users).await)
     }
+
+    async fn get_mls_group(
+        &self,
+        chat: ChatId,
+    ) -> chat_core::Result<Option<chat_core::store::MlsGroupRecord>> {
+        core(read::mls_group(&self.pool, chat).await)
+    }
 }

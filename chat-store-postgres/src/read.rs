@@ -12,7 +12,7 @@ use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Report, ReportId, ReportStatus,
     Timestamp, UserId, UserRecord,
     store::{
-        ChatListQuery, HistoryQuery, Members, StoredText, TextTable,
+        ChatListQuery, HistoryQuery, Members, MlsGroupRecord, StoredText, TextTable,
         rows::{
             ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow, UserRow, direct_key,
             fold_reactions, parse, sql_limit, sql_u64, unsigned, user_id,
@@ -255,7 +255,7 @@ macro_rules! select_messages {
     () => {
         "SELECT m.id, m.chat_id, m.seq, m.updated_seq, m.sender_id, m.kind, m.content, \
            m.media::text AS media, m.reply_to, m.client_msg_id, m.created_at, m.edited_at, \
-           m.deleted, m.system::text AS system, r.emoji, r.users \
+           m.deleted, m.system::text AS system, m.mls::text AS mls, r.emoji, r.users \
          FROM messages m \
          LEFT JOIN LATERAL (SELECT array_agg(emoji ORDER BY ordinal) AS emoji, \
              array_agg(user_id ORDER BY ordinal) AS users \
@@ -283,6 +283,7 @@ pub(crate) fn message_from_row(r: &PgRow) -> Result<Message, Error> {
         edited_at: r.try_get("edited_at")?,
         deleted: r.try_get("deleted")?,
         system: r.try_get("system")?,
+        mls: r.try_get("mls")?,
     };
     Ok(row.into_message(reactions)?)
 }
@@ -611,6 +612,30 @@ pub(crate) async fn media<'e>(
         created_at: r.try_get("created_at")?,
     };
     Ok(Some(row.into_record(id)?))
+}
+
+// --- MLS -----------------------------------------------------------------
+
+/// [`Store::get_mls_group`](chat_core::Store::get_mls_group).
+pub(crate) async fn mls_group<'e>(
+    ex: impl PgExecutor<'e>,
+    chat: ChatId,
+) -> Result<Option<MlsGroupRecord>, Error> {
+    let row = sqlx::query(
+        "SELECT epoch, members::text AS members, state FROM mls_groups WHERE chat_id = $1",
+    )
+    .bind(chat.to_string())
+    .fetch_optional(ex)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let members: String = r.try_get("members")?;
+    Ok(Some(chat_core::store::rows::mls_group(
+        r.try_get("epoch")?,
+        &members,
+        r.try_get("state")?,
+    )?))
 }
 
 // --- maintenance ---------------------------------------------------------

@@ -93,28 +93,32 @@ pub(crate) fn stored(new: NewMessage, seq: u64) -> Message {
     new.into_message(seq)
 }
 
-/// `new.media` and `new.system` as JSON text.
-pub(crate) fn json_columns(new: &NewMessage) -> Result<(Option<String>, Option<String>), Error> {
+/// `new.media`, `new.system` and `new.mls` as JSON text.
+pub(crate) fn json_columns(new: &NewMessage) -> Result<JsonColumns, Error> {
     Ok((
         new.media.as_ref().map(serde_json::to_string).transpose()?,
         new.system.as_ref().map(serde_json::to_string).transpose()?,
+        new.mls.as_ref().map(serde_json::to_string).transpose()?,
     ))
 }
+
+/// What [`json_columns`] gives.
+pub(crate) type JsonColumns = (Option<String>, Option<String>, Option<String>);
 
 /// Takes the chat's next seq (moving `last_activity` to the message's
 /// time) and stores `new` with it, in one statement. `None` if the chat
 /// does not exist or `(sender, client_msg_id)` is taken: the seq was taken
 /// all the same, so the caller rolls back to its savepoint.
 async fn insert_next(conn: &mut PgConnection, new: &NewMessage) -> Result<Option<u64>, Error> {
-    let (media, system) = json_columns(new)?;
+    let (media, system, mls) = json_columns(new)?;
     let seq: Option<i64> = sqlx::query_scalar(
         "WITH s AS ( \
            UPDATE chats SET last_seq = last_seq + 1, last_activity = $9 \
            WHERE id = $2 RETURNING last_seq) \
          INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, content, media, \
-           reply_to, client_msg_id, created_at, deleted, system) \
+           reply_to, client_msg_id, created_at, deleted, system, mls) \
          SELECT $1, $2, s.last_seq, s.last_seq, $3, $4, $5, $6::jsonb, $7, $8, $9, FALSE, \
-           $10::jsonb FROM s \
+           $10::jsonb, $11::jsonb FROM s \
          ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING \
          RETURNING seq",
     )
@@ -128,6 +132,7 @@ async fn insert_next(conn: &mut PgConnection, new: &NewMessage) -> Result<Option
     .bind(new.client_msg_id.as_deref())
     .bind(new.created_at.as_millis())
     .bind(system)
+    .bind(mls)
     .fetch_optional(conn)
     .await?;
     Ok(seq.map(|s| unsigned("messages.seq", s)).transpose()?)
@@ -426,6 +431,34 @@ pub(crate) async fn apply(
                 return Err(not_found("chat not found"));
             }
             mark(conn, chat_id, &user_id, delivered_up_to, read_up_to).await
+        }
+        Change::MlsCommit {
+            expected_epoch,
+            group,
+            message,
+        } => {
+            // The chat's lock orders this against every other change of the
+            // chat, on any node: the epoch read is the one that holds.
+            if !locks.ensure(conn, message.chat_id).await? {
+                return Err(not_found("chat not found"));
+            }
+            let current = read::mls_group(&mut *conn, message.chat_id)
+                .await?
+                .map(|g| g.epoch);
+            rows::check_mls_epoch(current, expected_epoch)?;
+            sqlx::query(
+                "INSERT INTO mls_groups (chat_id, epoch, members, state) \
+                 VALUES ($1, $2, $3::jsonb, $4) \
+                 ON CONFLICT (chat_id) DO UPDATE SET epoch = excluded.epoch, \
+                   members = excluded.members, state = excluded.state",
+            )
+            .bind(message.chat_id.to_string())
+            .bind(sql_u64(group.epoch))
+            .bind(rows::mls_members_json(&group.members))
+            .bind(&group.state)
+            .execute(&mut *conn)
+            .await?;
+            post(conn, locks, message).await
         }
         other => Err(invalid(format!(
             "this store does not know the change {other:?}"

@@ -35,6 +35,7 @@ fn user(name: &str) -> UserId {
 
 fn text(chat: ChatId, sender: &UserId, cid: &str, body: &str, secs: i64) -> NewMessage {
     NewMessage {
+        mls: None,
         id: MessageId::new(),
         chat_id: chat,
         sender_id: sender.clone(),
@@ -397,6 +398,7 @@ async fn bulk_and_per_change_paths_agree() {
     };
     let first = text(c1, &alice, "a-1", "first", 1);
     let system = NewMessage {
+        mls: None,
         id: MessageId::new(),
         chat_id: c2,
         sender_id: mallory.clone(),

@@ -49,6 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let chat = chats[i % chats.len()];
             tasks.push(tokio::spawn(async move {
                 let post = Change::Post(NewMessage {
+                    mls: None,
                     id: MessageId::new(),
                     chat_id: chat,
                     sender_id: alice,

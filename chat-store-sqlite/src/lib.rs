@@ -641,6 +641,13 @@ impl Store for SqliteStore {
         self.write(move |conn| write::claim_key_packages(conn, &users))
             .await
     }
+
+    async fn get_mls_group(
+        &self,
+        chat: ChatId,
+    ) -> chat_core::Result<Option<chat_core::store::MlsGroupRecord>> {
+        self.read(move |conn| read::mls_group(conn, chat)).await
+    }
 }
 
 /// The embedding example of the workspace README, compiled and run as a

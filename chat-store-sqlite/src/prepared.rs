@@ -37,8 +37,8 @@ impl Hot {
             Self::ChatSeq => "SELECT last_seq FROM chats WHERE id = ?1",
             Self::InsertPost => {
                 "INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, content, \
-                 media, reply_to, client_msg_id, created_at, edited_at, deleted, system) \
-                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, 0, ?11) \
+                 media, reply_to, client_msg_id, created_at, edited_at, deleted, system, mls) \
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, 0, ?11, ?12) \
                  ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL \
                  DO NOTHING"
             }

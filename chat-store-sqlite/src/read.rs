@@ -5,10 +5,10 @@ use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Participant, Reactions, Report,
     ReportId, ReportStatus, UserId, UserRecord,
     store::{
-        ChatListQuery, HistoryQuery, StoredText, TextTable,
+        ChatListQuery, HistoryQuery, MlsGroupRecord, StoredText, TextTable,
         rows::{
-            ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow, UserRow, direct_key,
-            fold_reactions, sql_limit, sql_u64, unsigned, user_id,
+            self, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow, UserRow,
+            direct_key, fold_reactions, sql_limit, sql_u64, unsigned, user_id,
         },
     },
 };
@@ -169,7 +169,7 @@ pub(crate) fn co_members(conn: &Connection, user: &UserId) -> Result<Vec<UserId>
 macro_rules! message_columns {
     () => {
         "id, chat_id, seq, updated_seq, sender_id, kind, content, media, reply_to, \
-         client_msg_id, created_at, edited_at, deleted, system"
+         client_msg_id, created_at, edited_at, deleted, system, mls"
     };
 }
 
@@ -190,6 +190,7 @@ fn message_row(r: &Row<'_>) -> rusqlite::Result<MessageRow> {
         edited_at: r.get(11)?,
         deleted: r.get(12)?,
         system: r.get(13)?,
+        mls: r.get(14)?,
     })
 }
 
@@ -540,6 +541,21 @@ pub(crate) fn media(conn: &Connection, id: MediaId) -> Result<Option<MediaRecord
         })
         .optional()?;
     Ok(row.map(|r| r.into_record(id)).transpose()?)
+}
+
+// --- MLS -----------------------------------------------------------------
+
+/// [`Store::get_mls_group`](chat_core::Store::get_mls_group).
+pub(crate) fn mls_group(conn: &Connection, chat: ChatId) -> Result<Option<MlsGroupRecord>, Error> {
+    let row: Option<(i64, String, Vec<u8>)> = conn
+        .prepare_cached("SELECT epoch, members, state FROM mls_groups WHERE chat_id = ?1")?
+        .query_row([chat.to_string()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    row.map(|(epoch, members, state)| rows::mls_group(epoch, &members, state))
+        .transpose()
+        .map_err(Into::into)
 }
 
 // --- maintenance ---------------------------------------------------------

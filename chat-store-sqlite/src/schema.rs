@@ -195,6 +195,17 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX key_packages_by_device ON key_packages (user_id, device_id, last_resort, id);
     "#,
+    // 7: MLS commits of e2ee chats: on their log messages, and each chat's
+    // group as the server follows it (epoch, member devices, public state).
+    r#"
+    ALTER TABLE messages ADD COLUMN mls TEXT;   -- MlsCommitRecord as JSON
+    CREATE TABLE mls_groups (
+        chat_id TEXT PRIMARY KEY NOT NULL REFERENCES chats (id),
+        epoch   INTEGER NOT NULL,
+        members TEXT NOT NULL,   -- JSON [[user, device], ...]
+        state   BLOB NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.

@@ -125,8 +125,8 @@ fn message_in_chat(conn: &Connection, chat: ChatId, id: MessageId) -> Result<Mes
 fn insert_message(conn: &Connection, m: &Message) -> Result<(), Error> {
     conn.prepare_cached(
         "INSERT INTO messages (id, chat_id, seq, updated_seq, sender_id, kind, content, media, \
-         reply_to, client_msg_id, created_at, edited_at, deleted, system) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+         reply_to, client_msg_id, created_at, edited_at, deleted, system, mls) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         m.id.to_string(),
@@ -143,6 +143,7 @@ fn insert_message(conn: &Connection, m: &Message) -> Result<(), Error> {
         m.edited_at.map(Timestamp::as_millis),
         m.deleted,
         m.system.as_ref().map(serde_json::to_string).transpose()?,
+        m.mls.as_ref().map(serde_json::to_string).transpose()?,
     ])?;
     Ok(())
 }
@@ -376,6 +377,26 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             delivered_up_to,
             read_up_to,
         } => mark(conn, chat_id, &user_id, delivered_up_to, read_up_to),
+        Change::MlsCommit {
+            expected_epoch,
+            group,
+            message,
+        } => {
+            let current = read::mls_group(conn, message.chat_id)?.map(|g| g.epoch);
+            rows::check_mls_epoch(current, expected_epoch)?;
+            conn.prepare_cached(
+                "INSERT INTO mls_groups (chat_id, epoch, members, state) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (chat_id) DO UPDATE SET epoch = excluded.epoch, \
+                   members = excluded.members, state = excluded.state",
+            )?
+            .execute(params![
+                message.chat_id.to_string(),
+                sql_u64(group.epoch),
+                rows::mls_members_json(&group.members),
+                group.state,
+            ])?;
+            post(&Prepared::new(conn), message, &Cell::new(false))
+        }
         other => Err(Error::Contract(CoreError::invalid(format!(
             "this store does not know the change {other:?}"
         )))),
@@ -441,6 +462,7 @@ fn retry_or(conn: &Connection, new: &NewMessage, error: Error) -> Result<Applied
 fn insert_post(db: &Prepared<'_>, new: &NewMessage, seq: u64) -> Result<bool, Error> {
     let media = new.media.as_ref().map(serde_json::to_string).transpose()?;
     let system = new.system.as_ref().map(serde_json::to_string).transpose()?;
+    let mls = new.mls.as_ref().map(serde_json::to_string).transpose()?;
     let inserted = db.with(Hot::InsertPost, |stmt| {
         Ok(stmt.execute(params![
             new.id.to_string(),
@@ -454,6 +476,7 @@ fn insert_post(db: &Prepared<'_>, new: &NewMessage, seq: u64) -> Result<bool, Er
             new.client_msg_id,
             new.created_at.as_millis(),
             system,
+            mls,
         ])?)
     })?;
     Ok(inserted == 1)

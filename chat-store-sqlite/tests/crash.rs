@@ -64,6 +64,7 @@ fn child(path: &str) -> TestResult {
             tasks.push(tokio::spawn(async move {
                 for i in 0u64.. {
                     let post = Change::Post(NewMessage {
+                        mls: None,
                         id: MessageId::new(),
                         chat_id: chat.id,
                         sender_id: alice.clone(),

@@ -48,6 +48,7 @@ async fn group(store: &dyn Store, members: &[&UserId]) -> chat_core::Result<Chat
 
 fn text(chat: ChatId, sender: &UserId, client_id: Option<&str>, body: &str) -> NewMessage {
     NewMessage {
+        mls: None,
         id: MessageId::new(),
         chat_id: chat,
         sender_id: sender.clone(),

@@ -237,8 +237,11 @@ impl ChatEngine {
         let store = &self.inner.store;
         let kind = req.kind.unwrap_or(MessageType::Text);
         let content = match (kind, req.content.as_deref()) {
-            (MessageType::System, _) => {
-                return Err(Error::invalid("clients cannot send system messages"));
+            (k, _) if k.is_engine_written() => {
+                return Err(Error::invalid(format!(
+                    "clients cannot send {} messages",
+                    k.as_str()
+                )));
             }
             (MessageType::Text, None) => {
                 return Err(Error::invalid("content is required for text messages"));
@@ -276,6 +279,7 @@ impl ChatEngine {
         }
         let flag = self.run_hooks(chat, me, kind, content.as_deref()).await?;
         let new = NewMessage {
+            mls: None,
             id: MessageId::new(),
             chat_id,
             sender_id: me.clone(),
@@ -361,7 +365,7 @@ impl ChatEngine {
         if message.sender_id != actor.user_id {
             return Err(Error::forbidden("only the sender may edit a message"));
         }
-        if message.kind == MessageType::System {
+        if message.kind.is_engine_written() {
             return Err(Error::invalid("system messages cannot be edited"));
         }
         if message.deleted {
@@ -389,7 +393,7 @@ impl ChatEngine {
                 "only the sender or a group admin or moderator may delete it",
             ));
         }
-        if message.kind == MessageType::System {
+        if message.kind.is_engine_written() {
             return Err(Error::invalid("system messages cannot be deleted"));
         }
         if message.deleted {
@@ -434,7 +438,7 @@ impl ChatEngine {
     ) -> Result<Message> {
         emoji_ok(emoji)?;
         let (chat, message) = self.message_of(actor, message_id).await?;
-        if message.kind == MessageType::System {
+        if message.kind.is_engine_written() {
             return Err(Error::invalid("system messages take no reactions"));
         }
         if message.deleted {

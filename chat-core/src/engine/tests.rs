@@ -1904,6 +1904,9 @@ impl crate::store::Store for PanicsOnce {
     ) -> Result<Vec<crate::mls::ClaimedKeyPackage>> {
         self.inner.claim_key_packages(users).await
     }
+    async fn get_mls_group(&self, chat: ChatId) -> Result<Option<crate::store::MlsGroupRecord>> {
+        self.inner.get_mls_group(chat).await
+    }
     async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.inner.set_meta(key, value).await
     }

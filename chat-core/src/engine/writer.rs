@@ -40,7 +40,7 @@ use crate::{
     error::{Error, Result},
     event::{Event, ServerEvent},
     hooks::Notification,
-    model::{Chat, ChatId, ChatView, Message, MessageType, SystemEvent, UserId},
+    model::{Chat, ChatId, ChatView, Message, SystemEvent, UserId},
     store::{Applied, Change, Committed, Members},
 };
 
@@ -348,7 +348,7 @@ async fn fan_out(
             let received = Event::message_received(message);
             let audience = signal_audience(members, &message.sender_id);
             // Only a notifier needs to know who was offline.
-            if message.kind != MessageType::System && inner.notifier.is_some() {
+            if !message.kind.is_engine_written() && inner.notifier.is_some() {
                 let now = inner.clock.now();
                 let others = audience
                     .iter()

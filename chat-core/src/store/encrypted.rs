@@ -667,6 +667,10 @@ impl Store for EncryptedStore {
         self.inner.claim_key_packages(users).await
     }
 
+    async fn get_mls_group(&self, chat: ChatId) -> Result<Option<super::MlsGroupRecord>> {
+        self.inner.get_mls_group(chat).await
+    }
+
     // Maintenance reads and writes the stored form: it is how
     // `seal_existing` finds plaintext and puts ciphertext in its place.
 

@@ -259,12 +259,15 @@ pub struct MessageRow {
     pub deleted: bool,
     /// `system`, a [`SystemEvent`](crate::model::SystemEvent) as JSON text.
     pub system: Option<String>,
+    /// `mls`, an [`MlsCommitRecord`](crate::model::MlsCommitRecord) as JSON.
+    pub mls: Option<String>,
 }
 
 impl MessageRow {
     /// The message, with `reactions` (see [`fold_reactions`]).
     pub fn into_message(self, reactions: Reactions) -> Result<Message, RowError> {
         Ok(Message {
+            mls: json(self.mls.as_deref())?,
             id: parse("messages.id", &self.id)?,
             chat_id: parse("messages.chat_id", &self.chat_id)?,
             seq: unsigned("messages.seq", self.seq)?,
@@ -678,6 +681,54 @@ pub fn resolve(report: &mut Report, resolution: ReportResolution) -> Result<()> 
     Ok(())
 }
 
+/// The check of [`Change::MlsCommit`](super::Change::MlsCommit): the
+/// chat's group must be at `expected` (`None`: no group yet).
+pub fn check_mls_epoch(current: Option<u64>, expected: Option<u64>) -> Result<()> {
+    if current == expected {
+        return Ok(());
+    }
+    Err(Error::conflict(match current {
+        Some(epoch) => format!(
+            "the chat's MLS group is at epoch {epoch}: process the commits you missed and retry"
+        ),
+        None => "the chat has no MLS group yet: its first commit starts at epoch 0".to_owned(),
+    }))
+}
+
+/// The `members` column of `mls_groups`: `[[user, device], ...]` as JSON.
+pub fn mls_members_json(members: &[(UserId, crate::model::DeviceId)]) -> String {
+    let pairs: Vec<(&str, &str)> = members
+        .iter()
+        .map(|(u, d)| (u.as_str(), d.as_str()))
+        .collect();
+    // Two strings per pair: nothing that fails to serialize.
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// A row of `mls_groups`: `(epoch, members JSON, state)`.
+pub fn mls_group(
+    epoch: i64,
+    members: &str,
+    state: Vec<u8>,
+) -> Result<super::MlsGroupRecord, RowError> {
+    let pairs: Vec<(String, String)> = serde_json::from_str(members)?;
+    let members = pairs
+        .into_iter()
+        .map(|(u, d)| {
+            Ok((
+                user_id("mls_groups.members", u)?,
+                crate::model::DeviceId::new(d)
+                    .map_err(|e| RowError::corrupt("mls_groups.members", e))?,
+            ))
+        })
+        .collect::<Result<_, RowError>>()?;
+    Ok(super::MlsGroupRecord {
+        epoch: unsigned("mls_groups.epoch", epoch)?,
+        members,
+        state,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,6 +740,7 @@ mod tests {
 
     fn message() -> Message {
         NewMessage {
+            mls: None,
             id: MessageId::new(),
             chat_id: ChatId::new(),
             sender_id: user("alice"),

@@ -30,12 +30,13 @@ mod key_packages;
 mod log;
 mod maintenance;
 mod membership;
+mod mls;
 mod receipts;
 mod safety;
 mod users;
 pub use self::{
     audience::*, chats::*, concurrency::*, key_packages::*, log::*, maintenance::*, membership::*,
-    receipts::*, safety::*, users::*,
+    mls::*, receipts::*, safety::*, users::*,
 };
 
 // --- helpers -------------------------------------------------------------
@@ -146,6 +147,7 @@ fn text(
     created_at: Timestamp,
 ) -> NewMessage {
     NewMessage {
+        mls: None,
         id: MessageId::new(),
         chat_id: chat,
         sender_id: sender.clone(),
@@ -162,6 +164,7 @@ fn text(
 /// A system message with a fresh id.
 fn system(chat: ChatId, by: &UserId, event: SystemEvent, created_at: Timestamp) -> NewMessage {
     NewMessage {
+        mls: None,
         id: MessageId::new(),
         chat_id: chat,
         sender_id: by.clone(),
@@ -178,6 +181,7 @@ fn system(chat: ChatId, by: &UserId, event: SystemEvent, created_at: Timestamp) 
 /// The message that posting `new` must store with `seq`.
 fn stored(new: &NewMessage, seq: u64) -> Message {
     Message {
+        mls: None,
         id: new.id,
         chat_id: new.chat_id,
         seq,

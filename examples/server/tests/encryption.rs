@@ -318,6 +318,7 @@ async fn content_written_before_encryption_is_sealed_at_start() {
         let posts = (0..1200)
             .map(|i| {
                 Change::Post(NewMessage {
+                    mls: None,
                     id: MessageId::new(),
                     chat_id,
                     sender_id: ann.clone(),

@@ -72,6 +72,7 @@ async fn page(s: &Setup) -> Vec<Message> {
 /// A text message by `sender` in the setup's chat.
 fn new_text(s: &Setup, sender: &str, text: &str) -> NewMessage {
     NewMessage {
+        mls: None,
         id: MessageId::new(),
         chat_id: s.chat,
         sender_id: uid(sender),

@@ -26,6 +26,7 @@ pub async fn add_participant_records_system_message(store: Arc<dyn Store>) {
     assert_eq!(
         message,
         Message {
+            mls: None,
             id: message.id,
             chat_id: chat.id,
             seq: 3,
