@@ -43,7 +43,8 @@ pub struct HookContext<'a> {
     pub chat_id: ChatId,
     /// Direct or group.
     pub chat_kind: ChatKind,
-    /// For `e2ee` chats `content` is ciphertext the hook cannot read.
+    /// Always `at_rest`: hooks do not run on messages of `e2ee` chats,
+    /// whose content is ciphertext no hook can read.
     pub encryption: Encryption,
     /// The sender.
     pub sender_id: &'a UserId,

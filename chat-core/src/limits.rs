@@ -46,7 +46,8 @@ impl CommandClass {
             | C::UnblockUser { .. }
             // Claims use up other users' key packages: as scarce as writes.
             | C::PublishKeyPackages { .. }
-            | C::ClaimKeyPackages { .. } => CommandClass::Write,
+            | C::ClaimKeyPackages { .. }
+            | C::MlsCommit { .. } => CommandClass::Write,
             C::TypingStart { .. } | C::TypingStop { .. } => CommandClass::Typing,
             C::Authenticate { .. }
             | C::JoinChat { .. }

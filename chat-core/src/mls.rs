@@ -46,13 +46,63 @@ pub struct KeyPackageInfo {
     pub last_resort: bool,
 }
 
+/// Largest MLS object in `mls_commit` (commit, welcome or group info),
+/// in bytes.
+pub const MAX_MLS_OBJECT_BYTES: usize = 256 * 1024;
+
+/// A device: its user and device ids.
+pub type MlsDevice = (UserId, DeviceId);
+
+/// A chat's group as the delivery service sees it (nothing secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MlsGroupView {
+    /// The epoch.
+    pub epoch: u64,
+    /// The devices in it.
+    pub members: Vec<MlsDevice>,
+    /// The public state to keep, opaque to the engine.
+    pub state: Vec<u8>,
+}
+
+impl Debug for MlsGroupView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlsGroupView")
+            .field("epoch", &self.epoch)
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a commit does, as [`MlsDelivery::apply_commit`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlsCommitView {
+    /// The device that made it.
+    pub committer: MlsDevice,
+    /// Devices it adds.
+    pub added: Vec<MlsDevice>,
+    /// Devices it removes.
+    pub removed: Vec<MlsDevice>,
+    /// The group after it.
+    pub group: MlsGroupView,
+}
+
 /// Parses and checks what clients send for MLS; see the [module
-/// docs](self).
+/// docs](self). Every refusal of client input is an
+/// [`Error::InvalidInput`](crate::Error::InvalidInput), a commit for
+/// another epoch a [`Error::Conflict`](crate::Error::Conflict).
 pub trait MlsDelivery: Debug + Send + Sync + 'static {
     /// Checks a key package as published (its signature, ciphersuite and
-    /// lifetime) and says whose it is. Anything else: an
-    /// [`Error::InvalidInput`](crate::Error::InvalidInput).
+    /// lifetime) and says whose it is.
     fn inspect_key_package(&self, bytes: &[u8]) -> Result<KeyPackageInfo>;
+
+    /// The group described by `group_info` (with its ratchet tree), which
+    /// the first commit of a chat carries: the state to follow from then.
+    fn group_from_info(&self, group_info: &[u8]) -> Result<MlsGroupView>;
+
+    /// Checks `commit` (a `PublicMessage`) against the group's public
+    /// `state`: its signature, that it is for the state's epoch, the tree
+    /// it leads to; returns what it does and the group after it.
+    fn apply_commit(&self, state: &[u8], commit: &[u8]) -> Result<MlsCommitView>;
 }
 
 /// One device's key package, handed out by

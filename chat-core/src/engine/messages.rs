@@ -277,7 +277,14 @@ impl ChatEngine {
         if cached.blocked {
             return Err(Error::forbidden("you cannot write to this user"));
         }
-        let flag = self.run_hooks(chat, me, kind, content.as_deref()).await?;
+        // End-to-end encrypted: no hook reads it (it is ciphertext), and it
+        // may only go out while everyone in the MLS group is a participant.
+        let flag = if chat.encryption == Encryption::E2ee {
+            self.check_mls_members(chat).await?;
+            None
+        } else {
+            self.run_hooks(chat, me, kind, content.as_deref()).await?
+        };
         let new = NewMessage {
             mls: None,
             id: MessageId::new(),

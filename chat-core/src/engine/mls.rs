@@ -1,18 +1,24 @@
-//! The delivery service of `e2ee` chats (MLS): the key package directory.
-//! See [`crate::mls`].
+//! The delivery service of `e2ee` chats (MLS): the key package directory
+//! and the order of commits. See [`crate::mls`].
 
 use std::collections::HashSet;
 
-use super::{Actor, ChatEngine};
+use base64::Engine as _;
+
+use super::{
+    Actor, ChatEngine,
+    writer::{EventKind, Fanout},
+};
 use crate::{
     bus::{Action, Audience},
     error::{Error, Result},
     event::ServerEvent,
     mls::{
         ClaimedKeyPackage, KEY_PACKAGES_LOW, MAX_CLAIM_USERS, MAX_KEY_PACKAGE_BYTES,
-        MAX_KEY_PACKAGES_PER_PUBLISH, MlsDelivery,
+        MAX_KEY_PACKAGES_PER_PUBLISH, MAX_MLS_OBJECT_BYTES, MlsDelivery,
     },
-    model::{DeviceId, UserId},
+    model::{ChatId, DeviceId, Encryption, MessageId, MessageType, MlsCommitRecord, UserId},
+    store::{Change, MlsGroupRecord, NewMessage},
 };
 
 impl ChatEngine {
@@ -114,5 +120,181 @@ impl ChatEngine {
             self.publish(audience, Action::Event(event.encode())).await;
         }
         Ok(claimed)
+    }
+}
+
+/// What `mls_commit` brings.
+#[derive(Debug, Clone)]
+pub struct MlsCommitRequest {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// The epoch the commit was made for.
+    pub epoch: u64,
+    /// The commit (an `MLSMessage` carrying a `PublicMessage`).
+    pub commit: Vec<u8>,
+    /// The welcome of the devices it adds.
+    pub welcome: Option<Vec<u8>>,
+    /// The group after the commit, with its ratchet tree: required with a
+    /// chat's first commit (epoch 0), which the server has no state to
+    /// check against.
+    pub group_info: Option<Vec<u8>>,
+}
+
+impl ChatEngine {
+    /// `mls_commit`: orders a commit of an `e2ee` chat. Accepted only for
+    /// the chat's current epoch (else `conflict`: the device processes the
+    /// commits it missed, in log order, and retries), made by the caller's
+    /// own device, and only if it changes the group within what membership
+    /// allows: devices it adds belong to participants, devices it removes
+    /// belong to users who are no longer participants or to the caller.
+    /// The accepted commit is written to the chat's log as an `mls_commit`
+    /// message (with the welcome, where added devices find it) and
+    /// delivered as `message_received`. Returns the new epoch.
+    ///
+    /// A chat's first commit (epoch 0) comes with `group_info`: the server
+    /// has no state to check that commit against, so it takes the group
+    /// its committer signed, whose members must all be the chat's
+    /// participants, the committer's device among them.
+    pub async fn mls_commit(
+        &self,
+        actor: &Actor,
+        device: &DeviceId,
+        req: MlsCommitRequest,
+    ) -> Result<u64> {
+        let mls = self.mls()?;
+        for object in [
+            Some(&req.commit),
+            req.welcome.as_ref(),
+            req.group_info.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if object.len() > MAX_MLS_OBJECT_BYTES {
+                return Err(Error::invalid(format!(
+                    "an MLS object is at most {MAX_MLS_OBJECT_BYTES} bytes"
+                )));
+            }
+        }
+        let chat = self.chat_of(actor, req.chat_id).await?;
+        if chat.encryption != Encryption::E2ee {
+            return Err(Error::invalid(
+                "mls_commit is for end-to-end encrypted chats",
+            ));
+        }
+        let me = (actor.user_id.clone(), device.clone());
+        let is_participant = |user: &UserId| chat.participant(user).is_some();
+        let current = self.inner.store.get_mls_group(chat.id).await?;
+        let group = match &current {
+            None => {
+                if req.epoch != 0 {
+                    return Err(Error::conflict(
+                        "the chat has no MLS group yet: its first commit is for epoch 0",
+                    ));
+                }
+                let info = req.group_info.as_deref().ok_or_else(|| {
+                    Error::invalid("the first commit of a chat needs its group_info")
+                })?;
+                let group = mls.group_from_info(info)?;
+                if group.epoch != 1 {
+                    return Err(Error::invalid("group_info must describe epoch 1"));
+                }
+                if !group.members.contains(&me) {
+                    return Err(Error::forbidden(
+                        "the first commit must come from a device in the group",
+                    ));
+                }
+                if let Some((user, _)) = group.members.iter().find(|(u, _)| !is_participant(u)) {
+                    return Err(Error::forbidden(format!(
+                        "{user} is not a participant of this chat"
+                    )));
+                }
+                group
+            }
+            Some(stored) => {
+                if req.epoch != stored.epoch {
+                    return Err(Error::conflict(format!(
+                        "the chat's MLS group is at epoch {}: process the commits you missed \
+                         and retry",
+                        stored.epoch
+                    )));
+                }
+                let view = mls.apply_commit(&stored.state, &req.commit)?;
+                if view.committer != me {
+                    return Err(Error::forbidden(
+                        "a commit must come from the device that sends it",
+                    ));
+                }
+                if let Some((user, _)) = view.added.iter().find(|(u, _)| !is_participant(u)) {
+                    return Err(Error::forbidden(format!(
+                        "{user} is not a participant of this chat: add_participant adds them"
+                    )));
+                }
+                if let Some((user, _)) = view
+                    .removed
+                    .iter()
+                    .find(|(u, _)| is_participant(u) && *u != actor.user_id)
+                {
+                    return Err(Error::forbidden(format!(
+                        "{user} is a participant: remove_participant removes them"
+                    )));
+                }
+                view.group
+            }
+        };
+        let new_epoch = group.epoch;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let message = NewMessage {
+            id: MessageId::new(),
+            chat_id: chat.id,
+            sender_id: actor.user_id.clone(),
+            kind: MessageType::MlsCommit,
+            content: None,
+            media: None,
+            reply_to: None,
+            client_msg_id: None,
+            system: None,
+            mls: Some(MlsCommitRecord {
+                epoch: req.epoch,
+                commit: b64(&req.commit),
+                welcome: req.welcome.as_deref().map(b64),
+            }),
+            created_at: self.now(),
+        };
+        let change = Change::MlsCommit {
+            expected_epoch: current.as_ref().map(|g| g.epoch),
+            group: MlsGroupRecord {
+                epoch: group.epoch,
+                members: group.members,
+                state: group.state,
+            },
+            message,
+        };
+        self.inner
+            .writer
+            .submit(change, Fanout::new(EventKind::Post))
+            .await?;
+        Ok(new_epoch)
+    }
+
+    /// Refuses an application message of an `e2ee` chat while a user who
+    /// left it is still in its MLS group: what it says would reach them.
+    pub(super) async fn check_mls_members(&self, chat: &crate::model::Chat) -> Result<()> {
+        if chat.encryption != Encryption::E2ee || self.inner.mls.is_none() {
+            return Ok(());
+        }
+        let Some(group) = self.inner.store.get_mls_group(chat.id).await? else {
+            return Ok(());
+        };
+        if let Some((user, _)) = group
+            .members
+            .iter()
+            .find(|(u, _)| chat.participant(u).is_none())
+        {
+            return Err(Error::conflict(format!(
+                "{user} left this chat but is still in its MLS group: commit their removal first"
+            )));
+        }
+        Ok(())
     }
 }

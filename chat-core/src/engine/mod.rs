@@ -29,6 +29,7 @@ use self::{
 pub use self::{
     chats::{ChatPage, ChatUpdate, NewGroup, Opened},
     messages::{HistoryPage, HistoryRequest, Receipt, SYSTEM_REPORTER, SendMessage},
+    mls::MlsCommitRequest,
     moderation::{ModerationAction, PrivacyPatch},
     presence::Session,
     sync::{SyncChat, SyncResult},

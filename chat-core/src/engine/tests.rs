@@ -2258,6 +2258,65 @@ impl crate::mls::MlsDelivery for FakeMls {
             last_resort,
         })
     }
+
+    /// `"<epoch>|u/d,u/d"`.
+    fn group_from_info(&self, info: &[u8]) -> Result<crate::mls::MlsGroupView> {
+        fake_group(info)
+    }
+
+    /// Commits: `"<epoch>|<by u/d>|<added u/d,..>|<removed u/d,..>"`.
+    fn apply_commit(&self, state: &[u8], commit: &[u8]) -> Result<crate::mls::MlsCommitView> {
+        let group = fake_group(state)?;
+        let text = std::str::from_utf8(commit).map_err(|_| Error::invalid("not a commit"))?;
+        let parts: Vec<&str> = text.split('|').collect();
+        let [epoch, by, added, removed] = parts[..] else {
+            return Err(Error::invalid("not a commit"));
+        };
+        if epoch.parse::<u64>().ok() != Some(group.epoch) {
+            return Err(Error::conflict("wrong epoch"));
+        }
+        let (added, removed) = (fake_devices(added)?, fake_devices(removed)?);
+        let mut members: Vec<_> = group
+            .members
+            .into_iter()
+            .filter(|m| !removed.contains(m))
+            .collect();
+        members.extend(added.iter().cloned());
+        let list: Vec<String> = members.iter().map(|(u, d)| format!("{u}/{d}")).collect();
+        let after = format!("{}|{}", group.epoch + 1, list.join(","));
+        Ok(crate::mls::MlsCommitView {
+            committer: fake_devices(by)?
+                .pop()
+                .ok_or_else(|| Error::invalid("no committer"))?,
+            added,
+            removed,
+            group: fake_group(after.as_bytes())?,
+        })
+    }
+}
+
+fn fake_devices(list: &str) -> Result<Vec<(UserId, DeviceId)>> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (u, d) = s
+                .split_once('/')
+                .ok_or_else(|| Error::invalid("not a device"))?;
+            Ok((UserId::new(u)?, DeviceId::new(d)?))
+        })
+        .collect()
+}
+
+fn fake_group(bytes: &[u8]) -> Result<crate::mls::MlsGroupView> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::invalid("not a group"))?;
+    let (epoch, members) = text
+        .split_once('|')
+        .ok_or_else(|| Error::invalid("not a group"))?;
+    Ok(crate::mls::MlsGroupView {
+        epoch: epoch.parse().map_err(|_| Error::invalid("not a group"))?,
+        members: fake_devices(members)?,
+        state: bytes.to_vec(),
+    })
 }
 
 fn kp(user: &str, device: &str, n: usize) -> Vec<Vec<u8>> {
@@ -2461,4 +2520,107 @@ async fn key_package_commands_over_the_protocol() {
     assert_eq!(devices[0]["device_id"], "phone");
     assert_eq!(devices[0]["key_package"], b64(b"kp:alice/phone"));
     assert_eq!(devices[0]["last_resort"], false);
+}
+
+fn commit_req(chat: ChatId, epoch: u64, commit: &str, info: Option<&str>) -> MlsCommitRequest {
+    MlsCommitRequest {
+        chat_id: chat,
+        epoch,
+        commit: commit.as_bytes().to_vec(),
+        welcome: Some(b"welcome".to_vec()),
+        group_info: info.map(|i| i.as_bytes().to_vec()),
+    }
+}
+
+#[tokio::test]
+async fn mls_commits_are_ordered_and_checked_against_membership() {
+    let e = mls_engine(None).await;
+    let phone = DeviceId::new("phone").unwrap();
+    let alice = actor("alice");
+    let group = e
+        .create_group(
+            &alice,
+            NewGroup {
+                name: "circle".into(),
+                member_ids: vec![uid("bob")],
+                encryption: Encryption::E2ee,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let chat = group.chat.id;
+    let mut bob = Client::connect_with(&e, "bob", "phone", 256).await;
+    let commit = |req| e.mls_commit(&alice, &phone, req);
+
+    // The first commit: epoch 0, with the group it leads to.
+    let no_info = commit(commit_req(chat, 0, "c", None)).await;
+    assert!(
+        matches!(no_info, Err(Error::InvalidInput(_))),
+        "{no_info:?}"
+    );
+    let later = commit(commit_req(chat, 3, "c", Some("1|alice/phone"))).await;
+    assert!(matches!(later, Err(Error::Conflict(_))), "{later:?}");
+    let stranger = commit(commit_req(chat, 0, "c", Some("1|alice/phone,carol/x"))).await;
+    assert!(matches!(stranger, Err(Error::Forbidden(_))), "{stranger:?}");
+    let not_mine = commit(commit_req(chat, 0, "c", Some("1|alice/laptop,bob/phone"))).await;
+    assert!(matches!(not_mine, Err(Error::Forbidden(_))), "{not_mine:?}");
+    let epoch = commit(commit_req(chat, 0, "c0", Some("1|alice/phone,bob/phone")))
+        .await
+        .unwrap();
+    assert_eq!(epoch, 1);
+    let received = bob.next_of("message_received").await;
+    assert_eq!(received["type"], "mls_commit");
+    assert_eq!(received["mls"]["epoch"], 0);
+    assert_eq!(received["mls"]["welcome"], "d2VsY29tZQ==");
+
+    // Then: the current epoch only, from the sender's own device, within
+    // membership.
+    let stale = commit(commit_req(chat, 0, "0|alice/phone||", None)).await;
+    assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
+    let forged = commit(commit_req(chat, 1, "1|bob/phone||", None)).await;
+    assert!(matches!(forged, Err(Error::Forbidden(_))), "{forged:?}");
+    let outsider = commit(commit_req(chat, 1, "1|alice/phone|carol/x|", None)).await;
+    assert!(matches!(outsider, Err(Error::Forbidden(_))), "{outsider:?}");
+    let kick = commit(commit_req(chat, 1, "1|alice/phone||bob/phone", None)).await;
+    assert!(matches!(kick, Err(Error::Forbidden(_))), "{kick:?}");
+    let own_device = commit(commit_req(chat, 1, "1|alice/phone|alice/laptop|", None))
+        .await
+        .unwrap();
+    assert_eq!(own_device, 2);
+
+    // A member who left stays in the MLS group until a commit removes
+    // them: until then nothing may be sent there.
+    e.remove_participant(&actor("bob"), chat, &uid("bob"))
+        .await
+        .unwrap();
+    let send = |id: &str| {
+        let mut req = SendMessage::text(chat, id, "b3BhcXVl");
+        req.kind = Some(MessageType::Text);
+        e.send(&alice, req)
+    };
+    let refused = send("s1").await;
+    assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+    commit(commit_req(chat, 2, "2|alice/phone||bob/phone", None))
+        .await
+        .unwrap();
+    send("s2").await.unwrap();
+
+    // Not for chats encrypted at rest.
+    let plain = e
+        .create_group(
+            &alice,
+            NewGroup {
+                name: "plain".into(),
+                member_ids: vec![uid("bob")],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let refused = commit(commit_req(plain.chat.id, 0, "c", Some("1|alice/phone"))).await;
+    assert!(
+        matches!(refused, Err(Error::InvalidInput(_))),
+        "{refused:?}"
+    );
 }

@@ -128,6 +128,16 @@ pub enum ClientCommand {
     },
     /// Claim one key package of each device of these users.
     ClaimKeyPackages { user_ids: Vec<UserId> },
+    /// An MLS commit of an e2ee chat (standard base64 each).
+    MlsCommit {
+        chat_id: ChatId,
+        epoch: u64,
+        commit: String,
+        #[serde(default)]
+        welcome: Option<String>,
+        #[serde(default)]
+        group_info: Option<String>,
+    },
 }
 
 /// Longest request `id`, in characters.

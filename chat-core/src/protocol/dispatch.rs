@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::commands::{ClientCommand, ParseError, parse_request};
 use crate::{
-    engine::{HistoryRequest, Receipt, Session},
+    engine::{HistoryRequest, MlsCommitRequest, Receipt, Session},
     error::{Error, Result},
     event::{AckData, Frame},
     model::{Role, UserId},
@@ -204,6 +204,26 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
                 .publish_key_packages(actor, session.device_id(), packages, last_resort)
                 .await?;
             field("available", &available)
+        }
+        ClientCommand::MlsCommit {
+            chat_id,
+            epoch,
+            commit,
+            welcome,
+            group_info,
+        } => {
+            let optional = |what, value: Option<String>| {
+                value.as_deref().map(|v| from_base64(what, v)).transpose()
+            };
+            let req = MlsCommitRequest {
+                chat_id,
+                epoch,
+                commit: from_base64("commit", &commit)?,
+                welcome: optional("welcome", welcome)?,
+                group_info: optional("group_info", group_info)?,
+            };
+            let epoch = engine.mls_commit(actor, session.device_id(), req).await?;
+            field("epoch", &epoch)
         }
         ClientCommand::ClaimKeyPackages { user_ids } => {
             let claimed = engine.claim_key_packages(actor, &user_ids).await?;
