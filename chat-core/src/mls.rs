@@ -13,7 +13,7 @@ use std::fmt::Debug;
 
 use crate::{
     error::Result,
-    model::{DeviceId, UserId},
+    model::{ChatId, DeviceId, UserId},
 };
 
 /// Most key packages one device keeps on the server (the last-resort one
@@ -96,8 +96,9 @@ pub trait MlsDelivery: Debug + Send + Sync + 'static {
     fn inspect_key_package(&self, bytes: &[u8]) -> Result<KeyPackageInfo>;
 
     /// The group described by `group_info` (with its ratchet tree), which
-    /// the first commit of a chat carries: the state to follow from then.
-    fn group_from_info(&self, group_info: &[u8]) -> Result<MlsGroupView>;
+    /// the first commit of `chat` carries: the state to check that commit
+    /// against. Its group id must be `chat`'s (the UTF-8 of the chat id).
+    fn group_from_info(&self, chat: ChatId, group_info: &[u8]) -> Result<MlsGroupView>;
 
     /// Checks `commit` (a `PublicMessage`) against the group's public
     /// `state`: its signature, that it is for the state's epoch, the tree

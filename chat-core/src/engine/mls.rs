@@ -134,9 +134,8 @@ pub struct MlsCommitRequest {
     pub commit: Vec<u8>,
     /// The welcome of the devices it adds.
     pub welcome: Option<Vec<u8>>,
-    /// The group after the commit, with its ratchet tree: required with a
-    /// chat's first commit (epoch 0), which the server has no state to
-    /// check against.
+    /// With a chat's first commit (epoch 0): the new group it starts from,
+    /// with its ratchet tree (the server has no state of the chat before).
     pub group_info: Option<Vec<u8>>,
 }
 
@@ -151,10 +150,9 @@ impl ChatEngine {
     /// message (with the welcome, where added devices find it) and
     /// delivered as `message_received`. Returns the new epoch.
     ///
-    /// A chat's first commit (epoch 0) comes with `group_info`: the server
-    /// has no state to check that commit against, so it takes the group
-    /// its committer signed, whose members must all be the chat's
-    /// participants, the committer's device among them.
+    /// A chat's first commit (epoch 0) comes with `group_info`: the new
+    /// group before it (its id the chat id, the committing device alone in
+    /// it), which the server checks the commit against like any other.
     pub async fn mls_commit(
         &self,
         actor: &Actor,
@@ -185,7 +183,7 @@ impl ChatEngine {
         let me = (actor.user_id.clone(), device.clone());
         let is_participant = |user: &UserId| chat.participant(user).is_some();
         let current = self.inner.store.get_mls_group(chat.id).await?;
-        let group = match &current {
+        let state = match &current {
             None => {
                 if req.epoch != 0 {
                     return Err(Error::conflict(
@@ -193,23 +191,16 @@ impl ChatEngine {
                     ));
                 }
                 let info = req.group_info.as_deref().ok_or_else(|| {
-                    Error::invalid("the first commit of a chat needs its group_info")
+                    Error::invalid("the first commit of a chat needs the group_info it starts from")
                 })?;
-                let group = mls.group_from_info(info)?;
-                if group.epoch != 1 {
-                    return Err(Error::invalid("group_info must describe epoch 1"));
-                }
-                if !group.members.contains(&me) {
-                    return Err(Error::forbidden(
-                        "the first commit must come from a device in the group",
+                let start = mls.group_from_info(chat.id, info)?;
+                if start.epoch != 0 || start.members != [me.clone()] {
+                    return Err(Error::invalid(
+                        "group_info must describe the new group at epoch 0, holding the \
+                         committing device alone",
                     ));
                 }
-                if let Some((user, _)) = group.members.iter().find(|(u, _)| !is_participant(u)) {
-                    return Err(Error::forbidden(format!(
-                        "{user} is not a participant of this chat"
-                    )));
-                }
-                group
+                start.state
             }
             Some(stored) => {
                 if req.epoch != stored.epoch {
@@ -219,29 +210,30 @@ impl ChatEngine {
                         stored.epoch
                     )));
                 }
-                let view = mls.apply_commit(&stored.state, &req.commit)?;
-                if view.committer != me {
-                    return Err(Error::forbidden(
-                        "a commit must come from the device that sends it",
-                    ));
-                }
-                if let Some((user, _)) = view.added.iter().find(|(u, _)| !is_participant(u)) {
-                    return Err(Error::forbidden(format!(
-                        "{user} is not a participant of this chat: add_participant adds them"
-                    )));
-                }
-                if let Some((user, _)) = view
-                    .removed
-                    .iter()
-                    .find(|(u, _)| is_participant(u) && *u != actor.user_id)
-                {
-                    return Err(Error::forbidden(format!(
-                        "{user} is a participant: remove_participant removes them"
-                    )));
-                }
-                view.group
+                stored.state.clone()
             }
         };
+        let view = mls.apply_commit(&state, &req.commit)?;
+        if view.committer != me {
+            return Err(Error::forbidden(
+                "a commit must come from the device that sends it",
+            ));
+        }
+        if let Some((user, _)) = view.added.iter().find(|(u, _)| !is_participant(u)) {
+            return Err(Error::forbidden(format!(
+                "{user} is not a participant of this chat: add_participant adds them"
+            )));
+        }
+        if let Some((user, _)) = view
+            .removed
+            .iter()
+            .find(|(u, _)| is_participant(u) && *u != actor.user_id)
+        {
+            return Err(Error::forbidden(format!(
+                "{user} is a participant: remove_participant removes them"
+            )));
+        }
+        let group = view.group;
         let new_epoch = group.epoch;
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
         let message = NewMessage {

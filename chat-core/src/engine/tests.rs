@@ -2260,7 +2260,7 @@ impl crate::mls::MlsDelivery for FakeMls {
     }
 
     /// `"<epoch>|u/d,u/d"`.
-    fn group_from_info(&self, info: &[u8]) -> Result<crate::mls::MlsGroupView> {
+    fn group_from_info(&self, _chat: ChatId, info: &[u8]) -> Result<crate::mls::MlsGroupView> {
         fake_group(info)
     }
 
@@ -2553,21 +2553,53 @@ async fn mls_commits_are_ordered_and_checked_against_membership() {
     let mut bob = Client::connect_with(&e, "bob", "phone", 256).await;
     let commit = |req| e.mls_commit(&alice, &phone, req);
 
-    // The first commit: epoch 0, with the group it leads to.
-    let no_info = commit(commit_req(chat, 0, "c", None)).await;
+    // The first commit: epoch 0, with the new group it starts from (the
+    // committing device alone), checked like any other.
+    let no_info = commit(commit_req(chat, 0, "0|alice/phone|bob/phone|", None)).await;
     assert!(
         matches!(no_info, Err(Error::InvalidInput(_))),
         "{no_info:?}"
     );
-    let later = commit(commit_req(chat, 3, "c", Some("1|alice/phone"))).await;
+    let later = commit(commit_req(chat, 3, "c", Some("0|alice/phone"))).await;
     assert!(matches!(later, Err(Error::Conflict(_))), "{later:?}");
-    let stranger = commit(commit_req(chat, 0, "c", Some("1|alice/phone,carol/x"))).await;
+    let crowded = commit(commit_req(
+        chat,
+        0,
+        "0|alice/phone||",
+        Some("0|alice/phone,carol/x"),
+    ))
+    .await;
+    assert!(
+        matches!(crowded, Err(Error::InvalidInput(_))),
+        "{crowded:?}"
+    );
+    let not_mine = commit(commit_req(
+        chat,
+        0,
+        "0|alice/laptop||",
+        Some("0|alice/laptop"),
+    ))
+    .await;
+    assert!(
+        matches!(not_mine, Err(Error::InvalidInput(_))),
+        "{not_mine:?}"
+    );
+    let stranger = commit(commit_req(
+        chat,
+        0,
+        "0|alice/phone|carol/x|",
+        Some("0|alice/phone"),
+    ))
+    .await;
     assert!(matches!(stranger, Err(Error::Forbidden(_))), "{stranger:?}");
-    let not_mine = commit(commit_req(chat, 0, "c", Some("1|alice/laptop,bob/phone"))).await;
-    assert!(matches!(not_mine, Err(Error::Forbidden(_))), "{not_mine:?}");
-    let epoch = commit(commit_req(chat, 0, "c0", Some("1|alice/phone,bob/phone")))
-        .await
-        .unwrap();
+    let epoch = commit(commit_req(
+        chat,
+        0,
+        "0|alice/phone|bob/phone|",
+        Some("0|alice/phone"),
+    ))
+    .await
+    .unwrap();
     assert_eq!(epoch, 1);
     let received = bob.next_of("message_received").await;
     assert_eq!(received["type"], "mls_commit");
@@ -2618,7 +2650,7 @@ async fn mls_commits_are_ordered_and_checked_against_membership() {
         )
         .await
         .unwrap();
-    let refused = commit(commit_req(plain.chat.id, 0, "c", Some("1|alice/phone"))).await;
+    let refused = commit(commit_req(plain.chat.id, 0, "c", Some("0|alice/phone"))).await;
     assert!(
         matches!(refused, Err(Error::InvalidInput(_))),
         "{refused:?}"

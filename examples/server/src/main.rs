@@ -5,6 +5,7 @@
 //! WebSocket/HTTP transport, speaking `docs/protocol.md`.
 
 mod config;
+mod mls;
 
 use std::{io::Write, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
@@ -180,6 +181,7 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     }
     let mut builder = ChatEngine::builder(store)
         .encrypt_at_rest(keyring)
+        .mls(Arc::new(mls::OpenMlsDelivery))
         .config(settings.engine.clone());
     let mut redis = None;
     if let Some(url) = &settings.redis {

@@ -7,22 +7,6 @@ use std::{process::Stdio, time::Duration};
 
 use common::*;
 
-/// Every byte of every file in `dir` (database, WAL, key store).
-fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read the server's directory") {
-        let path = entry.expect("an entry").path();
-        if path.is_file() && !path.ends_with("server.log") {
-            bytes.extend(std::fs::read(&path).unwrap_or_default());
-        }
-    }
-    bytes
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test]
 async fn participants_read_what_the_database_files_do_not_hold() {
     let server = Server::start().await;
@@ -47,7 +31,7 @@ async fn participants_read_what_the_database_files_do_not_hold() {
         .await;
     let (history, _) = bob.history(&chat_id, serde_json::json!({})).await;
     assert_eq!(history.last().expect("the message")["content"], edited);
-    let files = all_bytes(server.dir());
+    let files = stored_bytes(server.dir());
     assert!(!files.is_empty());
     assert!(
         !contains(&files, marker.as_bytes()),
@@ -270,7 +254,7 @@ async fn an_erased_user_stays_erased_in_an_old_copy_of_the_database() {
         "bob: thank you for trusting me"
     );
     assert!(content_of(&history, bob_id).get("unreadable").is_none());
-    assert!(!contains(&all_bytes(backup.path()), b"told no one"));
+    assert!(!contains(&stored_bytes(backup.path()), b"told no one"));
     drop(bob);
     drop(old);
 
@@ -337,7 +321,7 @@ async fn content_written_before_encryption_is_sealed_at_start() {
         }
         store.close().await.expect("closed");
     }
-    assert!(contains(&all_bytes(dir.path()), marker.as_bytes()));
+    assert!(contains(&stored_bytes(dir.path()), marker.as_bytes()));
 
     let server = Server::start_in(dir.clone()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -366,7 +350,7 @@ async fn content_written_before_encryption_is_sealed_at_start() {
     drop(bob);
     let dir = stop_gracefully(server).await;
     assert!(
-        !contains(&all_bytes(dir.path()), marker.as_bytes()),
+        !contains(&stored_bytes(dir.path()), marker.as_bytes()),
         "plaintext left in the database files after sealing"
     );
     // The next start has nothing to do; the command says so too.

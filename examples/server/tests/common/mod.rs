@@ -1021,3 +1021,23 @@ pub(crate) fn check_chat(chat: &Value, ty: &str) {
         assert!(p["read_seq"].is_u64(), "participant read_seq: {p}");
     }
 }
+
+/// Every byte of every file in a server's directory (database, WAL, key
+/// store), the log aside: where plaintext must not be.
+#[allow(dead_code)] // not every test binary looks
+pub(crate) fn stored_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read the server's directory") {
+        let path = entry.expect("an entry").path();
+        if path.is_file() && !path.ends_with("server.log") {
+            bytes.extend(std::fs::read(&path).unwrap_or_default());
+        }
+    }
+    bytes
+}
+
+/// Whether `needle` occurs in `haystack`.
+#[allow(dead_code)]
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,233 @@
+//! End-to-end encrypted chats through the real server: `chat-e2ee`
+//! devices publish and claim key packages, create the MLS group with the
+//! chat's first commit, and exchange messages the server only relays.
+
+mod common;
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use chat_e2ee::{Device, MemoryDeviceStore, Processed};
+use common::*;
+use serde_json::{Value, json};
+
+fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+fn unb64(value: &Value) -> Vec<u8> {
+    STANDARD
+        .decode(value.as_str().expect("a base64 string"))
+        .expect("valid base64")
+}
+
+/// A person with one device: a connection and an MLS device.
+struct Person {
+    ws: Ws,
+    device: Device,
+}
+
+impl Person {
+    async fn connect(server: &Server, user: &str) -> Person {
+        let ws = server.ws_token(user, &device_token(user, "phone")).await;
+        let device = Device::create(user, "phone", MemoryDeviceStore::new()).expect("a device");
+        Person { ws, device }
+    }
+
+    async fn publish(&mut self, n: usize) -> Value {
+        let packages: Vec<String> = self
+            .device
+            .generate_key_packages(n)
+            .expect("key packages")
+            .iter()
+            .map(|p| b64(p))
+            .collect();
+        let last_resort = b64(&self.device.last_resort_key_package().expect("last resort"));
+        self.ws
+            .ok(
+                "publish_key_packages",
+                json!({"key_packages": packages, "last_resort": last_resort}),
+            )
+            .await
+    }
+
+    /// Waits for the next `mls_commit` of `chat` and processes it (or
+    /// joins from its welcome if this device has no group yet).
+    async fn follow_commit(&mut self, chat: &str) {
+        let commit = self
+            .ws
+            .event_where("message_received", |m| {
+                m["type"] == "mls_commit" && m["chat_id"] == chat
+            })
+            .await;
+        let group = chat.as_bytes();
+        if self.device.epoch(group).is_err() {
+            let welcome = unb64(&commit["mls"]["welcome"]);
+            self.device.join(&welcome).expect("joined from the welcome");
+        } else {
+            self.device
+                .process(group, &unb64(&commit["mls"]["commit"]))
+                .expect("the commit processes");
+        }
+    }
+
+    async fn send(&mut self, chat: &str, text: &str) -> Value {
+        let sealed = self
+            .device
+            .encrypt(chat.as_bytes(), text.as_bytes())
+            .expect("encrypted");
+        self.ws
+            .ok(
+                "send_message",
+                json!({"chat_id": chat, "client_msg_id": unique("e2"), "content": b64(&sealed)}),
+            )
+            .await
+    }
+
+    /// The next message of another member in `chat`, decrypted (this
+    /// connection also gets its own messages back: they are skipped).
+    async fn receive(&mut self, chat: &str) -> String {
+        let me = self.device.user_id().to_owned();
+        let message = self
+            .ws
+            .event_where("message_received", |m| {
+                m["type"] == "text" && m["chat_id"] == chat && m["sender_id"] != me.as_str()
+            })
+            .await;
+        match self
+            .device
+            .process(chat.as_bytes(), &unb64(&message["content"]))
+            .expect("decrypts")
+        {
+            Processed::Application { plaintext, .. } => {
+                String::from_utf8(plaintext).expect("utf-8")
+            }
+            other => panic!("expected an application message, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_devices_chat_end_to_end_through_the_server() {
+    let server = Server::start().await;
+    let mut alice = Person::connect(&server, "mls-alice").await;
+    let mut bob = Person::connect(&server, "mls-bob").await;
+    assert_eq!(bob.publish(3).await["available"], 3);
+
+    let chat = alice
+        .ws
+        .ok(
+            "create_group",
+            json!({"name": "circle", "member_ids": ["mls-bob"], "encryption": "e2ee"}),
+        )
+        .await["chat"]["id"]
+        .as_str()
+        .expect("a chat id")
+        .to_owned();
+    let group = chat.as_bytes();
+    alice.device.create_group(group).expect("a group");
+    let start = alice.device.group_info(group).expect("group info");
+    let claimed = alice
+        .ws
+        .ok("claim_key_packages", json!({"user_ids": ["mls-bob"]}))
+        .await;
+    let devices = claimed["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["device_id"], "phone");
+    let packages: Vec<Vec<u8>> = devices.iter().map(|d| unb64(&d["key_package"])).collect();
+    let bundle = alice
+        .device
+        .add_members(group, &packages)
+        .expect("a commit");
+    let acked = alice
+        .ws
+        .ok(
+            "mls_commit",
+            json!({
+                "chat_id": chat,
+                "epoch": bundle.epoch,
+                "commit": b64(&bundle.commit),
+                "welcome": bundle.welcome.as_deref().map(b64),
+                "group_info": b64(&start),
+            }),
+        )
+        .await;
+    assert_eq!(acked["epoch"], 1);
+    alice.device.merge_pending_commit(group).expect("merged");
+    bob.follow_commit(&chat).await;
+    assert_eq!(bob.device.epoch(group).expect("joined"), 1);
+
+    let marker = unique("e2ee-marker-6d1f");
+    alice.send(&chat, &format!("alice says {marker}")).await;
+    assert_eq!(bob.receive(&chat).await, format!("alice says {marker}"));
+    bob.send(&chat, "bob answers").await;
+    assert_eq!(alice.receive(&chat).await, "bob answers");
+
+    // A commit for an epoch the group has passed is refused; the device
+    // discards it, and a fresh one for the current epoch goes through.
+    let update = alice.device.self_update(group).expect("an update");
+    let stale = alice
+        .ws
+        .err(
+            "mls_commit",
+            json!({"chat_id": chat, "epoch": 0, "commit": b64(&update.commit)}),
+        )
+        .await;
+    assert_eq!(stale, "conflict");
+    let acked = alice
+        .ws
+        .ok(
+            "mls_commit",
+            json!({"chat_id": chat, "epoch": update.epoch, "commit": b64(&update.commit)}),
+        )
+        .await;
+    assert_eq!(acked["epoch"], 2);
+    alice.device.merge_pending_commit(group).expect("merged");
+    bob.follow_commit(&chat).await;
+    alice.send(&chat, "after the rotation").await;
+    assert_eq!(bob.receive(&chat).await, "after the rotation");
+
+    // The server holds ciphertext only.
+    assert!(
+        !contains(&stored_bytes(server.dir()), marker.as_bytes()),
+        "the plaintext is in the server's files"
+    );
+}
+
+#[tokio::test]
+async fn key_packages_with_another_users_credential_are_refused() {
+    let server = Server::start().await;
+    let mut mallory = Person::connect(&server, "kp-mallory").await;
+    // A device that claims to be someone else.
+    let mut forger =
+        Device::create("kp-victim", "phone", MemoryDeviceStore::new()).expect("a device");
+    let forged = b64(&forger.generate_key_packages(1).expect("a package")[0]);
+    let code = mallory
+        .ws
+        .err("publish_key_packages", json!({"key_packages": [forged]}))
+        .await;
+    assert_eq!(code, "forbidden");
+    let code = mallory
+        .ws
+        .err(
+            "publish_key_packages",
+            json!({"key_packages": [b64(b"not a key package")]}),
+        )
+        .await;
+    assert_eq!(code, "bad_request");
+    // Its own are taken, and each is handed out once.
+    assert_eq!(mallory.publish(2).await["available"], 2);
+    let mut other = Person::connect(&server, "kp-other").await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let claimed = other
+            .ws
+            .ok("claim_key_packages", json!({"user_ids": ["kp-mallory"]}))
+            .await;
+        seen.push((
+            claimed["devices"][0]["key_package"].clone(),
+            claimed["devices"][0]["last_resort"].clone(),
+        ));
+    }
+    assert_ne!(seen[0].0, seen[1].0, "never the same one twice");
+    assert_eq!(seen[2].1, true, "then the last-resort one");
+    let _ = other.device.user_id();
+}
