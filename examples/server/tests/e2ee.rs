@@ -231,3 +231,133 @@ async fn key_packages_with_another_users_credential_are_refused() {
     assert_eq!(seen[2].1, true, "then the last-resort one");
     let _ = other.device.user_id();
 }
+
+/// Alice creates an e2ee group with `others` (who published key
+/// packages), as its first commit; every other person joins.
+async fn e2ee_group(alice: &mut Person, others: &mut [&mut Person]) -> String {
+    let ids: Vec<String> = others
+        .iter()
+        .map(|p| p.device.user_id().to_owned())
+        .collect();
+    let chat = alice
+        .ws
+        .ok(
+            "create_group",
+            json!({"name": "circle", "member_ids": ids, "encryption": "e2ee"}),
+        )
+        .await["chat"]["id"]
+        .as_str()
+        .expect("a chat id")
+        .to_owned();
+    let group = chat.as_bytes();
+    alice.device.create_group(group).expect("a group");
+    let start = alice.device.group_info(group).expect("group info");
+    let claimed = alice
+        .ws
+        .ok("claim_key_packages", json!({ "user_ids": ids }))
+        .await;
+    let packages: Vec<Vec<u8>> = claimed["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| unb64(&d["key_package"]))
+        .collect();
+    let bundle = alice
+        .device
+        .add_members(group, &packages)
+        .expect("a commit");
+    alice
+        .ws
+        .ok(
+            "mls_commit",
+            json!({
+                "chat_id": chat,
+                "epoch": 0,
+                "commit": b64(&bundle.commit),
+                "welcome": bundle.welcome.as_deref().map(b64),
+                "group_info": b64(&start),
+            }),
+        )
+        .await;
+    alice.device.merge_pending_commit(group).expect("merged");
+    for other in others.iter_mut() {
+        other.follow_commit(&chat).await;
+    }
+    chat
+}
+
+#[tokio::test]
+async fn a_removed_member_reads_nothing_sent_after_the_removal() {
+    let server = Server::start().await;
+    let mut alice = Person::connect(&server, "rm-alice").await;
+    let mut bob = Person::connect(&server, "rm-bob").await;
+    let mut carol = Person::connect(&server, "rm-carol").await;
+    bob.publish(2).await;
+    carol.publish(2).await;
+    let chat = e2ee_group(&mut alice, &mut [&mut bob, &mut carol]).await;
+    // Three devices of three users read each other.
+    alice.send(&chat, "hello both").await;
+    assert_eq!(bob.receive(&chat).await, "hello both");
+    assert_eq!(carol.receive(&chat).await, "hello both");
+    carol.send(&chat, "hi from carol").await;
+    assert_eq!(alice.receive(&chat).await, "hi from carol");
+    assert_eq!(bob.receive(&chat).await, "hi from carol");
+
+    // Carol is removed from the chat: until her device leaves the MLS group
+    // nothing can be sent there, so nothing is ever encrypted to her.
+    alice
+        .ws
+        .ok(
+            "remove_participant",
+            json!({"chat_id": chat, "user_id": "rm-carol"}),
+        )
+        .await;
+    let sealed = alice
+        .device
+        .encrypt(chat.as_bytes(), b"too early")
+        .expect("encrypted");
+    let refused = alice
+        .ws
+        .err(
+            "send_message",
+            json!({"chat_id": chat, "client_msg_id": unique("e2"), "content": b64(&sealed)}),
+        )
+        .await;
+    assert_eq!(refused, "conflict");
+    // Bob cannot read "too early" either way: it never went out; the
+    // commit that removes Carol's device moves everyone on.
+    let removal = alice
+        .device
+        .remove_members(chat.as_bytes(), "rm-carol")
+        .expect("a commit");
+    alice
+        .ws
+        .ok(
+            "mls_commit",
+            json!({"chat_id": chat, "epoch": removal.epoch, "commit": b64(&removal.commit)}),
+        )
+        .await;
+    alice
+        .device
+        .merge_pending_commit(chat.as_bytes())
+        .expect("merged");
+    bob.follow_commit(&chat).await;
+    let after = alice.send(&chat, "carol is gone").await;
+    assert_eq!(bob.receive(&chat).await, "carol is gone");
+    // The server sends Carol nothing of it; handed the ciphertext anyway,
+    // her device cannot read it.
+    let after_id = after["message"]["id"].clone();
+    assert!(
+        carol
+            .ws
+            .event_within("message_received", QUIET, |m| m["id"] == after_id)
+            .await
+            .is_none(),
+        "a removed member gets nothing sent after"
+    );
+    let ciphertext = unb64(&after["message"]["content"]);
+    assert!(
+        carol.device.process(chat.as_bytes(), &ciphertext).is_err(),
+        "a removed member's device cannot decrypt what was sent after"
+    );
+}
