@@ -264,6 +264,14 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// `secure_delete`).
     async fn replace_texts(&self, replacements: Vec<TextReplacement>) -> Result<usize>;
 
+    /// Moves everything written so far into the store's files and drops
+    /// the copies a log still holds (SQLite: a `TRUNCATE` checkpoint of the
+    /// WAL), so that content replaced by [`Store::replace_texts`] is gone
+    /// from the files too. Best effort: nothing to do by default.
+    async fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// A value the engine keeps about the store itself (the progress of a
     /// maintenance task), or `None`.
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;

@@ -89,6 +89,7 @@
 //!     .await?;
 //!
 //! let post = Change::Post(NewMessage {
+//!     mls: None,
 //!     id: MessageId::new(),
 //!     chat_id: chat.id,
 //!     sender_id: alice,

@@ -1009,10 +1009,41 @@ pub(crate) async fn publish_key_packages(
     Ok(have + packages.len() as u64)
 }
 
-/// [`Store::claim_key_packages`](chat_core::Store::claim_key_packages).
-/// Each device's oldest package is deleted and returned in one statement;
-/// `SKIP LOCKED` lets concurrent claimers (on any node) take the next one
-/// instead of waiting for, and then missing, the same row.
+/// The device's oldest key package, deleted and returned in one
+/// statement; `None` when it has none left.
+///
+/// `SKIP LOCKED` lets concurrent claimers (on any node) take the next row
+/// instead of waiting for, and then missing, the same one. A claimer that
+/// finds every remaining row held by others (each only for the instant of
+/// its `DELETE`) looks again rather than settling for the last-resort
+/// package while ordinary ones are left.
+async fn take_key_package(
+    conn: &mut PgConnection,
+    user: &UserId,
+    device: &DeviceId,
+) -> Result<Option<Vec<u8>>, Error> {
+    for _ in 0..100 {
+        let taken: Option<Vec<u8>> = sqlx::query_scalar(
+            "DELETE FROM key_packages WHERE id = (\
+               SELECT id FROM key_packages \
+               WHERE user_id = $1 AND device_id = $2 AND NOT last_resort \
+               ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING bytes",
+        )
+        .bind(user.as_str())
+        .bind(device.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if taken.is_some() || key_package_count(conn, user, device).await? == 0 {
+            return Ok(taken);
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(None)
+}
+
+/// [`Store::claim_key_packages`](chat_core::Store::claim_key_packages):
+/// one key package per device, see [`take_key_package`].
 pub(crate) async fn claim_key_packages(
     pool: &PgPool,
     users: &[UserId],
@@ -1032,17 +1063,7 @@ pub(crate) async fn claim_key_packages(
         .await?;
         for device in devices {
             let device_id = DeviceId::new(device).map_err(|e| invalid(e.to_string()))?;
-            let taken: Option<Vec<u8>> = sqlx::query_scalar(
-                "DELETE FROM key_packages WHERE id = (\
-                   SELECT id FROM key_packages \
-                   WHERE user_id = $1 AND device_id = $2 AND NOT last_resort \
-                   ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING bytes",
-            )
-            .bind(user.as_str())
-            .bind(device_id.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
+            let taken = take_key_package(&mut conn, user, &device_id).await?;
             let (key_package, last_resort) = match taken {
                 Some(bytes) => (bytes, false),
                 None => {

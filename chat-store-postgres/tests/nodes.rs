@@ -618,3 +618,46 @@ async fn two_nodes_agree_on_the_members_of_every_change() {
         }
     }
 }
+
+/// Claimers on two nodes at once never get the same key package: each
+/// claim deletes the row it hands out, skipping rows another claim holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_packages_claimed_on_two_nodes_are_never_shared() {
+    const PACKAGES: usize = 60;
+    let Some((_db, nodes)) = two_nodes(small_pool()).await else {
+        return;
+    };
+    let (alice, phone) = (
+        user("alice"),
+        chat_core::DeviceId::new("phone").expect("an id"),
+    );
+    let packages: Vec<Vec<u8>> = (0..PACKAGES)
+        .map(|i| format!("kp-{i}").into_bytes())
+        .collect();
+    nodes[0]
+        .publish_key_packages(&alice, &phone, packages, None, at(1))
+        .await
+        .expect("published");
+    let barrier = Arc::new(Barrier::new(6));
+    let tasks = (0..6)
+        .map(|i| {
+            let (node, barrier, alice) = (nodes[i % 2].clone(), barrier.clone(), alice.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut got = Vec::new();
+                for _ in 0..PACKAGES / 6 {
+                    let claimed = node
+                        .claim_key_packages(std::slice::from_ref(&alice))
+                        .await
+                        .expect("a claim");
+                    got.extend(claimed.into_iter().map(|c| c.key_package));
+                }
+                got
+            })
+        })
+        .collect();
+    let all: Vec<Vec<u8>> = join_all(tasks).await.into_iter().flatten().collect();
+    let distinct: std::collections::HashSet<&Vec<u8>> = all.iter().collect();
+    assert_eq!(all.len(), PACKAGES, "every claim got one");
+    assert_eq!(distinct.len(), PACKAGES, "none was handed out twice");
+}

@@ -99,6 +99,7 @@
 //! assert!(created);
 //!
 //! let post = Change::Post(NewMessage {
+//!     mls: None,
 //!     id: MessageId::new(),
 //!     chat_id: chat.id,
 //!     sender_id: alice,
@@ -243,7 +244,7 @@ impl std::fmt::Debug for SqliteStore {
 /// Prepared statements cached per connection; more than the store uses.
 const STATEMENT_CACHE: usize = 128;
 
-fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection, Error> {
+pub(crate) fn connect(path: &Path, config: &SqliteConfig) -> Result<Connection, Error> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -647,6 +648,16 @@ impl Store for SqliteStore {
         chat: ChatId,
     ) -> chat_core::Result<Option<chat_core::store::MlsGroupRecord>> {
         self.read(move |conn| read::mls_group(conn, chat)).await
+    }
+
+    async fn checkpoint(&self) -> chat_core::Result<()> {
+        // On a connection of its own: the writer's is inside its group's
+        // transaction, where a checkpoint cannot run.
+        let (path, config) = (self.path.clone(), self.config.clone());
+        tokio::task::spawn_blocking(move || write::checkpoint(&path, &config))
+            .await
+            .map_err(chat_core::Error::backend)?
+            .map_err(Into::into)
     }
 }
 

@@ -947,3 +947,23 @@ pub(crate) fn claim_key_packages(
     }
     Ok(out)
 }
+
+/// [`Store::checkpoint`](chat_core::Store::checkpoint): copies the WAL into
+/// the database and truncates it, retrying while readers hold old
+/// snapshots (each for one read).
+pub(crate) fn checkpoint(
+    path: &std::path::Path,
+    config: &crate::SqliteConfig,
+) -> Result<(), Error> {
+    let conn = crate::connect(path, config)?;
+    for _ in 0..50 {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(Error::Contract(CoreError::backend(
+        "the WAL stayed busy: it is truncated at a later checkpoint",
+    )))
+}

@@ -219,6 +219,14 @@ impl EncryptedStore {
         }
         self.inner.set_meta(MIGRATED, MIGRATED_V1).await?;
         self.inner.set_meta(MIGRATION_AT, "").await?;
+        if report.sealed > 0 {
+            // The plaintext replaced is overwritten in the store's pages;
+            // copies of those pages in its log go now, not at some later
+            // checkpoint.
+            if let Err(e) = self.inner.checkpoint().await {
+                tracing::warn!(error = %e, "checkpoint after sealing failed; the next one clears the log");
+            }
+        }
         tracing::info!(
             scanned = report.scanned,
             sealed = report.sealed,
@@ -685,6 +693,10 @@ impl Store for EncryptedStore {
 
     async fn replace_texts(&self, replacements: Vec<TextReplacement>) -> Result<usize> {
         self.inner.replace_texts(replacements).await
+    }
+
+    async fn checkpoint(&self) -> Result<()> {
+        self.inner.checkpoint().await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
