@@ -147,7 +147,10 @@ impl State {
     fn commit(&mut self, change: Change) -> Result<Committed> {
         let chat_id = change.chat_id();
         let applied = self.apply(change)?;
-        if matches!(applied, Applied::Membership { .. }) {
+        if matches!(
+            applied,
+            Applied::Membership { .. } | Applied::MlsMembership { .. }
+        ) {
             self.members.remove(&chat_id);
         }
         Ok(Committed::new(applied, self.members(chat_id)?))
@@ -159,12 +162,34 @@ impl State {
                 expected_epoch,
                 group,
                 message,
+                membership,
             } => {
-                let current = self.mls_groups.get(&message.chat_id).map(|g| g.epoch);
+                let chat_id = message.chat_id;
+                let current = self.mls_groups.get(&chat_id).map(|g| g.epoch);
                 rows::check_mls_epoch(current, *expected_epoch)?;
+                let membership = match membership {
+                    // Validated before it changes anything, as every change
+                    // here; the post behind it is by a participant who just
+                    // passed the same checks.
+                    Some(change) => match self.apply((**change).clone())? {
+                        Applied::Membership { message, .. } => Some(message),
+                        _ => return Err(Error::invalid("not a membership change")),
+                    },
+                    None => None,
+                };
                 let applied = self.apply(Change::Post(message.clone()))?;
-                self.mls_groups.insert(message.chat_id, group.clone());
-                Ok(applied)
+                self.mls_groups.insert(chat_id, group.clone());
+                match (membership, applied) {
+                    (Some(system), Applied::Posted { message, .. }) => {
+                        self.members.remove(&chat_id);
+                        Ok(Applied::MlsMembership {
+                            chat: self.chat(chat_id)?.clone(),
+                            message: system,
+                            commit: Box::new(message),
+                        })
+                    }
+                    (_, applied) => Ok(applied),
+                }
             }
             Change::Post(new) => {
                 if let Some(cid) = &new.client_msg_id {

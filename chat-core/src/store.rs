@@ -489,6 +489,10 @@ pub enum Change {
         group: MlsGroupRecord,
         /// The log entry, posted as [`Change::Post`].
         message: NewMessage,
+        /// The membership change the commit goes with (`add_participant`,
+        /// `remove_participant` in an e2ee chat), applied first, in the same
+        /// transaction; the result is then [`Applied::MlsMembership`].
+        membership: Option<Box<Change>>,
     },
     /// If the chat has participants but none of them is an admin (its last
     /// admin just left), make its heir admin: the longest-standing
@@ -568,7 +572,11 @@ impl Change {
                 description: patch.description.clone(),
                 avatar_url: patch.avatar_url.clone(),
             }),
-            Change::Authorized { change, .. } => change.system_event(),
+            Change::Authorized { change, .. }
+            | Change::MlsCommit {
+                membership: Some(change),
+                ..
+            } => change.system_event(),
             _ => None,
         }
     }
@@ -727,6 +735,18 @@ pub enum Applied {
         chat: Chat,
         /// The system message.
         message: Option<Message>,
+    },
+    /// A [`Change::MlsCommit`] carrying a membership change: the chat and
+    /// system message of the membership change, and the `mls_commit` log
+    /// entry right behind it.
+    MlsMembership {
+        /// The chat after both.
+        chat: Chat,
+        /// The membership change's system message.
+        message: Option<Message>,
+        /// The commit's log entry (boxed: the variant is rare, and the
+        /// enum stays as small as its common variants).
+        commit: Box<Message>,
     },
     /// A [`Change::Mark`]: the watermarks after it.
     Marked {

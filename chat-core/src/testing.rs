@@ -220,6 +220,7 @@ macro_rules! store_conformance_tests {
             concurrent_claims_never_share_a_key_package,
             mls_commits_take_the_current_epoch_only,
             concurrent_mls_commits_for_one_epoch_accept_one,
+            mls_commit_with_membership_is_one_change,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

@@ -194,7 +194,9 @@ async fn run(
         };
         let blocked = members.get(&chat_id).is_some_and(|m| m.blocked);
         let current = match &applied {
-            Applied::Membership { chat, .. } => Arc::new(Members::of(chat, blocked)),
+            Applied::Membership { chat, .. } | Applied::MlsMembership { chat, .. } => {
+                Arc::new(Members::of(chat, blocked))
+            }
             _ => match members.get(&chat_id) {
                 Some(m) => Arc::clone(m),
                 // Locked by the change itself (a chat that did not exist

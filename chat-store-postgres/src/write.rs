@@ -436,29 +436,51 @@ pub(crate) async fn apply(
             expected_epoch,
             group,
             message,
+            membership: with,
         } => {
             // The chat's lock orders this against every other change of the
             // chat, on any node: the epoch read is the one that holds.
-            if !locks.ensure(conn, message.chat_id).await? {
+            let chat_id = message.chat_id;
+            if !locks.ensure(conn, chat_id).await? {
                 return Err(not_found("chat not found"));
             }
-            let current = read::mls_group(&mut *conn, message.chat_id)
-                .await?
-                .map(|g| g.epoch);
+            let current = read::mls_group(&mut *conn, chat_id).await?.map(|g| g.epoch);
             rows::check_mls_epoch(current, expected_epoch)?;
+            // Inside this change's savepoint: the membership change, the
+            // group and the commit's log entry are all written, or none.
+            let system = match with {
+                Some(change) => match Box::pin(apply(conn, locks, *change)).await? {
+                    Applied::Membership { message, .. } => Some(message),
+                    _ => return Err(invalid("not a membership change")),
+                },
+                None => None,
+            };
             sqlx::query(
                 "INSERT INTO mls_groups (chat_id, epoch, members, state) \
                  VALUES ($1, $2, $3::jsonb, $4) \
                  ON CONFLICT (chat_id) DO UPDATE SET epoch = excluded.epoch, \
                    members = excluded.members, state = excluded.state",
             )
-            .bind(message.chat_id.to_string())
+            .bind(chat_id.to_string())
             .bind(sql_u64(group.epoch))
             .bind(rows::mls_members_json(&group.members))
             .bind(&group.state)
             .execute(&mut *conn)
             .await?;
-            post(conn, locks, message).await
+            let posted = post(conn, locks, message).await?;
+            match (system, posted) {
+                (
+                    Some(system),
+                    Applied::Posted {
+                        message: commit, ..
+                    },
+                ) => Ok(Applied::MlsMembership {
+                    chat: load_chat(conn, chat_id).await?,
+                    message: system,
+                    commit: Box::new(commit),
+                }),
+                (_, posted) => Ok(posted),
+            }
         }
         other => Err(invalid(format!(
             "this store does not know the change {other:?}"

@@ -381,21 +381,45 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             expected_epoch,
             group,
             message,
+            membership: with,
         } => {
-            let current = read::mls_group(conn, message.chat_id)?.map(|g| g.epoch);
+            let chat_id = message.chat_id;
+            let current = read::mls_group(conn, chat_id)?.map(|g| g.epoch);
             rows::check_mls_epoch(current, expected_epoch)?;
+            // Inside this change's savepoint: the membership change, the
+            // group and the commit's log entry are all written, or none.
+            let system = match with {
+                Some(change) => match apply_guarded(conn, *change)? {
+                    Applied::Membership { message, .. } => Some(message),
+                    _ => return Err(invalid_change("not a membership change")),
+                },
+                None => None,
+            };
             conn.prepare_cached(
                 "INSERT INTO mls_groups (chat_id, epoch, members, state) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (chat_id) DO UPDATE SET epoch = excluded.epoch, \
                    members = excluded.members, state = excluded.state",
             )?
             .execute(params![
-                message.chat_id.to_string(),
+                chat_id.to_string(),
                 sql_u64(group.epoch),
                 rows::mls_members_json(&group.members),
                 group.state,
             ])?;
-            post(&Prepared::new(conn), message, &Cell::new(false))
+            let posted = post(&Prepared::new(conn), message, &Cell::new(false))?;
+            match (system, posted) {
+                (
+                    Some(system),
+                    Applied::Posted {
+                        message: commit, ..
+                    },
+                ) => Ok(Applied::MlsMembership {
+                    chat: load_chat(conn, chat_id)?,
+                    message: system,
+                    commit: Box::new(commit),
+                }),
+                (_, posted) => Ok(posted),
+            }
         }
         other => Err(Error::Contract(CoreError::invalid(format!(
             "this store does not know the change {other:?}"
@@ -775,6 +799,10 @@ pub(crate) fn insert_media(conn: &Connection, m: MediaRecord) -> Result<(), Erro
         m.created_at.as_millis(),
     ])?;
     Ok(())
+}
+
+fn invalid_change(why: &str) -> Error {
+    Error::Contract(CoreError::invalid(why.to_owned()))
 }
 
 /// The result of a membership change or group update: the chat after it.

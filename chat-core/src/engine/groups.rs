@@ -30,6 +30,20 @@ impl ChatEngine {
         user: &UserId,
         role: Role,
     ) -> Result<()> {
+        let (_, change) = self.adding(actor, chat_id, user, role).await?;
+        self.membership(change).await?;
+        Ok(())
+    }
+
+    /// The checks of [`add_participant`](Self::add_participant), and the
+    /// change it applies.
+    pub(super) async fn adding(
+        &self,
+        actor: &Actor,
+        chat_id: ChatId,
+        user: &UserId,
+        role: Role,
+    ) -> Result<(Chat, Change)> {
         let chat = self.chat_of(actor, chat_id).await?;
         match (Self::group_role(&chat, &actor.user_id)?, role) {
             (Role::Admin, _) | (Role::Moderator, Role::Member) => {}
@@ -63,9 +77,7 @@ impl ChatEngine {
         } else {
             Role::Admin
         };
-        self.membership(change.authorized(&actor.user_id, needs))
-            .await?;
-        Ok(())
+        Ok((chat, change.authorized(&actor.user_id, needs)))
     }
 
     /// Removes a participant: admins anyone, moderators members, anyone
@@ -77,6 +89,22 @@ impl ChatEngine {
         chat_id: ChatId,
         user: &UserId,
     ) -> Result<()> {
+        let (_, change, ensure) = self.removing(actor, chat_id, user).await?;
+        self.inner
+            .writer
+            .submit_framed(change, Fanout::new(EventKind::Membership), Some(ensure))
+            .await?;
+        Ok(())
+    }
+
+    /// The checks of [`remove_participant`](Self::remove_participant), the
+    /// change it applies and the promotion of an heir behind it.
+    pub(super) async fn removing(
+        &self,
+        actor: &Actor,
+        chat_id: ChatId,
+        user: &UserId,
+    ) -> Result<(Chat, Change, Change)> {
         let chat = self.chat_of(actor, chat_id).await?;
         let my_role = Self::group_role(&chat, &actor.user_id)?;
         let target = chat
@@ -111,11 +139,7 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        self.inner
-            .writer
-            .submit_framed(change, Fanout::new(EventKind::Membership), Some(ensure))
-            .await?;
-        Ok(())
+        Ok((chat, change, ensure))
     }
 
     /// Applies a membership change or group update through the chat's lane.

@@ -15,9 +15,9 @@ use crate::{
     event::ServerEvent,
     mls::{
         ClaimedKeyPackage, KEY_PACKAGES_LOW, MAX_CLAIM_USERS, MAX_KEY_PACKAGE_BYTES,
-        MAX_KEY_PACKAGES_PER_PUBLISH, MAX_MLS_OBJECT_BYTES, MlsDelivery,
+        MAX_KEY_PACKAGES_PER_PUBLISH, MAX_MLS_OBJECT_BYTES, MlsCommitView, MlsDelivery, MlsDevice,
     },
-    model::{ChatId, DeviceId, Encryption, MessageId, MessageType, MlsCommitRecord, UserId},
+    model::{ChatId, DeviceId, Encryption, MessageId, MessageType, MlsCommitRecord, Role, UserId},
     store::{Change, MlsGroupRecord, NewMessage},
 };
 
@@ -159,6 +159,113 @@ impl ChatEngine {
         device: &DeviceId,
         req: MlsCommitRequest,
     ) -> Result<u64> {
+        let chat = self.chat_of(actor, req.chat_id).await?;
+        let (expected, view) = self.checked_commit(actor, device, &chat, &req).await?;
+        let is_participant = |user: &UserId| chat.participant(user).is_some();
+        if let Some((user, _)) = view.added.iter().find(|(u, _)| !is_participant(u)) {
+            return Err(Error::forbidden(format!(
+                "{user} is not a participant of this chat: add_participant adds them"
+            )));
+        }
+        if let Some((user, _)) = view
+            .removed
+            .iter()
+            .find(|(u, _)| is_participant(u) && *u != actor.user_id)
+        {
+            return Err(Error::forbidden(format!(
+                "{user} is a participant: remove_participant removes them"
+            )));
+        }
+        let epoch = view.group.epoch;
+        let change = self.commit_change(actor, &req, expected, view.group, None);
+        self.inner
+            .writer
+            .submit(change, Fanout::new(EventKind::Post))
+            .await?;
+        Ok(epoch)
+    }
+
+    /// `add_participant` in an `e2ee` chat with the commit that adds the
+    /// user's devices to its MLS group: the commit must add devices of
+    /// that user and nothing else, and both are applied in one change.
+    /// Returns the new epoch.
+    pub async fn add_participant_with_commit(
+        &self,
+        actor: &Actor,
+        device: &DeviceId,
+        user: &UserId,
+        role: Role,
+        req: MlsCommitRequest,
+    ) -> Result<u64> {
+        let (chat, change) = self.adding(actor, req.chat_id, user, role).await?;
+        let (expected, view) = self.checked_commit(actor, device, &chat, &req).await?;
+        if view.added.is_empty()
+            || view.added.iter().any(|(u, _)| u != user)
+            || !view.removed.is_empty()
+        {
+            return Err(Error::invalid(format!(
+                "the commit must add the devices of {user} and change nothing else"
+            )));
+        }
+        let epoch = view.group.epoch;
+        let change = self.commit_change(actor, &req, expected, view.group, Some(change));
+        self.inner
+            .writer
+            .submit(change, Fanout::new(EventKind::Membership))
+            .await?;
+        Ok(epoch)
+    }
+
+    /// `remove_participant` in an `e2ee` chat with the commit that removes
+    /// every device of the user from its MLS group, applied in one change:
+    /// nothing sent after it is encrypted to them. Removing oneself this
+    /// way is refused (MLS lets no member commit its own removal: leave
+    /// without a commit, and another member commits it). Returns the new
+    /// epoch.
+    pub async fn remove_participant_with_commit(
+        &self,
+        actor: &Actor,
+        device: &DeviceId,
+        user: &UserId,
+        req: MlsCommitRequest,
+    ) -> Result<u64> {
+        if *user == actor.user_id {
+            return Err(Error::invalid(
+                "leave without a commit: another member commits your removal",
+            ));
+        }
+        let (chat, change, ensure) = self.removing(actor, req.chat_id, user).await?;
+        let (expected, view) = self.checked_commit(actor, device, &chat, &req).await?;
+        if let Some(group) = self.inner.store.get_mls_group(chat.id).await? {
+            let wanted: HashSet<&MlsDevice> =
+                group.members.iter().filter(|(u, _)| u == user).collect();
+            let removed: HashSet<&MlsDevice> = view.removed.iter().collect();
+            if removed != wanted || !view.added.is_empty() {
+                return Err(Error::invalid(format!(
+                    "the commit must remove every device of {user} and change nothing else"
+                )));
+            }
+        }
+        let epoch = view.group.epoch;
+        let change = self.commit_change(actor, &req, expected, view.group, Some(change));
+        self.inner
+            .writer
+            .submit_framed(change, Fanout::new(EventKind::Membership), Some(ensure))
+            .await?;
+        Ok(epoch)
+    }
+
+    /// The checks every commit passes: sizes, an `e2ee` chat, the current
+    /// epoch (a chat's first commit: its `group_info`), the group's public
+    /// state, and the sending device as committer. Returns the epoch the
+    /// store must still find, and what the commit does.
+    async fn checked_commit(
+        &self,
+        actor: &Actor,
+        device: &DeviceId,
+        chat: &crate::model::Chat,
+        req: &MlsCommitRequest,
+    ) -> Result<(Option<u64>, MlsCommitView)> {
         let mls = self.mls()?;
         for object in [
             Some(&req.commit),
@@ -174,14 +281,12 @@ impl ChatEngine {
                 )));
             }
         }
-        let chat = self.chat_of(actor, req.chat_id).await?;
         if chat.encryption != Encryption::E2ee {
             return Err(Error::invalid(
-                "mls_commit is for end-to-end encrypted chats",
+                "MLS commits are for end-to-end encrypted chats",
             ));
         }
         let me = (actor.user_id.clone(), device.clone());
-        let is_participant = |user: &UserId| chat.participant(user).is_some();
         let current = self.inner.store.get_mls_group(chat.id).await?;
         let state = match &current {
             None => {
@@ -219,26 +324,23 @@ impl ChatEngine {
                 "a commit must come from the device that sends it",
             ));
         }
-        if let Some((user, _)) = view.added.iter().find(|(u, _)| !is_participant(u)) {
-            return Err(Error::forbidden(format!(
-                "{user} is not a participant of this chat: add_participant adds them"
-            )));
-        }
-        if let Some((user, _)) = view
-            .removed
-            .iter()
-            .find(|(u, _)| is_participant(u) && *u != actor.user_id)
-        {
-            return Err(Error::forbidden(format!(
-                "{user} is a participant: remove_participant removes them"
-            )));
-        }
-        let group = view.group;
-        let new_epoch = group.epoch;
+        Ok((current.map(|g| g.epoch), view))
+    }
+
+    /// The change that writes an accepted commit (with the membership
+    /// change it goes with).
+    fn commit_change(
+        &self,
+        actor: &Actor,
+        req: &MlsCommitRequest,
+        expected_epoch: Option<u64>,
+        group: crate::mls::MlsGroupView,
+        membership: Option<Change>,
+    ) -> Change {
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
         let message = NewMessage {
             id: MessageId::new(),
-            chat_id: chat.id,
+            chat_id: req.chat_id,
             sender_id: actor.user_id.clone(),
             kind: MessageType::MlsCommit,
             content: None,
@@ -253,20 +355,16 @@ impl ChatEngine {
             }),
             created_at: self.now(),
         };
-        let change = Change::MlsCommit {
-            expected_epoch: current.as_ref().map(|g| g.epoch),
+        Change::MlsCommit {
+            expected_epoch,
             group: MlsGroupRecord {
                 epoch: group.epoch,
                 members: group.members,
                 state: group.state,
             },
             message,
-        };
-        self.inner
-            .writer
-            .submit(change, Fanout::new(EventKind::Post))
-            .await?;
-        Ok(new_epoch)
+            membership: membership.map(Box::new),
+        }
     }
 
     /// Refuses an application message of an `e2ee` chat while a user who

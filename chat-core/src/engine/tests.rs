@@ -2656,3 +2656,120 @@ async fn mls_commits_are_ordered_and_checked_against_membership() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn membership_changes_of_e2ee_chats_carry_their_commit() {
+    let e = mls_engine(None).await;
+    let phone = DeviceId::new("phone").unwrap();
+    let alice = actor("alice");
+    let chat = e
+        .create_group(
+            &alice,
+            NewGroup {
+                name: "circle".into(),
+                member_ids: vec![uid("bob")],
+                encryption: Encryption::E2ee,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .chat
+        .id;
+    e.mls_commit(
+        &alice,
+        &phone,
+        commit_req(chat, 0, "0|alice/phone|bob/phone|", Some("0|alice/phone")),
+    )
+    .await
+    .unwrap();
+    let mut carol = Client::connect_with(&e, "carol", "phone", 256).await;
+
+    // Adding: the commit must add the new member's devices, nothing else.
+    let wrong = e
+        .add_participant_with_commit(
+            &alice,
+            &phone,
+            &uid("carol"),
+            Role::Member,
+            commit_req(chat, 1, "1|alice/phone|dave/x|", None),
+        )
+        .await;
+    assert!(matches!(wrong, Err(Error::InvalidInput(_))), "{wrong:?}");
+    let epoch = e
+        .add_participant_with_commit(
+            &alice,
+            &phone,
+            &uid("carol"),
+            Role::Member,
+            commit_req(chat, 1, "1|alice/phone|carol/phone|", None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(epoch, 2);
+    // Carol learns of the chat and finds the welcome in its log.
+    carol.next_of("chat_created").await;
+    let commit = carol.next_of("message_received").await;
+    let commit = if commit["type"] == "mls_commit" {
+        commit
+    } else {
+        carol.next_of("message_received").await
+    };
+    assert_eq!(commit["type"], "mls_commit", "{commit}");
+    assert_eq!(commit["mls"]["epoch"], 1);
+    let view = e.get_chat(&actor("carol"), chat).await.unwrap();
+    assert!(view.chat.participant(&uid("carol")).is_some());
+
+    // Removing: the commit removes every device of the member, in the
+    // same change, so sending goes on at once.
+    let partial = e
+        .remove_participant_with_commit(
+            &alice,
+            &phone,
+            &uid("bob"),
+            commit_req(chat, 2, "2|alice/phone||carol/phone", None),
+        )
+        .await;
+    assert!(
+        matches!(partial, Err(Error::InvalidInput(_))),
+        "{partial:?}"
+    );
+    let myself = e
+        .remove_participant_with_commit(
+            &alice,
+            &phone,
+            &uid("alice"),
+            commit_req(chat, 2, "2|alice/phone||alice/phone", None),
+        )
+        .await;
+    assert!(matches!(myself, Err(Error::InvalidInput(_))), "{myself:?}");
+    e.remove_participant_with_commit(
+        &alice,
+        &phone,
+        &uid("bob"),
+        commit_req(chat, 2, "2|alice/phone||bob/phone", None),
+    )
+    .await
+    .unwrap();
+    let view = e.get_chat(&alice, chat).await.unwrap();
+    assert!(
+        view.chat.participant(&uid("bob")).is_none(),
+        "removed with the commit"
+    );
+    e.send(&alice, SendMessage::text(chat, "after", "b3BhcXVl"))
+        .await
+        .unwrap();
+    // A refused commit leaves the membership as it was.
+    let stale = e
+        .add_participant_with_commit(
+            &alice,
+            &phone,
+            &uid("dave"),
+            Role::Member,
+            commit_req(chat, 1, "1|alice/phone|dave/phone|", None),
+        )
+        .await;
+    assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
+    let view = e.get_chat(&alice, chat).await.unwrap();
+    assert!(view.chat.participant(&uid("dave")).is_none());
+}

@@ -444,6 +444,23 @@ async fn fan_out(
             inner.chats.invalidate(chat.id);
         }
         (
+            EventKind::Membership,
+            Applied::MlsMembership {
+                chat,
+                message,
+                commit,
+            },
+        ) => {
+            inner.chats.invalidate(chat.id);
+            if let Some(message) = message {
+                membership_events(inner, chat, message).await;
+            }
+            // The commit that goes with it, to the members after it: an
+            // added member finds its welcome here, a removed one gets none.
+            let received = ServerEvent::MessageReceived((**commit).clone());
+            frame(inner, chat.member_ids(), received).await;
+        }
+        (
             EventKind::Mark { chat_id, user_id },
             Applied::Marked {
                 delivered_seq,

@@ -53,15 +53,24 @@ pub enum ClientCommand {
     UserOnline {},
     /// Explicit offline status.
     UserOffline {},
-    /// Add a participant to a group.
+    /// Add a participant to a group (in an e2ee chat, with the commit that
+    /// adds their devices).
     AddParticipant {
         chat_id: ChatId,
         user_id: UserId,
         #[serde(default)]
         role: Option<Role>,
+        #[serde(flatten)]
+        mls: MlsCarried,
     },
-    /// Remove a participant (or leave).
-    RemoveParticipant { chat_id: ChatId, user_id: UserId },
+    /// Remove a participant, or leave (in an e2ee chat, with the commit
+    /// that removes their devices).
+    RemoveParticipant {
+        chat_id: ChatId,
+        user_id: UserId,
+        #[serde(flatten)]
+        mls: MlsCarried,
+    },
     /// Update group fields.
     UpdateGroup {
         chat_id: ChatId,
@@ -138,6 +147,21 @@ pub enum ClientCommand {
         #[serde(default)]
         group_info: Option<String>,
     },
+}
+
+/// The MLS commit a membership change of an e2ee chat may carry
+/// (standard base64).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MlsCarried {
+    /// The epoch the commit was made for.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    /// The commit.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// The welcome of the devices it adds.
+    #[serde(default)]
+    pub welcome: Option<String>,
 }
 
 /// Longest request `id`, in characters.

@@ -115,16 +115,42 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             chat_id,
             user_id,
             role,
+            mls,
         } => {
-            engine
-                .add_participant(actor, chat_id, &user_id, role.unwrap_or(Role::Member))
-                .await?;
-            empty()
+            let role = role.unwrap_or(Role::Member);
+            match carried(chat_id, mls)? {
+                None => {
+                    engine
+                        .add_participant(actor, chat_id, &user_id, role)
+                        .await?;
+                    empty()
+                }
+                Some(req) => {
+                    let device = session.device_id();
+                    let epoch = engine
+                        .add_participant_with_commit(actor, device, &user_id, role, req)
+                        .await?;
+                    field("epoch", &epoch)
+                }
+            }
         }
-        ClientCommand::RemoveParticipant { chat_id, user_id } => {
-            engine.remove_participant(actor, chat_id, &user_id).await?;
-            empty()
-        }
+        ClientCommand::RemoveParticipant {
+            chat_id,
+            user_id,
+            mls,
+        } => match carried(chat_id, mls)? {
+            None => {
+                engine.remove_participant(actor, chat_id, &user_id).await?;
+                empty()
+            }
+            Some(req) => {
+                let device = session.device_id();
+                let epoch = engine
+                    .remove_participant_with_commit(actor, device, &user_id, req)
+                    .await?;
+                field("epoch", &epoch)
+            }
+        },
         ClientCommand::UpdateGroup {
             chat_id,
             name,
@@ -230,6 +256,33 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             field("devices", &ClaimedView::list(&claimed))
         }
     }
+}
+
+/// The commit a membership change carries, if any.
+fn carried(
+    chat_id: crate::model::ChatId,
+    mls: super::commands::MlsCarried,
+) -> Result<Option<MlsCommitRequest>> {
+    let Some(commit) = mls.commit else {
+        if mls.welcome.is_some() || mls.epoch.is_some() {
+            return Err(Error::invalid("epoch and welcome come with a commit"));
+        }
+        return Ok(None);
+    };
+    let epoch = mls
+        .epoch
+        .ok_or_else(|| Error::invalid("a commit needs the epoch it was made for"))?;
+    Ok(Some(MlsCommitRequest {
+        chat_id,
+        epoch,
+        commit: from_base64("commit", &commit)?,
+        welcome: mls
+            .welcome
+            .as_deref()
+            .map(|w| from_base64("welcome", w))
+            .transpose()?,
+        group_info: None,
+    }))
 }
 
 /// Standard base64, as MLS objects travel; `what` names the field in the

@@ -361,3 +361,81 @@ async fn a_removed_member_reads_nothing_sent_after_the_removal() {
         "a removed member's device cannot decrypt what was sent after"
     );
 }
+
+#[tokio::test]
+async fn membership_changes_carry_their_commit_and_a_late_joiner_reads_nothing_earlier() {
+    let server = Server::start().await;
+    let mut alice = Person::connect(&server, "mc-alice").await;
+    let mut bob = Person::connect(&server, "mc-bob").await;
+    let mut dave = Person::connect(&server, "mc-dave").await;
+    bob.publish(2).await;
+    dave.publish(2).await;
+    let chat = e2ee_group(&mut alice, &mut [&mut bob]).await;
+    let before = alice.send(&chat, "before dave").await;
+    assert_eq!(bob.receive(&chat).await, "before dave");
+
+    // Dave is added with the commit that adds his device, in one change.
+    let claimed = alice
+        .ws
+        .ok("claim_key_packages", json!({"user_ids": ["mc-dave"]}))
+        .await;
+    let package = unb64(&claimed["devices"][0]["key_package"]);
+    let add = alice
+        .device
+        .add_members(chat.as_bytes(), &[package])
+        .expect("a commit");
+    let acked = alice
+        .ws
+        .ok(
+            "add_participant",
+            json!({
+                "chat_id": chat, "user_id": "mc-dave",
+                "epoch": add.epoch, "commit": b64(&add.commit),
+                "welcome": add.welcome.as_deref().map(b64),
+            }),
+        )
+        .await;
+    assert_eq!(acked["epoch"], add.epoch + 1);
+    alice
+        .device
+        .merge_pending_commit(chat.as_bytes())
+        .expect("merged");
+    bob.follow_commit(&chat).await;
+    dave.follow_commit(&chat).await;
+    alice.send(&chat, "welcome dave").await;
+    assert_eq!(dave.receive(&chat).await, "welcome dave");
+    assert_eq!(bob.receive(&chat).await, "welcome dave");
+    // What was sent before he joined does not decrypt on his device.
+    let earlier = unb64(&before["message"]["content"]);
+    assert!(dave.device.process(chat.as_bytes(), &earlier).is_err());
+
+    // Bob is removed with the commit that removes his device: sending goes
+    // on at once, and he reads nothing after.
+    let removal = alice
+        .device
+        .remove_members(chat.as_bytes(), "mc-bob")
+        .expect("a commit");
+    alice
+        .ws
+        .ok(
+            "remove_participant",
+            json!({
+                "chat_id": chat, "user_id": "mc-bob",
+                "epoch": removal.epoch, "commit": b64(&removal.commit),
+            }),
+        )
+        .await;
+    alice
+        .device
+        .merge_pending_commit(chat.as_bytes())
+        .expect("merged");
+    dave.follow_commit(&chat).await;
+    let after = alice.send(&chat, "bob is gone").await;
+    assert_eq!(dave.receive(&chat).await, "bob is gone");
+    assert!(
+        bob.device
+            .process(chat.as_bytes(), &unb64(&after["message"]["content"]))
+            .is_err(),
+        "a removed member's device cannot decrypt what was sent after"
+    );
+}

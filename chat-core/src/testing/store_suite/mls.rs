@@ -46,6 +46,7 @@ fn mls_commit(chat: ChatId, by: &UserId, expected: Option<u64>, group: MlsGroupR
         expected_epoch: expected,
         group,
         message: commit_message(chat, by, epoch, at(10 + epoch as i64)),
+        membership: None,
     }
 }
 
@@ -133,6 +134,54 @@ pub async fn concurrent_mls_commits_for_one_epoch_accept_one(store: Arc<dyn Stor
     assert_eq!(accepted, 1, "one commit per epoch");
     assert_eq!(
         ok(store.get_mls_group(chat.id).await, "get_mls_group").map(|g| g.epoch),
+        Some(2)
+    );
+}
+
+/// A commit that carries a membership change applies both or neither:
+/// the system message first, the commit right behind it.
+pub async fn mls_commit_with_membership_is_one_change(store: Arc<dyn Store>) {
+    let s = &*store;
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let chat = group(s, &[&alice, &bob], at(0)).await;
+    posted(
+        apply_one(s, mls_commit(chat.id, &alice, None, group_at(1, &[]))).await,
+        "the first commit",
+    );
+    let with_carol = |expected| Change::MlsCommit {
+        expected_epoch: expected,
+        group: group_at(2, &[(&alice, "phone"), (&carol, "phone")]),
+        message: commit_message(chat.id, &alice, 1, at(20)),
+        membership: Some(Box::new(add(chat.id, &carol, Role::Member, &alice, at(20)))),
+    };
+    conflict(
+        apply_one(s, with_carol(Some(0))).await,
+        "a stale commit with a membership change",
+    );
+    let after = some(ok(s.get_chat(chat.id).await, "get_chat"), "chat");
+    assert!(
+        after.participant(&carol).is_none(),
+        "the membership change went with the refused commit"
+    );
+    match ok(
+        apply_one(s, with_carol(Some(1))).await,
+        "the commit with carol",
+    ) {
+        Applied::MlsMembership {
+            chat: after,
+            message,
+            commit,
+        } => {
+            assert!(after.participant(&carol).is_some());
+            let system = some(message, "the system message");
+            assert!(system.seq < commit.seq, "the system message comes first");
+            assert_eq!(commit.kind, MessageType::MlsCommit);
+            assert_eq!(after.last_seq, commit.seq);
+        }
+        other => panic!("expected Applied::MlsMembership, got {other:?}"),
+    }
+    assert_eq!(
+        ok(s.get_mls_group(chat.id).await, "get_mls_group").map(|g| g.epoch),
         Some(2)
     );
 }
