@@ -52,14 +52,23 @@ impl Person {
     /// Waits for the next `mls_commit` of `chat` and processes it (or
     /// joins from its welcome if this device has no group yet).
     async fn follow_commit(&mut self, chat: &str) {
+        let group = chat.as_bytes();
+        // The commit for this device's epoch (earlier ones, its own among
+        // them, it has processed already); any with a welcome if it has
+        // no group yet.
+        let epoch = self.device.epoch(group).ok();
         let commit = self
             .ws
             .event_where("message_received", |m| {
-                m["type"] == "mls_commit" && m["chat_id"] == chat
+                m["type"] == "mls_commit"
+                    && m["chat_id"] == chat
+                    && match epoch {
+                        Some(e) => m["mls"]["epoch"] == e,
+                        None => m["mls"]["welcome"].is_string(),
+                    }
             })
             .await;
-        let group = chat.as_bytes();
-        if self.device.epoch(group).is_err() {
+        if epoch.is_none() {
             let welcome = unb64(&commit["mls"]["welcome"]);
             self.device.join(&welcome).expect("joined from the welcome");
         } else {
@@ -438,4 +447,37 @@ async fn membership_changes_carry_their_commit_and_a_late_joiner_reads_nothing_e
             .is_err(),
         "a removed member's device cannot decrypt what was sent after"
     );
+}
+
+#[tokio::test]
+async fn a_commit_that_lost_its_epoch_is_refused_and_the_device_recovers() {
+    let server = Server::start().await;
+    let mut alice = Person::connect(&server, "race-alice").await;
+    let mut bob = Person::connect(&server, "race-bob").await;
+    bob.publish(2).await;
+    let chat = e2ee_group(&mut alice, &mut [&mut bob]).await;
+    let group = chat.as_bytes();
+    // Both rotate their keys at the same epoch; Bob's commit lands first.
+    let from_alice = alice.device.self_update(group).expect("a commit");
+    let from_bob = bob.device.self_update(group).expect("a commit");
+    let commit = |bundle: &chat_e2ee::CommitBundle| json!({"chat_id": chat, "epoch": bundle.epoch, "commit": b64(&bundle.commit)});
+    bob.ws.ok("mls_commit", commit(&from_bob)).await;
+    bob.device.merge_pending_commit(group).expect("merged");
+    assert_eq!(
+        alice.ws.err("mls_commit", commit(&from_alice)).await,
+        "conflict"
+    );
+    // Alice drops hers, processes Bob's from the log, and tries again.
+    alice
+        .device
+        .discard_pending_commit(group)
+        .expect("discarded");
+    alice.follow_commit(&chat).await;
+    let retry = alice.device.self_update(group).expect("a commit");
+    let acked = alice.ws.ok("mls_commit", commit(&retry)).await;
+    assert_eq!(acked["epoch"], retry.epoch + 1);
+    alice.device.merge_pending_commit(group).expect("merged");
+    bob.follow_commit(&chat).await;
+    alice.send(&chat, "in step again").await;
+    assert_eq!(bob.receive(&chat).await, "in step again");
 }
