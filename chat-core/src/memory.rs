@@ -48,6 +48,7 @@ struct State {
     /// and the last-resort one.
     key_packages: BTreeMap<(UserId, DeviceId), DeviceKeyPackages>,
     mls_groups: HashMap<ChatId, MlsGroupRecord>,
+    device_keys: HashMap<(UserId, DeviceId), Vec<u8>>,
     /// Each chat's members as its last change left them, shared by the
     /// results of the changes that follow until one changes them (a
     /// membership change, a participant's settings, a block).
@@ -797,6 +798,28 @@ impl Store for MemoryStore {
             }
         }
         Ok(out)
+    }
+
+    async fn pin_device_key(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        key: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let mut state = self.lock();
+        Ok(state
+            .device_keys
+            .entry((user.clone(), device.clone()))
+            .or_insert(key)
+            .clone())
+    }
+
+    async fn device_keys(&self, devices: &[(UserId, DeviceId)]) -> Result<Vec<Option<Vec<u8>>>> {
+        let state = self.lock();
+        Ok(devices
+            .iter()
+            .map(|d| state.device_keys.get(d).cloned())
+            .collect())
     }
 
     async fn get_mls_group(&self, chat: ChatId) -> Result<Option<MlsGroupRecord>> {

@@ -44,6 +44,10 @@ pub struct KeyPackageInfo {
     pub device_id: DeviceId,
     /// Whether it is marked last resort (reusable).
     pub last_resort: bool,
+    /// The public signature key its credential is bound to: the server
+    /// pins the first one a device publishes, and a commit may add the
+    /// device only with that key.
+    pub signature_key: Vec<u8>,
 }
 
 /// Largest MLS object in `mls_commit` (commit, welcome or group info),
@@ -80,6 +84,8 @@ pub struct MlsCommitView {
     pub committer: MlsDevice,
     /// Devices it adds.
     pub added: Vec<MlsDevice>,
+    /// The signature keys of the devices it adds, in the order of `added`.
+    pub added_signature_keys: Vec<Vec<u8>>,
     /// Devices it removes.
     pub removed: Vec<MlsDevice>,
     /// The group after it.

@@ -240,6 +240,19 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// device's last-resort one when none is left (kept).
     async fn claim_key_packages(&self, users: &[UserId]) -> Result<Vec<ClaimedKeyPackage>>;
 
+    /// Pins `key` as the signature key of `device`, unless one is pinned
+    /// already (the first one wins, also between concurrent callers);
+    /// returns the pinned key.
+    async fn pin_device_key(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        key: Vec<u8>,
+    ) -> Result<Vec<u8>>;
+
+    /// The pinned signature key of each of `devices`, in order.
+    async fn device_keys(&self, devices: &[(UserId, DeviceId)]) -> Result<Vec<Option<Vec<u8>>>>;
+
     /// The chat's MLS group, if an MLS commit was accepted for it.
     async fn get_mls_group(&self, chat: ChatId) -> Result<Option<MlsGroupRecord>>;
 

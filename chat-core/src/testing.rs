@@ -221,6 +221,7 @@ macro_rules! store_conformance_tests {
             mls_commits_take_the_current_epoch_only,
             concurrent_mls_commits_for_one_epoch_accept_one,
             mls_commit_with_membership_is_one_change,
+            device_keys_are_pinned_by_the_first,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

@@ -459,4 +459,20 @@ impl Store for PostgresStore {
     ) -> chat_core::Result<Option<chat_core::store::MlsGroupRecord>> {
         core(read::mls_group(&self.pool, chat).await)
     }
+
+    async fn pin_device_key(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        key: Vec<u8>,
+    ) -> chat_core::Result<Vec<u8>> {
+        core(write::pin_device_key(&self.pool, user, device, &key).await)
+    }
+
+    async fn device_keys(
+        &self,
+        devices: &[(UserId, DeviceId)],
+    ) -> chat_core::Result<Vec<Option<Vec<u8>>>> {
+        core(write::device_keys(&self.pool, devices).await)
+    }
 }

@@ -1115,3 +1115,48 @@ pub(crate) async fn claim_key_packages(
     }
     Ok(out)
 }
+
+/// [`Store::pin_device_key`](chat_core::Store::pin_device_key): the first
+/// key wins, also between nodes (the primary key decides).
+pub(crate) async fn pin_device_key(
+    pool: &PgPool,
+    user: &UserId,
+    device: &DeviceId,
+    key: &[u8],
+) -> Result<Vec<u8>, Error> {
+    sqlx::query(
+        "INSERT INTO device_keys (user_id, device_id, signature_key) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id, device_id) DO NOTHING",
+    )
+    .bind(user.as_str())
+    .bind(device.as_str())
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(sqlx::query_scalar(
+        "SELECT signature_key FROM device_keys WHERE user_id = $1 AND device_id = $2",
+    )
+    .bind(user.as_str())
+    .bind(device.as_str())
+    .fetch_one(pool)
+    .await?)
+}
+
+/// [`Store::device_keys`](chat_core::Store::device_keys).
+pub(crate) async fn device_keys(
+    pool: &PgPool,
+    devices: &[(UserId, DeviceId)],
+) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    let mut out = Vec::with_capacity(devices.len());
+    for (user, device) in devices {
+        let key: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT signature_key FROM device_keys WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user.as_str())
+        .bind(device.as_str())
+        .fetch_optional(pool)
+        .await?;
+        out.push(key);
+    }
+    Ok(out)
+}

@@ -42,7 +42,8 @@
 //!   indexes by `updated_seq` only the messages changed after they were
 //!   posted (sync finds the others on the log), which takes one index
 //!   build on the first open. Version 5 adds the `meta` table of
-//!   [`Store::get_meta`], version 6 the MLS key package directory.
+//!   [`Store::get_meta`], version 6 the MLS key package directory,
+//!   version 7 MLS commits and groups, version 8 pinned device keys.
 //!
 //! Dropping the store lets the writer finish the jobs already queued, then
 //! it closes its connection and exits; [`SqliteStore::close`] does the same
@@ -648,6 +649,26 @@ impl Store for SqliteStore {
         chat: ChatId,
     ) -> chat_core::Result<Option<chat_core::store::MlsGroupRecord>> {
         self.read(move |conn| read::mls_group(conn, chat)).await
+    }
+
+    async fn pin_device_key(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        key: Vec<u8>,
+    ) -> chat_core::Result<Vec<u8>> {
+        let (user, device) = (user.clone(), device.clone());
+        self.write(move |conn| write::pin_device_key(conn, &user, &device, &key))
+            .await
+    }
+
+    async fn device_keys(
+        &self,
+        devices: &[(UserId, DeviceId)],
+    ) -> chat_core::Result<Vec<Option<Vec<u8>>>> {
+        let devices = devices.to_vec();
+        self.read(move |conn| read::device_keys(conn, &devices))
+            .await
     }
 
     async fn checkpoint(&self) -> chat_core::Result<()> {

@@ -558,6 +558,24 @@ pub(crate) fn mls_group(conn: &Connection, chat: ChatId) -> Result<Option<MlsGro
         .map_err(Into::into)
 }
 
+/// [`Store::device_keys`](chat_core::Store::device_keys).
+pub(crate) fn device_keys(
+    conn: &Connection,
+    devices: &[(UserId, chat_core::DeviceId)],
+) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT signature_key FROM device_keys WHERE user_id = ?1 AND device_id = ?2",
+    )?;
+    devices
+        .iter()
+        .map(|(u, d)| {
+            Ok(stmt
+                .query_row(params![u.as_str(), d.as_str()], |r| r.get(0))
+                .optional()?)
+        })
+        .collect()
+}
+
 // --- maintenance ---------------------------------------------------------
 
 /// [`Store::stored_texts`](chat_core::Store::stored_texts).

@@ -206,6 +206,15 @@ const MIGRATIONS: &[&str] = &[
         state   BLOB NOT NULL
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 8: each MLS device's signature key, pinned when it first publishes.
+    r#"
+    CREATE TABLE device_keys (
+        user_id       TEXT NOT NULL,
+        device_id     TEXT NOT NULL,
+        signature_key BLOB NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.

@@ -995,3 +995,22 @@ pub(crate) fn checkpoint(
         "the WAL stayed busy: it is truncated at a later checkpoint",
     )))
 }
+
+/// [`Store::pin_device_key`](chat_core::Store::pin_device_key).
+pub(crate) fn pin_device_key(
+    conn: &Connection,
+    user: &UserId,
+    device: &DeviceId,
+    key: &[u8],
+) -> Result<Vec<u8>, Error> {
+    conn.prepare_cached(
+        "INSERT INTO device_keys (user_id, device_id, signature_key) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (user_id, device_id) DO NOTHING",
+    )?
+    .execute(params![user.as_str(), device.as_str(), key])?;
+    Ok(conn
+        .prepare_cached(
+            "SELECT signature_key FROM device_keys WHERE user_id = ?1 AND device_id = ?2",
+        )?
+        .query_row(params![user.as_str(), device.as_str()], |r| r.get(0))?)
+}

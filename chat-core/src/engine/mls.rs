@@ -49,6 +49,7 @@ impl ChatEngine {
         if packages.is_empty() && last_resort.is_none() {
             return Err(Error::invalid("no key packages"));
         }
+        let mut key: Option<Vec<u8>> = None;
         for package in packages.iter().chain(last_resort.as_ref()) {
             if package.len() > MAX_KEY_PACKAGE_BYTES {
                 return Err(Error::invalid(format!(
@@ -59,6 +60,30 @@ impl ChatEngine {
             if info.user_id != actor.user_id || info.device_id != *device {
                 return Err(Error::forbidden(
                     "a key package's credential must name your user and this device",
+                ));
+            }
+            match &key {
+                Some(k) if *k != info.signature_key => {
+                    return Err(Error::forbidden(
+                        "a device's key packages all carry its one signature key",
+                    ));
+                }
+                Some(_) => {}
+                None => key = Some(info.signature_key),
+            }
+        }
+        // The device's signature key is pinned by its first publish: a key
+        // package (or a commit adding the device) with another key is
+        // someone else's leaf under this device's name.
+        if let Some(key) = key {
+            let pinned = self
+                .inner
+                .store
+                .pin_device_key(&actor.user_id, device, key.clone())
+                .await?;
+            if pinned != key {
+                return Err(Error::forbidden(
+                    "this device published another signature key before",
                 ));
             }
         }
@@ -323,6 +348,22 @@ impl ChatEngine {
             return Err(Error::forbidden(
                 "a commit must come from the device that sends it",
             ));
+        }
+        // A device joins only with the key it published: a member cannot
+        // add a leaf of its own making under someone else's name.
+        let pinned = self.inner.store.device_keys(&view.added).await?;
+        for ((device, key), pinned) in view
+            .added
+            .iter()
+            .zip(&view.added_signature_keys)
+            .zip(pinned)
+        {
+            if pinned.as_ref() != Some(key) {
+                return Err(Error::forbidden(format!(
+                    "{}/{} is added with a key it never published",
+                    device.0, device.1
+                )));
+            }
         }
         Ok((current.map(|g| g.epoch), view))
     }

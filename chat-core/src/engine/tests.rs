@@ -1907,6 +1907,12 @@ impl crate::store::Store for PanicsOnce {
     async fn get_mls_group(&self, chat: ChatId) -> Result<Option<crate::store::MlsGroupRecord>> {
         self.inner.get_mls_group(chat).await
     }
+    async fn pin_device_key(&self, u: &UserId, d: &DeviceId, key: Vec<u8>) -> Result<Vec<u8>> {
+        self.inner.pin_device_key(u, d, key).await
+    }
+    async fn device_keys(&self, devices: &[(UserId, DeviceId)]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.inner.device_keys(devices).await
+    }
     async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.inner.set_meta(key, value).await
     }
@@ -2245,6 +2251,10 @@ impl crate::mls::MlsDelivery for FakeMls {
         let rest = text
             .strip_prefix("kp:")
             .ok_or_else(|| Error::invalid("not a key package"))?;
+        let (rest, key) = match rest.split_once('#') {
+            Some((rest, key)) => (rest, Some(key)),
+            None => (rest, None),
+        };
         let (rest, last_resort) = match rest.strip_suffix(":lr") {
             Some(rest) => (rest, true),
             None => (rest, false),
@@ -2256,6 +2266,9 @@ impl crate::mls::MlsDelivery for FakeMls {
             user_id: UserId::new(user)?,
             device_id: DeviceId::new(device)?,
             last_resort,
+            signature_key: key
+                .map(|k| k.as_bytes().to_vec())
+                .unwrap_or_else(|| fake_key(user, device)),
         })
     }
 
@@ -2284,7 +2297,12 @@ impl crate::mls::MlsDelivery for FakeMls {
         members.extend(added.iter().cloned());
         let list: Vec<String> = members.iter().map(|(u, d)| format!("{u}/{d}")).collect();
         let after = format!("{}|{}", group.epoch + 1, list.join(","));
+        let added_signature_keys = added
+            .iter()
+            .map(|(u, d)| fake_key(u.as_str(), d.as_str()))
+            .collect();
         Ok(crate::mls::MlsCommitView {
+            added_signature_keys,
             committer: fake_devices(by)?
                 .pop()
                 .ok_or_else(|| Error::invalid("no committer"))?,
@@ -2293,6 +2311,11 @@ impl crate::mls::MlsDelivery for FakeMls {
             group: fake_group(after.as_bytes())?,
         })
     }
+}
+
+/// The signature key a fake device has unless its key package names one.
+fn fake_key(user: &str, device: &str) -> Vec<u8> {
+    format!("key-{user}/{device}").into_bytes()
 }
 
 fn fake_devices(list: &str) -> Result<Vec<(UserId, DeviceId)>> {
@@ -2522,6 +2545,20 @@ async fn key_package_commands_over_the_protocol() {
     assert_eq!(devices[0]["last_resort"], false);
 }
 
+/// Every `(user, device)` publishes a key package, pinning its key.
+async fn publish_devices(e: &ChatEngine, devices: &[(&str, &str)]) {
+    for (user, device) in devices {
+        e.publish_key_packages(
+            &actor(user),
+            &DeviceId::new(*device).unwrap(),
+            kp(user, device, 1),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+}
+
 fn commit_req(chat: ChatId, epoch: u64, commit: &str, info: Option<&str>) -> MlsCommitRequest {
     MlsCommitRequest {
         chat_id: chat,
@@ -2551,6 +2588,7 @@ async fn mls_commits_are_ordered_and_checked_against_membership() {
         .unwrap();
     let chat = group.chat.id;
     let mut bob = Client::connect_with(&e, "bob", "phone", 256).await;
+    publish_devices(&e, &[("bob", "phone"), ("alice", "laptop"), ("carol", "x")]).await;
     let commit = |req| e.mls_commit(&alice, &phone, req);
 
     // The first commit: epoch 0, with the new group it starts from (the
@@ -2676,6 +2714,7 @@ async fn membership_changes_of_e2ee_chats_carry_their_commit() {
         .unwrap()
         .chat
         .id;
+    publish_devices(&e, &[("bob", "phone")]).await;
     e.mls_commit(
         &alice,
         &phone,
@@ -2684,6 +2723,7 @@ async fn membership_changes_of_e2ee_chats_carry_their_commit() {
     .await
     .unwrap();
     let mut carol = Client::connect_with(&e, "carol", "phone", 256).await;
+    publish_devices(&e, &[("carol", "phone"), ("dave", "phone"), ("dave", "x")]).await;
 
     // Adding: the commit must add the new member's devices, nothing else.
     let wrong = e
@@ -2772,4 +2812,56 @@ async fn membership_changes_of_e2ee_chats_carry_their_commit() {
     assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
     let view = e.get_chat(&alice, chat).await.unwrap();
     assert!(view.chat.participant(&uid("dave")).is_none());
+}
+
+#[tokio::test]
+async fn a_device_is_added_only_with_the_key_it_published() {
+    let e = mls_engine(None).await;
+    let phone = DeviceId::new("phone").unwrap();
+    let alice = actor("alice");
+    publish_devices(&e, &[("bob", "phone")]).await;
+    // Bob's phone published its key; a key package with another key for
+    // the same device is refused.
+    let other_key = e
+        .publish_key_packages(
+            &actor("bob"),
+            &phone,
+            vec![b"kp:bob/phone#forged".to_vec()],
+            None,
+        )
+        .await;
+    assert!(
+        matches!(other_key, Err(Error::Forbidden(_))),
+        "{other_key:?}"
+    );
+    let chat = e
+        .create_group(
+            &alice,
+            NewGroup {
+                name: "circle".into(),
+                member_ids: vec![uid("bob"), uid("carol")],
+                encryption: Encryption::E2ee,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .chat
+        .id;
+    // Carol never published: a commit cannot add a leaf for her.
+    let unknown = e
+        .mls_commit(
+            &alice,
+            &phone,
+            commit_req(chat, 0, "0|alice/phone|carol/phone|", Some("0|alice/phone")),
+        )
+        .await;
+    assert!(matches!(unknown, Err(Error::Forbidden(_))), "{unknown:?}");
+    e.mls_commit(
+        &alice,
+        &phone,
+        commit_req(chat, 0, "0|alice/phone|bob/phone|", Some("0|alice/phone")),
+    )
+    .await
+    .unwrap();
 }

@@ -675,6 +675,22 @@ impl Store for EncryptedStore {
         self.inner.claim_key_packages(users).await
     }
 
+    async fn pin_device_key(
+        &self,
+        user: &UserId,
+        device: &crate::model::DeviceId,
+        key: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        self.inner.pin_device_key(user, device, key).await
+    }
+
+    async fn device_keys(
+        &self,
+        devices: &[(UserId, crate::model::DeviceId)],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.inner.device_keys(devices).await
+    }
+
     async fn get_mls_group(&self, chat: ChatId) -> Result<Option<super::MlsGroupRecord>> {
         self.inner.get_mls_group(chat).await
     }

@@ -47,6 +47,7 @@ impl MlsDelivery for OpenMlsDelivery {
             user_id,
             device_id,
             last_resort: valid.last_resort,
+            signature_key: valid.signature_key,
         })
     }
 
@@ -66,6 +67,7 @@ impl MlsDelivery for OpenMlsDelivery {
         Ok(MlsCommitView {
             committer: device(effect.committer)?,
             added: devices(effect.added)?,
+            added_signature_keys: effect.added_signature_keys,
             removed: devices(effect.removed)?,
             group: view(&group)?,
         })

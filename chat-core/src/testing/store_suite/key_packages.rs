@@ -165,3 +165,51 @@ pub async fn concurrent_claims_never_share_a_key_package(store: Arc<dyn Store>) 
     assert_eq!(all.len(), 40, "every claim got one");
     assert_eq!(distinct.len(), 40, "no key package was handed out twice");
 }
+
+/// A device's signature key is pinned by the first caller: later keys,
+/// also from concurrent callers, get the pinned one back.
+pub async fn device_keys_are_pinned_by_the_first(store: Arc<dyn Store>) {
+    let (alice, phone, laptop) = (user("alice"), device("phone"), device("laptop"));
+    assert_eq!(
+        ok(
+            store.device_keys(&[(alice.clone(), phone.clone())]).await,
+            "device_keys"
+        ),
+        vec![None]
+    );
+    let barrier = Arc::new(Barrier::new(4));
+    let tasks: Vec<JoinHandle<Vec<u8>>> = (0..4)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            let (alice, phone) = (alice.clone(), phone.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let key = format!("key-{i}").into_bytes();
+                ok(store.pin_device_key(&alice, &phone, key).await, "pin")
+            })
+        })
+        .collect();
+    let mut pinned = Vec::new();
+    for task in tasks {
+        pinned.push(ok(task.await.map_err(Error::backend), "a pinner"));
+    }
+    assert!(
+        pinned.windows(2).all(|w| w[0] == w[1]),
+        "every caller gets the one pinned key: {pinned:?}"
+    );
+    ok(
+        store
+            .pin_device_key(&alice, &laptop, b"laptop-key".to_vec())
+            .await,
+        "pin",
+    );
+    assert_eq!(
+        ok(
+            store
+                .device_keys(&[(alice.clone(), laptop), (alice.clone(), phone)])
+                .await,
+            "device_keys"
+        ),
+        vec![Some(b"laptop-key".to_vec()), Some(pinned[0].clone())]
+    );
+}
