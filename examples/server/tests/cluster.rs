@@ -246,3 +246,42 @@ async fn message_content_is_not_in_pg_dump() {
     assert!(!dump.contains(&marker), "the message text is in pg_dump");
     assert!(!dump.contains(&edited), "the edited text is in pg_dump");
 }
+
+/// End-to-end encrypted across two nodes on PostgreSQL and Redis: key
+/// packages published on one node are claimed on the other, the group's
+/// commits are ordered by the shared database, messages cross nodes, and
+/// neither the plaintext nor anything that decrypts it is in `pg_dump`.
+#[tokio::test]
+async fn e2ee_across_two_nodes_leaves_no_plaintext_in_pg_dump() {
+    use common::e2ee::{Person, e2ee_group};
+    let Some(db) = Database::create() else { return };
+    let Some(redis) = redis_url() else { return };
+    let config = format!(
+        "postgres = \"{}\"\nredis = \"{redis}\"\nredis_key_prefix = \"{}\"\n",
+        db.url(),
+        unique("chat:e2ee")
+    );
+    let node1 = Server::with_config(&config).await;
+    let node2 = Server::with_config(&config).await;
+    let mut alice = Person::connect(&node1, "pg-e2ee-alice").await;
+    let mut bob = Person::connect(&node2, "pg-e2ee-bob").await;
+    bob.publish(3).await;
+    let chat = e2ee_group(&mut alice, &mut [&mut bob]).await;
+    let marker = unique("pg-e2ee-marker-51c0");
+    alice.send(&chat, &format!("across nodes: {marker}")).await;
+    assert_eq!(bob.receive(&chat).await, format!("across nodes: {marker}"));
+    bob.send(&chat, "and back").await;
+    assert_eq!(alice.receive(&chat).await, "and back");
+    let dump = std::process::Command::new("pg_dump")
+        .arg(db.url())
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("mls_groups"), "the dump holds the MLS tables");
+    assert!(!dump.contains(&marker), "the plaintext is in pg_dump");
+}

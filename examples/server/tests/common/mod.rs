@@ -3,6 +3,9 @@
 //! way a client that only knows PROTOCOL.md would.
 #![allow(dead_code)]
 
+#[allow(dead_code)] // not every test binary drives MLS devices
+pub(crate) mod e2ee;
+
 use std::{
     collections::VecDeque,
     net::SocketAddr,
