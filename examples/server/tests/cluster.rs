@@ -89,6 +89,20 @@ fn redis_url() -> Option<String> {
     }
 }
 
+/// `pg_dump` of the test database, as text.
+fn pg_dump(db: &Database) -> String {
+    let dump = std::process::Command::new("pg_dump")
+        .arg(db.url())
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    String::from_utf8_lossy(&dump.stdout).into_owned()
+}
+
 fn cursor_of(sync: &Value, chat_id: &str) -> u64 {
     sync_entry(sync, chat_id)["changes"]
         .as_array()
@@ -229,16 +243,7 @@ async fn message_content_is_not_in_pg_dump() {
         .await;
     let (history, _) = bob.history(&chat_id, json!({})).await;
     assert_eq!(history.last().expect("the message")["content"], edited);
-    let dump = std::process::Command::new("pg_dump")
-        .arg(db.url())
-        .output()
-        .expect("run pg_dump");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let dump = String::from_utf8_lossy(&dump.stdout);
+    let dump = pg_dump(&db);
     assert!(
         dump.contains("chat_keys"),
         "the key store is in the dump too"
@@ -272,16 +277,7 @@ async fn e2ee_across_two_nodes_leaves_no_plaintext_in_pg_dump() {
     assert_eq!(bob.receive(&chat).await, format!("across nodes: {marker}"));
     bob.send(&chat, "and back").await;
     assert_eq!(alice.receive(&chat).await, "and back");
-    let dump = std::process::Command::new("pg_dump")
-        .arg(db.url())
-        .output()
-        .expect("run pg_dump");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let dump = String::from_utf8_lossy(&dump.stdout);
+    let dump = pg_dump(&db);
     assert!(dump.contains("mls_groups"), "the dump holds the MLS tables");
     assert!(!dump.contains(&marker), "the plaintext is in pg_dump");
 }

@@ -15,47 +15,8 @@ async fn two_devices_chat_end_to_end_through_the_server() {
     let mut bob = Person::connect(&server, "mls-bob").await;
     assert_eq!(bob.publish(3).await["available"], 3);
 
-    let chat = alice
-        .ws
-        .ok(
-            "create_group",
-            json!({"name": "circle", "member_ids": ["mls-bob"], "encryption": "e2ee"}),
-        )
-        .await["chat"]["id"]
-        .as_str()
-        .expect("a chat id")
-        .to_owned();
+    let chat = e2ee_group(&mut alice, &mut [&mut bob]).await;
     let group = chat.as_bytes();
-    alice.device.create_group(group).expect("a group");
-    let start = alice.device.group_info(group).expect("group info");
-    let claimed = alice
-        .ws
-        .ok("claim_key_packages", json!({"user_ids": ["mls-bob"]}))
-        .await;
-    let devices = claimed["devices"].as_array().expect("devices");
-    assert_eq!(devices.len(), 1);
-    assert_eq!(devices[0]["device_id"], "phone");
-    let packages: Vec<Vec<u8>> = devices.iter().map(|d| unb64(&d["key_package"])).collect();
-    let bundle = alice
-        .device
-        .add_members(group, &packages)
-        .expect("a commit");
-    let acked = alice
-        .ws
-        .ok(
-            "mls_commit",
-            json!({
-                "chat_id": chat,
-                "epoch": bundle.epoch,
-                "commit": b64(&bundle.commit),
-                "welcome": bundle.welcome.as_deref().map(b64),
-                "group_info": b64(&start),
-            }),
-        )
-        .await;
-    assert_eq!(acked["epoch"], 1);
-    alice.device.merge_pending_commit(group).expect("merged");
-    bob.follow_commit(&chat).await;
     assert_eq!(bob.device.epoch(group).expect("joined"), 1);
 
     let marker = unique("e2ee-marker-6d1f");
