@@ -104,8 +104,10 @@ impl ChatEngine {
         Ok(cached)
     }
 
-    pub(super) async fn view(&self, chat: Chat, user: &UserId) -> Result<ChatView> {
+    pub(super) async fn view(&self, mut chat: Chat, user: &UserId) -> Result<ChatView> {
         let read = chat.participant(user).map_or(chat.last_seq, |p| p.read_seq);
+        let private = private_readers(&*self.inner.store, &chat).await?;
+        mask_reads(&mut chat, Some(user), &private);
         let unread_count = if read >= chat.last_seq {
             0
         } else {
@@ -355,6 +357,7 @@ impl ChatEngine {
     }
 
     async fn announce_chat(&self, chat: &Chat) {
+        // A new chat: every watermark is 0, nothing to hide.
         let frame = ServerEvent::ChatCreated(ChatView {
             chat: chat.clone(),
             unread_count: 0,
@@ -363,5 +366,36 @@ impl ChatEngine {
         .encode();
         self.publish(Audience::users(chat.member_ids()), Action::Event(frame))
             .await;
+    }
+}
+
+/// The participants of `chat` who keep their reads to themselves
+/// (`read_receipts: false`).
+pub(super) async fn private_readers(
+    store: &dyn crate::store::Store,
+    chat: &Chat,
+) -> Result<std::collections::HashSet<UserId>> {
+    let ids = chat.member_ids();
+    let records = store.get_users(&ids).await?;
+    Ok(ids
+        .into_iter()
+        .zip(records)
+        .filter(|(_, r)| r.as_ref().is_some_and(|r| !r.privacy.read_receipts))
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// Hides the read watermark (`read_seq` 0) of every participant in
+/// `private` but `viewer`: with read receipts off, what one has read is
+/// nobody else's business, in events and in chat views alike.
+pub(super) fn mask_reads(
+    chat: &mut Chat,
+    viewer: Option<&UserId>,
+    private: &std::collections::HashSet<UserId>,
+) {
+    for p in &mut chat.participants {
+        if Some(&p.user_id) != viewer && private.contains(&p.user_id) {
+            p.read_seq = 0;
+        }
     }
 }

@@ -826,6 +826,25 @@ async fn read_receipts_can_be_private() {
         bob2.types(),
         vec!["message_received", "message_delivered", "message_read"]
     );
+    // Nor does the chat view tell: Alice sees no read watermark of Bob's,
+    // Bob sees his own.
+    let read_seq_of =
+        |view: &ChatView, user: &str| view.chat.participant(&uid(user)).map(|p| p.read_seq);
+    let seen_by_alice = e.get_chat(&actor("alice"), chat).await.unwrap();
+    assert_eq!(read_seq_of(&seen_by_alice, "bob"), Some(0));
+    let seen_by_bob = e.get_chat(&bob, chat).await.unwrap();
+    assert_eq!(read_seq_of(&seen_by_bob, "bob"), Some(1));
+    let listed = e
+        .list_chats(
+            &actor("alice"),
+            ChatListQuery {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_seq_of(&listed.chats[0], "bob"), Some(0));
 }
 
 // --- groups ---------------------------------------------------------------

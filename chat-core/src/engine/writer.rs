@@ -514,8 +514,14 @@ async fn membership_events(inner: &Inner, chat: &Chat, message: &Message) {
                 role: *role,
             };
             frame(inner, members, event).await;
+            let mut seen = chat.clone();
+            match super::chats::private_readers(&*inner.store, chat).await {
+                Ok(private) => super::chats::mask_reads(&mut seen, Some(user_id), &private),
+                // Unknown privacy: show no one's reads.
+                Err(_) => seen.participants.iter_mut().for_each(|p| p.read_seq = 0),
+            }
             let created = ServerEvent::ChatCreated(ChatView {
-                chat: chat.clone(),
+                chat: seen,
                 unread_count: 0,
                 muted_until: None,
             });
@@ -550,6 +556,9 @@ async fn membership_events(inner: &Inner, chat: &Chat, message: &Message) {
 fn chat_updated(inner: &Inner, chat: &Chat) {
     let (store, bus, chat) = (inner.store.clone(), inner.bus.clone(), chat.clone());
     tokio::spawn(async move {
+        let private = super::chats::private_readers(&*store, &chat)
+            .await
+            .unwrap_or_else(|_| chat.member_ids().into_iter().collect());
         for p in &chat.participants {
             let unread_count = if p.read_seq >= chat.last_seq {
                 0
@@ -562,8 +571,10 @@ fn chat_updated(inner: &Inner, chat: &Chat) {
                     }
                 }
             };
+            let mut seen = chat.clone();
+            super::chats::mask_reads(&mut seen, Some(&p.user_id), &private);
             let view = ChatView {
-                chat: chat.clone(),
+                chat: seen,
                 unread_count,
                 muted_until: p.settings.muted_until,
             };
