@@ -298,6 +298,12 @@ impl ChatEngine {
             system: None,
             created_at: self.now(),
         };
+        if let (Some(encrypted), Some(_)) = (&self.inner.encrypted, &new.content) {
+            // A first message (of this sender in this chat, or of a new key
+            // epoch) makes its keys here, not in the write lane, where the
+            // key store's fsync would hold up every chat of the lane.
+            encrypted.keyring().prepare_sealing(chat_id, me).await?;
+        }
         let done = self
             .inner
             .writer

@@ -345,12 +345,32 @@ impl Keyring {
         self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes sure the key `sender` will seal with in `chat` is at hand: a
+    /// new sender's (or a new epoch's) keys are made and durably stored
+    /// here, by the caller, so that sealing in the store's write lane
+    /// finds them cached instead of waiting for the key store there. Costs
+    /// a cache lookup when the key is at hand already.
+    pub async fn prepare_sealing(&self, chat: ChatId, sender: &UserId) -> Result<()> {
+        self.sealing_key_counted(chat, sender, false)
+            .await
+            .map(|_| ())
+    }
+
     /// The data key `sender` seals with in `chat` now, starting a new epoch
-    /// when the policy says so.
+    /// when the policy says so; counts one body sealed.
     async fn sealing_key(
         &self,
         chat: ChatId,
         sender: &UserId,
+    ) -> Result<(DataKeyScope, Arc<DataKey>)> {
+        self.sealing_key_counted(chat, sender, true).await
+    }
+
+    async fn sealing_key_counted(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+        count: bool,
     ) -> Result<(DataKeyScope, Arc<DataKey>)> {
         let now = self.clock.now();
         let slot = (chat, sender.clone());
@@ -400,7 +420,9 @@ impl Keyring {
                 started_at,
             };
         }
-        entry.sealed += 1;
+        if count {
+            entry.sealed += 1;
+        }
         Ok((scope, key))
     }
 

@@ -307,3 +307,45 @@ async fn a_key_replaced_elsewhere_drops_the_data_keys_it_unwrapped() {
         assert_eq!(text(opened.expect("opens")), "from here");
     }
 }
+
+#[tokio::test]
+async fn preparing_makes_the_keys_without_counting_a_body() {
+    let policy = EpochPolicy {
+        max_messages: 1,
+        max_age: Duration::from_secs(3600),
+    };
+    let s = setup(policy).await;
+    let (chat, ann) = (ChatId::new(), uid("ann"));
+    s.keyring
+        .prepare_sealing(chat, &ann)
+        .await
+        .expect("prepared");
+    assert!(
+        s.store
+            .latest_data_key(chat, &ann)
+            .await
+            .expect("a read")
+            .is_some(),
+        "the first key is made and stored when preparing"
+    );
+    s.keyring
+        .prepare_sealing(chat, &ann)
+        .await
+        .expect("prepared");
+    let first = s
+        .keyring
+        .seal_body(chat, &ann, MessageId::new(), "one")
+        .await
+        .expect("sealed");
+    assert_eq!(
+        sealed_epoch(&first).ok(),
+        Some(KeyEpoch::FIRST),
+        "preparing counts nothing"
+    );
+    let second = s
+        .keyring
+        .seal_body(chat, &ann, MessageId::new(), "two")
+        .await
+        .expect("sealed");
+    assert!(sealed_epoch(&second).expect("an epoch") > KeyEpoch::FIRST);
+}
