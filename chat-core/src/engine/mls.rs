@@ -210,6 +210,18 @@ impl ChatEngine {
         Ok(epoch)
     }
 
+    /// The epoch of the chat's MLS group, if it has one (participants
+    /// only).
+    pub async fn mls_epoch(&self, actor: &Actor, chat_id: ChatId) -> Result<Option<u64>> {
+        let chat = self.chat_of(actor, chat_id).await?;
+        Ok(self
+            .inner
+            .store
+            .get_mls_group(chat.id)
+            .await?
+            .map(|g| g.epoch))
+    }
+
     /// `add_participant` in an `e2ee` chat with the commit that adds the
     /// user's devices to its MLS group: the commit must add devices of
     /// that user and nothing else, and both are applied in one change.

@@ -118,7 +118,7 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             mls,
         } => {
             let role = role.unwrap_or(Role::Member);
-            match carried(chat_id, mls)? {
+            match carried(session, chat_id, mls).await? {
                 None => {
                     engine
                         .add_participant(actor, chat_id, &user_id, role)
@@ -138,7 +138,7 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             chat_id,
             user_id,
             mls,
-        } => match carried(chat_id, mls)? {
+        } => match carried(session, chat_id, mls).await? {
             None => {
                 engine.remove_participant(actor, chat_id, &user_id).await?;
                 empty()
@@ -258,8 +258,12 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
     }
 }
 
-/// The commit a membership change carries, if any.
-fn carried(
+/// The commit a membership change carries, if any. PROTOCOL.md names
+/// `commit` and `welcome`; `epoch` is ours and optional: without it, the
+/// commit is taken for the chat's current epoch (the commit names its own
+/// epoch, and one made for another is a `conflict` all the same).
+async fn carried(
+    session: &Session,
     chat_id: crate::model::ChatId,
     mls: super::commands::MlsCarried,
 ) -> Result<Option<MlsCommitRequest>> {
@@ -269,9 +273,14 @@ fn carried(
         }
         return Ok(None);
     };
-    let epoch = mls
-        .epoch
-        .ok_or_else(|| Error::invalid("a commit needs the epoch it was made for"))?;
+    let epoch = match mls.epoch {
+        Some(epoch) => epoch,
+        None => session
+            .engine()
+            .mls_epoch(session.actor(), chat_id)
+            .await?
+            .unwrap_or(0),
+    };
     Ok(Some(MlsCommitRequest {
         chat_id,
         epoch,

@@ -229,10 +229,8 @@ async fn membership_changes_carry_their_commit_and_a_late_joiner_reads_nothing_e
         .ws
         .ok(
             "remove_participant",
-            json!({
-                "chat_id": chat, "user_id": "mc-bob",
-                "epoch": removal.epoch, "commit": b64(&removal.commit),
-            }),
+            // PROTOCOL.md's form: the commit alone, its epoch the chat's.
+            json!({"chat_id": chat, "user_id": "mc-bob", "commit": b64(&removal.commit)}),
         )
         .await;
     alice
