@@ -106,6 +106,11 @@ pub trait MlsDelivery: Debug + Send + Sync + 'static {
     /// against. Its group id must be `chat`'s (the UTF-8 of the chat id).
     fn group_from_info(&self, chat: ChatId, group_info: &[u8]) -> Result<MlsGroupView>;
 
+    /// The group id and epoch of an application message (an `MLSMessage`
+    /// carrying a `PrivateMessage`), from its public header; anything else
+    /// is refused. Nothing is decrypted or verified: only members can.
+    fn inspect_application(&self, message: &[u8]) -> Result<(Vec<u8>, u64)>;
+
     /// Checks `commit` (a `PublicMessage`) against the group's public
     /// `state`: its signature, that it is for the state's epoch, the tree
     /// it leads to; returns what it does and the group after it.

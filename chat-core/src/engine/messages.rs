@@ -280,7 +280,7 @@ impl ChatEngine {
         // End-to-end encrypted: no hook reads it (it is ciphertext), and it
         // may only go out while everyone in the MLS group is a participant.
         let flag = if chat.encryption == Encryption::E2ee {
-            self.check_mls_members(chat).await?;
+            self.check_mls_members(chat, content.as_deref()).await?;
             None
         } else {
             self.run_hooks(chat, me, kind, content.as_deref()).await?

@@ -422,13 +422,38 @@ impl ChatEngine {
 
     /// Refuses an application message of an `e2ee` chat while a user who
     /// left it is still in its MLS group: what it says would reach them.
-    pub(super) async fn check_mls_members(&self, chat: &crate::model::Chat) -> Result<()> {
-        if chat.encryption != Encryption::E2ee || self.inner.mls.is_none() {
+    /// Also refuses content that is not an application message of the
+    /// group's current epoch: the other members have moved on and could not
+    /// read it (`conflict`: the sender processes the commits it missed and
+    /// encrypts again).
+    pub(super) async fn check_mls_members(
+        &self,
+        chat: &crate::model::Chat,
+        content: Option<&str>,
+    ) -> Result<()> {
+        let Some(mls) = self.inner.mls.as_deref() else {
+            return Ok(());
+        };
+        if chat.encryption != Encryption::E2ee {
             return Ok(());
         }
         let Some(group) = self.inner.store.get_mls_group(chat.id).await? else {
             return Ok(());
         };
+        if let Some(content) = content {
+            let bytes = crate::protocol::from_base64("content", content)?;
+            let (group_id, epoch) = mls.inspect_application(&bytes)?;
+            if group_id != chat.id.to_string().as_bytes() {
+                return Err(Error::invalid("the message is for another MLS group"));
+            }
+            if epoch != group.epoch {
+                return Err(Error::conflict(format!(
+                    "the message was encrypted in epoch {epoch}; the chat's MLS group is at \
+                     epoch {}: process the commits you missed and encrypt again",
+                    group.epoch
+                )));
+            }
+        }
         if let Some((user, _)) = group
             .members
             .iter()

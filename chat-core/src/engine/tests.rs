@@ -2291,6 +2291,18 @@ impl crate::mls::MlsDelivery for FakeMls {
         })
     }
 
+    /// Application messages: `"app|<chat id>|<epoch>"` (base64 on the wire).
+    fn inspect_application(&self, message: &[u8]) -> Result<(Vec<u8>, u64)> {
+        let text = std::str::from_utf8(message).map_err(|_| Error::invalid("not MLS"))?;
+        match text.split('|').collect::<Vec<_>>()[..] {
+            ["app", group, epoch] => Ok((
+                group.as_bytes().to_vec(),
+                epoch.parse().map_err(|_| Error::invalid("not MLS"))?,
+            )),
+            _ => Err(Error::invalid("not an application message")),
+        }
+    }
+
     /// `"<epoch>|u/d,u/d"`.
     fn group_from_info(&self, _chat: ChatId, info: &[u8]) -> Result<crate::mls::MlsGroupView> {
         fake_group(info)
@@ -2330,6 +2342,12 @@ impl crate::mls::MlsDelivery for FakeMls {
             group: fake_group(after.as_bytes())?,
         })
     }
+}
+
+/// A fake application message of `chat` in `epoch`, as sent (base64).
+fn fake_app(chat: ChatId, epoch: u64) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("app|{chat}|{epoch}"))
 }
 
 /// The signature key a fake device has unless its key package names one.
@@ -2683,17 +2701,25 @@ async fn mls_commits_are_ordered_and_checked_against_membership() {
     e.remove_participant(&actor("bob"), chat, &uid("bob"))
         .await
         .unwrap();
-    let send = |id: &str| {
-        let mut req = SendMessage::text(chat, id, "b3BhcXVl");
-        req.kind = Some(MessageType::Text);
-        e.send(&alice, req)
-    };
-    let refused = send("s1").await;
+    let send =
+        |id: &str, epoch: u64| e.send(&alice, SendMessage::text(chat, id, fake_app(chat, epoch)));
+    let refused = send("s1", 2).await;
     assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
     commit(commit_req(chat, 2, "2|alice/phone||bob/phone", None))
         .await
         .unwrap();
-    send("s2").await.unwrap();
+    // Content encrypted in an epoch the group has left, or not MLS at all,
+    // is refused; at the current epoch it goes.
+    let stale = send("s2", 2).await;
+    assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
+    let garbage = e
+        .send(&alice, SendMessage::text(chat, "s3", "b3BhcXVl"))
+        .await;
+    assert!(
+        matches!(garbage, Err(Error::InvalidInput(_))),
+        "{garbage:?}"
+    );
+    send("s4", 3).await.unwrap();
 
     // Not for chats encrypted at rest.
     let plain = e
@@ -2815,7 +2841,7 @@ async fn membership_changes_of_e2ee_chats_carry_their_commit() {
         view.chat.participant(&uid("bob")).is_none(),
         "removed with the commit"
     );
-    e.send(&alice, SendMessage::text(chat, "after", "b3BhcXVl"))
+    e.send(&alice, SendMessage::text(chat, "after", fake_app(chat, 3)))
         .await
         .unwrap();
     // A refused commit leaves the membership as it was.

@@ -61,6 +61,16 @@ impl MlsDelivery for OpenMlsDelivery {
         view(&group)
     }
 
+    fn inspect_application(&self, message: &[u8]) -> Result<(Vec<u8>, u64)> {
+        let info = ds::inspect_message(message).map_err(refused)?;
+        if info.kind != ds::MessageKind::Application || !info.encrypted {
+            return Err(Error::invalid(
+                "e2ee content must be an MLS application message (PrivateMessage)",
+            ));
+        }
+        Ok((info.group_id, info.epoch))
+    }
+
     fn apply_commit(&self, state: &[u8], commit: &[u8]) -> Result<MlsCommitView> {
         let mut group = PublicGroupState::from_bytes(state).map_err(refused)?;
         let effect = group.apply_commit(commit).map_err(refused)?;
