@@ -3,7 +3,7 @@
 //! An event is encoded once into an [`Event`](crate::event::Event) and the
 //! same bytes are queued on every recipient connection. Queues are bounded by the transport; a
 //! connection whose queue is full is closed with
-//! [`CLOSE_TOO_SLOW`](crate::transport::CLOSE_TOO_SLOW) rather than
+//! [`CLOSE_TOO_SLOW`] rather than
 //! buffered without bound: the client reconnects and calls `sync`.
 
 // foldhash, not SipHash: these maps are looked up for every recipient of

@@ -80,7 +80,7 @@ pub use memory::MemoryKeyStore;
 ///
 /// The conformance suite in `chat_core::testing::keystore_suite` (feature
 /// `testing`) checks all of this; every key store runs it against its real
-/// backend with [`keystore_conformance_tests!`](crate::keystore_conformance_tests).
+/// backend with `keystore_conformance_tests!`.
 ///
 /// # Example
 ///

@@ -18,7 +18,7 @@ use sqlx::{
 use crate::{Error, error::invalid};
 
 /// The key store's schema version, kept in its `schema_version` table:
-/// the number of [`MIGRATIONS`] applied.
+/// the number of its migrations applied.
 pub const KEYSTORE_SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// The migrations, in order; `{s}` stands for the quoted schema name.

@@ -146,7 +146,10 @@ struct Current {
     started_at: Timestamp,
 }
 
-/// Seals and opens message bodies; see the [module docs](self).
+/// Seals and opens message bodies with the keys of a [`KeyStore`]: it holds
+/// the master key, caches unwrapped user and data keys (bounded, user keys
+/// rechecked after [`KeyringConfig::recheck_after`]), and starts a new
+/// epoch per (chat, sender) as its [`EpochPolicy`] says.
 pub struct Keyring {
     master: MasterKey,
     store: Arc<dyn KeyStore>,

@@ -105,8 +105,10 @@ impl std::fmt::Display for Position {
     }
 }
 
-/// A [`Store`] that keeps message content encrypted in the store it wraps;
-/// see the [module docs](self).
+/// A [`Store`] that keeps message content encrypted in the store it wraps:
+/// bodies, edits and report snapshots are sealed by a [`Keyring`] on the
+/// way in and opened on every way out; content that does not open reads as
+/// [`Unreadable`] instead of failing the read.
 #[derive(Debug)]
 pub struct EncryptedStore {
     inner: Arc<dyn Store>,
