@@ -14,7 +14,9 @@ pub mod driver;
 pub use commands::{ClientCommand, MAX_REQUEST_ID_LEN, ParseError, Request, parse_request};
 
 pub use crate::event::{AckData, ErrorBody, PresenceEntry, ServerEvent};
-pub use dispatch::{ClaimedView, dispatch_text, execute, from_base64};
+pub use dispatch::{
+    ClaimedView, KeyPackages, dispatch_text, execute, from_base64, key_packages_from_base64,
+};
 pub use driver::{
     Auth, Authenticator, Close, CloseReason, Credentials, Driver, DriverConfig, Inbound, Outbound,
 };

@@ -679,17 +679,8 @@ pub(crate) async fn publish_key_packages(
     caller: DeviceCaller,
     Body(b): Body<PublishKeyPackages>,
 ) -> ApiResult {
-    use chat_core::protocol::from_base64;
-    let packages = b
-        .key_packages
-        .iter()
-        .map(|p| from_base64("key_packages", p))
-        .collect::<chat_core::Result<Vec<_>>>()?;
-    let last_resort = b
-        .last_resort
-        .as_deref()
-        .map(|p| from_base64("last_resort", p))
-        .transpose()?;
+    let (packages, last_resort) =
+        chat_core::protocol::key_packages_from_base64(&b.key_packages, b.last_resort.as_deref())?;
     let available = app
         .engine
         .publish_key_packages(&caller.actor, &caller.device, packages, last_resort)

@@ -218,14 +218,8 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             key_packages,
             last_resort,
         } => {
-            let packages = key_packages
-                .iter()
-                .map(|p| from_base64("key_packages", p))
-                .collect::<Result<Vec<_>>>()?;
-            let last_resort = last_resort
-                .as_deref()
-                .map(|p| from_base64("last_resort", p))
-                .transpose()?;
+            let (packages, last_resort) =
+                key_packages_from_base64(&key_packages, last_resort.as_deref())?;
             let available = engine
                 .publish_key_packages(actor, session.device_id(), packages, last_resort)
                 .await?;
@@ -238,15 +232,12 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             welcome,
             group_info,
         } => {
-            let optional = |what, value: Option<String>| {
-                value.as_deref().map(|v| from_base64(what, v)).transpose()
-            };
             let req = MlsCommitRequest {
                 chat_id,
                 epoch,
                 commit: from_base64("commit", &commit)?,
-                welcome: optional("welcome", welcome)?,
-                group_info: optional("group_info", group_info)?,
+                welcome: optional_base64("welcome", welcome.as_deref())?,
+                group_info: optional_base64("group_info", group_info.as_deref())?,
             };
             let epoch = engine.mls_commit(actor, session.device_id(), req).await?;
             field("epoch", &epoch)
@@ -285,11 +276,7 @@ async fn carried(
         chat_id,
         epoch,
         commit: from_base64("commit", &commit)?,
-        welcome: mls
-            .welcome
-            .as_deref()
-            .map(|w| from_base64("welcome", w))
-            .transpose()?,
+        welcome: optional_base64("welcome", mls.welcome.as_deref())?,
         group_info: None,
     }))
 }
@@ -301,6 +288,26 @@ pub fn from_base64(what: &str, text: &str) -> Result<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|_| Error::invalid(format!("{what} must be standard base64")))
+}
+
+/// [`from_base64`] of an optional field.
+fn optional_base64(what: &str, text: Option<&str>) -> Result<Option<Vec<u8>>> {
+    text.map(|t| from_base64(what, t)).transpose()
+}
+
+/// Decoded key packages, and the last-resort one.
+pub type KeyPackages = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
+/// The key packages of `publish_key_packages` (and its REST twin), decoded.
+pub fn key_packages_from_base64(
+    key_packages: &[String],
+    last_resort: Option<&str>,
+) -> Result<KeyPackages> {
+    let packages = key_packages
+        .iter()
+        .map(|p| from_base64("key_packages", p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((packages, optional_base64("last_resort", last_resort)?))
 }
 
 /// A claimed key package as the `claim_key_packages` ack (and its REST
