@@ -104,10 +104,21 @@ impl ChatEngine {
         Ok(cached)
     }
 
-    pub(super) async fn view(&self, mut chat: Chat, user: &UserId) -> Result<ChatView> {
+    pub(super) async fn view(&self, chat: Chat, user: &UserId) -> Result<ChatView> {
+        let private = private_readers(&*self.inner.store, std::slice::from_ref(&chat)).await?;
+        self.view_masked(chat, user, &private).await
+    }
+
+    /// [`view`](Self::view), with the private readers known (looked up
+    /// once for a whole page of chats).
+    pub(super) async fn view_masked(
+        &self,
+        mut chat: Chat,
+        user: &UserId,
+        private: &std::collections::HashSet<UserId>,
+    ) -> Result<ChatView> {
         let read = chat.participant(user).map_or(chat.last_seq, |p| p.read_seq);
-        let private = private_readers(&*self.inner.store, &chat).await?;
-        mask_reads(&mut chat, Some(user), &private);
+        mask_reads(&mut chat, Some(user), private);
         let unread_count = if read >= chat.last_seq {
             0
         } else {
@@ -141,6 +152,7 @@ impl ChatEngine {
                 .list_chats(me, ChatListQuery { after, limit })
                 .await?;
             let exhausted = batch.len() < limit;
+            let private = private_readers(&*self.inner.store, &batch).await?;
             for chat in batch {
                 after = Some((chat.last_activity, chat.id));
                 let hidden = chat
@@ -148,7 +160,7 @@ impl ChatEngine {
                     .and_then(|p| p.settings.hidden_seq)
                     .is_some_and(|h| chat.last_seq <= h);
                 if !hidden {
-                    out.push(self.view(chat, me).await?);
+                    out.push(self.view_masked(chat, me, &private).await?);
                     if out.len() == limit {
                         return Ok(ChatPage {
                             chats: out,
@@ -369,13 +381,18 @@ impl ChatEngine {
     }
 }
 
-/// The participants of `chat` who keep their reads to themselves
-/// (`read_receipts: false`).
+/// The participants of `chats` who keep their reads to themselves
+/// (`read_receipts: false`), in one store read.
 pub(super) async fn private_readers(
     store: &dyn crate::store::Store,
-    chat: &Chat,
+    chats: &[Chat],
 ) -> Result<std::collections::HashSet<UserId>> {
-    let ids = chat.member_ids();
+    let ids: Vec<UserId> = chats
+        .iter()
+        .flat_map(|c| c.participants.iter().map(|p| p.user_id.clone()))
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .collect();
     let records = store.get_users(&ids).await?;
     Ok(ids
         .into_iter()

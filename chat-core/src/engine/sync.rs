@@ -111,6 +111,7 @@ impl ChatEngine {
         let mut out = Vec::with_capacity(fetched);
         let mut bytes = 0usize;
         let mut last = None;
+        let private = super::chats::private_readers(&*self.inner.store, &batch).await?;
         for chat in batch.into_iter().take(page_chats) {
             if !out.is_empty() && bytes >= page_bytes {
                 break;
@@ -132,7 +133,7 @@ impl ChatEngine {
             };
             bytes += approx_size(&chat, &changes);
             out.push(SyncChat {
-                chat: self.view(chat, me).await?,
+                chat: self.view_masked(chat, me, &private).await?,
                 changes,
                 has_more,
             });

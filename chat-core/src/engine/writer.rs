@@ -515,7 +515,7 @@ async fn membership_events(inner: &Inner, chat: &Chat, message: &Message) {
             };
             frame(inner, members, event).await;
             let mut seen = chat.clone();
-            match super::chats::private_readers(&*inner.store, chat).await {
+            match super::chats::private_readers(&*inner.store, std::slice::from_ref(chat)).await {
                 Ok(private) => super::chats::mask_reads(&mut seen, Some(user_id), &private),
                 // Unknown privacy: show no one's reads.
                 Err(_) => seen.participants.iter_mut().for_each(|p| p.read_seq = 0),
@@ -556,7 +556,7 @@ async fn membership_events(inner: &Inner, chat: &Chat, message: &Message) {
 fn chat_updated(inner: &Inner, chat: &Chat) {
     let (store, bus, chat) = (inner.store.clone(), inner.bus.clone(), chat.clone());
     tokio::spawn(async move {
-        let private = super::chats::private_readers(&*store, &chat)
+        let private = super::chats::private_readers(&*store, std::slice::from_ref(&chat))
             .await
             .unwrap_or_else(|_| chat.member_ids().into_iter().collect());
         for p in &chat.participants {
