@@ -104,7 +104,8 @@ mod keys;
 mod tests;
 
 pub use envelope::{
-    Aad, DataKeyScope, KeyCheck, Purpose, WrappedDataKey, WrappedUserKey, sealed_epoch,
+    Aad, DataKeyScope, KeyCheck, Purpose, SEALED_OVERHEAD, WrappedDataKey, WrappedUserKey,
+    sealed_epoch,
 };
 pub use epoch::{EpochPolicy, KeyEpoch};
 pub use keys::{DataKey, DataKeyOpener, KEY_LEN, MasterKey, UserKey};

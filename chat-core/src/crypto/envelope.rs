@@ -137,6 +137,12 @@ impl Associated {
         self
     }
 
+    /// A part index: 4 bytes.
+    fn u32(mut self, n: u32) -> Self {
+        self.bytes.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+
     /// One byte (a [`Purpose`]).
     fn byte(mut self, b: u8) -> Self {
         self.bytes.push(b);
@@ -442,7 +448,15 @@ pub struct Aad {
     purpose: Purpose,
     object: Ulid,
     scope: DataKeyScope,
+    /// For content sealed in parts (media): the part's index and whether
+    /// it is the last, so parts cannot be reordered, dropped or cut off.
+    part: Option<(u32, bool)>,
 }
+
+/// How many bytes sealing adds to content: the header (version, kind,
+/// epoch), the nonce and the tag. The same for every size, so that a byte
+/// range of content sealed in parts maps onto a range of the sealed bytes.
+pub const SEALED_OVERHEAD: usize = 2 + 4 + NONCE_LEN + TAG_LEN;
 
 impl Aad {
     /// The associated data of content of `purpose` belonging to `object`
@@ -452,6 +466,28 @@ impl Aad {
             purpose,
             object,
             scope: scope.clone(),
+            part: None,
+        }
+    }
+
+    /// Part `index` of the bytes of a media object (or of its thumbnail),
+    /// sealed in parts so that a byte range opens without the rest;
+    /// `last` marks the final part, so a cut-off object does not open.
+    pub fn media_part(
+        scope: &DataKeyScope,
+        media: MediaId,
+        thumbnail: bool,
+        index: u32,
+        last: bool,
+    ) -> Self {
+        let purpose = if thumbnail {
+            Purpose::MediaThumbnail
+        } else {
+            Purpose::Media
+        };
+        Self {
+            part: Some((index, last)),
+            ..Self::new(purpose, scope, media.ulid())
         }
     }
 
@@ -498,11 +534,17 @@ impl Aad {
 
     /// The bytes to authenticate.
     pub(super) fn associated(&self) -> Associated {
-        Associated::new(Kind::Sealed, &self.scope.epoch.get().to_be_bytes())
+        let associated = Associated::new(Kind::Sealed, &self.scope.epoch.get().to_be_bytes())
             .byte(self.purpose.byte())
             .ulid(self.scope.chat.ulid())
             .ulid(self.object)
-            .user(&self.scope.sender)
+            .user(&self.scope.sender);
+        match self.part {
+            // Appended after the user id, whose length prefix keeps the
+            // encoding unambiguous; whole content has nothing here.
+            Some((index, last)) => associated.u32(index).byte(u8::from(last)),
+            None => associated,
+        }
     }
 }
 

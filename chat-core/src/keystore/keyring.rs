@@ -359,6 +359,28 @@ impl Keyring {
             .map(|_| ())
     }
 
+    /// The key with which `sender`'s upload to `chat` is sealed now (the
+    /// key of their messages there, so that erasing them shreds both), and
+    /// its scope; counts as one body sealed.
+    pub async fn media_sealing_key(
+        &self,
+        chat: ChatId,
+        sender: &UserId,
+    ) -> Result<(DataKeyScope, Arc<DataKey>)> {
+        self.sealing_key(chat, sender).await
+    }
+
+    /// The key that opens an upload sealed under `scope`: `None` when its
+    /// uploader was erased; an error when the key store cannot be read or
+    /// the key is missing or damaged.
+    pub async fn media_opening_key(&self, scope: &DataKeyScope) -> Result<Option<Arc<DataKey>>> {
+        match self.opening_key(scope).await? {
+            Opening::Key(key) => Ok(Some(key)),
+            Opening::Erased => Ok(None),
+            Opening::Damaged(why) => Err(Error::backend(why)),
+        }
+    }
+
     /// The data key `sender` seals with in `chat` now, starting a new epoch
     /// when the policy says so; counts one body sealed.
     async fn sealing_key(
