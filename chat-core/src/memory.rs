@@ -741,6 +741,44 @@ impl Store for MemoryStore {
         Ok(self.lock().media.get(&id).cloned())
     }
 
+    async fn attach_media(&self, id: MediaId, message: MessageId) -> Result<bool> {
+        let mut state = self.lock();
+        match state.media.get_mut(&id) {
+            Some(record) if record.message_id.is_none() => {
+                record.message_id = Some(message);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn detach_media(&self, id: MediaId, message: MessageId) -> Result<()> {
+        let mut state = self.lock();
+        if let Some(record) = state.media.get_mut(&id) {
+            if record.message_id == Some(message) {
+                record.message_id = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
+        Ok(self.lock().media.remove(&id))
+    }
+
+    async fn unattached_media(&self, before: Timestamp, limit: usize) -> Result<Vec<MediaRecord>> {
+        let state = self.lock();
+        let mut found: Vec<MediaRecord> = state
+            .media
+            .values()
+            .filter(|m| m.message_id.is_none() && m.created_at < before)
+            .cloned()
+            .collect();
+        found.sort_by_key(|m| (m.created_at, m.id));
+        found.truncate(limit);
+        Ok(found)
+    }
+
     async fn publish_key_packages(
         &self,
         user: &UserId,

@@ -571,10 +571,59 @@ impl MessageType {
 
     /// Whether messages of this type carry a media object.
     pub fn has_media(self) -> bool {
-        matches!(
-            self,
-            MessageType::Image | MessageType::Voice | MessageType::File
-        )
+        self.media_kind().is_some()
+    }
+
+    /// The kind of upload messages of this type carry.
+    pub fn media_kind(self) -> Option<MediaKind> {
+        match self {
+            MessageType::Image => Some(MediaKind::Image),
+            MessageType::Voice => Some(MediaKind::Voice),
+            MessageType::File => Some(MediaKind::File),
+            _ => None,
+        }
+    }
+}
+
+/// What an upload is, found from its bytes: it decides the limits, the
+/// processing (images are re-encoded, voice notes timed) and the message
+/// type that may carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    /// JPEG, PNG, WebP or GIF.
+    Image,
+    /// Ogg Opus, MP3, M4A, WAV or WebM audio.
+    Voice,
+    /// PDF.
+    File,
+}
+
+impl MediaKind {
+    /// The protocol's name: `image`, `voice` or `file` (the message type
+    /// that carries it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Voice => "voice",
+            MediaKind::File => "file",
+        }
+    }
+}
+
+impl FromStr for MediaKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "image" => Ok(MediaKind::Image),
+            "voice" => Ok(MediaKind::Voice),
+            "file" => Ok(MediaKind::File),
+            other => Err(Error::invalid(format!(
+                "unknown media kind {}",
+                Truncated(other)
+            ))),
+        }
     }
 }
 
@@ -602,7 +651,8 @@ impl FromStr for MessageType {
 pub struct MediaRef {
     /// The upload's id.
     pub id: MediaId,
-    /// The type found from the bytes, not the client's claim.
+    /// The type found from the bytes (after re-encoding, for images), not
+    /// the client's claim.
     pub mime: String,
     /// Size in bytes.
     pub size: u64,
@@ -612,6 +662,15 @@ pub struct MediaRef {
     pub thumbnail_url: Option<String>,
     /// Length of voice notes.
     pub duration_ms: Option<u64>,
+    /// Width of images, in pixels, upright.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Height of images, in pixels, upright.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// The sanitized file name of files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl MediaRef {
@@ -627,6 +686,9 @@ impl MediaRef {
                 .then(|| format!("{url}?thumbnail=true")),
             url,
             duration_ms: record.duration_ms,
+            width: record.width,
+            height: record.height,
+            name: record.name.clone(),
         }
     }
 }
@@ -896,16 +958,44 @@ pub struct MediaRecord {
     pub chat_id: ChatId,
     /// Who uploaded it; only they may attach it to a message.
     pub uploader_id: UserId,
-    /// The type found from the bytes.
+    /// What it is, from its bytes.
+    pub kind: MediaKind,
+    /// The type found from the bytes (after re-encoding, for images).
     pub mime: String,
-    /// Size in bytes.
+    /// Size in bytes of what is served (not of what was uploaded, for
+    /// re-encoded images).
     pub size: u64,
+    /// Width of images, upright.
+    pub width: Option<u32>,
+    /// Height of images, upright.
+    pub height: Option<u32>,
     /// For voice notes.
     pub duration_ms: Option<u64>,
-    /// Whether a thumbnail was made.
+    /// The sanitized file name, for files.
+    pub name: Option<String>,
+    /// Whether a thumbnail was made (images).
     pub has_thumbnail: bool,
+    /// Whether its bytes are sealed with the uploader's data key (at-rest
+    /// encryption), so erasing the uploader's keys makes them unreadable.
+    pub sealed: bool,
+    /// The message it is attached to; `None` until one is sent with it.
+    /// An upload is attached once.
+    pub message_id: Option<MessageId>,
     /// When it was uploaded.
     pub created_at: Timestamp,
+}
+
+impl MediaRecord {
+    /// Where its bytes are in the [`MediaStore`](crate::MediaStore).
+    pub fn object_key(&self) -> String {
+        format!("{}/{}", self.chat_id, self.id)
+    }
+
+    /// Where its thumbnail is, if it has one.
+    pub fn thumbnail_key(&self) -> Option<String> {
+        self.has_thumbnail
+            .then(|| format!("{}/{}.thumb", self.chat_id, self.id))
+    }
 }
 
 #[cfg(test)]

@@ -218,6 +218,33 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// The record of an upload.
     async fn get_media(&self, id: crate::model::MediaId) -> Result<Option<MediaRecord>>;
 
+    /// Attaches upload `id` to `message` if it is attached to nothing yet
+    /// (compare-and-set): `true` if it is now attached to `message`,
+    /// `false` if it was attached already (to any message, `message`
+    /// included) or does not exist.
+    async fn attach_media(
+        &self,
+        id: crate::model::MediaId,
+        message: crate::model::MessageId,
+    ) -> Result<bool>;
+
+    /// Undoes [`attach_media`](Store::attach_media) when the message was
+    /// not stored after all: detaches `id` if it is attached to `message`;
+    /// nothing otherwise.
+    async fn detach_media(
+        &self,
+        id: crate::model::MediaId,
+        message: crate::model::MessageId,
+    ) -> Result<()>;
+
+    /// Removes the record of an upload and returns it (`None` if there was
+    /// none). The caller deletes the bytes.
+    async fn delete_media(&self, id: crate::model::MediaId) -> Result<Option<MediaRecord>>;
+
+    /// Uploads attached to no message and created before `before`, oldest
+    /// first, at most `limit` (the sweep of abandoned uploads).
+    async fn unattached_media(&self, before: Timestamp, limit: usize) -> Result<Vec<MediaRecord>>;
+
     // --- MLS key packages ------------------------------------------------
 
     /// Adds `packages` to `device`'s key packages (and makes `last_resort`

@@ -196,6 +196,11 @@ macro_rules! store_conformance_tests {
             resolve_report_closes_it_once,
             media_records_round_trip,
             duplicate_media_id_conflicts,
+            media_attaches_once,
+            media_detaches_only_from_its_message,
+            delete_media_returns_the_record,
+            unattached_media_lists_abandoned_uploads_oldest_first,
+            concurrent_attaches_of_one_upload_accept_one,
             participant_settings_round_trip,
             concurrent_posts_take_unique_gap_free_seqs,
             concurrent_retries_store_one_message,
@@ -361,5 +366,9 @@ pub use keystore::{IntoKeyStoreFixture, KeyStoreFixture};
 
 pub mod bus;
 pub mod engine_suite;
+
+// --- Media -------------------------------------------------------------------
+
+pub mod media;
 
 pub use bus::{BusFixture, Cluster, RecordingSink, bus_suite};

@@ -414,6 +414,26 @@ impl Store for PostgresStore {
         core(read::media(&self.pool, id).await)
     }
 
+    async fn attach_media(&self, id: MediaId, message: MessageId) -> chat_core::Result<bool> {
+        core(write::attach_media(&self.pool, id, message).await)
+    }
+
+    async fn detach_media(&self, id: MediaId, message: MessageId) -> chat_core::Result<()> {
+        core(write::detach_media(&self.pool, id, message).await)
+    }
+
+    async fn delete_media(&self, id: MediaId) -> chat_core::Result<Option<MediaRecord>> {
+        core(write::delete_media(&self.pool, id).await)
+    }
+
+    async fn unattached_media(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> chat_core::Result<Vec<MediaRecord>> {
+        core(read::unattached_media(&self.pool, before, limit).await)
+    }
+
     async fn stored_texts(
         &self,
         table: TextTable,

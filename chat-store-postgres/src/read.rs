@@ -587,31 +587,73 @@ pub(crate) async fn list_reports<'e>(
 
 // --- media ---------------------------------------------------------------
 
+macro_rules! media_columns {
+    () => {
+        "id, chat_id, uploader_id, kind, mime, size, width, height, duration_ms, name, \
+         has_thumbnail, sealed, message_id, created_at"
+    };
+}
+pub(crate) use media_columns;
+
+/// The record of a row of `media_columns!`.
+pub(crate) fn media_from_row(r: &PgRow) -> Result<MediaRecord, Error> {
+    let id: String = r.try_get("id")?;
+    let row = MediaRow {
+        chat_id: r.try_get("chat_id")?,
+        uploader_id: r.try_get("uploader_id")?,
+        kind: r.try_get("kind")?,
+        mime: r.try_get("mime")?,
+        size: r.try_get("size")?,
+        width: r.try_get("width")?,
+        height: r.try_get("height")?,
+        duration_ms: r.try_get("duration_ms")?,
+        name: r.try_get("name")?,
+        has_thumbnail: r.try_get("has_thumbnail")?,
+        sealed: r.try_get("sealed")?,
+        message_id: r.try_get("message_id")?,
+        created_at: r.try_get("created_at")?,
+    };
+    Ok(row.into_record(parse("media.id", &id)?)?)
+}
+
 /// The record of an upload.
 pub(crate) async fn media<'e>(
     ex: impl PgExecutor<'e>,
     id: MediaId,
 ) -> Result<Option<MediaRecord>, Error> {
-    let row = sqlx::query(
-        "SELECT chat_id, uploader_id, mime, size, duration_ms, has_thumbnail, created_at \
-         FROM media WHERE id = $1",
-    )
+    sqlx::query(concat!(
+        "SELECT ",
+        media_columns!(),
+        " FROM media WHERE id = $1"
+    ))
     .bind(id.to_string())
     .fetch_optional(ex)
-    .await?;
-    let Some(r) = row else {
-        return Ok(None);
-    };
-    let row = MediaRow {
-        chat_id: r.try_get("chat_id")?,
-        uploader_id: r.try_get("uploader_id")?,
-        mime: r.try_get("mime")?,
-        size: r.try_get("size")?,
-        duration_ms: r.try_get("duration_ms")?,
-        has_thumbnail: r.try_get("has_thumbnail")?,
-        created_at: r.try_get("created_at")?,
-    };
-    Ok(Some(row.into_record(id)?))
+    .await?
+    .as_ref()
+    .map(media_from_row)
+    .transpose()
+}
+
+/// [`Store::unattached_media`](chat_core::Store::unattached_media), from
+/// the partial index `media_unattached`.
+pub(crate) async fn unattached_media<'e>(
+    ex: impl PgExecutor<'e>,
+    before: Timestamp,
+    limit: usize,
+) -> Result<Vec<MediaRecord>, Error> {
+    sqlx::query(concat!(
+        "SELECT ",
+        media_columns!(),
+        " FROM media WHERE message_id IS NULL AND created_at < $1 \
+         ORDER BY created_at, id LIMIT $2"
+    ))
+    .bind(before.as_millis())
+    .bind(sql_limit(limit))
+    .fetch_all(ex)
+    .await?
+    .iter()
+    .map(media_from_row)
+    .collect()
 }
 
 // --- MLS -----------------------------------------------------------------

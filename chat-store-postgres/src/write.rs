@@ -10,8 +10,8 @@
 use std::collections::HashSet;
 
 use chat_core::{
-    Chat, ChatId, DeviceId, MediaRecord, Message, MessageId, MessageType, ParticipantSettings,
-    Privacy, Report, Role, SystemEvent, Timestamp, UserId,
+    Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId, MessageType,
+    ParticipantSettings, Privacy, Report, Role, SystemEvent, Timestamp, UserId,
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
         Applied, Change, NewChat, NewMessage, ReportResolution, TextReplacement, TextTable,
@@ -23,7 +23,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use crate::{
     Error,
     error::{conflict, invalid, not_found},
-    read::{self, report_columns},
+    read::{self, media_columns, report_columns},
 };
 
 /// Opens the savepoint each change of a batch runs in.
@@ -882,20 +882,72 @@ pub(crate) async fn insert_media(pool: &PgPool, m: MediaRecord) -> Result<(), Er
         .map(|d| sql_u64_checked("duration_ms", d))
         .transpose()?;
     sqlx::query(
-        "INSERT INTO media (id, chat_id, uploader_id, mime, size, duration_ms, has_thumbnail, \
-           created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO media (id, chat_id, uploader_id, kind, mime, size, width, height, \
+           duration_ms, name, has_thumbnail, sealed, message_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(m.id.to_string())
     .bind(m.chat_id.to_string())
     .bind(m.uploader_id.as_str())
+    .bind(m.kind.as_str())
     .bind(m.mime.as_str())
     .bind(size)
+    .bind(m.width.map(i64::from))
+    .bind(m.height.map(i64::from))
     .bind(duration)
+    .bind(m.name.as_deref())
     .bind(m.has_thumbnail)
+    .bind(m.sealed)
+    .bind(m.message_id.map(|id| id.to_string()))
     .bind(m.created_at.as_millis())
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// [`Store::attach_media`](chat_core::Store::attach_media): one
+/// compare-and-set `UPDATE`. A concurrent attach waits for the row lock,
+/// then finds `message_id` set and changes nothing.
+pub(crate) async fn attach_media(
+    pool: &PgPool,
+    id: MediaId,
+    message: MessageId,
+) -> Result<bool, Error> {
+    let done = sqlx::query("UPDATE media SET message_id = $2 WHERE id = $1 AND message_id IS NULL")
+        .bind(id.to_string())
+        .bind(message.to_string())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`Store::detach_media`](chat_core::Store::detach_media).
+pub(crate) async fn detach_media(
+    pool: &PgPool,
+    id: MediaId,
+    message: MessageId,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE media SET message_id = NULL WHERE id = $1 AND message_id = $2")
+        .bind(id.to_string())
+        .bind(message.to_string())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// [`Store::delete_media`](chat_core::Store::delete_media): the record as
+/// the `DELETE` removed it.
+pub(crate) async fn delete_media(pool: &PgPool, id: MediaId) -> Result<Option<MediaRecord>, Error> {
+    sqlx::query(concat!(
+        "DELETE FROM media WHERE id = $1 RETURNING ",
+        media_columns!()
+    ))
+    .bind(id.to_string())
+    .fetch_optional(pool)
+    .await?
+    .as_ref()
+    .map(read::media_from_row)
+    .transpose()
 }
 
 /// The result of a membership change or group update: the chat after it.

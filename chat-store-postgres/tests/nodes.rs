@@ -395,6 +395,9 @@ async fn bulk_and_per_change_paths_agree() {
         url: "/m/1".to_owned(),
         thumbnail_url: Some("/m/1?thumbnail=true".to_owned()),
         duration_ms: None,
+        width: Some(64),
+        height: Some(48),
+        name: None,
     };
     let first = text(c1, &alice, "a-1", "first", 1);
     let system = NewMessage {

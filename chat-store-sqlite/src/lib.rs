@@ -43,7 +43,9 @@
 //!   posted (sync finds the others on the log), which takes one index
 //!   build on the first open. Version 5 adds the `meta` table of
 //!   [`Store::get_meta`], version 6 the MLS key package directory,
-//!   version 7 MLS commits and groups, version 8 pinned device keys.
+//!   version 7 MLS commits and groups, version 8 pinned device keys,
+//!   version 9 what an upload is and the message it is attached to (with
+//!   an index of the unattached ones for the sweep).
 //!
 //! Dropping the store lets the writer finish the jobs already queued, then
 //! it closes its connection and exits; [`SqliteStore::close`] does the same
@@ -591,6 +593,29 @@ impl Store for SqliteStore {
 
     async fn get_media(&self, id: MediaId) -> chat_core::Result<Option<MediaRecord>> {
         self.read(move |conn| read::media(conn, id)).await
+    }
+
+    async fn attach_media(&self, id: MediaId, message: MessageId) -> chat_core::Result<bool> {
+        self.write(move |conn| write::attach_media(conn, id, message))
+            .await
+    }
+
+    async fn detach_media(&self, id: MediaId, message: MessageId) -> chat_core::Result<()> {
+        self.write(move |conn| write::detach_media(conn, id, message))
+            .await
+    }
+
+    async fn delete_media(&self, id: MediaId) -> chat_core::Result<Option<MediaRecord>> {
+        self.write(move |conn| write::delete_media(conn, id)).await
+    }
+
+    async fn unattached_media(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> chat_core::Result<Vec<MediaRecord>> {
+        self.read(move |conn| read::unattached_media(conn, before, limit))
+            .await
     }
 
     async fn stored_texts(

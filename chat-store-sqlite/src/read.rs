@@ -3,7 +3,7 @@
 
 use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Participant, Reactions, Report,
-    ReportId, ReportStatus, UserId, UserRecord,
+    ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     store::{
         ChatListQuery, HistoryQuery, MlsGroupRecord, StoredText, TextTable,
         rows::{
@@ -521,26 +521,71 @@ pub(crate) fn list_reports(
 
 // --- media ---------------------------------------------------------------
 
+macro_rules! media_columns {
+    () => {
+        "id, chat_id, uploader_id, kind, mime, size, width, height, duration_ms, name, \
+         has_thumbnail, sealed, message_id, created_at"
+    };
+}
+
+/// The record of a row of `media_columns!`.
+fn media_row(r: &Row<'_>) -> rusqlite::Result<(String, MediaRow)> {
+    Ok((
+        r.get(0)?,
+        MediaRow {
+            chat_id: r.get(1)?,
+            uploader_id: r.get(2)?,
+            kind: r.get(3)?,
+            mime: r.get(4)?,
+            size: r.get(5)?,
+            width: r.get(6)?,
+            height: r.get(7)?,
+            duration_ms: r.get(8)?,
+            name: r.get(9)?,
+            has_thumbnail: r.get(10)?,
+            sealed: r.get(11)?,
+            message_id: r.get(12)?,
+            created_at: r.get(13)?,
+        },
+    ))
+}
+
+fn media_of((id, row): (String, MediaRow)) -> Result<MediaRecord, Error> {
+    Ok(row.into_record(rows::parse("media.id", &id)?)?)
+}
+
 /// The record of an upload.
 pub(crate) fn media(conn: &Connection, id: MediaId) -> Result<Option<MediaRecord>, Error> {
-    let row = conn
-        .prepare_cached(
-            "SELECT chat_id, uploader_id, mime, size, duration_ms, has_thumbnail, created_at \
-             FROM media WHERE id = ?1",
-        )?
-        .query_row([id.to_string()], |r| {
-            Ok(MediaRow {
-                chat_id: r.get(0)?,
-                uploader_id: r.get(1)?,
-                mime: r.get(2)?,
-                size: r.get(3)?,
-                duration_ms: r.get(4)?,
-                has_thumbnail: r.get(5)?,
-                created_at: r.get(6)?,
-            })
-        })
-        .optional()?;
-    Ok(row.map(|r| r.into_record(id)).transpose()?)
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        media_columns!(),
+        " FROM media WHERE id = ?1"
+    ))?
+    .query_row([id.to_string()], media_row)
+    .optional()?
+    .map(media_of)
+    .transpose()
+}
+
+/// The query of [`unattached_media`]: it walks the partial index
+/// `media_unattached` in order, without a sort.
+pub(crate) const UNATTACHED_MEDIA: &str = concat!(
+    "SELECT ",
+    media_columns!(),
+    " FROM media WHERE message_id IS NULL AND created_at < ?1 \
+     ORDER BY created_at, id LIMIT ?2"
+);
+
+/// [`Store::unattached_media`](chat_core::Store::unattached_media).
+pub(crate) fn unattached_media(
+    conn: &Connection,
+    before: Timestamp,
+    limit: usize,
+) -> Result<Vec<MediaRecord>, Error> {
+    conn.prepare_cached(UNATTACHED_MEDIA)?
+        .query_map(params![before.as_millis(), sql_limit(limit)], media_row)?
+        .map(|row| media_of(row?))
+        .collect()
 }
 
 // --- MLS -----------------------------------------------------------------

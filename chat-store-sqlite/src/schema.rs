@@ -215,6 +215,20 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, device_id)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 9: what an upload is (kind, image dimensions, file name), whether
+    // its bytes are sealed, and the message it is attached to. Rows from
+    // before have no kind and are read by their mime. The sweep of
+    // abandoned uploads reads the unattached ones oldest first from an
+    // index of them alone.
+    r#"
+    ALTER TABLE media ADD COLUMN kind TEXT;
+    ALTER TABLE media ADD COLUMN width INTEGER;
+    ALTER TABLE media ADD COLUMN height INTEGER;
+    ALTER TABLE media ADD COLUMN name TEXT;
+    ALTER TABLE media ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE media ADD COLUMN message_id TEXT;
+    CREATE INDEX media_unattached ON media (created_at, id) WHERE message_id IS NULL;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.
@@ -391,5 +405,70 @@ mod tests {
         assert_eq!(changed, 1);
         // Migrating again changes nothing.
         migrate(&mut conn).expect("again");
+    }
+
+    #[test]
+    fn version_8_media_rows_are_read_by_their_mime_and_swept_from_the_index() {
+        use chat_core::{ChatId, MediaId, MediaKind, Timestamp};
+
+        let mut conn = at_version(8);
+        let chat = ChatId::new();
+        let ids = [MediaId::new(), MediaId::new(), MediaId::new()];
+        for (id, mime, created) in [
+            (ids[0], "image/png", 3),
+            (ids[1], "audio/ogg", 1),
+            (ids[2], "application/pdf", 2),
+        ] {
+            conn.execute(
+                "INSERT INTO media (id, chat_id, uploader_id, mime, size, duration_ms, \
+                 has_thumbnail, created_at) VALUES (?1, ?2, 'alice', ?3, 10, NULL, 0, ?4)",
+                rusqlite::params![id.to_string(), chat.to_string(), mime, created],
+            )
+            .expect("v8 media row");
+        }
+        migrate(&mut conn).expect("migrate");
+
+        let kinds: Vec<(MediaKind, bool, bool)> = ids
+            .iter()
+            .map(|id| {
+                let m = crate::read::media(&conn, *id)
+                    .expect("read")
+                    .expect("the row is kept");
+                (m.kind, m.sealed, m.message_id.is_none())
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (MediaKind::Image, false, true),
+                (MediaKind::Voice, false, true),
+                (MediaKind::File, false, true),
+            ],
+            "rows from before have their kind from the mime, unsealed, unattached"
+        );
+        let swept: Vec<MediaId> =
+            crate::read::unattached_media(&conn, Timestamp::from_millis(10), 10)
+                .expect("sweep")
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+        assert_eq!(swept, [ids[1], ids[2], ids[0]], "oldest first");
+
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::read::UNATTACHED_MEDIA
+            ))
+            .and_then(|mut st| {
+                st.query_map(rusqlite::params![10, 10], |r| r.get(3))?
+                    .collect()
+            })
+            .expect("plan");
+        let plan = plan.join("; ");
+        assert!(
+            plan.contains("media_unattached"),
+            "the sweep's index: {plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
     }
 }

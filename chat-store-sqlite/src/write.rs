@@ -8,8 +8,8 @@
 use std::cell::Cell;
 
 use chat_core::{
-    Chat, ChatId, DeviceId, Error as CoreError, MediaRecord, Message, MessageId, MessageType,
-    ParticipantSettings, Privacy, Report, Role, Timestamp, UserId,
+    Chat, ChatId, DeviceId, Error as CoreError, MediaId, MediaRecord, Message, MessageId,
+    MessageType, ParticipantSettings, Privacy, Report, Role, Timestamp, UserId,
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
         Applied, Change, Committed, NewChat, NewMessage, ReportResolution, TextReplacement,
@@ -783,22 +783,64 @@ pub(crate) fn insert_media(conn: &Connection, m: MediaRecord) -> Result<(), Erro
         return Err(conflict("media id exists"));
     }
     conn.prepare_cached(
-        "INSERT INTO media (id, chat_id, uploader_id, mime, size, duration_ms, has_thumbnail, \
-         created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO media (id, chat_id, uploader_id, kind, mime, size, width, height, \
+         duration_ms, name, has_thumbnail, sealed, message_id, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         m.id.to_string(),
         m.chat_id.to_string(),
         m.uploader_id.as_str(),
+        m.kind.as_str(),
         m.mime,
         sql_u64_checked("size", m.size)?,
+        m.width,
+        m.height,
         m.duration_ms
             .map(|d| sql_u64_checked("duration_ms", d))
             .transpose()?,
+        m.name,
         m.has_thumbnail,
+        m.sealed,
+        m.message_id.map(|id| id.to_string()),
         m.created_at.as_millis(),
     ])?;
     Ok(())
+}
+
+/// [`Store::attach_media`](chat_core::Store::attach_media): one
+/// compare-and-set `UPDATE`.
+pub(crate) fn attach_media(
+    conn: &Connection,
+    id: MediaId,
+    message: MessageId,
+) -> Result<bool, Error> {
+    let changed = conn
+        .prepare_cached("UPDATE media SET message_id = ?2 WHERE id = ?1 AND message_id IS NULL")?
+        .execute([id.to_string(), message.to_string()])?;
+    Ok(changed == 1)
+}
+
+/// [`Store::detach_media`](chat_core::Store::detach_media).
+pub(crate) fn detach_media(
+    conn: &Connection,
+    id: MediaId,
+    message: MessageId,
+) -> Result<(), Error> {
+    conn.prepare_cached("UPDATE media SET message_id = NULL WHERE id = ?1 AND message_id = ?2")?
+        .execute([id.to_string(), message.to_string()])?;
+    Ok(())
+}
+
+/// [`Store::delete_media`](chat_core::Store::delete_media): the record as
+/// it was (no write can come between on the single writer).
+pub(crate) fn delete_media(conn: &Connection, id: MediaId) -> Result<Option<MediaRecord>, Error> {
+    let record = read::media(conn, id)?;
+    if record.is_some() {
+        conn.prepare_cached("DELETE FROM media WHERE id = ?1")?
+            .execute([id.to_string()])?;
+    }
+    Ok(record)
 }
 
 fn invalid_change(why: &str) -> Error {

@@ -450,10 +450,16 @@ async fn media_messages_need_the_senders_upload_to_that_chat() {
         id: MediaId::new(),
         chat_id,
         uploader_id: uid(uploader),
+        kind: MediaKind::Image,
         mime: "image/png".into(),
         size: 10,
+        width: Some(4),
+        height: Some(3),
         duration_ms: None,
+        name: None,
         has_thumbnail: true,
+        sealed: false,
+        message_id: None,
         created_at: Timestamp::from_millis(0),
     };
     let mine = upload("alice", chat);
@@ -1890,6 +1896,18 @@ impl crate::store::Store for PanicsOnce {
     }
     async fn get_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
         self.inner.get_media(id).await
+    }
+    async fn attach_media(&self, id: MediaId, message: MessageId) -> Result<bool> {
+        self.inner.attach_media(id, message).await
+    }
+    async fn detach_media(&self, id: MediaId, message: MessageId) -> Result<()> {
+        self.inner.detach_media(id, message).await
+    }
+    async fn delete_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
+        self.inner.delete_media(id).await
+    }
+    async fn unattached_media(&self, before: Timestamp, limit: usize) -> Result<Vec<MediaRecord>> {
+        self.inner.unattached_media(before, limit).await
     }
     async fn stored_texts(
         &self,

@@ -656,6 +656,22 @@ impl Store for EncryptedStore {
         self.inner.get_media(id).await
     }
 
+    async fn attach_media(&self, id: MediaId, message: MessageId) -> Result<bool> {
+        self.inner.attach_media(id, message).await
+    }
+
+    async fn detach_media(&self, id: MediaId, message: MessageId) -> Result<()> {
+        self.inner.detach_media(id, message).await
+    }
+
+    async fn delete_media(&self, id: MediaId) -> Result<Option<MediaRecord>> {
+        self.inner.delete_media(id).await
+    }
+
+    async fn unattached_media(&self, before: Timestamp, limit: usize) -> Result<Vec<MediaRecord>> {
+        self.inner.unattached_media(before, limit).await
+    }
+
     async fn publish_key_packages(
         &self,
         user: &UserId,

@@ -31,8 +31,9 @@ use super::{Applied, NewChat, NewMessage, ReportResolution, demotes_last_admin};
 use crate::{
     error::{Error, Result},
     model::{
-        Chat, ChatId, ChatKind, MediaId, MediaRecord, Message, Participant, ParticipantSettings,
-        Privacy, Reactions, Report, ReportStatus, Role, Timestamp, UserId, UserRecord,
+        Chat, ChatId, ChatKind, MediaId, MediaKind, MediaRecord, Message, Participant,
+        ParticipantSettings, Privacy, Reactions, Report, ReportStatus, Role, Timestamp, UserId,
+        UserRecord,
     },
 };
 
@@ -405,14 +406,27 @@ pub struct MediaRow {
     pub chat_id: String,
     /// `uploader_id`.
     pub uploader_id: String,
+    /// `kind`: `image`, `voice` or `file` (rows from before the column
+    /// have none, and are read from their mime).
+    pub kind: Option<String>,
     /// `mime`.
     pub mime: String,
     /// `size`, in bytes.
     pub size: i64,
+    /// `width`, in pixels.
+    pub width: Option<i64>,
+    /// `height`, in pixels.
+    pub height: Option<i64>,
     /// `duration_ms`.
     pub duration_ms: Option<i64>,
+    /// `name`.
+    pub name: Option<String>,
     /// `has_thumbnail`.
     pub has_thumbnail: bool,
+    /// `sealed`.
+    pub sealed: bool,
+    /// `message_id`, the message it is attached to.
+    pub message_id: Option<String>,
     /// `created_at`, in milliseconds.
     pub created_at: i64,
 }
@@ -420,17 +434,37 @@ pub struct MediaRow {
 impl MediaRow {
     /// The record of upload `id`.
     pub fn into_record(self, id: MediaId) -> Result<MediaRecord, RowError> {
+        let kind = match self.kind.as_deref() {
+            Some(kind) => parse("media.kind", kind)?,
+            None if self.mime.starts_with("image/") => MediaKind::Image,
+            None if self.mime.starts_with("audio/") => MediaKind::Voice,
+            None => MediaKind::File,
+        };
+        let pixels = |column: &'static str, v: Option<i64>| {
+            v.map(|v| u32::try_from(v).map_err(|e| RowError::corrupt(column, e)))
+                .transpose()
+        };
         Ok(MediaRecord {
             id,
             chat_id: parse("media.chat_id", &self.chat_id)?,
             uploader_id: user_id("media.uploader_id", self.uploader_id)?,
+            kind,
             mime: self.mime,
             size: unsigned("media.size", self.size)?,
+            width: pixels("media.width", self.width)?,
+            height: pixels("media.height", self.height)?,
             duration_ms: self
                 .duration_ms
                 .map(|d| unsigned("media.duration_ms", d))
                 .transpose()?,
+            name: self.name,
             has_thumbnail: self.has_thumbnail,
+            sealed: self.sealed,
+            message_id: self
+                .message_id
+                .as_deref()
+                .map(|m| parse("media.message_id", m))
+                .transpose()?,
             created_at: Timestamp::from_millis(self.created_at),
         })
     }

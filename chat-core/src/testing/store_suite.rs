@@ -11,9 +11,9 @@ use ulid::Ulid;
 use crate::{
     error::{Error, Result},
     model::{
-        Chat, ChatId, ChatKind, Encryption, MediaId, MediaRecord, MediaRef, Message, MessageId,
-        MessageType, Participant, ParticipantSettings, Privacy, Reactions, Report, ReportId,
-        ReportStatus, Role, SystemEvent, Timestamp, UserId, UserRecord,
+        Chat, ChatId, ChatKind, Encryption, MediaId, MediaKind, MediaRecord, MediaRef, Message,
+        MessageId, MessageType, Participant, ParticipantSettings, Privacy, Reactions, Report,
+        ReportId, ReportStatus, Role, SystemEvent, Timestamp, UserId, UserRecord,
     },
     store::{
         Applied, Change, ChatListQuery, GroupPatch, HistoryQuery, NewChat, NewMessage,
@@ -476,10 +476,16 @@ fn media_record(chat: ChatId, uploader: &UserId, created_at: Timestamp) -> Media
         id: MediaId::new(),
         chat_id: chat,
         uploader_id: uploader.clone(),
+        kind: MediaKind::Image,
         mime: "image/png".to_owned(),
         size: 48_213,
+        width: Some(1_280),
+        height: Some(960),
         duration_ms: None,
+        name: None,
         has_thumbnail: true,
+        sealed: false,
+        message_id: None,
         created_at,
     }
 }

@@ -467,3 +467,50 @@ pub async fn concurrent_mixed_changes_take_distinct_seqs(store: Arc<dyn Store>) 
         "every own message was deleted"
     );
 }
+
+/// Tasks attaching one upload to different messages at once: exactly one
+/// attach returns `true`, and the upload is attached to that task's
+/// message. Repeated over a few uploads.
+pub async fn concurrent_attaches_of_one_upload_accept_one(store: Arc<dyn Store>) {
+    const ROUNDS: usize = 5;
+    const RACERS: usize = 8;
+    let s = &*store;
+    let alice = user("alice");
+    let chat = group(s, &[&alice], at(0)).await;
+    for round in 0..ROUNDS {
+        let secs = i64::try_from(round + 1).unwrap_or_default();
+        let upload = media_record(chat.id, &alice, at(secs));
+        ok(s.insert_media(upload.clone()).await, "insert_media");
+        let barrier = Arc::new(Barrier::new(RACERS));
+        let mut handles = Vec::new();
+        for _ in 0..RACERS {
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+            let message = MessageId::new();
+            handles.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let won = ok(
+                    store.attach_media(upload.id, message).await,
+                    "a concurrent attach_media",
+                );
+                (message, won)
+            }));
+        }
+        let winners: Vec<MessageId> = join_all(handles)
+            .await
+            .into_iter()
+            .filter_map(|(message, won)| won.then_some(message))
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one of {RACERS} concurrent attaches must win, \
+             {} did",
+            winners.len()
+        );
+        assert_eq!(
+            some(ok(s.get_media(upload.id).await, "get_media"), "the upload").message_id,
+            Some(winners[0]),
+            "round {round}: the upload is attached to the winner's message"
+        );
+    }
+}

@@ -66,6 +66,9 @@ pub async fn post_round_trips_media_and_system(store: Arc<dyn Store>) {
             url: format!("/api/v1/chat/media/{image_id}"),
             thumbnail_url: Some(format!("/api/v1/chat/media/{image_id}?thumbnail=true")),
             duration_ms: None,
+            width: Some(1_280),
+            height: Some(960),
+            name: None,
         }),
         ..text(chat.id, &alice, "img-1", "", at(1))
     };
@@ -80,8 +83,28 @@ pub async fn post_round_trips_media_and_system(store: Arc<dyn Store>) {
             url: format!("/api/v1/chat/media/{voice_id}"),
             thumbnail_url: None,
             duration_ms: Some(3_500),
+            width: None,
+            height: None,
+            name: None,
         }),
         ..text(chat.id, &bob, "voice-1", "", at(2))
+    };
+    let file_id = MediaId::new();
+    let file = NewMessage {
+        kind: MessageType::File,
+        content: None,
+        media: Some(MediaRef {
+            id: file_id,
+            mime: "application/pdf".to_owned(),
+            size: 90_210,
+            url: format!("/api/v1/chat/media/{file_id}"),
+            thumbnail_url: None,
+            duration_ms: None,
+            width: None,
+            height: None,
+            name: Some("Quarterly report (final).pdf".to_owned()),
+        }),
+        ..text(chat.id, &alice, "file-1", "", at(3))
     };
     let events = [
         SystemEvent::GroupUpdated {
@@ -101,11 +124,11 @@ pub async fn post_round_trips_media_and_system(store: Arc<dyn Store>) {
             role: Role::Admin,
         },
     ];
-    let mut news = vec![image, voice];
+    let mut news = vec![image, voice, file];
     news.extend(
         events
             .into_iter()
-            .zip(3..)
+            .zip(4..)
             .map(|(e, secs)| system(chat.id, &alice, e, at(secs))),
     );
     for (new, seq) in news.into_iter().zip(1..) {
@@ -524,6 +547,9 @@ pub async fn delete_leaves_tombstone(store: Arc<dyn Store>) {
             url: format!("/api/v1/chat/media/{media_id}"),
             thumbnail_url: None,
             duration_ms: None,
+            width: Some(640),
+            height: Some(480),
+            name: None,
         }),
         ..text(chat.id, &alice, "c-1", "", at(1))
     };

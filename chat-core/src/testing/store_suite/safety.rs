@@ -417,8 +417,8 @@ pub async fn resolve_report_closes_it_once(store: Arc<dyn Store>) {
 
 // --- media ---------------------------------------------------------------
 
-/// `insert_media` stores a record that `get_media` returns as given;
-/// an unknown id is `None`.
+/// `insert_media` stores a record that `get_media` returns as given, every
+/// field of every kind; an unknown id is `None`.
 pub async fn media_records_round_trip(store: Arc<dyn Store>) {
     let s = &*store;
     let alice = user("alice");
@@ -426,23 +426,247 @@ pub async fn media_records_round_trip(store: Arc<dyn Store>) {
     let image = media_record(chat.id, &alice, at(1));
     let voice = MediaRecord {
         id: MediaId::new(),
+        kind: MediaKind::Voice,
         mime: "audio/ogg".to_owned(),
         size: 12_345,
+        width: None,
+        height: None,
         duration_ms: Some(4_200),
         has_thumbnail: false,
         ..media_record(chat.id, &alice, at(2))
     };
-    for record in [&image, &voice] {
+    let file = MediaRecord {
+        id: MediaId::new(),
+        kind: MediaKind::File,
+        mime: "application/pdf".to_owned(),
+        size: 3_000_000_000,
+        width: None,
+        height: None,
+        name: Some("Rapport annuel – été 2026.pdf".to_owned()),
+        has_thumbnail: false,
+        sealed: true,
+        ..media_record(chat.id, &alice, at(3))
+    };
+    for record in [&image, &voice, &file] {
         ok(s.insert_media(record.clone()).await, "insert_media");
     }
-    for record in [&image, &voice] {
+    for record in [&image, &voice, &file] {
         assert_eq!(
             ok(s.get_media(record.id).await, "get_media"),
             Some(record.clone()),
-            "get_media must return the record as inserted"
+            "get_media must return the {:?} record as inserted",
+            record.kind
         );
     }
     assert_eq!(ok(s.get_media(MediaId::new()).await, "get_media"), None);
+}
+
+/// `attach_media` is a compare-and-set: the first attach wins, a second
+/// (to another message or the same one) returns `false` and changes
+/// nothing, and an unknown upload is `false`.
+pub async fn media_attaches_once(store: Arc<dyn Store>) {
+    let s = &*store;
+    let alice = user("alice");
+    let chat = group(s, &[&alice], at(0)).await;
+    let upload = media_record(chat.id, &alice, at(1));
+    ok(s.insert_media(upload.clone()).await, "insert_media");
+    let (first, second) = (MessageId::new(), MessageId::new());
+    assert!(
+        ok(s.attach_media(upload.id, first).await, "attach_media"),
+        "attaching an unattached upload must return true"
+    );
+    let attached = MediaRecord {
+        message_id: Some(first),
+        ..upload.clone()
+    };
+    assert_eq!(
+        ok(s.get_media(upload.id).await, "get_media"),
+        Some(attached.clone()),
+        "get_media must show the message it is attached to"
+    );
+    for (message, what) in [(second, "another message"), (first, "the same message")] {
+        assert!(
+            !ok(s.attach_media(upload.id, message).await, "attach_media"),
+            "attaching an attached upload to {what} must return false"
+        );
+        assert_eq!(
+            ok(s.get_media(upload.id).await, "get_media"),
+            Some(attached.clone()),
+            "attaching to {what} must leave the upload attached to the first"
+        );
+    }
+    assert!(
+        !ok(s.attach_media(MediaId::new(), second).await, "attach_media"),
+        "attaching an unknown upload must return false"
+    );
+}
+
+/// `detach_media` undoes an attach only when given the message it is
+/// attached to; the upload can then be attached again.
+pub async fn media_detaches_only_from_its_message(store: Arc<dyn Store>) {
+    let s = &*store;
+    let alice = user("alice");
+    let chat = group(s, &[&alice], at(0)).await;
+    let upload = media_record(chat.id, &alice, at(1));
+    ok(s.insert_media(upload.clone()).await, "insert_media");
+    let (mine, other) = (MessageId::new(), MessageId::new());
+    ok(
+        s.detach_media(upload.id, mine).await,
+        "detaching an unattached upload",
+    );
+    assert_eq!(
+        ok(s.get_media(upload.id).await, "get_media"),
+        Some(upload.clone()),
+        "detaching an unattached upload changes nothing"
+    );
+    assert!(ok(s.attach_media(upload.id, mine).await, "attach_media"));
+    ok(
+        s.detach_media(upload.id, other).await,
+        "detaching by the wrong message",
+    );
+    assert_eq!(
+        some(ok(s.get_media(upload.id).await, "get_media"), "the upload").message_id,
+        Some(mine),
+        "detaching by another message must leave the upload attached"
+    );
+    ok(s.detach_media(upload.id, mine).await, "detach_media");
+    assert_eq!(
+        ok(s.get_media(upload.id).await, "get_media"),
+        Some(upload.clone()),
+        "detaching by its message must clear message_id"
+    );
+    assert!(
+        ok(s.attach_media(upload.id, other).await, "attach_media"),
+        "a detached upload can be attached again"
+    );
+    assert_eq!(
+        some(ok(s.get_media(upload.id).await, "get_media"), "the upload").message_id,
+        Some(other)
+    );
+    ok(
+        s.detach_media(MediaId::new(), mine).await,
+        "detaching an unknown upload",
+    );
+}
+
+/// `delete_media` removes the record and returns it as it was (attached
+/// or not); deleting again, or an unknown id, returns `None`.
+pub async fn delete_media_returns_the_record(store: Arc<dyn Store>) {
+    let s = &*store;
+    let alice = user("alice");
+    let chat = group(s, &[&alice], at(0)).await;
+    let loose = media_record(chat.id, &alice, at(1));
+    let kept = media_record(chat.id, &alice, at(2));
+    let sent = media_record(chat.id, &alice, at(3));
+    for record in [&loose, &kept, &sent] {
+        ok(s.insert_media(record.clone()).await, "insert_media");
+    }
+    let message = MessageId::new();
+    assert!(ok(s.attach_media(sent.id, message).await, "attach_media"));
+    let sent = MediaRecord {
+        message_id: Some(message),
+        ..sent
+    };
+    for record in [&loose, &sent] {
+        assert_eq!(
+            ok(s.delete_media(record.id).await, "delete_media"),
+            Some(record.clone()),
+            "delete_media must return the record it removed"
+        );
+        assert_eq!(
+            ok(s.get_media(record.id).await, "get_media"),
+            None,
+            "a deleted record is gone"
+        );
+        assert_eq!(
+            ok(s.delete_media(record.id).await, "delete_media"),
+            None,
+            "deleting a record twice returns None the second time"
+        );
+    }
+    assert_eq!(
+        ok(s.delete_media(MediaId::new()).await, "delete_media"),
+        None,
+        "deleting an unknown upload returns None"
+    );
+    assert_eq!(
+        ok(s.get_media(kept.id).await, "get_media"),
+        Some(kept),
+        "deleting one record leaves the others"
+    );
+}
+
+/// `unattached_media` lists uploads attached to nothing and created
+/// strictly before `before`, oldest first, at most `limit`.
+pub async fn unattached_media_lists_abandoned_uploads_oldest_first(store: Arc<dyn Store>) {
+    let s = &*store;
+    let alice = user("alice");
+    let chat = group(s, &[&alice], at(0)).await;
+    // Inserted out of order, so that order by insertion is not enough.
+    let records: Vec<MediaRecord> = [4, 1, 5, 3, 2]
+        .into_iter()
+        .map(|secs| media_record(chat.id, &alice, at(secs)))
+        .collect();
+    for record in &records {
+        ok(s.insert_media(record.clone()).await, "insert_media");
+    }
+    let by_secs = |secs: i64| {
+        some(
+            records.iter().find(|r| r.created_at == at(secs)),
+            "a record of the case",
+        )
+    };
+    let message = MessageId::new();
+    assert!(ok(
+        s.attach_media(by_secs(2).id, message).await,
+        "attach_media"
+    ));
+    let listed = |before: i64, limit: usize| async move {
+        ok(
+            s.unattached_media(at(before), limit).await,
+            "unattached_media",
+        )
+        .into_iter()
+        .map(|r| r.created_at)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(5, 10).await,
+        [at(1), at(3), at(4)],
+        "unattached uploads created before the cutoff, oldest first; \
+         not the attached one, not the one created at the cutoff"
+    );
+    assert_eq!(listed(6, 2).await, [at(1), at(3)], "at most `limit`");
+    assert_eq!(listed(6, 0).await, [], "a limit of 0 lists nothing");
+    assert_eq!(listed(1, 10).await, [], "nothing is older than the oldest");
+    let oldest = some(
+        ok(s.unattached_media(at(6), 1).await, "unattached_media")
+            .into_iter()
+            .next(),
+        "the oldest unattached upload",
+    );
+    assert_eq!(&oldest, by_secs(1), "listed records are whole");
+    assert!(ok(
+        s.attach_media(by_secs(3).id, MessageId::new()).await,
+        "attach_media"
+    ));
+    assert_eq!(
+        listed(6, 10).await,
+        [at(1), at(4), at(5)],
+        "an upload is no longer listed once attached"
+    );
+    ok(s.detach_media(by_secs(2).id, message).await, "detach_media");
+    assert_eq!(
+        listed(6, 10).await,
+        [at(1), at(2), at(4), at(5)],
+        "a detached upload is listed again"
+    );
+    ok(s.delete_media(by_secs(1).id).await, "delete_media");
+    assert_eq!(
+        listed(6, 10).await,
+        [at(2), at(4), at(5)],
+        "a deleted upload is not listed"
+    );
 }
 
 /// A participant's own settings are stored, replaced whole, survive
