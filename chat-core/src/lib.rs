@@ -81,7 +81,7 @@ pub use engine::{
 
 pub use error::{BoxError, Error, ErrorCode, Result};
 pub use hooks::{ContactPolicy, MessageHook, Notifier};
-pub use media::MediaStore;
+pub use media::{MediaStore, ObjectMediaStore};
 pub use memory::MemoryStore;
 pub use model::*;
 pub use store::{ChatListQuery, GroupPatch, Store};

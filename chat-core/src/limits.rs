@@ -91,6 +91,18 @@ pub struct RateLimits {
     /// default burst (20) lets every device of a user (at most 16 by
     /// default) reconnect at once after a restart.
     pub connect: Rate,
+    /// Bytes uploaded (media), counted as they arrive.
+    pub upload: ByteRate,
+}
+
+/// A budget of bytes: `per_minute` sustained, `burst` at once.
+/// `per_minute == 0` turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct ByteRate {
+    /// Sustained bytes per minute.
+    pub per_minute: u64,
+    /// Bytes allowed at once (at least one largest upload).
+    pub burst: u64,
 }
 
 impl Default for RateLimits {
@@ -112,6 +124,10 @@ impl Default for RateLimits {
                 per_second: 1,
                 burst: 20,
             },
+            upload: ByteRate {
+                per_minute: 100 << 20,
+                burst: 100 << 20,
+            },
         }
     }
 }
@@ -128,6 +144,10 @@ impl RateLimits {
             typing: off,
             other: off,
             connect: off,
+            upload: ByteRate {
+                per_minute: 0,
+                burst: 0,
+            },
         }
     }
 }
@@ -141,6 +161,19 @@ pub struct Limiter {
     typing: Option<Arc<Keyed>>,
     other: Option<Arc<Keyed>>,
     connect: Option<Arc<Keyed>>,
+    /// One cell per KiB uploaded.
+    upload: Option<Arc<Keyed>>,
+}
+
+/// Upload budgets count KiB: governor's cells are `u32`.
+const UPLOAD_CELL: u64 = 1024;
+
+fn keyed_bytes(rate: ByteRate) -> Option<Arc<Keyed>> {
+    let cells = |bytes: u64| u32::try_from(bytes.div_ceil(UPLOAD_CELL)).unwrap_or(u32::MAX);
+    let per_minute = NonZeroU32::new(cells(rate.per_minute))?;
+    let burst = NonZeroU32::new(cells(rate.burst)).unwrap_or(per_minute);
+    let quota = Quota::per_minute(per_minute).allow_burst(burst);
+    Some(Arc::new(RateLimiter::keyed(quota)))
 }
 
 fn keyed(rate: Rate) -> Option<Arc<Keyed>> {
@@ -169,6 +202,25 @@ impl Limiter {
             typing: keyed(limits.typing),
             other: keyed(limits.other),
             connect: keyed(limits.connect),
+            upload: keyed_bytes(limits.upload),
+        }
+    }
+
+    /// Takes `bytes` of `user`'s upload budget (rounded up to whole KiB);
+    /// `Err(wait)` if they are not there. A chunk larger than the whole
+    /// burst can never pass: it waits a minute, and the upload is refused.
+    pub fn check_upload(&self, user: &UserId, bytes: u64) -> Result<(), Duration> {
+        let Some(limiter) = self.upload.as_deref() else {
+            return Ok(());
+        };
+        let cells = u32::try_from(bytes.div_ceil(UPLOAD_CELL)).unwrap_or(u32::MAX);
+        let Some(cells) = NonZeroU32::new(cells) else {
+            return Ok(());
+        };
+        match limiter.check_key_n(user, cells) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(not_until.wait_time_from(DefaultClock::default().now())),
+            Err(_insufficient) => Err(Duration::from_secs(60)),
         }
     }
 
@@ -191,9 +243,15 @@ impl Limiter {
     /// Forgets buckets that are full again, so that memory follows the
     /// number of recently active users, not of all users ever seen.
     pub fn forget_idle(&self) {
-        for limiter in [&self.write, &self.typing, &self.other, &self.connect]
-            .into_iter()
-            .flatten()
+        for limiter in [
+            &self.write,
+            &self.typing,
+            &self.other,
+            &self.connect,
+            &self.upload,
+        ]
+        .into_iter()
+        .flatten()
         {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -256,6 +314,34 @@ mod tests {
         for _ in 0..100 {
             assert!(off.check_connect(&u).is_ok());
         }
+    }
+
+    #[test]
+    fn uploads_spend_a_budget_of_bytes() {
+        let limits = RateLimits {
+            upload: ByteRate {
+                per_minute: 1 << 20,
+                burst: 1 << 20,
+            },
+            ..RateLimits::unlimited()
+        };
+        let l = Limiter::new(limits);
+        let u = UserId::new("u").unwrap();
+        for _ in 0..16 {
+            assert!(l.check_upload(&u, 64 * 1024).is_ok());
+        }
+        let wait = l.check_upload(&u, 64 * 1024).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(60));
+        assert!(l.check_upload(&UserId::new("v").unwrap(), 1 << 20).is_ok());
+        assert!(
+            l.check_upload(&UserId::new("w").unwrap(), 2 << 20).is_err(),
+            "more than the burst at once"
+        );
+        assert!(
+            Limiter::new(RateLimits::unlimited())
+                .check_upload(&u, u64::MAX)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -22,6 +22,17 @@ pub const RATE_LIMITED: &str = "chat_rate_limited_total";
 /// Counter: connections closed for being too slow.
 pub const SLOW_CLOSED: &str = "chat_slow_consumers_closed_total";
 
+/// Counter by `kind`: uploads stored.
+pub const UPLOADS: &str = "chat_uploads_total";
+/// Counter by `kind`: bytes of uploads stored (after re-encoding).
+pub const UPLOAD_BYTES: &str = "chat_upload_bytes_total";
+
+/// Counts one upload of `kind` (`image`, `voice`, `file`) of `bytes`.
+pub fn media_uploaded(kind: &'static str, bytes: u64) {
+    metrics::counter!(UPLOADS, "kind" => kind).increment(1);
+    metrics::counter!(UPLOAD_BYTES, "kind" => kind).increment(bytes);
+}
+
 /// Counts one command of wire type `kind`.
 pub fn command(kind: &str) {
     metrics::counter!(COMMANDS, "type" => kind.to_owned()).increment(1);

@@ -249,23 +249,18 @@ impl ChatEngine {
             (_, None) => None,
             (_, Some(c)) => Some(self.content(chat.encryption, c)?),
         };
-        let media = match (kind.has_media(), req.media_id) {
-            (false, Some(_)) => {
+        let upload = match (kind.media_kind(), req.media_id) {
+            (None, Some(_)) => {
                 return Err(Error::invalid("media_id needs type image, voice or file"));
             }
-            (true, None) => {
+            (Some(_), None) => {
                 return Err(Error::invalid(format!(
                     "a {} message needs media_id",
                     kind.as_str()
                 )));
             }
-            (false, None) => None,
-            (true, Some(id)) => match store.get_media(id).await? {
-                Some(record) if record.uploader_id == *me && record.chat_id == chat_id => {
-                    Some(MediaRef::for_record(&record))
-                }
-                _ => return Err(Error::not_found("media not found")),
-            },
+            (None, None) => None,
+            (Some(media_kind), Some(id)) => Some((media_kind, id)),
         };
         if let Some(reply_to) = req.reply_to {
             let visible_from = chat.participant(me).map_or(0, |p| p.visible_from_seq);
@@ -285,24 +280,55 @@ impl ChatEngine {
         } else {
             self.run_hooks(chat, me, kind, content.as_deref()).await?
         };
+        let id = MessageId::new();
+        // Checked last, after everything that could refuse the message,
+        // since attaching claims the upload (undone below if the message
+        // is not stored after all).
+        let media = match upload {
+            Some((media_kind, media_id)) => Some(
+                self.attach_upload(me, chat_id, media_kind, media_id, id)
+                    .await?,
+            ),
+            None => None,
+        };
         let new = NewMessage {
             mls: None,
-            id: MessageId::new(),
+            id,
             chat_id,
             sender_id: me.clone(),
             kind,
             content,
-            media,
+            media: media.as_ref().map(MediaRef::for_record),
             reply_to: req.reply_to,
             client_msg_id: Some(req.client_msg_id),
             system: None,
             created_at: self.now(),
         };
+        let posted = self.submit_post(cached, new, flag).await;
+        if let Some(record) = media {
+            let stored = matches!(&posted, Ok((m, _)) if m.id == id);
+            if !stored {
+                if let Err(e) = store.detach_media(record.id, id).await {
+                    tracing::warn!(media = %record.id, error = %e, "could not release an upload");
+                }
+            }
+        }
+        posted
+    }
+
+    /// Queues a post and waits for it to be stored and fanned out.
+    async fn submit_post(
+        &self,
+        cached: &Cached,
+        new: NewMessage,
+        flag: Option<String>,
+    ) -> Result<(Message, Option<Event>)> {
+        let (chat_id, me) = (new.chat_id, new.sender_id.clone());
         if let (Some(encrypted), Some(_)) = (&self.inner.encrypted, &new.content) {
             // A first message (of this sender in this chat, or of a new key
             // epoch) makes its keys here, not in the write lane, where the
             // key store's fsync would hold up every chat of the lane.
-            encrypted.keyring().prepare_sealing(chat_id, me).await?;
+            encrypted.keyring().prepare_sealing(chat_id, &me).await?;
         }
         let done = self
             .inner
@@ -316,7 +342,7 @@ impl ChatEngine {
             if let Some(reason) = flag {
                 self.file_hook_report(&message, reason).await;
             }
-            self.stop_typing(cached, me).await;
+            self.stop_typing(cached, &me).await;
         }
         Ok((message, done.event))
     }
@@ -417,7 +443,11 @@ impl ChatEngine {
             message_id,
             at: self.now(),
         };
-        self.updated(change, Fanout::new(EventKind::Delete)).await
+        let deleted = self.updated(change, Fanout::new(EventKind::Delete)).await?;
+        if let Some(media) = &message.media {
+            self.remove_media_of(media.id).await;
+        }
+        Ok(deleted)
     }
 
     /// Adds the actor's reaction `emoji` to a message (nothing changes if

@@ -9,6 +9,7 @@
 mod cache;
 mod chats;
 mod groups;
+mod media;
 mod messages;
 mod mls;
 mod moderation;
@@ -23,11 +24,13 @@ use serde::Serialize;
 
 use self::{
     cache::ChatCache,
+    media::MediaParts,
     presence::{Presence, Typing},
     writer::Writer,
 };
 pub use self::{
     chats::{ChatPage, ChatUpdate, NewGroup, Opened},
+    media::{ByteRange, Download, MediaConfig, Served, Upload},
     messages::{HistoryPage, HistoryRequest, Receipt, SYSTEM_REPORTER, SendMessage},
     mls::MlsCommitRequest,
     moderation::{ModerationAction, PrivacyPatch},
@@ -166,6 +169,7 @@ pub struct EngineBuilder {
     notifier: Option<Arc<dyn Notifier>>,
     keyring: Option<Arc<Keyring>>,
     mls: Option<Arc<dyn MlsDelivery>>,
+    media: Option<(Arc<dyn crate::MediaStore>, MediaConfig)>,
     config: EngineConfig,
 }
 
@@ -217,6 +221,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Enables uploads: their bytes go to `store` (see
+    /// [`ObjectMediaStore`](crate::media::ObjectMediaStore)), with the
+    /// limits of `config`. Without it, uploads are refused.
+    pub fn media(mut self, store: Arc<dyn crate::MediaStore>, config: MediaConfig) -> Self {
+        self.media = Some((store, config));
+        self
+    }
+
     /// Limits and timings.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
@@ -251,6 +263,9 @@ impl EngineBuilder {
                 store,
                 encrypted,
                 mls: self.mls,
+                media: self
+                    .media
+                    .map(|(store, config)| MediaParts::new(store, config)),
                 bus: self.bus,
                 clock: self.clock,
                 policy: self.policy,
@@ -308,6 +323,7 @@ struct Inner {
     /// existing content).
     encrypted: Option<Arc<EncryptedStore>>,
     mls: Option<Arc<dyn MlsDelivery>>,
+    media: Option<MediaParts>,
     bus: Arc<dyn Bus>,
     hub: Arc<Hub>,
     clock: Arc<dyn Clock>,
@@ -333,6 +349,7 @@ impl ChatEngine {
             notifier: None,
             keyring: None,
             mls: None,
+            media: None,
             config: EngineConfig::default(),
         }
     }
