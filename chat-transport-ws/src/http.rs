@@ -12,7 +12,7 @@ use axum::{
 use chat_core::{
     Actor, ChatId, Encryption, Error, MessageId, ModerationAction, NewGroup, ReportId,
     ReportStatus, Role, Timestamp, UserId,
-    engine::{ChatUpdate, HistoryRequest, PrivacyPatch},
+    engine::{ByteRange, ChatUpdate, HistoryRequest, PrivacyPatch, Served},
     protocol::ErrorBody,
     store::{ChatListQuery, GroupPatch},
 };
@@ -704,4 +704,217 @@ pub(crate) async fn claim_key_packages(
     Ok(Json(
         json!({ "devices": chat_core::protocol::ClaimedView::list(&claimed) }),
     ))
+}
+
+// --- media ------------------------------------------------------------------
+
+/// Multipart framing around the file: boundaries, part headers.
+const MULTIPART_SLACK: usize = 64 * 1024;
+
+/// The body limit of the upload route: the largest upload and its framing.
+pub(crate) fn upload_body_limit(app: &AppState) -> usize {
+    app.engine.media_limits().map_or(0, |limits| {
+        usize::try_from(limits.largest())
+            .unwrap_or(usize::MAX)
+            .saturating_add(MULTIPART_SLACK)
+    })
+}
+
+/// A multipart error as the API's: the body limit is `too_large`.
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> Error {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::TooLarge("the upload is larger than any allowed".into())
+    } else {
+        Error::invalid(format!("bad multipart body: {}", e.body_text()))
+    }
+}
+
+/// `POST /chat/upload/:chat_id`, multipart field `file` -> 201 `{media}`.
+/// The file streams through the engine's limits; bytes of the upload are
+/// charged to the user's upload budget as they arrive.
+pub(crate) async fn upload(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(chat): Path<String>,
+    headers: HeaderMap,
+    request: Request,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    use futures::{StreamExt, TryStreamExt};
+    let chat: ChatId = id(&chat)?;
+    let limit = upload_body_limit(&app);
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError(Error::TooLarge(format!(
+            "an upload may have at most {} bytes",
+            limit - MULTIPART_SLACK
+        ))));
+    }
+    let mut multipart = axum::extract::Multipart::from_request(request, &app)
+        .await
+        .map_err(|r| ApiError(Error::invalid(r.body_text())))?;
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let file_name = field.file_name().map(str::to_owned);
+        let limiter = app.driver.limiter().clone();
+        let user = actor.user_id.clone();
+        let body = field
+            .map_err(multipart_error)
+            .and_then(move |chunk| {
+                let charged = limiter
+                    .check_upload(&user, chunk.len() as u64)
+                    .map(|()| chunk)
+                    .map_err(|retry_after| {
+                        metrics::counter!(m::RATE_LIMITED).increment(1);
+                        Error::RateLimited { retry_after }
+                    });
+                std::future::ready(charged)
+            })
+            .boxed();
+        let upload = chat_core::engine::Upload::new(body).file_name(file_name);
+        let record = app.engine.upload(&actor, chat, upload).await?;
+        let media = to_json(chat_core::MediaRef::for_record(&record))?.0;
+        return Ok((StatusCode::CREATED, Json(json!({ "media": media }))));
+    }
+    Err(ApiError(Error::invalid(
+        "multipart field \"file\" is missing",
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct MediaParams {
+    #[serde(default)]
+    thumbnail: bool,
+}
+
+/// One `bytes=` range of a `Range` header; anything else (other units,
+/// several ranges, nonsense) is ignored and the whole file served, as
+/// RFC 9110 allows.
+fn parse_range(value: &str) -> Option<ByteRange> {
+    let spec = value.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let number = |s: &str| s.trim().parse::<u64>().ok();
+    match (first.trim().is_empty(), last.trim().is_empty()) {
+        (true, false) => Some(ByteRange::Last(number(last)?)),
+        (false, true) => Some(ByteRange::From(number(first)?)),
+        (false, false) => Some(ByteRange::Bounded(number(first)?, number(last)?)),
+        (true, true) => None,
+    }
+}
+
+/// A file name as a `Content-Disposition` value: an ASCII fallback and the
+/// UTF-8 name percent-encoded (RFC 6266).
+fn disposition(kind: &str, name: Option<&str>) -> String {
+    let Some(name) = name else {
+        return kind.to_owned();
+    };
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::with_capacity(name.len() * 3);
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+/// `GET /chat/media/:id` (`?thumbnail=true`): the bytes, streamed, for
+/// participants; honours a single `Range`.
+pub(crate) async fn download(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(media): Path<String>,
+    Params(p): Params<MediaParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let media: chat_core::MediaId = id(&media)?;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range);
+    let download = app
+        .engine
+        .download(&actor, media, p.thumbnail, range)
+        .await?;
+    let (status, length, content_range) = match &download.served {
+        Served::Whole => (StatusCode::OK, download.size, None),
+        Served::Partial(r) => (
+            StatusCode::PARTIAL_CONTENT,
+            r.end - r.start,
+            Some(format!("bytes {}-{}/{}", r.start, r.end - 1, download.size)),
+        ),
+        Served::Unsatisfiable => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            0,
+            Some(format!("bytes */{}", download.size)),
+        ),
+    };
+    let kind = if download.record.kind == chat_core::MediaKind::File && !p.thumbnail {
+        "attachment"
+    } else {
+        "inline"
+    };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, download.mime.as_str())
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::CACHE_CONTROL, "private")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(
+            header::CONTENT_DISPOSITION,
+            disposition(kind, download.record.name.as_deref()),
+        );
+    if let Some(content_range) = content_range {
+        response = response.header(header::CONTENT_RANGE, content_range);
+    }
+    let body = if status == StatusCode::RANGE_NOT_SATISFIABLE {
+        axum::body::Body::empty()
+    } else {
+        axum::body::Body::from_stream(download.body)
+    };
+    response.body(body).map_err(|e| ApiError(Error::backend(e)))
+}
+
+#[cfg(test)]
+mod media_tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_as_rfc_9110_says() {
+        assert_eq!(parse_range("bytes=0-99"), Some(ByteRange::Bounded(0, 99)));
+        assert_eq!(parse_range("bytes=100-"), Some(ByteRange::From(100)));
+        assert_eq!(parse_range("bytes=-5"), Some(ByteRange::Last(5)));
+        assert_eq!(parse_range("bytes=0-1,5-6"), None);
+        assert_eq!(parse_range("items=0-1"), None);
+        assert_eq!(parse_range("bytes=-"), None);
+        assert_eq!(parse_range("bytes=a-b"), None);
+    }
+
+    #[test]
+    fn dispositions_escape_names() {
+        assert_eq!(disposition("inline", None), "inline");
+        assert_eq!(
+            disposition("attachment", Some("ré\"port.pdf")),
+            "attachment; filename=\"r__port.pdf\"; filename*=UTF-8''r%C3%A9%22port.pdf"
+        );
+    }
 }

@@ -130,6 +130,7 @@ pub fn router(engine: ChatEngine, config: WsConfig) -> Result<Router> {
 fn routes(state: AppState) -> Router {
     use http::*;
     let body_limit = state.config.max_body_bytes;
+    let upload_limit = http::upload_body_limit(&state);
     let api = Router::new()
         .route("/chat/sessions", get(list_sessions).post(open_direct))
         .route(
@@ -137,8 +138,11 @@ fn routes(state: AppState) -> Router {
             get(get_session).put(update_session).delete(leave_session),
         )
         .route("/chat/sessions/{id}/messages", get(session_messages))
-        .route("/chat/upload/{id}", post(not_implemented))
-        .route("/chat/media/{id}", get(not_implemented))
+        .route(
+            "/chat/upload/{id}",
+            post(upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/chat/media/{id}", get(download))
         .route(
             "/chat/messages/{id}",
             get(get_message).put(edit_message).delete(delete_message),
