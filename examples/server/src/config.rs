@@ -4,11 +4,11 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use chat_core::{EngineConfig, keystore::KeyringConfig};
+use chat_core::{EngineConfig, engine::MediaConfig, keystore::KeyringConfig};
 use chat_store_sqlite::{SqliteConfig, Synchronous};
 use chat_transport_ws::{
     auth::JwtKey,
-    limits::{Rate, RateLimits},
+    limits::{ByteRate, Rate, RateLimits},
 };
 use clap::Parser;
 use serde::Deserialize;
@@ -173,6 +173,54 @@ struct FileConfig {
     redis_key_prefix: Option<String>,
     rate_limits: Option<FileRateLimits>,
     limits: Option<FileLimits>,
+    media: Option<FileMedia>,
+}
+
+/// `[media]`: limits of uploads and where their bytes go. Every key is
+/// optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMedia {
+    image_max_bytes: Option<u64>,
+    image_max_megapixels: Option<u64>,
+    voice_max_bytes: Option<u64>,
+    voice_max_seconds: Option<u64>,
+    file_max_bytes: Option<u64>,
+    /// Uploads decoded or timed at once (default: the number of CPUs).
+    max_processing: Option<usize>,
+    /// Uploads never attached to a message are removed after this long
+    /// (`24h` by default).
+    unattached_ttl: Option<String>,
+    /// Where uploads are spooled while they arrive (default: the system's
+    /// temporary directory).
+    spool_dir: Option<PathBuf>,
+    /// `local` (default: files under `media_dir`) or `s3`.
+    store: Option<String>,
+    s3: Option<S3Config>,
+}
+
+/// `[media.s3]`: an S3-compatible bucket (needs a build with the `s3`
+/// feature). Credentials come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...), never the file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+pub(crate) struct S3Config {
+    pub(crate) bucket: String,
+    pub(crate) region: Option<String>,
+    /// For S3-compatible services (MinIO, R2, ...).
+    pub(crate) endpoint: Option<String>,
+    /// Allow `http://` endpoints (a local MinIO).
+    #[serde(default)]
+    pub(crate) allow_http: bool,
+}
+
+/// Where the bytes of uploads go.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+pub(crate) enum MediaBackend {
+    Local(PathBuf),
+    S3(S3Config),
 }
 
 /// `[rate_limits]`: every class, and each key of a class, is optional; what
@@ -185,6 +233,15 @@ struct FileRateLimits {
     other: Option<FileRate>,
     /// Opening a WebSocket connection, per user.
     connect: Option<FileRate>,
+    /// Bytes uploaded, per user.
+    upload: Option<FileByteRate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileByteRate {
+    per_minute_bytes: Option<u64>,
+    burst_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +275,15 @@ impl FileRateLimits {
             typing: FileRate::over(file.typing.as_ref(), defaults.typing),
             other: FileRate::over(file.other.as_ref(), defaults.other),
             connect: FileRate::over(file.connect.as_ref(), defaults.connect),
+            upload: match &file.upload {
+                None => defaults.upload,
+                Some(upload) => ByteRate {
+                    per_minute: upload
+                        .per_minute_bytes
+                        .unwrap_or(defaults.upload.per_minute),
+                    burst: upload.burst_bytes.unwrap_or(defaults.upload.burst),
+                },
+            },
         }
     }
 }
@@ -241,7 +307,8 @@ pub(crate) struct Settings {
     pub(crate) sqlite: PathBuf,
     pub(crate) postgres: Option<String>,
     pub(crate) redis: Option<String>,
-    pub(crate) media_dir: Option<PathBuf>,
+    pub(crate) media: MediaBackend,
+    pub(crate) media_config: MediaConfig,
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) dev: bool,
     pub(crate) jwt_secret: Option<String>,
@@ -350,6 +417,14 @@ impl Settings {
         if let Some(recheck) = secs(file.key_recheck_secs) {
             keyring.recheck_after = recheck;
         }
+        let media_dir = args.media_dir.or(file.media_dir).unwrap_or_else(|| {
+            // Beside the database, so one directory holds a node's data.
+            sqlite
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("./media"), |p| p.join("media"))
+        });
+        let (media, media_config) = media_settings(file.media.as_ref(), media_dir)?;
         Ok(Self {
             bind: args
                 .bind
@@ -358,7 +433,8 @@ impl Settings {
             sqlite,
             postgres: non_empty(args.postgres.or(file.postgres)),
             redis: non_empty(args.redis.or(file.redis)),
-            media_dir: args.media_dir.or(file.media_dir),
+            media,
+            media_config,
             allowed_origins: args
                 .allowed_origins
                 .or(file.allowed_origins)
@@ -405,6 +481,52 @@ fn secs(value: Option<u64>) -> Option<Duration> {
 }
 
 /// `90s`, `30m`, `24h`, `7d`, or plain seconds.
+/// `[media]` over the defaults.
+fn media_settings(
+    file: Option<&FileMedia>,
+    media_dir: PathBuf,
+) -> Result<(MediaBackend, MediaConfig), String> {
+    let mut config = MediaConfig::default();
+    let Some(file) = file else {
+        return Ok((MediaBackend::Local(media_dir), config));
+    };
+    let limits = &mut config.limits;
+    let positive = |name: &str, v: Option<u64>, default: u64| match v {
+        Some(0) => Err(format!("media.{name} must be more than zero")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    };
+    limits.image_bytes = positive("image_max_bytes", file.image_max_bytes, limits.image_bytes)?;
+    limits.image_pixels = positive(
+        "image_max_megapixels",
+        file.image_max_megapixels,
+        limits.image_pixels / 1_000_000,
+    )?
+    .saturating_mul(1_000_000);
+    limits.voice_bytes = positive("voice_max_bytes", file.voice_max_bytes, limits.voice_bytes)?;
+    limits.voice_duration = Duration::from_secs(positive(
+        "voice_max_seconds",
+        file.voice_max_seconds,
+        limits.voice_duration.as_secs(),
+    )?);
+    limits.file_bytes = positive("file_max_bytes", file.file_max_bytes, limits.file_bytes)?;
+    if let Some(n) = file.max_processing {
+        config.max_processing = n.max(1);
+    }
+    if let Some(ttl) = &file.unattached_ttl {
+        config.unattached_ttl =
+            parse_duration(ttl).map_err(|e| format!("media.unattached_ttl: {e}"))?;
+    }
+    config.spool_dir.clone_from(&file.spool_dir);
+    let backend = match (file.store.as_deref(), &file.s3) {
+        (None | Some("local"), _) => MediaBackend::Local(media_dir),
+        (Some("s3"), Some(s3)) => MediaBackend::S3(s3.clone()),
+        (Some("s3"), None) => return Err("media.store = \"s3\" needs a [media.s3] section".into()),
+        (Some(other), _) => return Err(format!("media.store must be local or s3, not {other:?}")),
+    };
+    Ok((backend, config))
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));

@@ -11,7 +11,7 @@ use std::{io::Write, net::SocketAddr, process::ExitCode, sync::Arc, time::Durati
 
 use chat_bus_redis::{RedisBus, RedisBusConfig};
 use chat_core::{
-    ChatEngine, Store, UserId,
+    ChatEngine, MediaStore, ObjectMediaStore, Store, UserId,
     clock::SystemClock,
     crypto::MasterKey,
     keystore::{KeyStore, KeyStoreExt, Keyring},
@@ -23,7 +23,9 @@ use chat_transport_ws::{WsConfig, auth::AuthConfig, auth::issue_hs256};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Cli, EraseArgs, RotateArgs, SealArgs, ServeArgs, Settings, TokenArgs};
+use crate::config::{
+    Cli, EraseArgs, MediaBackend, RotateArgs, SealArgs, ServeArgs, Settings, TokenArgs,
+};
 
 fn main() -> ExitCode {
     tune_allocator();
@@ -175,12 +177,10 @@ async fn run(settings: Settings) -> Result<(), Failure> {
 
     let store = open_store(&settings).await?;
     let keyring = open_keyring(&settings).await?;
-    if let Some(dir) = &settings.media_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| fail(format!("cannot create media dir {}: {e}", dir.display())))?;
-    }
+    let media = open_media(&settings)?;
     let mut builder = ChatEngine::builder(store)
         .encrypt_at_rest(keyring)
+        .media(media, settings.media_config.clone())
         .mls(Arc::new(mls::OpenMlsDelivery))
         .config(settings.engine.clone());
     let mut redis = None;
@@ -229,6 +229,18 @@ async fn run(settings: Settings) -> Result<(), Failure> {
         }
     });
 
+    // Uploads never attached to a message go after their time to live.
+    let sweeping = engine.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MEDIA_SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sweeping.sweep_media().await {
+                tracing::warn!(error = %e, "sweeping abandoned uploads failed; trying again later");
+            }
+        }
+    });
+
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", settings.bind)))?;
@@ -260,6 +272,40 @@ async fn run(settings: Settings) -> Result<(), Failure> {
 
 /// Rows per batch when sealing content written before encryption at rest.
 const SEAL_BATCH: usize = 500;
+
+/// How often abandoned uploads are looked for.
+const MEDIA_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Where the bytes of uploads go.
+fn open_media(settings: &Settings) -> Result<Arc<dyn MediaStore>, Failure> {
+    match &settings.media {
+        MediaBackend::Local(dir) => {
+            let store = ObjectMediaStore::local(dir)
+                .map_err(|e| fail(format!("cannot use media dir {}: {e}", dir.display())))?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(feature = "s3")]
+        MediaBackend::S3(s3) => {
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(&s3.bucket)
+                .with_allow_http(s3.allow_http);
+            if let Some(region) = &s3.region {
+                builder = builder.with_region(region);
+            }
+            if let Some(endpoint) = &s3.endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            let store = builder
+                .build()
+                .map_err(|e| fail(format!("cannot use S3 bucket {}: {e}", s3.bucket)))?;
+            Ok(Arc::new(ObjectMediaStore::new(Arc::new(store))))
+        }
+        #[cfg(not(feature = "s3"))]
+        MediaBackend::S3(_) => Err(fail(
+            "media.store = \"s3\" needs chat-server built with `--features s3`",
+        )),
+    }
+}
 
 /// The configured message store, migrated.
 async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {

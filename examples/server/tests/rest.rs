@@ -948,8 +948,22 @@ async fn admin_suspension_routes_are_for_admins() {
 #[tokio::test]
 async fn unimplemented_routes_answer_501() {
     let server = Server::start().await;
+    let t = token("alice");
+    for (method, path) in [
+        ("GET", "/api/v1/users/me/export".to_owned()),
+        ("DELETE", "/api/v1/users/me".to_owned()),
+    ] {
+        let r = server.http(method, &path, Some(&t), None).await;
+        assert_eq!(r.status, 501, "{method} {path}: {}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn media_routes_check_their_input() {
+    let server = Server::start().await;
     let chat = create_direct(&server, "alice", "bob").await;
     let t = token("alice");
+    // Plain text is not on the allowlist, whatever the client calls it.
     let upload = server
         .http_raw(
             "POST",
@@ -959,15 +973,39 @@ async fn unimplemented_routes_answer_501() {
             b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--XyZ--\r\n".to_vec(),
         )
         .await;
-    assert_eq!(upload.status, 501, "upload: {}", upload.text);
-    for (method, path) in [
-        ("GET", "/api/v1/chat/media/some-media-id".to_owned()),
-        ("GET", "/api/v1/users/me/export".to_owned()),
-        ("DELETE", "/api/v1/users/me".to_owned()),
-    ] {
-        let r = server.http(method, &path, Some(&t), None).await;
-        assert_eq!(r.status, 501, "{method} {path}: {}", r.text);
-    }
+    upload.expect_error(415, "unsupported_media_type");
+    // Not multipart at all.
+    server
+        .http(
+            "POST",
+            &format!("/api/v1/chat/upload/{}", s(&chat, "id")),
+            Some(&t),
+            Some(json!({"file": "x"})),
+        )
+        .await
+        .expect_error(400, "bad_request");
+    server
+        .http("GET", "/api/v1/chat/media/some-media-id", Some(&t), None)
+        .await
+        .expect_error(400, "bad_request");
+    server
+        .http(
+            "GET",
+            "/api/v1/chat/media/01JAAAAAAAAAAAAAAAAAAAAAAA",
+            Some(&t),
+            None,
+        )
+        .await
+        .expect_error(404, "not_found");
+    server
+        .http(
+            "GET",
+            "/api/v1/chat/media/01JAAAAAAAAAAAAAAAAAAAAAAA",
+            None,
+            None,
+        )
+        .await
+        .expect_error(401, "unauthenticated");
 }
 
 #[tokio::test]
