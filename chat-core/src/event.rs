@@ -89,6 +89,12 @@ pub enum ServerEvent {
     },
     /// Someone left or was removed.
     ParticipantRemoved { chat_id: ChatId, user_id: UserId },
+    ParticipantUpdated {
+        chat_id: ChatId,
+        user_id: UserId,
+        role: Role,
+        muted_until: Option<Timestamp>,
+    },
     /// Group fields or roles changed.
     ChatUpdated(ChatView),
     /// An error not tied to a request id.

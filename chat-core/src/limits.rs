@@ -41,6 +41,7 @@ impl CommandClass {
             | C::RemoveParticipant { .. }
             | C::UpdateGroup { .. }
             | C::SetRole { .. }
+            | C::MuteParticipant { .. }
             | C::Report { .. }
             | C::BlockUser { .. }
             | C::UnblockUser { .. }

@@ -306,6 +306,7 @@ impl State {
                     delivered_seq: message.seq,
                     read_seq: message.seq,
                     visible_from_seq: message.seq,
+                    silenced_until: None,
                     settings: Default::default(),
                 });
                 Ok(Applied::Membership {
@@ -684,6 +685,26 @@ impl Store for MemoryStore {
             .or_insert_with(|| UserRecord::new(user.clone()))
             .suspended_until = until;
         Ok(())
+    }
+
+    async fn set_silenced(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        until: Option<Timestamp>,
+    ) -> Result<bool> {
+        let mut state = self.lock();
+        let participant = state
+            .chats
+            .get_mut(&chat)
+            .and_then(|c| c.participants.iter_mut().find(|p| p.user_id == *user));
+        Ok(match participant {
+            Some(p) => {
+                p.silenced_until = until;
+                true
+            }
+            None => false,
+        })
     }
 
     async fn insert_report(&self, report: Report) -> Result<Report> {

@@ -459,6 +459,15 @@ pub struct Participant {
     /// a support group does not read what was said before they came.
     #[serde(default)]
     pub visible_from_seq: u64,
+    /// Muted by a group admin or moderator (`mute_participant`): they may
+    /// not send until then. On the wire `muted_until`; not to be confused
+    /// with [`ParticipantSettings::muted_until`], their own notifications.
+    #[serde(
+        rename = "muted_until",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub silenced_until: Option<Timestamp>,
     /// The participant's own settings; never sent to others.
     #[serde(skip)]
     pub settings: ParticipantSettings,

@@ -194,6 +194,17 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Suspends `user` until `until`, or lifts the suspension (`None`).
     async fn set_suspension(&self, user: &UserId, until: Option<Timestamp>) -> Result<()>;
 
+    /// Mutes participant `user` of `chat` until `until` (a group
+    /// moderator's `mute_participant`), or lifts it (`None`); `false` if
+    /// they are not a participant. Not a change of the chat's log: no
+    /// `seq`, no system message.
+    async fn set_silenced(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        until: Option<Timestamp>,
+    ) -> Result<bool>;
+
     // --- reports ---------------------------------------------------------
 
     /// Files a report. If `reporter_id` already has an open report of the
@@ -908,6 +919,7 @@ impl NewChat {
                 delivered_seq: 0,
                 read_seq: 0,
                 visible_from_seq: 0,
+                silenced_until: None,
                 settings: Default::default(),
             })
             .collect();

@@ -202,6 +202,7 @@ macro_rules! store_conformance_tests {
             unattached_media_lists_abandoned_uploads_oldest_first,
             concurrent_attaches_of_one_upload_accept_one,
             participant_settings_round_trip,
+            participants_are_silenced_apart_from_their_settings,
             concurrent_posts_take_unique_gap_free_seqs,
             concurrent_retries_store_one_message,
             concurrent_marks_never_move_backwards,

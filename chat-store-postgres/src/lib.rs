@@ -378,6 +378,15 @@ impl Store for PostgresStore {
         core(write::set_privacy(&self.pool, user, privacy).await)
     }
 
+    async fn set_silenced(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        until: Option<Timestamp>,
+    ) -> chat_core::Result<bool> {
+        core(write::set_silenced(&self.pool, chat, user, until).await)
+    }
+
     async fn set_suspension(
         &self,
         user: &UserId,

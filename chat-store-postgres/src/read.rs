@@ -45,7 +45,7 @@ macro_rules! chat_columns {
     () => {
         "c.id, c.kind, c.name, c.description, c.avatar_url, c.encryption, c.last_seq, \
          c.last_activity, c.created_at, p.users, p.roles, p.joined, p.delivered, p.read, \
-         p.visible, p.muted, p.hidden"
+         p.visible, p.muted, p.hidden, p.silenced"
     };
 }
 
@@ -60,7 +60,8 @@ macro_rules! chat_participants {
              array_agg(read_seq ORDER BY ordinal) AS read, \
              array_agg(visible_from_seq ORDER BY ordinal) AS visible, \
              array_agg(muted_until ORDER BY ordinal) AS muted, \
-             array_agg(hidden_seq ORDER BY ordinal) AS hidden \
+             array_agg(hidden_seq ORDER BY ordinal) AS hidden, \
+             array_agg(silenced_until ORDER BY ordinal) AS silenced \
            FROM participants WHERE chat_id = c.id) p ON TRUE "
     };
 }
@@ -75,6 +76,8 @@ fn chat_from_row(r: &PgRow) -> Result<Chat, Error> {
     let visible: Vec<i64> = array("participants.visible_from_seq", r.try_get("visible")?, n)?;
     let muted: Vec<Option<i64>> = array("participants.muted_until", r.try_get("muted")?, n)?;
     let hidden: Vec<Option<i64>> = array("participants.hidden_seq", r.try_get("hidden")?, n)?;
+    let silenced: Vec<Option<i64>> =
+        array("participants.silenced_until", r.try_get("silenced")?, n)?;
     let mut participants = Vec::with_capacity(n);
     for (i, (user_id, role)) in users.unwrap_or_default().into_iter().zip(roles).enumerate() {
         let row = ParticipantRow {
@@ -86,6 +89,7 @@ fn chat_from_row(r: &PgRow) -> Result<Chat, Error> {
             visible_from_seq: visible[i],
             muted_until: muted[i],
             hidden_seq: hidden[i],
+            silenced_until: silenced[i],
         };
         participants.push(row.into_participant()?);
     }

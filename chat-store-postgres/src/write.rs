@@ -782,6 +782,24 @@ pub(crate) async fn set_suspension(
     Ok(())
 }
 
+/// [`Store::set_silenced`](chat_core::Store::set_silenced).
+pub(crate) async fn set_silenced(
+    pool: &PgPool,
+    chat: ChatId,
+    user: &UserId,
+    until: Option<Timestamp>,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE participants SET silenced_until = $3 WHERE chat_id = $1 AND user_id = $2",
+    )
+    .bind(chat.to_string())
+    .bind(user.as_str())
+    .bind(until.map(Timestamp::as_millis))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
 /// [`Store::set_participant_settings`](chat_core::Store::set_participant_settings).
 pub(crate) async fn set_participant_settings(
     pool: &PgPool,

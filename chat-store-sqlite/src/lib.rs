@@ -553,6 +553,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn set_silenced(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        until: Option<Timestamp>,
+    ) -> chat_core::Result<bool> {
+        let user = user.clone();
+        self.write(move |conn| write::set_silenced(conn, chat, &user, until))
+            .await
+    }
+
     async fn set_suspension(
         &self,
         user: &UserId,

@@ -50,7 +50,8 @@ fn with_participants(conn: &Connection, row: ChatRow) -> Result<Chat, Error> {
 fn participants(conn: &Connection, chat: &str) -> Result<Vec<Participant>, Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT user_id, role, joined_at, delivered_seq, read_seq, visible_from_seq, \
-         muted_until, hidden_seq FROM participants WHERE chat_id = ?1 ORDER BY ordinal",
+         muted_until, hidden_seq, silenced_until FROM participants WHERE chat_id = ?1 \
+         ORDER BY ordinal",
     )?;
     let rows = stmt.query_map([chat], |r| {
         Ok(ParticipantRow {
@@ -62,6 +63,7 @@ fn participants(conn: &Connection, chat: &str) -> Result<Vec<Participant>, Error
             visible_from_seq: r.get(5)?,
             muted_until: r.get(6)?,
             hidden_seq: r.get(7)?,
+            silenced_until: r.get(8)?,
         })
     })?;
     rows.map(|row| Ok(row?.into_participant()?)).collect()

@@ -229,6 +229,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE media ADD COLUMN message_id TEXT;
     CREATE INDEX media_unattached ON media (created_at, id) WHERE message_id IS NULL;
     "#,
+    // 10: participants muted by a group moderator (`mute_participant`).
+    r#"
+    ALTER TABLE participants ADD COLUMN silenced_until INTEGER;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.

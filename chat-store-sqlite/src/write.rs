@@ -719,6 +719,25 @@ pub(crate) fn set_participant_settings(
     Ok(())
 }
 
+/// [`Store::set_silenced`](chat_core::Store::set_silenced).
+pub(crate) fn set_silenced(
+    conn: &Connection,
+    chat: ChatId,
+    user: &UserId,
+    until: Option<Timestamp>,
+) -> Result<bool, Error> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE participants SET silenced_until = ?3 WHERE chat_id = ?1 AND user_id = ?2",
+        )?
+        .execute(params![
+            chat.to_string(),
+            user.as_str(),
+            until.map(Timestamp::as_millis)
+        ])?;
+    Ok(changed > 0)
+}
+
 pub(crate) fn set_suspension(
     conn: &Connection,
     user: &UserId,

@@ -7,8 +7,10 @@ use super::{
     writer::{EventKind, Fanout},
 };
 use crate::{
+    bus::{Action, Audience},
     error::{Error, Result},
-    model::{Chat, ChatId, ChatKind, ChatView, Role, UserId},
+    event::ServerEvent,
+    model::{Chat, ChatId, ChatKind, ChatView, Role, Timestamp, UserId},
     store::{Change, GroupPatch},
 };
 
@@ -182,6 +184,55 @@ impl ChatEngine {
         };
         self.membership(change.authorized(&actor.user_id, Role::Admin))
             .await?;
+        Ok(())
+    }
+
+    /// Mutes a group member until `until` (`None`, or a time already past,
+    /// lifts it): admins mute anyone but themselves, moderators members.
+    /// A muted member cannot send (nor post check-ins); they still react,
+    /// type, read and answer. Participants get `participant_updated`.
+    pub async fn mute_participant(
+        &self,
+        actor: &Actor,
+        chat_id: ChatId,
+        user: &UserId,
+        until: Option<Timestamp>,
+    ) -> Result<()> {
+        let chat = self.chat_of(actor, chat_id).await?;
+        let role = Self::group_role(&chat, &actor.user_id)?;
+        let target = chat
+            .participant(user)
+            .ok_or_else(|| Error::not_found(format!("{user} is not a participant")))?;
+        if *user == actor.user_id {
+            return Err(Error::invalid("you cannot mute yourself"));
+        }
+        match (role, target.role) {
+            (Role::Admin, _) | (Role::Moderator, Role::Member) => {}
+            (Role::Moderator, _) => {
+                return Err(Error::forbidden("moderators mute members only"));
+            }
+            (Role::Member, _) => {
+                return Err(Error::forbidden("only admins and moderators may mute"));
+            }
+        }
+        let target_role = target.role;
+        let until = until.filter(|t| *t > self.now());
+        if !self.inner.store.set_silenced(chat_id, user, until).await? {
+            return Err(Error::not_found(format!("{user} is not a participant")));
+        }
+        // Sends read the chat from the cache: it must see the mute now.
+        self.inner.chats.invalidate(chat_id);
+        let event = ServerEvent::ParticipantUpdated {
+            chat_id,
+            user_id: user.clone(),
+            role: target_role,
+            muted_until: until,
+        };
+        self.publish(
+            Audience::users(chat.member_ids()),
+            Action::Event(event.encode()),
+        )
+        .await;
         Ok(())
     }
 

@@ -272,6 +272,15 @@ impl ChatEngine {
         if cached.blocked {
             return Err(Error::forbidden("you cannot write to this user"));
         }
+        if let Some(until) = chat
+            .participant(me)
+            .and_then(|p| p.silenced_until)
+            .filter(|until| *until > self.now())
+        {
+            return Err(Error::Forbidden(format!(
+                "a moderator muted you in this chat until {until}"
+            )));
+        }
         // End-to-end encrypted: no hook reads it (it is ciphertext), and it
         // may only go out while everyone in the MLS group is a participant.
         let flag = if chat.encryption == Encryption::E2ee {

@@ -1872,6 +1872,14 @@ impl crate::store::Store for PanicsOnce {
     async fn set_privacy(&self, user: &UserId, privacy: Privacy) -> Result<()> {
         self.inner.set_privacy(user, privacy).await
     }
+    async fn set_silenced(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        until: Option<Timestamp>,
+    ) -> Result<bool> {
+        self.inner.set_silenced(chat, user, until).await
+    }
     async fn set_suspension(&self, user: &UserId, until: Option<Timestamp>) -> Result<()> {
         self.inner.set_suspension(user, until).await
     }
@@ -2927,4 +2935,144 @@ async fn a_device_is_added_only_with_the_key_it_published() {
     )
     .await
     .unwrap();
+}
+
+// --- group moderation: mutes -------------------------------------------------
+
+#[tokio::test]
+async fn muted_members_cannot_send_until_the_mute_ends() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(crate::clock::ManualClock::new(Timestamp::from_millis(
+        1_795_464_000_000,
+    )));
+    let e = ChatEngine::builder(store.clone())
+        .clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    let g = group(&e, "ann", &["mod", "bob", "cat"]).await;
+    e.set_role(&actor("ann"), g, &uid("mod"), Role::Moderator)
+        .await
+        .unwrap();
+    let mut bob = Client::connect(&e, "bob").await;
+    let mut cat = Client::connect(&e, "cat").await;
+    let until = Timestamp::from_millis(clock.now().as_millis() + 3_600_000);
+
+    // Who may mute whom.
+    assert_eq!(
+        code(
+            e.mute_participant(&actor("cat"), g, &uid("bob"), Some(until))
+                .await
+        ),
+        C::Forbidden,
+        "a member"
+    );
+    assert_eq!(
+        code(
+            e.mute_participant(&actor("mod"), g, &uid("ann"), Some(until))
+                .await
+        ),
+        C::Forbidden,
+        "a moderator muting an admin"
+    );
+    assert_eq!(
+        code(
+            e.mute_participant(&actor("ann"), g, &uid("ann"), Some(until))
+                .await
+        ),
+        C::BadRequest,
+        "oneself"
+    );
+    assert_eq!(
+        code(
+            e.mute_participant(&actor("ann"), g, &uid("eve"), Some(until))
+                .await
+        ),
+        C::NotFound,
+        "not a participant"
+    );
+    assert_eq!(
+        code(
+            e.mute_participant(&actor("eve"), g, &uid("bob"), Some(until))
+                .await
+        ),
+        C::NotFound,
+        "an outsider"
+    );
+    let direct_chat = direct(&e, "ann", "bob").await;
+    assert_eq!(
+        code(
+            e.mute_participant(&actor("ann"), direct_chat, &uid("bob"), Some(until))
+                .await
+        ),
+        C::BadRequest,
+        "a direct chat"
+    );
+
+    e.mute_participant(&actor("mod"), g, &uid("bob"), Some(until))
+        .await
+        .unwrap();
+    for client in [&mut bob, &mut cat] {
+        let updated = client.next_of("participant_updated").await;
+        assert_eq!(updated["user_id"], "bob");
+        assert_eq!(updated["role"], "member");
+        assert_eq!(updated["muted_until"], serde_json::to_value(until).unwrap());
+    }
+    let refused = e
+        .send(&actor("bob"), SendMessage::text(g, "b1", "hi"))
+        .await;
+    assert_eq!(code(refused), C::Forbidden);
+    // Reactions, typing and receipts stay allowed.
+    let m = send(&e, "cat", g, "c1", "are you ok?").await.unwrap();
+    e.react(&actor("bob"), m.id, "👍").await.unwrap();
+    e.mark(&actor("bob"), g, Receipt::Read, m.seq)
+        .await
+        .unwrap();
+    // The chat shows the mute to its participants.
+    let chat = e.get_chat(&actor("cat"), g).await.unwrap();
+    let shown = serde_json::to_value(&chat).unwrap();
+    let bob_entry = shown["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["user_id"] == "bob")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        bob_entry["muted_until"],
+        serde_json::to_value(until).unwrap()
+    );
+
+    // It ends by itself...
+    clock.advance(Duration::from_secs(3601));
+    send(&e, "bob", g, "b2", "back").await.unwrap();
+    // ...or is lifted with null, and a past time counts as null.
+    let until = Timestamp::from_millis(clock.now().as_millis() + 60_000);
+    e.mute_participant(&actor("ann"), g, &uid("bob"), Some(until))
+        .await
+        .unwrap();
+    let refused = e.send(&actor("bob"), SendMessage::text(g, "b3", "x")).await;
+    assert_eq!(code(refused), C::Forbidden, "muted again");
+    e.mute_participant(&actor("ann"), g, &uid("bob"), None)
+        .await
+        .unwrap();
+    send(&e, "bob", g, "b4", "thanks").await.unwrap();
+    e.mute_participant(
+        &actor("ann"),
+        g,
+        &uid("bob"),
+        Some(Timestamp::from_millis(0)),
+    )
+    .await
+    .unwrap();
+    let stored = store.get_chat(g).await.unwrap().unwrap();
+    assert_eq!(
+        stored.participant(&uid("bob")).unwrap().silenced_until,
+        None
+    );
+    // The protocol command requires `until` (null lifts).
+    let missing = bob
+        .cmd(serde_json::json!({"id": "1", "type": "mute_participant", "data": {"chat_id": g, "user_id": "cat"}}))
+        .await;
+    assert_eq!(missing["data"]["code"], "bad_request", "{missing}");
 }

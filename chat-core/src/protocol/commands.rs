@@ -8,7 +8,7 @@ use serde_json::{error::Category, value::RawValue};
 use crate::{
     engine::{NewGroup, PrivacyPatch, SendMessage},
     error::Error,
-    model::{ChatId, Encryption, MessageId, Role, UserId},
+    model::{ChatId, Encryption, MessageId, Role, Timestamp, UserId},
 };
 
 /// A command from a client (`docs/protocol.md`, "Commands"), parsed from
@@ -87,6 +87,14 @@ pub enum ClientCommand {
         user_id: UserId,
         role: Role,
     },
+    MuteParticipant {
+        chat_id: ChatId,
+        user_id: UserId,
+        /// Required; `null` lifts the mute (so a missing field is an
+        /// error, not an unmute).
+        #[serde(default, deserialize_with = "present")]
+        until: Option<Option<Timestamp>>,
+    },
     /// A page of history.
     History {
         chat_id: ChatId,
@@ -151,6 +159,15 @@ pub enum ClientCommand {
 
 /// The MLS commit a membership change of an e2ee chat may carry
 /// (standard base64).
+/// A field that is present (its value may be `null`): `Some(value)`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct MlsCarried {
     /// The epoch the commit was made for.

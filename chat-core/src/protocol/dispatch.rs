@@ -173,6 +173,19 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             engine.set_role(actor, chat_id, &user_id, role).await?;
             empty()
         }
+        ClientCommand::MuteParticipant {
+            chat_id,
+            user_id,
+            until,
+        } => {
+            let until = until.ok_or_else(|| {
+                Error::invalid("until is required: a time, or null to lift the mute")
+            })?;
+            engine
+                .mute_participant(actor, chat_id, &user_id, until)
+                .await?;
+            empty()
+        }
         ClientCommand::History {
             chat_id,
             before_seq,

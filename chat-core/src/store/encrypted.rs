@@ -606,6 +606,15 @@ impl Store for EncryptedStore {
         self.inner.set_suspension(user, until).await
     }
 
+    async fn set_silenced(
+        &self,
+        chat: ChatId,
+        user: &UserId,
+        until: Option<Timestamp>,
+    ) -> Result<bool> {
+        self.inner.set_silenced(chat, user, until).await
+    }
+
     async fn insert_report(&self, mut report: Report) -> Result<Report> {
         if let Some(text) = report.content.take() {
             let sealed = self

@@ -206,6 +206,8 @@ pub struct ParticipantRow {
     pub muted_until: Option<i64>,
     /// `hidden_seq`.
     pub hidden_seq: Option<i64>,
+    /// `silenced_until`, in milliseconds: muted by a moderator.
+    pub silenced_until: Option<i64>,
 }
 
 impl ParticipantRow {
@@ -218,6 +220,7 @@ impl ParticipantRow {
             delivered_seq: unsigned("participants.delivered_seq", self.delivered_seq)?,
             read_seq: unsigned("participants.read_seq", self.read_seq)?,
             visible_from_seq: unsigned("participants.visible_from_seq", self.visible_from_seq)?,
+            silenced_until: self.silenced_until.map(Timestamp::from_millis),
             settings: ParticipantSettings {
                 muted_until: self.muted_until.map(Timestamp::from_millis),
                 hidden_seq: self

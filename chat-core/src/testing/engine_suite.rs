@@ -2248,6 +2248,7 @@ mod tests {
             delivered_seq: visible_from_seq,
             read_seq: visible_from_seq,
             visible_from_seq,
+            silenced_until: None,
             settings: Default::default(),
         }
     }

@@ -618,3 +618,81 @@ async fn system_messages_record_membership_changes() {
         assert_eq!(m["chat_id"], chat_id);
     }
 }
+
+#[tokio::test]
+async fn a_muted_member_cannot_send_until_lifted_and_everyone_is_told() {
+    let server = Server::start().await;
+    let (chat, mut alice, mut bob, mut carol, mut dave) = team(&server).await;
+    let chat_id = s(&chat, "id").to_owned();
+    alice
+        .ok(
+            "set_role",
+            json!({"chat_id": chat_id, "user_id": "carol", "role": "moderator"}),
+        )
+        .await;
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        ws.clear();
+    }
+    // A member may not mute; a moderator may not mute the admin; `until`
+    // must be a time; an outsider does not see the group.
+    let far = json!("2099-01-01T00:00:00Z");
+    for (who, target, until, code) in [
+        ("bob", "carol", far.clone(), "forbidden"),
+        ("carol", "alice", far.clone(), "forbidden"),
+        ("carol", "bob", json!("next week"), "bad_request"),
+        ("dave", "bob", Value::Null, "not_found"),
+    ] {
+        let ws = match who {
+            "bob" => &mut bob,
+            "carol" => &mut carol,
+            _ => &mut dave,
+        };
+        let data = json!({"chat_id": chat_id, "user_id": target, "until": until});
+        assert_eq!(ws.err("mute_participant", data).await, code, "{who}");
+    }
+    carol
+        .ok(
+            "mute_participant",
+            json!({"chat_id": chat_id, "user_id": "bob", "until": "2099-01-01T00:00:00Z"}),
+        )
+        .await;
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        let e = ws.event("participant_updated").await;
+        assert_eq!(
+            e,
+            json!({"chat_id": chat_id, "user_id": "bob", "role": "member",
+                   "muted_until": "2099-01-01T00:00:00.000Z"})
+        );
+    }
+    dave.no_event("participant_updated", QUIET).await;
+    assert_eq!(
+        bob.err(
+            "send_message",
+            json!({"chat_id": chat_id, "client_msg_id": "m1", "content": "let me talk"}),
+        )
+        .await,
+        "forbidden"
+    );
+    // Reading, typing and reacting stay open to a muted member.
+    let sent = alice.send(&chat_id, "we hear you later").await;
+    bob.ok(
+        "mark_as_read",
+        json!({"chat_id": chat_id, "up_to_seq": sent["seq"]}),
+    )
+    .await;
+    bob.ok("react", json!({"message_id": sent["id"], "emoji": "🙏"}))
+        .await;
+    alice
+        .ok(
+            "mute_participant",
+            json!({"chat_id": chat_id, "user_id": "bob", "until": null}),
+        )
+        .await;
+    let e = bob.event("participant_updated").await;
+    assert_eq!(e["muted_until"], Value::Null);
+    bob.ok(
+        "send_message",
+        json!({"chat_id": chat_id, "client_msg_id": "m2", "content": "thank you"}),
+    )
+    .await;
+}

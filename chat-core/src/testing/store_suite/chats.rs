@@ -36,6 +36,7 @@ pub async fn create_group_chat(store: Arc<dyn Store>) {
         delivered_seq: 0,
         read_seq: 0,
         visible_from_seq: 0,
+        silenced_until: None,
         settings: Default::default(),
     };
     let expected = Chat {

@@ -62,6 +62,7 @@ pub async fn add_participant_records_system_message(store: Arc<dyn Store>) {
             delivered_seq: 3,
             read_seq: 3,
             visible_from_seq: 3,
+            silenced_until: None,
             settings: Default::default(),
         },
         "a newcomer's watermarks and visible_from_seq are the system message's seq"

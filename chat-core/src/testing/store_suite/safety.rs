@@ -746,3 +746,68 @@ pub async fn duplicate_media_id_conflicts(store: Arc<dyn Store>) {
     conflict(s.insert_media(clash).await, "inserting a media id twice");
     assert_eq!(ok(s.get_media(first.id).await, "get_media"), Some(first));
 }
+
+/// A moderator's mute (`set_silenced`) is stored per participant, apart
+/// from their own notification settings, takes no seq, is lifted with
+/// `None`, and is `false` for someone who is not a participant. A member
+/// removed and added again comes back unmuted.
+pub async fn participants_are_silenced_apart_from_their_settings(store: Arc<dyn Store>) {
+    let s = &*store;
+    let (alice, bob, eve) = (user("alice"), user("bob"), user("eve"));
+    let chat = group(s, &[&alice, &bob], at(0)).await;
+    let fresh = ok(s.get_chat(chat.id).await, "get_chat").expect("chat exists");
+    let silenced = |c: &Chat, u: &UserId| c.participant(u).and_then(|p| p.silenced_until);
+    assert_eq!(silenced(&fresh, &bob), None, "nobody starts muted");
+    assert!(ok(
+        s.set_silenced(chat.id, &bob, Some(at(600))).await,
+        "set_silenced"
+    ));
+    let after = ok(s.get_chat(chat.id).await, "get_chat").expect("chat exists");
+    assert_eq!(silenced(&after, &bob), Some(at(600)));
+    assert_eq!(silenced(&after, &alice), None, "per participant");
+    assert_eq!(
+        after.participant(&bob).map(|p| p.settings),
+        Some(ParticipantSettings::default()),
+        "not the participant's own mute"
+    );
+    assert_eq!(after.last_seq, fresh.last_seq, "a mute takes no seq");
+    assert!(
+        !ok(
+            s.set_silenced(chat.id, &eve, Some(at(600))).await,
+            "set_silenced"
+        ),
+        "not a participant"
+    );
+    assert!(
+        !ok(
+            s.set_silenced(ChatId::new(), &bob, None).await,
+            "set_silenced"
+        ),
+        "no such chat"
+    );
+    assert!(ok(
+        s.set_silenced(chat.id, &bob, None).await,
+        "set_silenced"
+    ));
+    let lifted = ok(s.get_chat(chat.id).await, "get_chat").expect("chat exists");
+    assert_eq!(silenced(&lifted, &bob), None, "lifted");
+
+    assert!(ok(
+        s.set_silenced(chat.id, &bob, Some(at(900))).await,
+        "set_silenced"
+    ));
+    membership(
+        apply_one(s, remove(chat.id, &bob, &alice, at(10))).await,
+        "removing bob",
+    );
+    membership(
+        apply_one(s, add(chat.id, &bob, Role::Member, &alice, at(11))).await,
+        "adding bob again",
+    );
+    let back = ok(s.get_chat(chat.id).await, "get_chat").expect("chat exists");
+    assert_eq!(
+        silenced(&back, &bob),
+        None,
+        "a new membership starts unmuted"
+    );
+}
