@@ -9,7 +9,6 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
-    process::Stdio,
     sync::{
         Arc, LazyLock, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -17,20 +16,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chat_core::UserId;
 use clap::{Args, ValueEnum};
 use futures::{SinkExt, StreamExt, stream::SplitSink};
 use hdrhistogram::Histogram;
 use memchr::memmem::Finder;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    net::TcpStream,
-    process::{Child, Command},
-    sync::Semaphore,
-};
+use tokio::{net::TcpStream, process::Command, sync::Semaphore};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
-use crate::{Error, procstat, reads};
+use crate::{
+    Error, procstat, reads,
+    server::{self, Server},
+};
 
 /// What to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -154,107 +150,32 @@ pub(crate) struct Report {
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// The server under test, killed on drop.
-struct Server {
-    addr: SocketAddr,
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
-}
-
 async fn spawn_server(args: &LoadArgs, secret: &str) -> Result<Server, Error> {
     let dir = tempfile::tempdir()?;
-    let exe = std::env::current_exe()?;
-    let mut cmd = match args.target {
+    let cmd = match args.target {
         Target::Relay => {
-            let mut c = Command::new(&exe);
+            let mut c = Command::new(std::env::current_exe()?);
             c.args(["relay", "--bind", "127.0.0.1:0"]);
             c
         }
         Target::Chat => {
-            let bin = args
-                .server_bin
-                .clone()
-                .unwrap_or_else(|| exe.with_file_name("chat-server"));
-            if !bin.exists() {
-                return Err(format!(
-                    "{} not found: build it first (cargo build --release -p chat-server)",
-                    bin.display()
-                )
-                .into());
-            }
-            let config = dir.path().join("bench.toml");
-            let unlimited = "{ per_second = 10000000, burst = 10000000 }";
-            std::fs::write(
-                &config,
-                format!(
-                    "sqlite_synchronous = \"{}\"\noutgoing_queue = 8192\nmax_connections = 200000\n\
-                     [rate_limits]\nwrite = {unlimited}\ntyping = {unlimited}\nother = {unlimited}\n\
-                     [limits]\nmax_group_members = 10000\n",
-                    args.synchronous
-                ),
-            )?;
-            let mut c = Command::new(bin);
-            c.arg("--bind")
-                .arg("127.0.0.1:0")
-                .arg("--sqlite")
-                .arg(dir.path().join("bench.db"))
-                .arg("--config")
-                .arg(&config)
-                .env("CHAT_JWT_SECRET", secret)
-                // A throwaway master key: the benchmark's database is too.
-                .env("CHAT_MASTER_KEY", throwaway_master_key()?)
-                .env("RUST_LOG", "warn");
-            c
+            let unlimited = server::UNLIMITED;
+            let config = format!(
+                "sqlite_synchronous = \"{}\"\noutgoing_queue = 8192\nmax_connections = 200000\n\
+                 [rate_limits]\nwrite = {unlimited}\ntyping = {unlimited}\nother = {unlimited}\n\
+                 [limits]\nmax_group_members = 10000\n",
+                args.synchronous
+            );
+            server::chat_server(args.server_bin.as_deref(), dir.path(), &config, secret)?
         }
     };
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(addr) = line.strip_prefix("listening on http://") {
-                return Ok::<_, Error>(addr.parse::<SocketAddr>()?);
-            }
-        }
-        Err("the server exited before listening".into())
-    })
-    .await
-    .map_err(|_| "the server did not start within 30 s")??;
-    // Keep draining stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Server {
-        addr,
-        child: Some(child),
-        _dir: dir,
-    })
-}
-
-fn random_secret() -> Result<String, Error> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Server::spawn(cmd, dir).await
 }
 
 async fn connect(args: &LoadArgs, addr: SocketAddr, secret: &str, i: usize) -> Result<Ws, Error> {
     let url = match args.target {
         Target::Chat => {
-            let user = UserId::new(format!("u{i}"))?;
-            let token = chat_transport_ws::auth::issue_hs256(
-                secret.as_bytes(),
-                &user,
-                false,
-                Duration::from_secs(3600),
-            )?;
+            let token = server::token(secret, &format!("u{i}"))?;
             format!("ws://{addr}/ws?token={token}")
         }
         Target::Relay => format!("ws://{addr}/?group=g{}", i / args.group_size.max(1)),
@@ -353,14 +274,10 @@ fn field<'a>(frame: &'a str, key: &Key) -> Option<&'a str> {
 pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
     let secret = match &args.secret {
         Some(s) => s.clone(),
-        None => random_secret()?,
+        None => server::random_secret()?,
     };
     let server = match args.addr {
-        Some(addr) => Server {
-            addr,
-            child: None,
-            _dir: tempfile::tempdir()?,
-        },
+        Some(addr) => Server::running(addr)?,
         None => spawn_server(&args, &secret).await?,
     };
     let pid = server.pid();
@@ -816,11 +733,4 @@ fn print_report(args: &LoadArgs, r: &Report) -> Result<(), Error> {
             .unwrap_or_default()
     );
     Ok(())
-}
-
-/// A random master key for a server whose database is thrown away after
-/// the run.
-fn throwaway_master_key() -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let key = chat_core::crypto::MasterKey::generate()?;
-    Ok(key.to_base64().as_str().to_owned())
 }

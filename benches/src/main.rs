@@ -11,6 +11,7 @@ mod load;
 mod procstat;
 mod reads;
 mod relay;
+mod server;
 mod store;
 
 use std::process::ExitCode;
