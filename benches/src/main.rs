@@ -1,9 +1,11 @@
-//! Run with: cargo run --release -p chat-bench -- <load|relay|store> --help
+//! Run with: cargo run --release -p chat-bench -- <load|relay|store|upload> --help
 //!
 //! Benchmarks of the chat engine that need more than criterion: a load
 //! generator that drives a real `chat-server` (or the bare relay baseline)
 //! over WebSockets, the bare tokio-tungstenite broadcast relay itself, and
-//! the SQLite store against a raw rusqlite insert loop in the same run.
+//! the SQLite store against a raw rusqlite insert loop in the same run, and
+//! media uploads (images decoded and re-encoded) against a PDF that is only
+//! stored.
 //! Every figure is also a ratio to a same-run baseline, so that one noisy
 //! number does not mislead. See BENCHMARKS.md.
 
@@ -13,6 +15,7 @@ mod reads;
 mod relay;
 mod server;
 mod store;
+mod upload;
 
 use std::process::ExitCode;
 
@@ -33,6 +36,8 @@ enum Command {
     Relay(relay::RelayArgs),
     /// SQLite store appends against a raw rusqlite insert loop.
     Store(store::StoreArgs),
+    /// Media uploads through a chat server: images against a PDF baseline.
+    Upload(upload::UploadArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
             Command::Load(args) => load::run(args).await,
             Command::Relay(args) => relay::run(args).await,
             Command::Store(args) => store::run(args).await,
+            Command::Upload(args) => upload::run(args).await,
         }
     });
     match result {

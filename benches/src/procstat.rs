@@ -7,21 +7,25 @@ use std::time::Duration;
 pub(crate) struct Sample {
     /// Resident set size, bytes.
     pub(crate) rss: u64,
+    /// The highest resident set size since the process started (the
+    /// kernel's VmHWM), bytes.
+    pub(crate) peak_rss: u64,
     /// User + system CPU time.
     pub(crate) cpu: Duration,
 }
 
 /// Samples process `pid`; zeros when /proc cannot be read.
 pub(crate) fn sample(pid: u32) -> Sample {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let bytes = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    let (rss, peak_rss) = (bytes("VmRSS:"), bytes("VmHWM:"));
     let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -36,7 +40,7 @@ pub(crate) fn sample(pid: u32) -> Sample {
         .map_or(Duration::ZERO, |ticks| {
             Duration::from_millis(ticks * 1000 / clock_ticks())
         });
-    Sample { rss, cpu }
+    Sample { rss, peak_rss, cpu }
 }
 
 fn clock_ticks() -> u64 {
