@@ -293,11 +293,12 @@ impl ChatEngine {
         // Checked last, after everything that could refuse the message,
         // since attaching claims the upload (undone below if the message
         // is not stored after all).
+        // Boxed: inline, its state would grow every text message's future,
+        // which the driver moves for each command.
         let media = match upload {
-            Some((media_kind, media_id)) => Some(
-                self.attach_upload(me, chat_id, media_kind, media_id, id)
-                    .await?,
-            ),
+            Some((media_kind, media_id)) => {
+                Some(Box::pin(self.attach_upload(me, chat_id, media_kind, media_id, id)).await?)
+            }
             None => None,
         };
         let new = NewMessage {
@@ -317,7 +318,7 @@ impl ChatEngine {
         if let Some(record) = media {
             let stored = matches!(&posted, Ok((m, _)) if m.id == id);
             if !stored {
-                if let Err(e) = store.detach_media(record.id, id).await {
+                if let Err(e) = Box::pin(store.detach_media(record.id, id)).await {
                     tracing::warn!(media = %record.id, error = %e, "could not release an upload");
                 }
             }
