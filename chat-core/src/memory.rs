@@ -18,7 +18,7 @@ use crate::{
     },
     store::{
         Applied, Change, ChatListQuery, Committed, HistoryQuery, Members, MlsGroupRecord, NewChat,
-        NewMessage, ReportResolution, Store, StoredText, TextReplacement, TextTable,
+        NewMessage, ReportQuery, ReportResolution, Store, StoredText, TextReplacement, TextTable,
         check_authority, promotion_of_heir,
         rows::{self, Marked, direct_key},
     },
@@ -724,17 +724,13 @@ impl Store for MemoryStore {
         Ok(self.lock().reports.get(&id).cloned())
     }
 
-    async fn list_reports(
-        &self,
-        status: Option<ReportStatus>,
-        limit: usize,
-    ) -> Result<Vec<Report>> {
+    async fn list_reports(&self, query: ReportQuery) -> Result<Vec<Report>> {
         Ok(self
             .lock()
             .reports
             .values()
-            .filter(|r| status.is_none_or(|s| r.status == s))
-            .take(limit)
+            .filter(|r| query.matches(r))
+            .take(query.limit)
             .cloned()
             .collect())
     }

@@ -214,9 +214,8 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// A report by id.
     async fn get_report(&self, id: ReportId) -> Result<Option<Report>>;
 
-    /// Reports with `status` (all if `None`), oldest first, at most `limit`.
-    async fn list_reports(&self, status: Option<ReportStatus>, limit: usize)
-    -> Result<Vec<Report>>;
+    /// Reports that match `query`, oldest first.
+    async fn list_reports(&self, query: ReportQuery) -> Result<Vec<Report>>;
 
     /// Closes an open report. Not open: [`Error::Conflict`](crate::Error::Conflict).
     async fn resolve_report(&self, resolution: ReportResolution) -> Result<Report>;
@@ -988,6 +987,61 @@ impl HistoryQuery {
             .max(self.after_seq.map_or(0, |a| a.saturating_add(1)));
         let hi = self.before_seq.unwrap_or(u64::MAX);
         lo..hi
+    }
+}
+
+/// Which reports [`Store::list_reports`] returns: every filter that is
+/// set must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReportQuery {
+    /// Only reports in this state.
+    pub status: Option<ReportStatus>,
+    /// Only reports of messages in this chat.
+    pub chat: Option<ChatId>,
+    /// Only reports filed by this user.
+    pub reporter: Option<UserId>,
+    /// Only reports of this user's messages.
+    pub reported_user: Option<UserId>,
+    /// Only reports filed after this one (paging: the last id of the
+    /// previous page).
+    pub after: Option<ReportId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl ReportQuery {
+    /// Every report, oldest first, at most `limit`.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            status: None,
+            chat: None,
+            reporter: None,
+            reported_user: None,
+            after: None,
+            limit,
+        }
+    }
+
+    /// Only reports in `status` (every state if `None`).
+    pub fn status(mut self, status: Option<ReportStatus>) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Whether `report` matches (the limit aside).
+    pub fn matches(&self, report: &Report) -> bool {
+        self.status.is_none_or(|s| report.status == s)
+            && self.chat.is_none_or(|c| report.chat_id == c)
+            && self
+                .reporter
+                .as_ref()
+                .is_none_or(|u| report.reporter_id == *u)
+            && self
+                .reported_user
+                .as_ref()
+                .is_none_or(|u| report.reported_user_id == *u)
+            && self.after.is_none_or(|after| report.id > after)
     }
 }
 

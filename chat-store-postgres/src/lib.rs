@@ -121,11 +121,11 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use chat_core::{
     Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy,
-    Report, ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
+    Report, ReportId, Store, Timestamp, UserId, UserRecord,
     mls::ClaimedKeyPackage,
     store::{
-        Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution, StoredText,
-        TextReplacement, TextTable,
+        Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery, ReportResolution,
+        StoredText, TextReplacement, TextTable,
     },
 };
 use sqlx::{
@@ -403,12 +403,8 @@ impl Store for PostgresStore {
         core(read::report(&self.pool, id).await)
     }
 
-    async fn list_reports(
-        &self,
-        status: Option<ReportStatus>,
-        limit: usize,
-    ) -> chat_core::Result<Vec<Report>> {
-        core(read::list_reports(&self.pool, status, limit).await)
+    async fn list_reports(&self, query: ReportQuery) -> chat_core::Result<Vec<Report>> {
+        core(read::list_reports(&self.pool, &query).await)
     }
 
     async fn resolve_report(&self, resolution: ReportResolution) -> chat_core::Result<Report> {

@@ -12,7 +12,7 @@ use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Report, ReportId, ReportStatus,
     Timestamp, UserId, UserRecord,
     store::{
-        ChatListQuery, HistoryQuery, Members, MlsGroupRecord, StoredText, TextTable,
+        ChatListQuery, HistoryQuery, Members, MlsGroupRecord, ReportQuery, StoredText, TextTable,
         rows::{
             ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow, UserRow, direct_key,
             fold_reactions, parse, sql_limit, sql_u64, unsigned, user_id,
@@ -571,19 +571,25 @@ pub(crate) async fn open_report<'e>(
     .transpose()
 }
 
-/// Reports with `status` (all if `None`), oldest first.
+/// [`Store::list_reports`](chat_core::Store::list_reports).
 pub(crate) async fn list_reports<'e>(
     ex: impl PgExecutor<'e>,
-    status: Option<ReportStatus>,
-    limit: usize,
+    q: &ReportQuery,
 ) -> Result<Vec<Report>, Error> {
     let rows = sqlx::query(concat!(
         "SELECT ",
         report_columns!(),
-        " FROM reports WHERE ($1::text IS NULL OR status = $1) ORDER BY id LIMIT $2"
+        " FROM reports WHERE ($1::text IS NULL OR status = $1) \
+           AND ($2::text IS NULL OR chat_id = $2) AND ($3::text IS NULL OR reporter_id = $3) \
+           AND ($4::text IS NULL OR reported_user_id = $4) AND ($5::text IS NULL OR id > $5) \
+         ORDER BY id LIMIT $6"
     ))
-    .bind(status.map(ReportStatus::as_str))
-    .bind(sql_limit(limit))
+    .bind(q.status.map(ReportStatus::as_str))
+    .bind(q.chat.map(|c| c.to_string()))
+    .bind(q.reporter.as_ref().map(UserId::as_str))
+    .bind(q.reported_user.as_ref().map(UserId::as_str))
+    .bind(q.after.map(|r| r.to_string()))
+    .bind(sql_limit(q.limit))
     .fetch_all(ex)
     .await?;
     rows.iter().map(report_from_row).collect()

@@ -142,11 +142,11 @@ use std::{
 use async_trait::async_trait;
 use chat_core::{
     Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy,
-    Report, ReportId, ReportStatus, Store, Timestamp, UserId, UserRecord,
+    Report, ReportId, Store, Timestamp, UserId, UserRecord,
     mls::ClaimedKeyPackage,
     store::{
-        Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution, StoredText,
-        TextReplacement, TextTable,
+        Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery, ReportResolution,
+        StoredText, TextReplacement, TextTable,
     },
 };
 use rusqlite::{Connection, OpenFlags};
@@ -583,12 +583,8 @@ impl Store for SqliteStore {
         self.read(move |conn| read::report(conn, id)).await
     }
 
-    async fn list_reports(
-        &self,
-        status: Option<ReportStatus>,
-        limit: usize,
-    ) -> chat_core::Result<Vec<Report>> {
-        self.read(move |conn| read::list_reports(conn, status, limit))
+    async fn list_reports(&self, query: ReportQuery) -> chat_core::Result<Vec<Report>> {
+        self.read(move |conn| read::list_reports(conn, &query))
             .await
     }
 

@@ -5,7 +5,7 @@ use chat_core::{
     Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Participant, Reactions, Report,
     ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     store::{
-        ChatListQuery, HistoryQuery, MlsGroupRecord, StoredText, TextTable,
+        ChatListQuery, HistoryQuery, MlsGroupRecord, ReportQuery, StoredText, TextTable,
         rows::{
             self, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow, UserRow,
             direct_key, fold_reactions, sql_limit, sql_u64, unsigned, user_id,
@@ -494,30 +494,29 @@ pub(crate) fn open_report(
     .transpose()
 }
 
-/// Reports with `status` (all if `None`), oldest first.
-pub(crate) fn list_reports(
-    conn: &Connection,
-    status: Option<ReportStatus>,
-    limit: usize,
-) -> Result<Vec<Report>, Error> {
-    let rows: Vec<ReportRow> = match status {
-        Some(status) => conn
-            .prepare_cached(concat!(
-                "SELECT ",
-                report_columns!(),
-                " FROM reports WHERE status = ?1 ORDER BY id LIMIT ?2"
-            ))?
-            .query_map(params![status.as_str(), sql_limit(limit)], report_row)?
-            .collect::<rusqlite::Result<_>>()?,
-        None => conn
-            .prepare_cached(concat!(
-                "SELECT ",
-                report_columns!(),
-                " FROM reports ORDER BY id LIMIT ?1"
-            ))?
-            .query_map([sql_limit(limit)], report_row)?
-            .collect::<rusqlite::Result<_>>()?,
-    };
+/// [`Store::list_reports`](chat_core::Store::list_reports): the queue
+/// (by status) walks `reports_by_status`; the other filters narrow it.
+pub(crate) fn list_reports(conn: &Connection, q: &ReportQuery) -> Result<Vec<Report>, Error> {
+    let rows: Vec<ReportRow> = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            report_columns!(),
+            " FROM reports WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR chat_id = ?2) \
+             AND (?3 IS NULL OR reporter_id = ?3) AND (?4 IS NULL OR reported_user_id = ?4) \
+             AND (?5 IS NULL OR id > ?5) ORDER BY id LIMIT ?6"
+        ))?
+        .query_map(
+            params![
+                q.status.map(ReportStatus::as_str),
+                q.chat.map(|c| c.to_string()),
+                q.reporter.as_ref().map(UserId::as_str),
+                q.reported_user.as_ref().map(UserId::as_str),
+                q.after.map(|r| r.to_string()),
+                sql_limit(q.limit)
+            ],
+            report_row,
+        )?
+        .collect::<rusqlite::Result<_>>()?;
     rows.into_iter().map(report_of).collect()
 }
 

@@ -14,7 +14,7 @@ use chat_core::{
     ReportStatus, Role, Timestamp, UserId,
     engine::{ByteRange, ChatUpdate, HistoryRequest, PrivacyPatch, Served},
     protocol::ErrorBody,
-    store::{ChatListQuery, GroupPatch},
+    store::{ChatListQuery, GroupPatch, ReportQuery},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -527,6 +527,10 @@ pub(crate) async fn set_privacy(
 pub(crate) struct ReportParams {
     status: Option<String>,
     limit: Option<usize>,
+    chat_id: Option<String>,
+    reporter_id: Option<String>,
+    reported_user_id: Option<String>,
+    cursor: Option<String>,
 }
 
 pub(crate) async fn list_reports(
@@ -539,11 +543,19 @@ pub(crate) async fn list_reports(
         Some("all") => None,
         Some(s) => Some(s.parse()?),
     };
-    let reports = app
-        .engine
-        .list_reports(&actor, status, p.limit.unwrap_or(100))
-        .await?;
-    Ok(Json(json!({ "reports": reports })))
+    let limit = p.limit.unwrap_or(100);
+    let mut query = ReportQuery::new(limit).status(status);
+    query.chat = p.chat_id.as_deref().map(id).transpose()?;
+    query.reporter = p.reporter_id.map(UserId::new).transpose()?;
+    query.reported_user = p.reported_user_id.map(UserId::new).transpose()?;
+    query.after = p.cursor.as_deref().map(id).transpose()?;
+    let reports = app.engine.list_reports(&actor, query).await?;
+    let next_cursor = (reports.len() == limit)
+        .then(|| reports.last().map(|r| r.id.to_string()))
+        .flatten();
+    Ok(Json(
+        json!({ "reports": reports, "next_cursor": next_cursor }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

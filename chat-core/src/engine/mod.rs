@@ -52,7 +52,9 @@ use crate::{
 // moved to the area modules.
 #[cfg(test)]
 use {
-    crate::store::{Change, ChatListQuery, GroupPatch, HistoryQuery, NewChat, ReportResolution},
+    crate::store::{
+        Change, ChatListQuery, GroupPatch, HistoryQuery, NewChat, ReportQuery, ReportResolution,
+    },
     std::collections::HashSet,
 };
 

@@ -12,7 +12,7 @@ use crate::{
     bus::{Action, Audience},
     error::{Error, Result},
     model::{Message, MessageId, Privacy, Report, ReportId, ReportStatus, Timestamp, UserId},
-    store::{Change, ReportResolution},
+    store::{Change, ReportQuery, ReportResolution},
     transport::CLOSE_SUSPENDED,
 };
 
@@ -143,18 +143,14 @@ impl ChatEngine {
         self.inner.store.set_suspension(user, None).await
     }
 
-    /// Reports in the moderation queue.
-    pub async fn list_reports(
-        &self,
-        actor: &Actor,
-        status: Option<ReportStatus>,
-        limit: usize,
-    ) -> Result<Vec<Report>> {
+    /// Reports in the moderation queue that match `query` (service admins
+    /// only), oldest first; `limit` 1..=500.
+    pub async fn list_reports(&self, actor: &Actor, query: ReportQuery) -> Result<Vec<Report>> {
         Self::require_admin(actor)?;
-        self.inner
-            .store
-            .list_reports(status, limit.clamp(1, 500))
-            .await
+        if !(1..=500).contains(&query.limit) {
+            return Err(Error::invalid("limit must be 1..=500"));
+        }
+        self.inner.store.list_reports(query).await
     }
 
     /// Closes a report: dismisses it, or deletes the reported message, or

@@ -1184,11 +1184,14 @@ async fn reports_and_their_resolution() {
     e.delete(&actor("alice"), m.id).await.unwrap();
     let admin = Actor::admin(uid("root"));
     assert_eq!(
-        code(e.list_reports(&actor("bob"), None, 10).await),
+        code(e.list_reports(&actor("bob"), ReportQuery::new(10)).await),
         C::Forbidden
     );
     let open = e
-        .list_reports(&admin, Some(ReportStatus::Open), 10)
+        .list_reports(
+            &admin,
+            ReportQuery::new(10).status(Some(ReportStatus::Open)),
+        )
         .await
         .unwrap();
     assert_eq!(open.len(), 1);
@@ -1280,7 +1283,7 @@ async fn hooks_reject_or_flag_and_offline_users_get_pushed() {
         .await
         .unwrap();
     let reports = e
-        .list_reports(&Actor::admin(uid("root")), None, 10)
+        .list_reports(&Actor::admin(uid("root")), ReportQuery::new(10))
         .await
         .unwrap();
     assert_eq!(reports.len(), 1);
@@ -1781,7 +1784,7 @@ async fn hooks_do_not_run_again_on_a_retry() {
         assert_eq!(again, first);
     }
     let reports = e
-        .list_reports(&Actor::admin(uid("root")), None, 10)
+        .list_reports(&Actor::admin(uid("root")), ReportQuery::new(10))
         .await
         .unwrap();
     assert_eq!(reports.len(), 1, "one report for one message");
@@ -1889,12 +1892,8 @@ impl crate::store::Store for PanicsOnce {
     async fn get_report(&self, id: ReportId) -> Result<Option<Report>> {
         self.inner.get_report(id).await
     }
-    async fn list_reports(
-        &self,
-        status: Option<ReportStatus>,
-        limit: usize,
-    ) -> Result<Vec<Report>> {
-        self.inner.list_reports(status, limit).await
+    async fn list_reports(&self, query: crate::store::ReportQuery) -> Result<Vec<Report>> {
+        self.inner.list_reports(query).await
     }
     async fn resolve_report(&self, resolution: ReportResolution) -> Result<Report> {
         self.inner.resolve_report(resolution).await

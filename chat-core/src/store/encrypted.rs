@@ -19,15 +19,15 @@ use async_trait::async_trait;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 
 use super::{
-    Applied, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportResolution, Store,
-    StoredText, TextReplacement, TextTable,
+    Applied, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery,
+    ReportResolution, Store, StoredText, TextReplacement, TextTable,
 };
 use crate::{
     error::{Error, Result},
     keystore::{Keyring, Opened, SealedBody},
     model::{
         Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy,
-        Report, ReportId, ReportStatus, Timestamp, Unreadable, UserId, UserRecord,
+        Report, ReportId, Timestamp, Unreadable, UserId, UserRecord,
     },
 };
 
@@ -639,12 +639,8 @@ impl Store for EncryptedStore {
         }
     }
 
-    async fn list_reports(
-        &self,
-        status: Option<ReportStatus>,
-        limit: usize,
-    ) -> Result<Vec<Report>> {
-        let reports = self.inner.list_reports(status, limit).await?;
+    async fn list_reports(&self, query: ReportQuery) -> Result<Vec<Report>> {
+        let reports = self.inner.list_reports(query).await?;
         let mut out = Vec::with_capacity(reports.len());
         for report in reports {
             out.push(self.open_report(report).await?);

@@ -16,7 +16,7 @@ use crate::{
         ReportId, ReportStatus, Role, SystemEvent, Timestamp, UserId, UserRecord,
     },
     store::{
-        Applied, Change, ChatListQuery, GroupPatch, HistoryQuery, NewChat, NewMessage,
+        Applied, Change, ChatListQuery, GroupPatch, HistoryQuery, NewChat, NewMessage, ReportQuery,
         ReportResolution, Store,
     },
 };

@@ -760,6 +760,45 @@ async fn reports_are_filed_listed_and_dismissed() {
         .await;
     assert!(find(r.expect(200)), "{}", r.text);
 
+    // Filters: each one that does not match empties the list.
+    let chat_id = s(&chat, "id");
+    for (query, listed) in [
+        (format!("chat_id={chat_id}"), true),
+        (format!("chat_id={NONE_ID}"), false),
+        ("reporter_id=bob".to_owned(), true),
+        ("reporter_id=alice".to_owned(), false),
+        ("reported_user_id=alice".to_owned(), true),
+        ("reported_user_id=bob".to_owned(), false),
+        (format!("cursor={report_id}"), false),
+    ] {
+        let r = server
+            .http(
+                "GET",
+                &format!("/api/v1/admin/reports?{query}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(find(r.expect(200)), listed, "{query}: {}", r.text);
+    }
+    for bad in [
+        "chat_id=nope",
+        "limit=0",
+        "limit=501",
+        "cursor=x",
+        "reporter_id=a%20b",
+    ] {
+        server
+            .http(
+                "GET",
+                &format!("/api/v1/admin/reports?{bad}"),
+                Some(&admin),
+                None,
+            )
+            .await
+            .expect_error(400, "bad_request");
+    }
+
     let resolve = format!("/api/v1/admin/reports/{report_id}/resolve");
     server
         .http(

@@ -7,7 +7,7 @@ use crate::{
     clock::SystemClock,
     crypto::MasterKey,
     keystore::{KeyringConfig, MemoryKeyStore},
-    model::{ChatKind, Encryption, MessageType},
+    model::{ChatKind, Encryption, MessageType, ReportStatus},
     store::NewMessage,
 };
 

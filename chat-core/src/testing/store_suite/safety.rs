@@ -241,7 +241,10 @@ pub async fn duplicate_open_report_returns_existing(store: Arc<dyn Store>) {
         ok(s.insert_report(other.clone()).await, "insert_report"),
         other
     );
-    assert_eq!(ok(s.list_reports(None, 100).await, "list_reports").len(), 2);
+    assert_eq!(
+        ok(s.list_reports(ReportQuery::new(100)).await, "list_reports").len(),
+        2
+    );
 
     ok(
         s.resolve_report(ReportResolution {
@@ -263,7 +266,10 @@ pub async fn duplicate_open_report_returns_existing(store: Arc<dyn Store>) {
         third,
         "once the first report is closed, a new one is stored"
     );
-    assert_eq!(ok(s.list_reports(None, 100).await, "list_reports").len(), 3);
+    assert_eq!(
+        ok(s.list_reports(ReportQuery::new(100)).await, "list_reports").len(),
+        3
+    );
 }
 
 /// `list_reports` filters by status (all with `None`), oldest first, at
@@ -305,7 +311,10 @@ pub async fn list_reports_filters_by_status_oldest_first(store: Arc<dyn Store>) 
         "resolve_report",
     );
     let list = |status: Option<ReportStatus>, limit: usize| async move {
-        ok(s.list_reports(status, limit).await, "list_reports")
+        ok(
+            s.list_reports(ReportQuery::new(limit).status(status)).await,
+            "list_reports",
+        )
     };
     assert_eq!(
         list(None, 100).await,
@@ -319,10 +328,10 @@ pub async fn list_reports_filters_by_status_oldest_first(store: Arc<dyn Store>) 
     );
     assert_eq!(
         list(Some(ReportStatus::Open), 100).await,
-        vec![r1.clone(), r3],
+        vec![r1.clone(), r3.clone()],
         "list_reports(Open) must list open reports, oldest first"
     );
-    assert_eq!(list(Some(ReportStatus::Open), 1).await, vec![r1]);
+    assert_eq!(list(Some(ReportStatus::Open), 1).await, vec![r1.clone()]);
     assert_eq!(
         list(Some(ReportStatus::Resolved), 100).await,
         vec![resolved]
@@ -332,6 +341,56 @@ pub async fn list_reports_filters_by_status_oldest_first(store: Arc<dyn Store>) 
         vec![dismissed]
     );
     assert!(list(None, 0).await.is_empty());
+
+    // The other filters, alone and together, and paging.
+    let query = |f: &dyn Fn(&mut ReportQuery)| {
+        let mut q = ReportQuery::new(100);
+        f(&mut q);
+        async move { ok(s.list_reports(q).await, "list_reports") }
+    };
+    let ids = |reports: Vec<Report>| reports.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(query(&|q| q.reporter = Some(alice.clone())).await),
+        vec![r1.id, r4.id],
+        "by reporter"
+    );
+    assert_eq!(
+        ids(query(&|q| q.reported_user = Some(carol.clone())).await),
+        vec![r3.id, r4.id],
+        "by reported user"
+    );
+    assert_eq!(
+        ids(query(&|q| {
+            q.reporter = Some(alice.clone());
+            q.reported_user = Some(carol.clone());
+        })
+        .await),
+        vec![r4.id],
+        "both"
+    );
+    assert_eq!(
+        ids(query(&|q| q.chat = Some(chat.id)).await).len(),
+        4,
+        "by chat"
+    );
+    assert!(
+        query(&|q| q.chat = Some(ChatId::new())).await.is_empty(),
+        "another chat"
+    );
+    assert_eq!(
+        ids(query(&|q| q.after = Some(r2.id)).await),
+        vec![r3.id, r4.id],
+        "after a cursor"
+    );
+    assert_eq!(
+        ids(query(&|q| {
+            q.after = Some(r1.id);
+            q.status = Some(ReportStatus::Open);
+        })
+        .await),
+        vec![r3.id],
+        "cursor and status"
+    );
 }
 
 /// `resolve_report` sets status, `resolved_by`, note and `resolved_at`
