@@ -72,3 +72,36 @@ async fn media_rows_from_before_kinds_are_read_by_their_mime() {
     assert_eq!(swept, [rows[1].0, rows[2].0, rows[0].0], "oldest first");
     store.close().await;
 }
+
+/// The database refuses to delete an audit entry or to change anything of
+/// it but the ids pseudonymization replaces.
+#[tokio::test]
+async fn the_audit_log_is_append_only() {
+    let Some(db) = TestDb::create_empty().await else {
+        return;
+    };
+    let store = db.store(small_pool()).await;
+    store.migrate().await.expect("migrate");
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, actor_id, action, target_type, target_id) \
+         VALUES ('01J', 1, 'root', 'suspend_user', 'user', 'bob')",
+    )
+    .execute(store.pool())
+    .await
+    .expect("append");
+    for refused in [
+        "DELETE FROM audit_log",
+        "UPDATE audit_log SET note = 'rewritten'",
+        "UPDATE audit_log SET action = 'erase_user'",
+        "UPDATE audit_log SET at = 2",
+    ] {
+        let done = sqlx::query(sqlx::AssertSqlSafe(refused))
+            .execute(store.pool())
+            .await;
+        assert!(done.is_err(), "{refused}");
+    }
+    sqlx::query("UPDATE audit_log SET actor_id = 'x', target_id = 'y'")
+        .execute(store.pool())
+        .await
+        .expect("pseudonymization");
+}

@@ -229,6 +229,39 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE media ADD COLUMN message_id TEXT;
     CREATE INDEX media_unattached ON media (created_at, id) WHERE message_id IS NULL;
     "#,
+    // 10 (to be 11: renumber when merged after the other version 10): the
+    // moderation audit log. Append-only: clustered on its time-ordered id
+    // (pages newest first), listed by actor or by action, and found by
+    // the user it names when that user is erased. Triggers refuse to
+    // delete an entry or to change anything but the ids that
+    // pseudonymization replaces. Self-contained and idempotent (`IF NOT
+    // EXISTS`), so that renumbering it cannot fail on a database that ran
+    // it under another number.
+    r#"
+    CREATE TABLE IF NOT EXISTS audit_log (
+        id          TEXT PRIMARY KEY NOT NULL,
+        at          INTEGER NOT NULL,
+        actor_id    TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        target_type TEXT NOT NULL,
+        target_id   TEXT NOT NULL,
+        chat_id     TEXT,
+        note        TEXT
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS audit_log_by_actor ON audit_log (actor_id, id);
+    CREATE INDEX IF NOT EXISTS audit_log_by_action ON audit_log (action, id);
+    CREATE INDEX IF NOT EXISTS audit_log_by_user_target ON audit_log (target_id)
+        WHERE target_type = 'user';
+    CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit log is append-only');
+    END;
+    CREATE TRIGGER IF NOT EXISTS audit_log_no_rewrite
+        BEFORE UPDATE OF id, at, action, target_type, chat_id, note ON audit_log
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit log is append-only');
+    END;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.
@@ -470,5 +503,33 @@ mod tests {
             "the sweep's index: {plan}"
         );
         assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+
+    /// The audit log's migration runs again without harm (it may be
+    /// renumbered), and the database refuses to delete an entry or to
+    /// change anything of it but the ids pseudonymization replaces.
+    #[test]
+    fn the_audit_log_is_append_only() {
+        let conn = at_version(MIGRATIONS.len());
+        let audit = MIGRATIONS
+            .iter()
+            .find(|sql| sql.contains("CREATE TABLE IF NOT EXISTS audit_log"))
+            .expect("the audit log's migration");
+        conn.execute_batch(audit).expect("the migration runs again");
+        conn.execute_batch(
+            "INSERT INTO audit_log (id, at, actor_id, action, target_type, target_id) \
+             VALUES ('01J', 1, 'root', 'suspend_user', 'user', 'bob')",
+        )
+        .expect("append");
+        for refused in [
+            "DELETE FROM audit_log",
+            "UPDATE audit_log SET note = 'rewritten'",
+            "UPDATE audit_log SET action = 'erase_user'",
+            "UPDATE audit_log SET at = 2",
+        ] {
+            assert!(conn.execute_batch(refused).is_err(), "{refused}");
+        }
+        conn.execute_batch("UPDATE audit_log SET actor_id = 'x', target_id = 'y'")
+            .expect("pseudonymization");
     }
 }

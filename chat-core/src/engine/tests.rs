@@ -1891,6 +1891,15 @@ impl crate::store::Store for PanicsOnce {
     async fn resolve_report(&self, resolution: ReportResolution) -> Result<Report> {
         self.inner.resolve_report(resolution).await
     }
+    async fn append_audit(&self, entry: AuditEntry) -> Result<()> {
+        self.inner.append_audit(entry).await
+    }
+    async fn list_audit(&self, query: crate::store::AuditQuery) -> Result<Vec<AuditEntry>> {
+        self.inner.list_audit(query).await
+    }
+    async fn pseudonymize_audit(&self, user: &UserId, pseudonym: &UserId) -> Result<u64> {
+        self.inner.pseudonymize_audit(user, pseudonym).await
+    }
     async fn insert_media(&self, record: MediaRecord) -> Result<()> {
         self.inner.insert_media(record).await
     }
