@@ -21,7 +21,7 @@ use super::{Actor, ChatEngine};
 use crate::{
     error::{Error, Result},
     metrics as m,
-    model::{AuditAction, AuditEntry, AuditId, AuditTarget, ChatId},
+    model::{AuditAction, AuditEntry, AuditId, AuditTarget, ChatId, MessageId},
     store::AuditQuery,
 };
 
@@ -77,6 +77,19 @@ impl ChatEngine {
                 "the action was done but its audit entry was not stored"
             );
         }
+    }
+
+    /// Records that `actor` deleted someone else's message.
+    pub(super) async fn audit_deletion(
+        &self,
+        actor: &Actor,
+        chat: ChatId,
+        message: MessageId,
+        note: Option<String>,
+    ) {
+        let (action, target) = (AuditAction::DeleteMessage, AuditTarget::Message);
+        self.audit(actor, action, target, message, Some(chat), note)
+            .await;
     }
 
     /// A page of the audit log (service admins): entries matching `query`,

@@ -15,8 +15,8 @@ use crate::{
     event::Event,
     hooks::{HookContext, HookDecision},
     model::{
-        AuditAction, AuditTarget, Chat, ChatId, ChatKind, Encryption, MediaId, MediaRef, Message,
-        MessageId, MessageType, Report, Role, UserId,
+        Chat, ChatId, ChatKind, Encryption, MediaId, MediaRef, Message, MessageId, MessageType,
+        Report, Role, UserId,
     },
     store::{Change, HistoryQuery, NewMessage},
 };
@@ -446,15 +446,7 @@ impl ChatEngine {
         let deleted = self.updated(change, Fanout::new(EventKind::Delete)).await?;
         if message.sender_id != actor.user_id {
             // A group admin or moderator deleted someone else's message.
-            self.audit(
-                actor,
-                AuditAction::DeleteMessage,
-                AuditTarget::Message,
-                message_id,
-                Some(chat.id),
-                None,
-            )
-            .await;
+            self.audit_deletion(actor, chat.id, message_id, None).await;
         }
         if let Some(media) = &message.media {
             self.remove_media_of(media.id).await;

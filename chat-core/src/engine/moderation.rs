@@ -333,15 +333,8 @@ impl ChatEngine {
             at: self.now(),
         };
         let deleted = self.updated(change, Fanout::new(EventKind::Delete)).await?;
-        self.audit(
-            actor,
-            AuditAction::DeleteMessage,
-            AuditTarget::Message,
-            message_id,
-            Some(chat.id),
-            via.map(|report| format!("report {report}")),
-        )
-        .await;
+        let note = via.map(|report| format!("report {report}"));
+        self.audit_deletion(actor, chat.id, message_id, note).await;
         Ok(deleted)
     }
 }

@@ -29,6 +29,14 @@ async fn append_all(s: &dyn Store, entries: &[AuditEntry]) {
     }
 }
 
+/// A query of the whole log (of what the cases append).
+fn whole_log() -> AuditQuery {
+    AuditQuery {
+        limit: 100,
+        ..AuditQuery::default()
+    }
+}
+
 async fn list(s: &dyn Store, query: AuditQuery) -> Vec<AuditEntry> {
     ok(s.list_audit(query).await, "list_audit")
 }
@@ -85,14 +93,7 @@ pub async fn audit_entries_round_trip(store: Arc<dyn Store>) {
         });
     }
     append_all(s, &appended).await;
-    let read = list(
-        s,
-        AuditQuery {
-            limit: 100,
-            ..AuditQuery::default()
-        },
-    )
-    .await;
+    let read = list(s, whole_log()).await;
     let mut expected = appended.clone();
     expected.reverse();
     assert_eq!(
@@ -103,14 +104,7 @@ pub async fn audit_entries_round_trip(store: Arc<dyn Store>) {
     let mut again = appended[0].clone();
     again.note = Some("rewritten".to_owned());
     conflict(s.append_audit(again).await, "append_audit of a stored id");
-    let read = list(
-        s,
-        AuditQuery {
-            limit: 100,
-            ..AuditQuery::default()
-        },
-    )
-    .await;
+    let read = list(s, whole_log()).await;
     assert_eq!(read, expected, "a refused append changes nothing");
 }
 
@@ -148,8 +142,7 @@ pub async fn audit_pages_newest_first_without_gaps(store: Arc<dyn Store>) {
         s,
         AuditQuery {
             before: Some(between),
-            limit: 100,
-            ..AuditQuery::default()
+            ..whole_log()
         },
     )
     .await;
@@ -159,8 +152,7 @@ pub async fn audit_pages_newest_first_without_gaps(store: Arc<dyn Store>) {
             s,
             AuditQuery {
                 before: Some(appended[0].id),
-                limit: 100,
-                ..AuditQuery::default()
+                ..whole_log()
             }
         )
         .await
@@ -261,10 +253,7 @@ pub async fn pseudonymize_audit_replaces_the_user_only(store: Arc<dyn Store>) {
     expected[2].actor_id = pseudonym.clone();
     expected[2].target_id = pseudonym.to_string();
     expected.reverse();
-    let all = AuditQuery {
-        limit: 100,
-        ..AuditQuery::default()
-    };
+    let all = whole_log();
     assert_eq!(
         list(s, all.clone()).await,
         expected,
