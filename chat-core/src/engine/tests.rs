@@ -2868,6 +2868,30 @@ async fn membership_changes_of_e2ee_chats_carry_their_commit() {
         view.chat.participant(&uid("bob")).is_none(),
         "removed with the commit"
     );
+    let audit = e
+        .audit_log(
+            &Actor::admin(uid("root")),
+            crate::store::AuditQuery::default(),
+        )
+        .await
+        .unwrap();
+    let removals: Vec<_> = audit
+        .entries
+        .iter()
+        .map(|a| {
+            (
+                a.action,
+                a.actor_id.as_str(),
+                a.target_id.as_str(),
+                a.chat_id,
+            )
+        })
+        .collect();
+    assert_eq!(
+        removals,
+        [(AuditAction::RemoveParticipant, "alice", "bob", Some(chat))],
+        "the removal with its commit is audited once; refused ones not"
+    );
     e.send(&alice, SendMessage::text(chat, "after", fake_app(chat, 3)))
         .await
         .unwrap();
