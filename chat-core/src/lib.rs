@@ -84,5 +84,5 @@ pub use hooks::{ContactPolicy, MessageHook, Notifier};
 pub use media::{MediaStore, ObjectMediaStore};
 pub use memory::MemoryStore;
 pub use model::*;
-pub use store::{ChatListQuery, GroupPatch, Store};
+pub use store::{AuditQuery, ChatListQuery, GroupPatch, Store};
 pub use transport::Transport;

@@ -12,14 +12,14 @@ use crate::{
     error::{Error, Result},
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     model::{
-        Chat, ChatId, ChatKind, DeviceId, MediaId, MediaRecord, Message, MessageId, MessageType,
-        Participant, ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Timestamp,
-        UserId, UserRecord,
+        AuditEntry, AuditId, AuditTarget, Chat, ChatId, ChatKind, DeviceId, MediaId, MediaRecord,
+        Message, MessageId, MessageType, Participant, ParticipantSettings, Privacy, Report,
+        ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     },
     store::{
-        Applied, Change, ChatListQuery, Committed, HistoryQuery, Members, MlsGroupRecord, NewChat,
-        NewMessage, ReportQuery, ReportResolution, Store, StoredText, TextReplacement, TextTable,
-        check_authority, promotion_of_heir,
+        Applied, AuditQuery, Change, ChatListQuery, Committed, HistoryQuery, Members,
+        MlsGroupRecord, NewChat, NewMessage, ReportQuery, ReportResolution, Store, StoredText,
+        TextReplacement, TextTable, check_authority, promotion_of_heir,
         rows::{self, Marked, direct_key},
     },
 };
@@ -42,6 +42,7 @@ struct State {
     blocks: Vec<(UserId, UserId)>,
     users: HashMap<UserId, UserRecord>,
     reports: BTreeMap<ReportId, Report>,
+    audit: BTreeMap<AuditId, AuditEntry>,
     media: HashMap<MediaId, MediaRecord>,
     meta: HashMap<String, String>,
     /// Per device, in user then device order: key packages oldest first,
@@ -743,6 +744,44 @@ impl Store for MemoryStore {
             .ok_or_else(|| Error::not_found("report not found"))?;
         rows::resolve(report, res)?;
         Ok(report.clone())
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<()> {
+        let mut state = self.lock();
+        if state.audit.contains_key(&entry.id) {
+            return Err(Error::conflict("audit entry id exists"));
+        }
+        state.audit.insert(entry.id, entry);
+        Ok(())
+    }
+
+    async fn list_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>> {
+        Ok(self
+            .lock()
+            .audit
+            .values()
+            .rev()
+            .filter(|e| query.matches(e))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn pseudonymize_audit(&self, user: &UserId, pseudonym: &UserId) -> Result<u64> {
+        let mut changed = 0;
+        for entry in self.lock().audit.values_mut() {
+            let as_actor = entry.actor_id == *user;
+            let as_target =
+                entry.target_type == AuditTarget::User && entry.target_id == user.as_str();
+            if as_actor {
+                entry.actor_id = pseudonym.clone();
+            }
+            if as_target {
+                entry.target_id = pseudonym.to_string();
+            }
+            changed += u64::from(as_actor || as_target);
+        }
+        Ok(changed)
     }
 
     async fn insert_media(&self, record: MediaRecord) -> Result<()> {

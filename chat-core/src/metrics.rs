@@ -22,6 +22,10 @@ pub const RATE_LIMITED: &str = "chat_rate_limited_total";
 /// Counter: connections closed for being too slow.
 pub const SLOW_CLOSED: &str = "chat_slow_consumers_closed_total";
 
+/// Counter: audit entries that could not be stored after their action
+/// was done (each is logged at error level with every field).
+pub const AUDIT_FAILURES: &str = "chat_audit_failures_total";
+
 /// Counter by `kind`: uploads stored.
 pub const UPLOADS: &str = "chat_uploads_total";
 /// Counter by `kind`: bytes of uploads stored (after re-encoding).

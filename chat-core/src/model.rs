@@ -102,6 +102,10 @@ ulid_id!(
     /// Identifies one live connection, unique across nodes.
     ConnectionId
 );
+ulid_id!(
+    /// Identifies an entry of the moderation audit log.
+    AuditId
+);
 
 /// Shows at most 64 characters of untrusted input in an error message.
 struct Truncated<'a>(&'a str);
@@ -958,6 +962,117 @@ impl Report {
     }
 }
 
+/// An enum whose values are stored and sent as fixed wire names: the enum
+/// with serde's names, `as_str`, `FromStr` (an unknown name is
+/// `InvalidInput`) and `ALL`, every value in declaration order.
+macro_rules! wire_enum {
+    (
+        $(#[$doc:meta])* $name:ident, $what:literal,
+        { $($(#[$vdoc:meta])* $variant:ident = $wire:literal,)+ }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $wire)] $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+
+            #[doc = concat!("Parses the wire name ([`", stringify!($name), "::as_str`]).")]
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($wire => Ok($name::$variant),)+
+                    other => Err(Error::invalid(format!(
+                        concat!("unknown ", $what, " {}"),
+                        Truncated(other)
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// What an admin or moderator did, as the audit log records it.
+    AuditAction, "audit action",
+    {
+        /// Muted a participant of a chat.
+        MuteParticipant = "mute_participant",
+        /// Removed someone else from a group.
+        RemoveParticipant = "remove_participant",
+        /// Changed a participant's role.
+        SetRole = "set_role",
+        /// Deleted someone else's message.
+        DeleteMessage = "delete_message",
+        /// Closed a report.
+        ResolveReport = "resolve_report",
+        /// Suspended a user.
+        SuspendUser = "suspend_user",
+        /// Lifted a suspension.
+        UnsuspendUser = "unsuspend_user",
+        /// Erased a user's data.
+        EraseUser = "erase_user",
+        /// Changed a chat's retention.
+        SetRetention = "set_retention",
+        /// Changed a group's name, description or avatar.
+        UpdateGroup = "update_group",
+    }
+);
+
+wire_enum!(
+    /// What kind of thing an audited action was done to: the kind of an
+    /// [`AuditEntry::target_id`].
+    AuditTarget, "audit target type",
+    {
+        /// A user id.
+        User = "user",
+        /// A message id.
+        Message = "message",
+        /// A report id.
+        Report = "report",
+        /// A chat id.
+        Chat = "chat",
+    }
+);
+
+/// One entry of the moderation audit log: who did what to what, where,
+/// when and why. Entries are appended, never changed, except that erasing
+/// a user replaces their id with a pseudonym (see
+/// [`Store::pseudonymize_audit`](crate::Store::pseudonymize_audit)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its id; time-ordered, so the log sorts by it.
+    pub id: AuditId,
+    /// When the action was done.
+    pub at: Timestamp,
+    /// Who did it.
+    pub actor_id: UserId,
+    /// What they did.
+    pub action: AuditAction,
+    /// What kind of thing `target_id` is.
+    pub target_type: AuditTarget,
+    /// What it was done to: a user, message, report or chat id.
+    pub target_id: String,
+    /// The chat it happened in, if any.
+    pub chat_id: Option<ChatId>,
+    /// The moderator's note, or what the engine adds (a new role, until
+    /// when a suspension lasts).
+    pub note: Option<String>,
+}
+
 /// The engine's record of an upload; the bytes live in a [`MediaStore`](crate::MediaStore).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaRecord {
@@ -1089,6 +1204,8 @@ mod tests {
             ],
             MessageType::as_str,
         );
+        round_trip(AuditAction::ALL, AuditAction::as_str);
+        round_trip(AuditTarget::ALL, AuditTarget::as_str);
         round_trip(
             &[
                 ReportStatus::Open,

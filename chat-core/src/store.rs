@@ -8,9 +8,9 @@ use crate::{
     error::Result,
     mls::ClaimedKeyPackage,
     model::{
-        Chat, ChatId, ChatKind, DeviceId, Encryption, MediaRecord, MediaRef, Message, MessageId,
-        MessageType, ParticipantSettings, Privacy, Report, ReportId, ReportStatus, Role,
-        SystemEvent, Timestamp, UserId, UserRecord,
+        AuditAction, AuditEntry, AuditId, Chat, ChatId, ChatKind, DeviceId, Encryption,
+        MediaRecord, MediaRef, Message, MessageId, MessageType, ParticipantSettings, Privacy,
+        Report, ReportId, ReportStatus, Role, SystemEvent, Timestamp, UserId, UserRecord,
     },
 };
 
@@ -62,6 +62,9 @@ pub use encrypted::{EncryptedStore, SealedExisting};
 /// - **Direct chats** are unique per unordered pair of users:
 ///   [`Store::create_chat`] of a direct chat whose pair has one returns the
 ///   existing chat and `false`.
+/// - **The audit log is append-only.** Entries are never changed or
+///   removed, except that [`Store::pseudonymize_audit`] replaces an erased
+///   user's id; [`Store::list_audit`] reads them newest first.
 /// - Reads see every change whose `apply` returned.
 /// - Errors: a missing chat, message or participant is
 ///   [`Error::NotFound`](crate::Error::NotFound); a state conflict
@@ -219,6 +222,29 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// Closes an open report. Not open: [`Error::Conflict`](crate::Error::Conflict).
     async fn resolve_report(&self, resolution: ReportResolution) -> Result<Report>;
+
+    // --- audit log -------------------------------------------------------
+    //
+    // Append-only: there is no method to change or remove an entry, apart
+    // from the pseudonymization of an erased user.
+
+    /// Appends an entry to the moderation audit log. An entry whose id is
+    /// stored already is a [`Conflict`](crate::Error::Conflict) and
+    /// changes nothing.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<()>;
+
+    /// Entries that match `query`'s filters, newest first (by id), at most
+    /// `query.limit`, only those older than `query.before` if given: paging
+    /// with the last id of a page as the next `before` neither repeats nor
+    /// skips an entry.
+    async fn list_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>>;
+
+    /// Replaces `user` with `pseudonym` wherever the log names them: as
+    /// `actor_id`, and as `target_id` of entries whose target is a
+    /// [`User`](crate::model::AuditTarget::User). Returns how many entries
+    /// changed. For the erasure of a user, whose log must remain without
+    /// naming them.
+    async fn pseudonymize_audit(&self, user: &UserId, pseudonym: &UserId) -> Result<u64>;
 
     // --- media -----------------------------------------------------------
 
@@ -963,6 +989,41 @@ pub struct ChatListQuery {
     pub after: Option<(Timestamp, ChatId)>,
     /// At most this many.
     pub limit: usize,
+}
+
+/// Filters and paging of [`Store::list_audit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only entries older than this one (the cursor: the last id of the
+    /// page before).
+    pub before: Option<AuditId>,
+    /// At most this many.
+    pub limit: usize,
+    /// Only entries of this actor.
+    pub actor: Option<UserId>,
+    /// Only entries of this action.
+    pub action: Option<AuditAction>,
+}
+
+impl Default for AuditQuery {
+    /// The first page of the whole log, 50 entries.
+    fn default() -> Self {
+        Self {
+            before: None,
+            limit: 50,
+            actor: None,
+            action: None,
+        }
+    }
+}
+
+impl AuditQuery {
+    /// Whether `entry` passes the filters and the cursor (not the limit).
+    pub fn matches(&self, entry: &AuditEntry) -> bool {
+        self.before.is_none_or(|before| entry.id < before)
+            && self.actor.as_ref().is_none_or(|a| &entry.actor_id == a)
+            && self.action.is_none_or(|a| entry.action == a)
+    }
 }
 
 /// Paging of [`Store::history`].

@@ -39,6 +39,22 @@ use std::{any::Any, fmt, future::Future, sync::Arc, time::Duration};
 
 use crate::store::Store;
 
+/// For the tests of a SQL store's `audit_log` table, below the [`Store`]
+/// trait (which has no way to rewrite an entry): the insert of one entry,
+/// then the statements the table must refuse, being append-only, and the
+/// pseudonymization it must allow.
+pub const AUDIT_LOG_SQL: (&str, &[&str], &str) = (
+    "INSERT INTO audit_log (id, at, actor_id, action, target_type, target_id) \
+     VALUES ('01J', 1, 'root', 'suspend_user', 'user', 'bob')",
+    &[
+        "DELETE FROM audit_log",
+        "UPDATE audit_log SET note = 'rewritten'",
+        "UPDATE audit_log SET action = 'erase_user'",
+        "UPDATE audit_log SET at = 2",
+    ],
+    "UPDATE audit_log SET actor_id = 'x', target_id = 'y'",
+);
+
 /// How long one case may run before it is reported as hanging.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -194,6 +210,10 @@ macro_rules! store_conformance_tests {
             duplicate_open_report_returns_existing,
             list_reports_filters_by_status_oldest_first,
             resolve_report_closes_it_once,
+            audit_entries_round_trip,
+            audit_pages_newest_first_without_gaps,
+            audit_filters_by_actor_and_action,
+            pseudonymize_audit_replaces_the_user_only,
             media_records_round_trip,
             duplicate_media_id_conflicts,
             media_attaches_once,

@@ -120,12 +120,12 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chat_core::{
-    Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy,
-    Report, ReportId, Store, Timestamp, UserId, UserRecord,
+    AuditEntry, Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId,
+    ParticipantSettings, Privacy, Report, ReportId, Store, Timestamp, UserId, UserRecord,
     mls::ClaimedKeyPackage,
     store::{
-        Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery, ReportResolution,
-        StoredText, TextReplacement, TextTable,
+        AuditQuery, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery,
+        ReportResolution, StoredText, TextReplacement, TextTable,
     },
 };
 use sqlx::{
@@ -409,6 +409,22 @@ impl Store for PostgresStore {
 
     async fn resolve_report(&self, resolution: ReportResolution) -> chat_core::Result<Report> {
         core(write::resolve_report(&self.pool, resolution).await)
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> chat_core::Result<()> {
+        core(write::append_audit(&self.pool, entry).await)
+    }
+
+    async fn list_audit(&self, query: AuditQuery) -> chat_core::Result<Vec<AuditEntry>> {
+        core(read::list_audit(&self.pool, &query).await)
+    }
+
+    async fn pseudonymize_audit(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+    ) -> chat_core::Result<u64> {
+        core(write::pseudonymize_audit(&self.pool, user, pseudonym).await)
     }
 
     async fn insert_media(&self, record: MediaRecord) -> chat_core::Result<()> {

@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 
 use chat_core::{
-    Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Report, ReportId, ReportStatus,
-    Timestamp, UserId, UserRecord,
+    AuditEntry, Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Report, ReportId,
+    ReportStatus, Timestamp, UserId, UserRecord,
     store::{
-        ChatListQuery, HistoryQuery, Members, MlsGroupRecord, ReportQuery, StoredText, TextTable,
+        AuditQuery, ChatListQuery, HistoryQuery, Members, MlsGroupRecord, ReportQuery, StoredText,
+        TextTable,
         rows::{
-            ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow, UserRow, direct_key,
-            fold_reactions, parse, sql_limit, sql_u64, unsigned, user_id,
+            self, AuditRow, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow,
+            UserRow, direct_key, fold_reactions, parse, sql_limit, sql_u64, unsigned, user_id,
         },
     },
 };
@@ -593,6 +594,44 @@ pub(crate) async fn list_reports<'e>(
     .fetch_all(ex)
     .await?;
     rows.iter().map(report_from_row).collect()
+}
+
+// --- audit log -----------------------------------------------------------
+
+/// [`Store::list_audit`](chat_core::Store::list_audit): newest first, on
+/// the primary key or the index of the filter.
+pub(crate) async fn list_audit<'e>(
+    ex: impl PgExecutor<'e>,
+    query: &AuditQuery,
+) -> Result<Vec<AuditEntry>, Error> {
+    let (filter, params) = rows::audit_filter(query, |n| format!("${n}"));
+    let sql = format!(
+        "SELECT id, at, actor_id, action, target_type, target_id, chat_id, note \
+         FROM audit_log{filter} ORDER BY id DESC LIMIT ${}",
+        params.len() + 1
+    );
+    // Only the placeholders and the columns of `audit_filter` are spliced
+    // in; every value is bound.
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for p in params {
+        q = q.bind(p);
+    }
+    let rows = q.bind(sql_limit(query.limit)).fetch_all(ex).await?;
+    rows.iter()
+        .map(|r| {
+            let row = AuditRow {
+                id: r.try_get("id")?,
+                at: r.try_get("at")?,
+                actor_id: r.try_get("actor_id")?,
+                action: r.try_get("action")?,
+                target_type: r.try_get("target_type")?,
+                target_id: r.try_get("target_id")?,
+                chat_id: r.try_get("chat_id")?,
+                note: r.try_get("note")?,
+            };
+            Ok(row.into_entry()?)
+        })
+        .collect()
 }
 
 // --- media ---------------------------------------------------------------

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 
 use chat_core::{
-    Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId, MessageType,
+    AuditEntry, Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId, MessageType,
     ParticipantSettings, Privacy, Report, Role, SystemEvent, Timestamp, UserId,
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
@@ -889,6 +889,47 @@ pub(crate) async fn resolve_report(pool: &PgPool, res: ReportResolution) -> Resu
             }
         },
     }
+}
+
+/// [`Store::append_audit`](chat_core::Store::append_audit): a duplicate id
+/// is a unique violation, which is a `Conflict`.
+pub(crate) async fn append_audit(pool: &PgPool, e: AuditEntry) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, actor_id, action, target_type, target_id, chat_id, note) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(e.id.to_string())
+    .bind(e.at.as_millis())
+    .bind(e.actor_id.as_str())
+    .bind(e.action.as_str())
+    .bind(e.target_type.as_str())
+    .bind(e.target_id.as_str())
+    .bind(e.chat_id.map(|c| c.to_string()))
+    .bind(e.note.as_deref())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// [`Store::pseudonymize_audit`](chat_core::Store::pseudonymize_audit):
+/// one `UPDATE` of the entries that name `user`.
+pub(crate) async fn pseudonymize_audit(
+    pool: &PgPool,
+    user: &UserId,
+    pseudonym: &UserId,
+) -> Result<u64, Error> {
+    let done = sqlx::query(
+        "UPDATE audit_log SET \
+           actor_id = CASE WHEN actor_id = $1 THEN $2 ELSE actor_id END, \
+           target_id = CASE WHEN target_type = 'user' AND target_id = $1 \
+             THEN $2 ELSE target_id END \
+         WHERE actor_id = $1 OR (target_type = 'user' AND target_id = $1)",
+    )
+    .bind(user.as_str())
+    .bind(pseudonym.as_str())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// [`Store::insert_media`](chat_core::Store::insert_media); a taken id is a

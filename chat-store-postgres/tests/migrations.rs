@@ -72,3 +72,21 @@ async fn media_rows_from_before_kinds_are_read_by_their_mime() {
     assert_eq!(swept, [rows[1].0, rows[2].0, rows[0].0], "oldest first");
     store.close().await;
 }
+
+/// The database refuses to delete an audit entry or to change anything of
+/// it but the ids pseudonymization replaces.
+#[tokio::test]
+async fn the_audit_log_is_append_only() {
+    let Some(db) = TestDb::create_empty().await else {
+        return;
+    };
+    let store = db.store(small_pool()).await;
+    store.migrate().await.expect("migrate");
+    let (insert, refused, allowed) = chat_core::testing::AUDIT_LOG_SQL;
+    let run = |sql: &'static str| sqlx::query(sql).execute(store.pool());
+    run(insert).await.expect("append");
+    for &sql in refused {
+        assert!(run(sql).await.is_err(), "{sql}");
+    }
+    run(allowed).await.expect("pseudonymization");
+}

@@ -45,7 +45,9 @@
 //!   [`Store::get_meta`], version 6 the MLS key package directory,
 //!   version 7 MLS commits and groups, version 8 pinned device keys,
 //!   version 9 what an upload is and the message it is attached to (with
-//!   an index of the unattached ones for the sweep).
+//!   an index of the unattached ones for the sweep), version 10 the
+//!   moderation audit log (append-only: triggers refuse deletions and
+//!   rewrites).
 //!
 //! Dropping the store lets the writer finish the jobs already queued, then
 //! it closes its connection and exits; [`SqliteStore::close`] does the same
@@ -141,12 +143,12 @@ use std::{
 
 use async_trait::async_trait;
 use chat_core::{
-    Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy,
-    Report, ReportId, Store, Timestamp, UserId, UserRecord,
+    AuditEntry, Chat, ChatId, DeviceId, MediaId, MediaRecord, Message, MessageId,
+    ParticipantSettings, Privacy, Report, ReportId, Store, Timestamp, UserId, UserRecord,
     mls::ClaimedKeyPackage,
     store::{
-        Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery, ReportResolution,
-        StoredText, TextReplacement, TextTable,
+        AuditQuery, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery,
+        ReportResolution, StoredText, TextReplacement, TextTable,
     },
 };
 use rusqlite::{Connection, OpenFlags};
@@ -590,6 +592,25 @@ impl Store for SqliteStore {
 
     async fn resolve_report(&self, resolution: ReportResolution) -> chat_core::Result<Report> {
         self.write(move |conn| write::resolve_report(conn, resolution))
+            .await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> chat_core::Result<()> {
+        self.write(move |conn| write::append_audit(conn, entry))
+            .await
+    }
+
+    async fn list_audit(&self, query: AuditQuery) -> chat_core::Result<Vec<AuditEntry>> {
+        self.read(move |conn| read::list_audit(conn, &query)).await
+    }
+
+    async fn pseudonymize_audit(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+    ) -> chat_core::Result<u64> {
+        let (user, pseudonym) = (user.clone(), pseudonym.clone());
+        self.write(move |conn| write::pseudonymize_audit(conn, &user, &pseudonym))
             .await
     }
 

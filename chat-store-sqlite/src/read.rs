@@ -2,13 +2,14 @@
 //! readers and, inside its transaction, by the writer.
 
 use chat_core::{
-    Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Participant, Reactions, Report,
-    ReportId, ReportStatus, Timestamp, UserId, UserRecord,
+    AuditEntry, Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Participant, Reactions,
+    Report, ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     store::{
-        ChatListQuery, HistoryQuery, MlsGroupRecord, ReportQuery, StoredText, TextTable,
+        AuditQuery, ChatListQuery, HistoryQuery, MlsGroupRecord, ReportQuery, StoredText,
+        TextTable,
         rows::{
-            self, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow, UserRow,
-            direct_key, fold_reactions, sql_limit, sql_u64, unsigned, user_id,
+            self, AuditRow, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow,
+            UserRow, direct_key, fold_reactions, sql_limit, sql_u64, unsigned, user_id,
         },
     },
 };
@@ -518,6 +519,41 @@ pub(crate) fn list_reports(conn: &Connection, q: &ReportQuery) -> Result<Vec<Rep
         )?
         .collect::<rusqlite::Result<_>>()?;
     rows.into_iter().map(report_of).collect()
+}
+
+// --- audit log -----------------------------------------------------------
+
+/// [`Store::list_audit`](chat_core::Store::list_audit): newest first, on
+/// the table's order or the index of the filter.
+pub(crate) fn list_audit(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditEntry>, Error> {
+    use rusqlite::types::Value;
+    let (filter, texts) = rows::audit_filter(query, |n| format!("?{n}"));
+    let sql = format!(
+        "SELECT id, at, actor_id, action, target_type, target_id, chat_id, note \
+         FROM audit_log{filter} ORDER BY id DESC LIMIT ?{}",
+        texts.len() + 1
+    );
+    let mut params: Vec<Value> = texts.into_iter().map(Value::Text).collect();
+    params.push(Value::Integer(sql_limit(query.limit)));
+    let rows: Vec<AuditRow> = conn
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(params), |r| {
+            Ok(AuditRow {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                actor_id: r.get(2)?,
+                action: r.get(3)?,
+                target_type: r.get(4)?,
+                target_id: r.get(5)?,
+                chat_id: r.get(6)?,
+                note: r.get(7)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows
+        .into_iter()
+        .map(AuditRow::into_entry)
+        .collect::<Result<_, _>>()?)
 }
 
 // --- media ---------------------------------------------------------------

@@ -233,6 +233,38 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE participants ADD COLUMN silenced_until INTEGER;
     "#,
+    // 11: the moderation audit log. Append-only: clustered on its time-ordered id
+    // (pages newest first), listed by actor or by action, and found by
+    // the user it names when that user is erased. Triggers refuse to
+    // delete an entry or to change anything but the ids that
+    // pseudonymization replaces. Self-contained and idempotent (`IF NOT
+    // EXISTS`), so that renumbering it cannot fail on a database that ran
+    // it under another number.
+    r#"
+    CREATE TABLE IF NOT EXISTS audit_log (
+        id          TEXT PRIMARY KEY NOT NULL,
+        at          INTEGER NOT NULL,
+        actor_id    TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        target_type TEXT NOT NULL,
+        target_id   TEXT NOT NULL,
+        chat_id     TEXT,
+        note        TEXT
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS audit_log_by_actor ON audit_log (actor_id, id);
+    CREATE INDEX IF NOT EXISTS audit_log_by_action ON audit_log (action, id);
+    CREATE INDEX IF NOT EXISTS audit_log_by_user_target ON audit_log (target_id)
+        WHERE target_type = 'user';
+    CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit log is append-only');
+    END;
+    CREATE TRIGGER IF NOT EXISTS audit_log_no_rewrite
+        BEFORE UPDATE OF id, at, action, target_type, chat_id, note ON audit_log
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit log is append-only');
+    END;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.
@@ -474,5 +506,24 @@ mod tests {
             "the sweep's index: {plan}"
         );
         assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+
+    /// The audit log's migration runs again without harm (it may be
+    /// renumbered), and the database refuses to delete an entry or to
+    /// change anything of it but the ids pseudonymization replaces.
+    #[test]
+    fn the_audit_log_is_append_only() {
+        let conn = at_version(MIGRATIONS.len());
+        let audit = MIGRATIONS
+            .iter()
+            .find(|sql| sql.contains("CREATE TABLE IF NOT EXISTS audit_log"))
+            .expect("the audit log's migration");
+        conn.execute_batch(audit).expect("the migration runs again");
+        let (insert, refused, allowed) = chat_core::testing::AUDIT_LOG_SQL;
+        conn.execute_batch(insert).expect("append");
+        for sql in refused {
+            assert!(conn.execute_batch(sql).is_err(), "{sql}");
+        }
+        conn.execute_batch(allowed).expect("pseudonymization");
     }
 }

@@ -8,8 +8,8 @@
 use std::cell::Cell;
 
 use chat_core::{
-    Chat, ChatId, DeviceId, Error as CoreError, MediaId, MediaRecord, Message, MessageId,
-    MessageType, ParticipantSettings, Privacy, Report, Role, Timestamp, UserId,
+    AuditEntry, Chat, ChatId, DeviceId, Error as CoreError, MediaId, MediaRecord, Message,
+    MessageId, MessageType, ParticipantSettings, Privacy, Report, Role, Timestamp, UserId,
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
         Applied, Change, Committed, NewChat, NewMessage, ReportResolution, TextReplacement,
@@ -794,6 +794,45 @@ pub(crate) fn resolve_report(conn: &Connection, res: ReportResolution) -> Result
         report.resolution_note,
     ])?;
     Ok(report)
+}
+
+/// [`Store::append_audit`](chat_core::Store::append_audit): a duplicate id
+/// is a unique violation, which is a `Conflict`.
+pub(crate) fn append_audit(conn: &Connection, e: AuditEntry) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO audit_log (id, at, actor_id, action, target_type, target_id, chat_id, note) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        e.id.to_string(),
+        e.at.as_millis(),
+        e.actor_id.as_str(),
+        e.action.as_str(),
+        e.target_type.as_str(),
+        e.target_id,
+        e.chat_id.map(|c| c.to_string()),
+        e.note,
+    ])?;
+    Ok(())
+}
+
+/// [`Store::pseudonymize_audit`](chat_core::Store::pseudonymize_audit):
+/// one `UPDATE` of the entries that name `user`.
+pub(crate) fn pseudonymize_audit(
+    conn: &Connection,
+    user: &UserId,
+    pseudonym: &UserId,
+) -> Result<u64, Error> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE audit_log SET \
+               actor_id = CASE WHEN actor_id = ?1 THEN ?2 ELSE actor_id END, \
+               target_id = CASE WHEN target_type = 'user' AND target_id = ?1 \
+                 THEN ?2 ELSE target_id END \
+             WHERE actor_id = ?1 OR (target_type = 'user' AND target_id = ?1)",
+        )?
+        .execute(params![user.as_str(), pseudonym.as_str()])?;
+    Ok(changed as u64)
 }
 
 /// [`Store::insert_media`](chat_core::Store::insert_media).

@@ -14,7 +14,7 @@ use chat_core::{
     ReportStatus, Role, Timestamp, UserId,
     engine::{ByteRange, ChatUpdate, HistoryRequest, PrivacyPatch, Served},
     protocol::ErrorBody,
-    store::{ChatListQuery, GroupPatch, ReportQuery},
+    store::{AuditQuery, ChatListQuery, GroupPatch, ReportQuery},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -556,6 +556,29 @@ pub(crate) async fn list_reports(
     Ok(Json(
         json!({ "reports": reports, "next_cursor": next_cursor }),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct AuditParams {
+    cursor: Option<String>,
+    limit: Option<usize>,
+    actor_id: Option<String>,
+    action: Option<String>,
+}
+
+/// `GET /api/v1/admin/audit`: `{entries, next_cursor}`, newest first.
+pub(crate) async fn audit_log(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Params(p): Params<AuditParams>,
+) -> ApiResult {
+    let query = AuditQuery {
+        before: p.cursor.as_deref().map(id).transpose()?,
+        limit: p.limit.unwrap_or(AuditQuery::default().limit),
+        actor: p.actor_id.as_deref().map(id).transpose()?,
+        action: p.action.as_deref().map(id).transpose()?,
+    };
+    to_json(app.engine.audit_log(&actor, query).await?)
 }
 
 #[derive(Debug, Deserialize)]

@@ -162,6 +162,7 @@ fn routes(state: AppState) -> Router {
         .route("/users/me/export", get(not_implemented))
         .route("/users/me", axum::routing::delete(not_implemented))
         .route("/users/me/privacy", put(set_privacy))
+        .route("/admin/audit", get(audit_log))
         .route("/admin/reports", get(list_reports))
         .route("/admin/reports/{id}/resolve", post(resolve_report))
         .route("/admin/users/{id}/suspend", post(suspend).delete(unsuspend))

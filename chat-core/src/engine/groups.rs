@@ -10,7 +10,7 @@ use crate::{
     bus::{Action, Audience},
     error::{Error, Result},
     event::ServerEvent,
-    model::{Chat, ChatId, ChatKind, ChatView, Role, Timestamp, UserId},
+    model::{AuditAction, AuditTarget, Chat, ChatId, ChatKind, ChatView, Role, Timestamp, UserId},
     store::{Change, GroupPatch},
 };
 
@@ -96,7 +96,23 @@ impl ChatEngine {
             .writer
             .submit_framed(change, Fanout::new(EventKind::Membership), Some(ensure))
             .await?;
+        self.audit_removal(actor, chat_id, user).await;
         Ok(())
+    }
+
+    /// Audits a committed removal of `user` by `actor`, unless they left.
+    pub(super) async fn audit_removal(&self, actor: &Actor, chat_id: ChatId, user: &UserId) {
+        if user != &actor.user_id {
+            self.audit(
+                actor,
+                AuditAction::RemoveParticipant,
+                AuditTarget::User,
+                user,
+                Some(chat_id),
+                None,
+            )
+            .await;
+        }
     }
 
     /// The checks of [`remove_participant`](Self::remove_participant), the
@@ -184,6 +200,15 @@ impl ChatEngine {
         };
         self.membership(change.authorized(&actor.user_id, Role::Admin))
             .await?;
+        self.audit(
+            actor,
+            AuditAction::SetRole,
+            AuditTarget::User,
+            user,
+            Some(chat_id),
+            Some(role.as_str().to_owned()),
+        )
+        .await;
         Ok(())
     }
 
@@ -231,6 +256,16 @@ impl ChatEngine {
         self.publish(
             Audience::users(chat.member_ids()),
             Action::Event(event.encode()),
+        )
+        .await;
+        let note = until.map_or_else(|| "lifted".to_owned(), |t| format!("until {t}"));
+        self.audit(
+            actor,
+            AuditAction::MuteParticipant,
+            AuditTarget::User,
+            user,
+            Some(chat_id),
+            Some(note),
         )
         .await;
         Ok(())
@@ -287,19 +322,41 @@ impl ChatEngine {
         chat_id: ChatId,
         patch: GroupPatch,
     ) -> Result<ChatView> {
+        // The note names the fields changed, not their values.
+        let fields = [
+            ("name", patch.name.is_some()),
+            ("description", patch.description.is_some()),
+            ("avatar_url", patch.avatar_url.is_some()),
+        ];
+        let note = fields
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(field, _)| *field)
+            .collect::<Vec<_>>()
+            .join(", ");
         let change = Change::UpdateGroup {
             chat_id,
             patch,
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        match self
+        let chat = match self
             .membership(change.authorized(&actor.user_id, Role::Admin))
             .await?
         {
-            crate::store::Applied::Membership { chat, .. } => self.view(chat, &actor.user_id).await,
-            _ => Err(unexpected()),
-        }
+            crate::store::Applied::Membership { chat, .. } => chat,
+            _ => return Err(unexpected()),
+        };
+        self.audit(
+            actor,
+            AuditAction::UpdateGroup,
+            AuditTarget::Chat,
+            chat_id,
+            Some(chat_id),
+            Some(note),
+        )
+        .await;
+        self.view(chat, &actor.user_id).await
     }
 
     /// Refuses to put `user` into one more group once they are in

@@ -454,6 +454,10 @@ impl ChatEngine {
             at: self.now(),
         };
         let deleted = self.updated(change, Fanout::new(EventKind::Delete)).await?;
+        if message.sender_id != actor.user_id {
+            // A group admin or moderator deleted someone else's message.
+            self.audit_deletion(actor, chat.id, message_id, None).await;
+        }
         if let Some(media) = &message.media {
             self.remove_media_of(media.id).await;
         }

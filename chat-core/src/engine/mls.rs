@@ -289,6 +289,7 @@ impl ChatEngine {
             .writer
             .submit_framed(change, Fanout::new(EventKind::Membership), Some(ensure))
             .await?;
+        self.audit_removal(actor, chat.id, user).await;
         Ok(epoch)
     }
 

@@ -6,6 +6,7 @@
 //! [`Store::apply`] (group commit) and publish their events in commit order,
 //! so that every connection sees a chat's events in `updated_seq` order.
 
+mod audit;
 mod cache;
 mod chats;
 mod groups;
@@ -22,13 +23,8 @@ use std::{sync::Arc, time::Duration};
 
 use serde::Serialize;
 
-use self::{
-    cache::ChatCache,
-    media::MediaParts,
-    presence::{Presence, Typing},
-    writer::Writer,
-};
 pub use self::{
+    audit::{AuditPage, MAX_AUDIT_PAGE},
     chats::{ChatPage, ChatUpdate, NewGroup, Opened},
     media::{ByteRange, Download, MediaConfig, Served, Upload},
     messages::{HistoryPage, HistoryRequest, Receipt, SYSTEM_REPORTER, SendMessage},
@@ -36,6 +32,12 @@ pub use self::{
     moderation::{ModerationAction, PrivacyPatch},
     presence::Session,
     sync::{SyncChat, SyncResult},
+};
+use self::{
+    cache::ChatCache,
+    media::MediaParts,
+    presence::{Presence, Typing},
+    writer::Writer,
 };
 use crate::{
     bus::{Action, Audience, Bus, Delivery, LocalBus},

@@ -11,7 +11,10 @@ use super::{
 use crate::{
     bus::{Action, Audience},
     error::{Error, Result},
-    model::{Message, MessageId, Privacy, Report, ReportId, ReportStatus, Timestamp, UserId},
+    model::{
+        AuditAction, AuditTarget, Message, MessageId, Privacy, Report, ReportId, ReportStatus,
+        Timestamp, UserId,
+    },
     store::{Change, ReportQuery, ReportResolution},
     transport::CLOSE_SUSPENDED,
 };
@@ -109,7 +112,7 @@ impl ChatEngine {
 
     // --- moderation (service admins) -------------------------------------
 
-    fn require_admin(actor: &Actor) -> Result<()> {
+    pub(super) fn require_admin(actor: &Actor) -> Result<()> {
         if actor.admin {
             Ok(())
         } else {
@@ -126,6 +129,18 @@ impl ChatEngine {
         until: Option<Timestamp>,
     ) -> Result<()> {
         Self::require_admin(actor)?;
+        self.suspend_user(actor, user, until, None).await
+    }
+
+    /// [`suspend`](Self::suspend) of an admin, audited with the report that
+    /// led to it (`via`), if any.
+    async fn suspend_user(
+        &self,
+        actor: &Actor,
+        user: &UserId,
+        until: Option<Timestamp>,
+        via: Option<ReportId>,
+    ) -> Result<()> {
         let until = until.unwrap_or(Timestamp::FOREVER);
         self.inner.store.set_suspension(user, Some(until)).await?;
         let action = Action::Disconnect {
@@ -134,13 +149,36 @@ impl ChatEngine {
         };
         self.publish(Audience::users(vec![user.clone()]), action)
             .await;
+        let note = match via {
+            Some(report) => format!("report {report}, until {until}"),
+            None => format!("until {until}"),
+        };
+        self.audit(
+            actor,
+            AuditAction::SuspendUser,
+            AuditTarget::User,
+            user,
+            None,
+            Some(note),
+        )
+        .await;
         Ok(())
     }
 
     /// Lifts a suspension.
     pub async fn unsuspend(&self, actor: &Actor, user: &UserId) -> Result<()> {
         Self::require_admin(actor)?;
-        self.inner.store.set_suspension(user, None).await
+        self.inner.store.set_suspension(user, None).await?;
+        self.audit(
+            actor,
+            AuditAction::UnsuspendUser,
+            AuditTarget::User,
+            user,
+            None,
+            None,
+        )
+        .await;
+        Ok(())
     }
 
     /// Reports in the moderation queue that match `query` (service admins
@@ -155,7 +193,9 @@ impl ChatEngine {
 
     /// Closes a report: dismisses it, or deletes the reported message, or
     /// suspends its sender (forever, or until `until`), and records who
-    /// decided and why.
+    /// decided and why. The audit log gets a `resolve_report` entry with
+    /// the note, and one `delete_message` or `suspend_user` entry naming
+    /// the report for what the resolution did.
     pub async fn resolve_report(
         &self,
         actor: &Actor,
@@ -177,25 +217,38 @@ impl ChatEngine {
         let status = match action {
             ModerationAction::Dismiss => ReportStatus::Dismissed,
             ModerationAction::DeleteMessage => {
-                self.moderator_delete(actor, report.message_id).await?;
+                self.delete_as_admin(actor, report.message_id, Some(id))
+                    .await?;
                 ReportStatus::Resolved
             }
             ModerationAction::SuspendUser { until } => {
-                self.suspend(actor, &report.reported_user_id, until).await?;
+                self.suspend_user(actor, &report.reported_user_id, until, Some(id))
+                    .await?;
                 ReportStatus::Resolved
             }
         };
         tracing::info!(admin = %actor.user_id, report = %id, ?action, "report resolved");
-        self.inner
+        let resolved = self
+            .inner
             .store
             .resolve_report(ReportResolution {
                 id,
                 status,
                 by: actor.user_id.clone(),
-                note,
+                note: note.clone(),
                 at: self.now(),
             })
-            .await
+            .await?;
+        self.audit(
+            actor,
+            AuditAction::ResolveReport,
+            AuditTarget::Report,
+            id,
+            Some(report.chat_id),
+            note,
+        )
+        .await;
+        Ok(resolved)
     }
 
     /// Crypto-shredding (service admins): destroys `user`'s key in the key
@@ -243,6 +296,18 @@ impl ChatEngine {
     /// Deletes any message (service admins), leaving a tombstone.
     pub async fn moderator_delete(&self, actor: &Actor, message_id: MessageId) -> Result<Message> {
         Self::require_admin(actor)?;
+        self.delete_as_admin(actor, message_id, None).await
+    }
+
+    /// [`moderator_delete`](Self::moderator_delete) of an admin, audited
+    /// with the report that led to it (`via`), if any. A message deleted
+    /// already is returned as it is, and nothing is audited.
+    async fn delete_as_admin(
+        &self,
+        actor: &Actor,
+        message_id: MessageId,
+        via: Option<ReportId>,
+    ) -> Result<Message> {
         let message = self
             .inner
             .store
@@ -263,7 +328,13 @@ impl ChatEngine {
             message_id,
             at: self.now(),
         };
-        self.updated(change, Fanout::new(EventKind::Delete)).await
+        let deleted = self.updated(change, Fanout::new(EventKind::Delete)).await?;
+        if let Some(media) = &message.media {
+            self.remove_media_of(media.id).await;
+        }
+        let note = via.map(|report| format!("report {report}"));
+        self.audit_deletion(actor, chat.id, message_id, note).await;
+        Ok(deleted)
     }
 }
 

@@ -1898,6 +1898,15 @@ impl crate::store::Store for PanicsOnce {
     async fn resolve_report(&self, resolution: ReportResolution) -> Result<Report> {
         self.inner.resolve_report(resolution).await
     }
+    async fn append_audit(&self, entry: AuditEntry) -> Result<()> {
+        self.inner.append_audit(entry).await
+    }
+    async fn list_audit(&self, query: crate::store::AuditQuery) -> Result<Vec<AuditEntry>> {
+        self.inner.list_audit(query).await
+    }
+    async fn pseudonymize_audit(&self, user: &UserId, pseudonym: &UserId) -> Result<u64> {
+        self.inner.pseudonymize_audit(user, pseudonym).await
+    }
     async fn insert_media(&self, record: MediaRecord) -> Result<()> {
         self.inner.insert_media(record).await
     }
@@ -2865,6 +2874,30 @@ async fn membership_changes_of_e2ee_chats_carry_their_commit() {
     assert!(
         view.chat.participant(&uid("bob")).is_none(),
         "removed with the commit"
+    );
+    let audit = e
+        .audit_log(
+            &Actor::admin(uid("root")),
+            crate::store::AuditQuery::default(),
+        )
+        .await
+        .unwrap();
+    let removals: Vec<_> = audit
+        .entries
+        .iter()
+        .map(|a| {
+            (
+                a.action,
+                a.actor_id.as_str(),
+                a.target_id.as_str(),
+                a.chat_id,
+            )
+        })
+        .collect();
+    assert_eq!(
+        removals,
+        [(AuditAction::RemoveParticipant, "alice", "bob", Some(chat))],
+        "the removal with its commit is audited once; refused ones not"
     );
     e.send(&alice, SendMessage::text(chat, "after", fake_app(chat, 3)))
         .await

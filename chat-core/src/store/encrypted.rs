@@ -19,15 +19,15 @@ use async_trait::async_trait;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 
 use super::{
-    Applied, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery,
+    Applied, AuditQuery, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery,
     ReportResolution, Store, StoredText, TextReplacement, TextTable,
 };
 use crate::{
     error::{Error, Result},
     keystore::{Keyring, Opened, SealedBody},
     model::{
-        Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings, Privacy,
-        Report, ReportId, Timestamp, Unreadable, UserId, UserRecord,
+        AuditEntry, Chat, ChatId, MediaId, MediaRecord, Message, MessageId, ParticipantSettings,
+        Privacy, Report, ReportId, Timestamp, Unreadable, UserId, UserRecord,
     },
 };
 
@@ -651,6 +651,23 @@ impl Store for EncryptedStore {
     async fn resolve_report(&self, resolution: ReportResolution) -> Result<Report> {
         let report = self.inner.resolve_report(resolution).await?;
         self.open_report(report).await
+    }
+
+    // The audit log passes through in plaintext, notes included. A note is
+    // a moderator's text about an action, not a user's content, and no
+    // user's key would fit it: sealing it under the actor's key would let
+    // erasing the moderator destroy the record of what they did. Whether
+    // notes get a key of their own is open; until then they are plaintext.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<()> {
+        self.inner.append_audit(entry).await
+    }
+
+    async fn list_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>> {
+        self.inner.list_audit(query).await
+    }
+
+    async fn pseudonymize_audit(&self, user: &UserId, pseudonym: &UserId) -> Result<u64> {
+        self.inner.pseudonymize_audit(user, pseudonym).await
     }
 
     async fn insert_media(&self, record: MediaRecord) -> Result<()> {

@@ -3,7 +3,7 @@
 //! rules every store applies to the rows a change touches.
 //!
 //! - **Decoding rows.** [`ChatRow`], [`ParticipantRow`], [`MessageRow`],
-//!   [`ReportRow`], [`MediaRow`] and [`UserRow`] hold a row as SQL gives it
+//!   [`ReportRow`], [`MediaRow`], [`UserRow`] and [`AuditRow`] hold a row as SQL gives it
 //!   (text, `BIGINT`, booleans, JSON as text); each store fills them from
 //!   its driver's rows and turns them into model types here, so that every
 //!   column is checked the same way. [`fold_reactions`] groups reaction rows
@@ -12,7 +12,8 @@
 //!   failure, not the caller's).
 //! - **Encoding values.** [`sql_u64`], [`sql_limit`] and [`sql_u64_checked`]
 //!   turn unsigned values into SQL's signed integers; [`direct_key`] is the
-//!   key of a pair's direct chat. Enums are stored as their wire names
+//!   key of a pair's direct chat; [`audit_filter`] is the `WHERE` clause
+//!   of an [`AuditQuery`]. Enums are stored as their wire names
 //!   (`as_str`, parsed back with `FromStr`).
 //! - **Rules of a change.** What an edit ([`edit`]), a deletion
 //!   ([`tombstone`]) or a reaction ([`reaction_changes`], [`react`]) does
@@ -27,11 +28,11 @@ use std::{fmt::Display, str::FromStr};
 
 use serde::de::DeserializeOwned;
 
-use super::{Applied, NewChat, NewMessage, ReportResolution, demotes_last_admin};
+use super::{Applied, AuditQuery, NewChat, NewMessage, ReportResolution, demotes_last_admin};
 use crate::{
     error::{Error, Result},
     model::{
-        Chat, ChatId, ChatKind, MediaId, MediaKind, MediaRecord, Message, Participant,
+        AuditEntry, Chat, ChatId, ChatKind, MediaId, MediaKind, MediaRecord, Message, Participant,
         ParticipantSettings, Privacy, Reactions, Report, ReportStatus, Role, Timestamp, UserId,
         UserRecord,
     },
@@ -399,6 +400,73 @@ impl ReportRow {
                 .transpose()?,
             resolution_note: self.resolution_note,
         })
+    }
+}
+
+/// A row of `audit_log`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditRow {
+    /// `id`, an [`AuditId`](crate::model::AuditId).
+    pub id: String,
+    /// `at`, in milliseconds.
+    pub at: i64,
+    /// `actor_id`.
+    pub actor_id: String,
+    /// `action`, an [`AuditAction`](crate::model::AuditAction)'s wire name.
+    pub action: String,
+    /// `target_type`, an [`AuditTarget`](crate::model::AuditTarget)'s wire name.
+    pub target_type: String,
+    /// `target_id`.
+    pub target_id: String,
+    /// `chat_id`.
+    pub chat_id: Option<String>,
+    /// `note`.
+    pub note: Option<String>,
+}
+
+impl AuditRow {
+    /// The entry.
+    pub fn into_entry(self) -> Result<AuditEntry, RowError> {
+        Ok(AuditEntry {
+            id: parse("audit_log.id", &self.id)?,
+            at: Timestamp::from_millis(self.at),
+            actor_id: user_id("audit_log.actor_id", self.actor_id)?,
+            action: parse("audit_log.action", &self.action)?,
+            target_type: parse("audit_log.target_type", &self.target_type)?,
+            target_id: self.target_id,
+            chat_id: self
+                .chat_id
+                .map(|c| parse("audit_log.chat_id", &c))
+                .transpose()?,
+            note: self.note,
+        })
+    }
+}
+
+/// The `WHERE` clause of `query` over `audit_log` (empty when it has no
+/// filter), and its text parameters in order; `placeholder(n)` writes the
+/// `n`th parameter (from 1) in the store's syntax (`?1`, `$1`). The limit
+/// is the caller's, as parameter `len() + 1`.
+pub fn audit_filter(query: &AuditQuery, placeholder: fn(usize) -> String) -> (String, Vec<String>) {
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    let mut condition = |column: &str, op: &str, value: String| {
+        params.push(value);
+        conditions.push(format!("{column} {op} {}", placeholder(params.len())));
+    };
+    if let Some(before) = query.before {
+        condition("id", "<", before.to_string());
+    }
+    if let Some(actor) = &query.actor {
+        condition("actor_id", "=", actor.to_string());
+    }
+    if let Some(action) = query.action {
+        condition("action", "=", action.as_str().to_owned());
+    }
+    if conditions.is_empty() {
+        (String::new(), params)
+    } else {
+        (format!(" WHERE {}", conditions.join(" AND ")), params)
     }
 }
 

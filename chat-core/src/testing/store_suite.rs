@@ -24,6 +24,7 @@ use crate::{
 crate::store_conformance_tests!(@list names);
 
 mod audience;
+mod audit;
 mod chats;
 mod concurrency;
 mod key_packages;
@@ -35,8 +36,8 @@ mod receipts;
 mod safety;
 mod users;
 pub use self::{
-    audience::*, chats::*, concurrency::*, key_packages::*, log::*, maintenance::*, membership::*,
-    mls::*, receipts::*, safety::*, users::*,
+    audience::*, audit::*, chats::*, concurrency::*, key_packages::*, log::*, maintenance::*,
+    membership::*, mls::*, receipts::*, safety::*, users::*,
 };
 
 // --- helpers -------------------------------------------------------------
