@@ -930,6 +930,13 @@ pub struct Report {
     /// The message's content when it was reported, so that a later deletion
     /// does not hide the evidence.
     pub content: Option<String>,
+    /// The message's type when it was reported.
+    #[serde(default, rename = "type")]
+    pub kind: MessageType,
+    /// The message's media when it was reported (its bytes are kept while
+    /// the report is open, even if the message is deleted).
+    #[serde(default)]
+    pub media: Option<MediaRef>,
     /// Where it is in the queue.
     pub status: ReportStatus,
     /// When it was filed.
@@ -942,7 +949,63 @@ pub struct Report {
     pub resolution_note: Option<String>,
 }
 
+/// The evidence of a report as the admin API shows it: `{message: {id,
+/// chat_id, sender_id, type, content, media}}` as the message was when
+/// reported (PROTOCOL.md 5.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportSnapshot<'a> {
+    /// The reported message as it was.
+    pub message: SnapshotMessage<'a>,
+}
+
+/// The message of a [`ReportSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotMessage<'a> {
+    /// Its id.
+    pub id: MessageId,
+    /// Its chat.
+    pub chat_id: ChatId,
+    /// Its sender.
+    pub sender_id: &'a UserId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: MessageType,
+    /// Its text (or ciphertext of an e2ee chat: the reporter's plaintext
+    /// travels in the reason).
+    pub content: Option<&'a str>,
+    /// Its media.
+    pub media: Option<&'a MediaRef>,
+}
+
+/// A [`Report`] with its [`ReportSnapshot`], as the admin API sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportView<'a> {
+    /// The report.
+    #[serde(flatten)]
+    pub report: &'a Report,
+    /// Its evidence; `null` once it was destroyed (its sender erased).
+    pub snapshot: Option<ReportSnapshot<'a>>,
+}
+
 impl Report {
+    /// The report with its evidence, for the admin API.
+    pub fn view(&self) -> ReportView<'_> {
+        let snapshot = (self.content.is_some() || self.media.is_some()).then_some(ReportSnapshot {
+            message: SnapshotMessage {
+                id: self.message_id,
+                chat_id: self.chat_id,
+                sender_id: &self.reported_user_id,
+                kind: self.kind,
+                content: self.content.as_deref(),
+                media: self.media.as_ref(),
+            },
+        });
+        ReportView {
+            report: self,
+            snapshot,
+        }
+    }
+
     /// A new open report of `message`, keeping its content as evidence.
     pub fn open(reporter_id: UserId, message: &Message, reason: String, at: Timestamp) -> Self {
         Self {
@@ -953,6 +1016,8 @@ impl Report {
             reported_user_id: message.sender_id.clone(),
             reason,
             content: message.content.clone(),
+            kind: message.kind,
+            media: message.media.clone(),
             status: ReportStatus::Open,
             created_at: at,
             resolved_at: None,

@@ -1064,6 +1064,8 @@ pub struct ReportQuery {
     pub reporter: Option<UserId>,
     /// Only reports of this user's messages.
     pub reported_user: Option<UserId>,
+    /// Only reports of this message.
+    pub message: Option<MessageId>,
     /// Only reports filed after this one (paging: the last id of the
     /// previous page).
     pub after: Option<ReportId>,
@@ -1079,6 +1081,7 @@ impl ReportQuery {
             chat: None,
             reporter: None,
             reported_user: None,
+            message: None,
             after: None,
             limit,
         }
@@ -1102,6 +1105,7 @@ impl ReportQuery {
                 .reported_user
                 .as_ref()
                 .is_none_or(|u| report.reported_user_id == *u)
+            && self.message.is_none_or(|m| report.message_id == m)
             && self.after.is_none_or(|after| report.id > after)
     }
 }

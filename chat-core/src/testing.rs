@@ -223,6 +223,7 @@ macro_rules! store_conformance_tests {
             concurrent_attaches_of_one_upload_accept_one,
             participant_settings_round_trip,
             participants_are_silenced_apart_from_their_settings,
+            reports_keep_the_type_and_media_of_the_message,
             concurrent_posts_take_unique_gap_free_seqs,
             concurrent_retries_store_one_message,
             concurrent_marks_never_move_backwards,

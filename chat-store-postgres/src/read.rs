@@ -513,7 +513,7 @@ fn user_from_row(who: &UserId, r: &PgRow) -> Result<UserRecord, Error> {
 macro_rules! report_columns {
     () => {
         "id, reporter_id, chat_id, message_id, reported_user_id, reason, content, status, \
-         created_at, resolved_at, resolved_by, resolution_note"
+         created_at, resolved_at, resolved_by, resolution_note, kind, media"
     };
 }
 pub(crate) use report_columns;
@@ -532,6 +532,8 @@ pub(crate) fn report_from_row(r: &PgRow) -> Result<Report, Error> {
         resolved_at: r.try_get("resolved_at")?,
         resolved_by: r.try_get("resolved_by")?,
         resolution_note: r.try_get("resolution_note")?,
+        kind: r.try_get("kind")?,
+        media: r.try_get("media")?,
     };
     Ok(row.into_report()?)
 }
@@ -583,6 +585,7 @@ pub(crate) async fn list_reports<'e>(
         " FROM reports WHERE ($1::text IS NULL OR status = $1) \
            AND ($2::text IS NULL OR chat_id = $2) AND ($3::text IS NULL OR reporter_id = $3) \
            AND ($4::text IS NULL OR reported_user_id = $4) AND ($5::text IS NULL OR id > $5) \
+           AND ($7::text IS NULL OR message_id = $7) \
          ORDER BY id LIMIT $6"
     ))
     .bind(q.status.map(ReportStatus::as_str))
@@ -591,6 +594,7 @@ pub(crate) async fn list_reports<'e>(
     .bind(q.reported_user.as_ref().map(UserId::as_str))
     .bind(q.after.map(|r| r.to_string()))
     .bind(sql_limit(q.limit))
+    .bind(q.message.map(|m| m.to_string()))
     .fetch_all(ex)
     .await?;
     rows.iter().map(report_from_row).collect()

@@ -831,11 +831,13 @@ const REPORT_ATTEMPTS: usize = 3;
 /// unique index on open reports makes a concurrent duplicate (on any node)
 /// return the first.
 pub(crate) async fn insert_report(pool: &PgPool, r: Report) -> Result<Report, Error> {
+    let media = r.media.as_ref().map(serde_json::to_string).transpose()?;
     for _ in 0..REPORT_ATTEMPTS {
         let done = sqlx::query(
             "INSERT INTO reports (id, reporter_id, chat_id, message_id, reported_user_id, \
-               reason, content, status, created_at, resolved_at, resolved_by, resolution_note) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+               reason, content, status, created_at, resolved_at, resolved_by, resolution_note, \
+               kind, media) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT (reporter_id, message_id) WHERE status = 'open' DO NOTHING",
         )
         .bind(r.id.to_string())
@@ -850,6 +852,8 @@ pub(crate) async fn insert_report(pool: &PgPool, r: Report) -> Result<Report, Er
         .bind(r.resolved_at.map(Timestamp::as_millis))
         .bind(r.resolved_by.as_ref().map(UserId::as_str))
         .bind(r.resolution_note.as_deref())
+        .bind(r.kind.as_str())
+        .bind(media.as_deref())
         .execute(pool)
         .await?;
         if done.rows_affected() > 0 {

@@ -438,7 +438,7 @@ pub(crate) fn user_record(conn: &Connection, who: &UserId) -> Result<Option<User
 macro_rules! report_columns {
     () => {
         "id, reporter_id, chat_id, message_id, reported_user_id, reason, content, status, \
-         created_at, resolved_at, resolved_by, resolution_note"
+         created_at, resolved_at, resolved_by, resolution_note, kind, media"
     };
 }
 
@@ -457,6 +457,8 @@ fn report_row(r: &Row<'_>) -> rusqlite::Result<ReportRow> {
         resolved_at: r.get(9)?,
         resolved_by: r.get(10)?,
         resolution_note: r.get(11)?,
+        kind: r.get(12)?,
+        media: r.get(13)?,
     })
 }
 
@@ -504,7 +506,7 @@ pub(crate) fn list_reports(conn: &Connection, q: &ReportQuery) -> Result<Vec<Rep
             report_columns!(),
             " FROM reports WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR chat_id = ?2) \
              AND (?3 IS NULL OR reporter_id = ?3) AND (?4 IS NULL OR reported_user_id = ?4) \
-             AND (?5 IS NULL OR id > ?5) ORDER BY id LIMIT ?6"
+             AND (?5 IS NULL OR id > ?5) AND (?7 IS NULL OR message_id = ?7) ORDER BY id LIMIT ?6"
         ))?
         .query_map(
             params![
@@ -513,7 +515,8 @@ pub(crate) fn list_reports(conn: &Connection, q: &ReportQuery) -> Result<Vec<Rep
                 q.reporter.as_ref().map(UserId::as_str),
                 q.reported_user.as_ref().map(UserId::as_str),
                 q.after.map(|r| r.to_string()),
-                sql_limit(q.limit)
+                sql_limit(q.limit),
+                q.message.map(|m| m.to_string())
             ],
             report_row,
         )?

@@ -265,6 +265,12 @@ const MIGRATIONS: &[&str] = &[
         SELECT RAISE(ABORT, 'the audit log is append-only');
     END;
     "#,
+    // 12: a report keeps the reported message's type and media too, for
+    // its evidence snapshot.
+    r#"
+    ALTER TABLE reports ADD COLUMN kind TEXT;
+    ALTER TABLE reports ADD COLUMN media TEXT;   -- MediaRef as JSON
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.

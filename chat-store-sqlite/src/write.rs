@@ -758,8 +758,8 @@ pub(crate) fn insert_report(conn: &Connection, r: Report) -> Result<Report, Erro
     }
     conn.prepare_cached(
         "INSERT INTO reports (id, reporter_id, chat_id, message_id, reported_user_id, reason, \
-         content, status, created_at, resolved_at, resolved_by, resolution_note) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         content, status, created_at, resolved_at, resolved_by, resolution_note, kind, media) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         r.id.to_string(),
@@ -774,6 +774,8 @@ pub(crate) fn insert_report(conn: &Connection, r: Report) -> Result<Report, Erro
         r.resolved_at.map(Timestamp::as_millis),
         r.resolved_by.as_ref().map(UserId::as_str),
         r.resolution_note,
+        r.kind.as_str(),
+        r.media.as_ref().map(serde_json::to_string).transpose()?,
     ])?;
     Ok(r)
 }

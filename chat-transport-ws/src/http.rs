@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chat_core::{
-    Actor, ChatId, Encryption, Error, MessageId, ModerationAction, NewGroup, ReportId,
+    Actor, ChatId, Encryption, Error, MessageId, ModerationAction, NewGroup, Report, ReportId,
     ReportStatus, Role, Timestamp, UserId,
     engine::{ByteRange, ChatUpdate, HistoryRequest, PrivacyPatch, Served},
     protocol::ErrorBody,
@@ -554,7 +554,7 @@ pub(crate) async fn list_reports(
         .then(|| reports.last().map(|r| r.id.to_string()))
         .flatten();
     Ok(Json(
-        json!({ "reports": reports, "next_cursor": next_cursor }),
+        json!({ "reports": reports.iter().map(Report::view).collect::<Vec<_>>(), "next_cursor": next_cursor }),
     ))
 }
 
@@ -596,11 +596,11 @@ pub(crate) async fn resolve_report(
     Body(b): Body<Resolve>,
 ) -> ApiResult {
     let report_id: ReportId = id(&report)?;
-    to_json(
-        app.engine
-            .resolve_report(&actor, report_id, b.action, b.note)
-            .await?,
-    )
+    let report = app
+        .engine
+        .resolve_report(&actor, report_id, b.action, b.note)
+        .await?;
+    to_json(report.view())
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,7 +27,8 @@ use crate::{
         ByteStream, MediaStore,
         process::{self, MediaLimits, Sniffed},
     },
-    model::{ChatId, Encryption, MediaId, MediaKind, MediaRecord, MessageId, UserId},
+    model::{ChatId, Encryption, MediaId, MediaKind, MediaRecord, MessageId, ReportStatus, UserId},
+    store::ReportQuery,
 };
 
 /// Settings of uploads.
@@ -528,7 +529,9 @@ impl ChatEngine {
     }
 
     /// Removes the upload a deleted message carried, logging failures: the
-    /// message is a tombstone already.
+    /// message is a tombstone already. An open report of the message holds
+    /// the bytes as evidence until it is resolved (`resolve_report` calls
+    /// this again then).
     pub(super) async fn remove_media_of(&self, media: MediaId) {
         if self.inner.media.is_none() {
             return;
@@ -541,6 +544,17 @@ impl ChatEngine {
                 return;
             }
         };
+        match self.reported(record.message_id, true).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(%media, "media of a deleted message kept for an open report");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%media, error = %e, "could not check reports of deleted media; kept");
+                return;
+            }
+        }
         if let Err(e) = self.remove_media(&record).await {
             tracing::error!(%media, error = %e, "could not remove a deleted message's media");
         }
@@ -594,14 +608,12 @@ impl ChatEngine {
         let not_found = || Error::not_found("media not found");
         let store = &self.inner.store;
         let record = store.get_media(media_id).await?.ok_or_else(not_found)?;
-        let chat = self
-            .chat_of(actor, record.chat_id)
-            .await
-            .map_err(|_| not_found())?;
+        let chat = self.chat_of(actor, record.chat_id).await.ok();
         let mine = record.uploader_id == actor.user_id;
-        let visible = match record.message_id {
-            None => mine,
-            Some(message) => match store.get_message(message).await? {
+        let visible = match (&chat, record.message_id) {
+            (None, _) => false,
+            (Some(_), None) => mine,
+            (Some(chat), Some(message)) => match store.get_message(message).await? {
                 Some(m) => {
                     let from = chat
                         .participant(&actor.user_id)
@@ -612,9 +624,38 @@ impl ChatEngine {
                 None => mine,
             },
         };
-        if !visible {
+        // A service admin reviewing a report sees its evidence, even after
+        // the message was deleted.
+        let reviewing = !visible && actor.admin && self.reported(record.message_id, false).await?;
+        if !visible && !reviewing {
             return Err(not_found());
         }
+        self.serve(media, record, thumbnail, range).await
+    }
+
+    /// Whether `message` was reported (only reports still open, if
+    /// `open_only`).
+    async fn reported(&self, message: Option<MessageId>, open_only: bool) -> Result<bool> {
+        let Some(message) = message else {
+            return Ok(false);
+        };
+        let mut query = ReportQuery::new(1);
+        query.message = Some(message);
+        if open_only {
+            query.status = Some(ReportStatus::Open);
+        }
+        Ok(!self.inner.store.list_reports(query).await?.is_empty())
+    }
+
+    /// The bytes of an upload whose access was checked.
+    async fn serve(
+        &self,
+        media: &MediaParts,
+        record: MediaRecord,
+        thumbnail: bool,
+        range: Option<ByteRange>,
+    ) -> Result<Download> {
+        let not_found = || Error::not_found("media not found");
         if thumbnail {
             let key = record.thumbnail_key().ok_or_else(not_found)?;
             let bytes = self.read_thumbnail(media, &record, &key).await?;

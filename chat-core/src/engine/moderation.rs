@@ -248,6 +248,20 @@ impl ChatEngine {
             note,
         )
         .await;
+        // The hold ends: media of a message deleted while this report was
+        // open goes now, unless another open report still holds it.
+        if let Some(media) = &report.media {
+            let gone = match self.inner.store.get_message(report.message_id).await {
+                Ok(message) => message.is_none_or(|m| m.deleted),
+                Err(e) => {
+                    tracing::error!(report = %id, error = %e, "could not check a resolved report's message");
+                    false
+                }
+            };
+            if gone {
+                self.remove_media_of(media.id).await;
+            }
+        }
         Ok(resolved)
     }
 

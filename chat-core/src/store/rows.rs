@@ -368,6 +368,12 @@ pub struct ReportRow {
     pub reason: String,
     /// `content`.
     pub content: Option<String>,
+    /// `kind`, the reported message's type (`text` for rows from before
+    /// the column).
+    pub kind: Option<String>,
+    /// `media`, the reported message's [`MediaRef`](crate::model::MediaRef)
+    /// as JSON text.
+    pub media: Option<String>,
     /// `status`, a [`ReportStatus`]'s wire name.
     pub status: String,
     /// `created_at`, in milliseconds.
@@ -391,6 +397,13 @@ impl ReportRow {
             reported_user_id: user_id("reports.reported_user_id", self.reported_user_id)?,
             reason: self.reason,
             content: self.content,
+            kind: self
+                .kind
+                .as_deref()
+                .map(|k| parse("reports.kind", k))
+                .transpose()?
+                .unwrap_or_default(),
+            media: json(self.media.as_deref())?,
             status: parse("reports.status", &self.status)?,
             created_at: Timestamp::from_millis(self.created_at),
             resolved_at: self.resolved_at.map(Timestamp::from_millis),

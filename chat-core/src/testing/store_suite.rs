@@ -464,6 +464,8 @@ fn report(reporter: &UserId, message: &Message, reason: &str, created_at: Timest
         reported_user_id: message.sender_id.clone(),
         reason: reason.to_owned(),
         content: message.content.clone(),
+        kind: message.kind,
+        media: message.media.clone(),
         status: ReportStatus::Open,
         created_at,
         resolved_at: None,

@@ -750,6 +750,29 @@ async fn reports_are_filed_listed_and_dismissed() {
         .http("GET", "/api/v1/admin/reports", Some(&admin), None)
         .await;
     assert!(find(r.expect(200)), "open by default: {}", r.text);
+    // The evidence, as PROTOCOL.md 5.2 shapes it, survives an edit.
+    alice
+        .ok(
+            "edit_message",
+            json!({"message_id": m["id"], "content": "nothing to see"}),
+        )
+        .await;
+    let r = server
+        .http("GET", "/api/v1/admin/reports", Some(&admin), None)
+        .await;
+    let entry = r.expect(200)["reports"]
+        .as_array()
+        .expect("reports")
+        .iter()
+        .find(|e| e["id"] == report_id.as_str())
+        .cloned()
+        .expect("the report");
+    assert_eq!(
+        entry["snapshot"],
+        json!({"message": {"id": m["id"], "chat_id": chat["id"], "sender_id": "alice",
+                           "type": "text", "content": "buy cheap watches", "media": null}}),
+        "{entry}"
+    );
     let r = server
         .http(
             "GET",

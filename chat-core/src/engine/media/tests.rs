@@ -497,3 +497,59 @@ async fn without_a_media_store_uploads_are_refused() {
     );
     assert!(e.media_limits().is_none());
 }
+
+#[tokio::test]
+async fn an_open_report_holds_the_media_of_a_deleted_message_as_evidence() {
+    let s = setup(true, MediaConfig::default()).await;
+    let e = &s.engine;
+    let chat = direct(e, "ann", "bob").await;
+    let record = e
+        .upload(&actor("bob"), chat, body(fixtures::png(64, 64), 1000))
+        .await
+        .unwrap();
+    let sent = e
+        .send(&actor("bob"), image_message(chat, "b1", record.id))
+        .await
+        .unwrap();
+    let report = e
+        .report(&actor("ann"), sent.id, "an abusive picture")
+        .await
+        .unwrap();
+    let admin = Actor::admin(uid("root"));
+    // The sender deletes it: the participants lose it, the bytes stay.
+    e.delete(&actor("bob"), sent.id).await.unwrap();
+    assert_eq!(
+        code(e.download(&actor("ann"), record.id, false, None).await),
+        ErrorCode::NotFound
+    );
+    assert!(s.media.get(&record.object_key(), None).await.is_ok());
+    // The admin reviewing the report sees the evidence; other admins'
+    // access needs a report too.
+    let evidence = e.download(&admin, record.id, false, None).await.unwrap();
+    assert_eq!(read(evidence).await.len() as u64, record.size);
+    let queue = e
+        .list_reports(&admin, crate::store::ReportQuery::new(10))
+        .await
+        .unwrap();
+    let view = serde_json::to_value(queue[0].view()).unwrap();
+    assert_eq!(view["snapshot"]["message"]["type"], "image");
+    assert_eq!(
+        view["snapshot"]["message"]["media"]["id"],
+        record.id.to_string()
+    );
+    assert_eq!(view["snapshot"]["message"]["sender_id"], "bob");
+    // Resolving ends the hold.
+    e.resolve_report(
+        &admin,
+        report,
+        crate::engine::ModerationAction::Dismiss,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.media.get(&record.object_key(), None).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(s.store.get_media(record.id).await.unwrap().is_none());
+}

@@ -263,6 +263,8 @@ async fn existing_plaintext_is_sealed_in_resumable_batches() {
         reported_user_id: uid("ann"),
         reason: "harassment".into(),
         content: Some("old 0".into()),
+        kind: Default::default(),
+        media: None,
         status: ReportStatus::Open,
         created_at: Timestamp::from_millis(2_500),
         resolved_at: None,

@@ -870,3 +870,51 @@ pub async fn participants_are_silenced_apart_from_their_settings(store: Arc<dyn 
         "a new membership starts unmuted"
     );
 }
+
+/// A report keeps the reported message's type and media (its evidence
+/// snapshot), also for a message without text; `list_reports` filters by
+/// message.
+pub async fn reports_keep_the_type_and_media_of_the_message(store: Arc<dyn Store>) {
+    let s = &*store;
+    let (alice, bob) = (user("alice"), user("bob"));
+    let chat = group(s, &[&alice, &bob], at(0)).await;
+    let media_id = MediaId::new();
+    let media = MediaRef {
+        id: media_id,
+        mime: "image/jpeg".to_owned(),
+        size: 9_000,
+        url: format!("/api/v1/chat/media/{media_id}"),
+        thumbnail_url: Some(format!("/api/v1/chat/media/{media_id}?thumbnail=true")),
+        duration_ms: None,
+        width: Some(640),
+        height: Some(480),
+        name: None,
+    };
+    let image = NewMessage {
+        kind: MessageType::Image,
+        content: None,
+        media: Some(media.clone()),
+        ..text(chat.id, &bob, "b-img", "", at(1))
+    };
+    let m = post(s, image).await;
+    let other = post(s, text(chat.id, &bob, "b-2", "hello", at(2))).await;
+    let r = report(&alice, &m, "abusive picture", at(3));
+    assert_eq!(
+        (r.kind, r.media.as_ref()),
+        (MessageType::Image, Some(&media))
+    );
+    ok(s.insert_report(r.clone()).await, "insert_report");
+    ok(
+        s.insert_report(report(&alice, &other, "spam", at(4))).await,
+        "insert_report",
+    );
+    let stored = some(ok(s.get_report(r.id).await, "get_report"), "the report");
+    assert_eq!(stored, r, "type and media are kept");
+    let mut by_message = ReportQuery::new(10);
+    by_message.message = Some(m.id);
+    assert_eq!(
+        ok(s.list_reports(by_message).await, "list_reports"),
+        vec![r],
+        "by message"
+    );
+}
