@@ -1917,6 +1917,27 @@ impl crate::store::Store for PanicsOnce {
     async fn unattached_media(&self, before: Timestamp, limit: usize) -> Result<Vec<MediaRecord>> {
         self.inner.unattached_media(before, limit).await
     }
+    async fn retention_chats(
+        &self,
+        after: Option<ChatId>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::RetentionChat>> {
+        self.inner.retention_chats(after, limit).await
+    }
+    async fn expired_messages(
+        &self,
+        chat: ChatId,
+        after_seq: u64,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::store::ExpiredMessage>> {
+        self.inner
+            .expired_messages(chat, after_seq, before, limit)
+            .await
+    }
+    async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> Result<()> {
+        self.inner.set_retention_watermark(chat, seq).await
+    }
     async fn stored_texts(
         &self,
         table: crate::store::TextTable,

@@ -167,6 +167,8 @@ pub struct ChatRow {
     pub last_activity: i64,
     /// `created_at`, in milliseconds.
     pub created_at: i64,
+    /// `retention_secs`.
+    pub retention_secs: Option<i64>,
 }
 
 impl ChatRow {
@@ -182,9 +184,27 @@ impl ChatRow {
             last_seq: unsigned("chats.last_seq", self.last_seq)?,
             last_activity: Timestamp::from_millis(self.last_activity),
             created_at: Timestamp::from_millis(self.created_at),
+            retention_secs: self
+                .retention_secs
+                .map(|s| unsigned("chats.retention_secs", s))
+                .transpose()?,
             participants,
         })
     }
+}
+
+/// A row of [`Store::retention_chats`](super::Store::retention_chats):
+/// `(id, retention_secs, retention_swept_seq)`.
+pub fn retention_chat(
+    id: &str,
+    seconds: i64,
+    swept_seq: i64,
+) -> Result<super::RetentionChat, RowError> {
+    Ok(super::RetentionChat {
+        chat_id: parse("chats.id", id)?,
+        seconds: unsigned("chats.retention_secs", seconds)?,
+        swept_seq: unsigned("chats.retention_swept_seq", swept_seq)?,
+    })
 }
 
 /// A row of `participants`.

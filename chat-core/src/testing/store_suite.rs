@@ -32,11 +32,12 @@ mod maintenance;
 mod membership;
 mod mls;
 mod receipts;
+mod retention;
 mod safety;
 mod users;
 pub use self::{
     audience::*, chats::*, concurrency::*, key_packages::*, log::*, maintenance::*, membership::*,
-    mls::*, receipts::*, safety::*, users::*,
+    mls::*, receipts::*, retention::*, safety::*, users::*,
 };
 
 // --- helpers -------------------------------------------------------------
