@@ -293,10 +293,14 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        match self
-            .membership(change.authorized(&actor.user_id, Role::Admin))
-            .await?
-        {
+        self.chat_change(actor, change.authorized(&actor.user_id, Role::Admin))
+            .await
+    }
+
+    /// Applies a change of the chat itself (group update, retention)
+    /// through the chat's lane; the chat after it, as the actor sees it.
+    pub(super) async fn chat_change(&self, actor: &Actor, change: Change) -> Result<ChatView> {
+        match self.membership(change).await? {
             crate::store::Applied::Membership { chat, .. } => self.view(chat, &actor.user_id).await,
             _ => Err(unexpected()),
         }

@@ -14,6 +14,7 @@ mod messages;
 mod mls;
 mod moderation;
 mod presence;
+mod retention;
 mod sync;
 mod validate;
 mod writer;
@@ -35,6 +36,7 @@ pub use self::{
     mls::MlsCommitRequest,
     moderation::{ModerationAction, PrivacyPatch},
     presence::Session,
+    retention::{MAX_RETENTION_SECS, MIN_RETENTION_SECS, RETENTION_SWEEP_MAX},
     sync::{SyncChat, SyncResult},
 };
 use crate::{
@@ -275,6 +277,7 @@ impl EngineBuilder {
                 typing: Typing::default(),
                 config: self.config,
                 hub,
+                retention_cursor: std::sync::Mutex::new(None),
             }
         });
         if let Some(sink) = attached {
@@ -335,6 +338,9 @@ struct Inner {
     chats: ChatCache,
     presence: Presence,
     typing: Typing,
+    /// Where the next [`ChatEngine::sweep_retention`] goes on: after this
+    /// chat (`None`: from the first).
+    retention_cursor: std::sync::Mutex<Option<ChatId>>,
 }
 
 impl ChatEngine {

@@ -3097,3 +3097,5 @@ async fn muted_members_cannot_send_until_the_mute_ends() {
         .await;
     assert_eq!(missing["data"]["code"], "bad_request", "{missing}");
 }
+
+mod retention;
