@@ -28,6 +28,9 @@ pub struct ChatUpdate {
     pub muted_until: Option<Option<Timestamp>>,
     /// The group's fields (admins only).
     pub group: GroupPatch,
+    /// The chat's retention, as [`set_retention`](ChatEngine::set_retention)
+    /// sets it: `Some(None)` keeps messages forever.
+    pub retention_secs: Option<Option<u64>>,
 }
 
 /// A group to create (`create_group`).
@@ -219,9 +222,16 @@ impl ChatEngine {
         } else {
             Some(Self::checked_group_patch(&chat, actor, update.group)?)
         };
+        let retention = update
+            .retention_secs
+            .map(|seconds| self.retention_change(&chat, actor, seconds))
+            .transpose()?;
         let mut view = None;
         if let Some(patch) = group {
             view = Some(self.apply_group_patch(actor, chat_id, patch).await?);
+        }
+        if let Some(change) = retention {
+            view = Some(self.chat_change(actor, change).await?);
         }
         if let Some(until) = update.muted_until {
             view = Some(self.set_muted(actor, chat_id, until).await?);

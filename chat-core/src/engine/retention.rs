@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    model::{ChatId, ChatKind, ChatView, Role, Timestamp},
+    model::{Chat, ChatId, ChatKind, ChatView, Role, Timestamp},
     store::{Applied, Change, RetentionChat},
 };
 
@@ -49,8 +49,20 @@ impl ChatEngine {
         seconds: Option<u64>,
     ) -> Result<ChatView> {
         let chat = self.chat_of(actor, chat_id).await?;
-        // Checked again at commit, where a demotion committed meanwhile
-        // counts; either side of a direct chat may.
+        let change = self.retention_change(&chat, actor, seconds)?;
+        self.chat_change(actor, change).await
+    }
+
+    /// The change that sets `chat`'s retention to `seconds`, once the value
+    /// and the actor's right to set it are checked (before anything is
+    /// written; the right is checked again at commit, where a demotion
+    /// committed meanwhile counts).
+    pub(super) fn retention_change(
+        &self,
+        chat: &Chat,
+        actor: &Actor,
+        seconds: Option<u64>,
+    ) -> Result<Change> {
         let needs = match chat.kind {
             ChatKind::Direct => Role::Member,
             ChatKind::Group => {
@@ -68,13 +80,12 @@ impl ChatEngine {
             }
         }
         let change = Change::SetRetention {
-            chat_id,
+            chat_id: chat.id,
             seconds,
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        self.chat_change(actor, change.authorized(&actor.user_id, needs))
-            .await
+        Ok(change.authorized(&actor.user_id, needs))
     }
 
     /// Removes messages older than their chat's retention, for everyone:

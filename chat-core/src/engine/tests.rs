@@ -2123,6 +2123,7 @@ async fn a_refused_chat_update_changes_nothing_not_even_the_mute() {
             name: Some("mine now".into()),
             ..GroupPatch::default()
         },
+        ..ChatUpdate::default()
     };
     assert_eq!(
         code(e.update_chat(&actor("ben"), chat, update).await),
@@ -2138,6 +2139,7 @@ async fn a_refused_chat_update_changes_nothing_not_even_the_mute() {
             name: Some("x".repeat(10_000)),
             ..GroupPatch::default()
         },
+        ..ChatUpdate::default()
     };
     assert_eq!(
         code(e.update_chat(&actor("ann"), chat, update).await),
@@ -2154,6 +2156,7 @@ async fn a_refused_chat_update_changes_nothing_not_even_the_mute() {
             name: Some("circle".into()),
             ..GroupPatch::default()
         },
+        ..ChatUpdate::default()
     };
     let view = e.update_chat(&actor("ann"), chat, update).await.unwrap();
     assert_eq!(view.muted_until, Some(later));

@@ -157,3 +157,36 @@ async fn either_side_of_a_direct_chat_sets_retention() {
         .await;
     assert_eq!(session.expect(200)["retention_secs"], 86_400);
 }
+
+#[tokio::test]
+async fn the_rest_chat_settings_take_retention_for_those_who_may_set_it() {
+    let server = Server::start().await;
+    let mut alice = server.ws("alice").await;
+    let mut bob = server.ws("bob").await;
+    let chat = alice.group("circle", &["bob"]).await;
+    let path = format!("/api/v1/chat/sessions/{}", s(&chat, "id"));
+    server
+        .put(&path, "bob", json!({"retention_secs": 3600}))
+        .await
+        .expect_error(403, "forbidden");
+    server
+        .put(&path, "alice", json!({"retention_secs": 59}))
+        .await
+        .expect_error(400, "bad_request");
+    let put = server
+        .put(&path, "alice", json!({"retention_secs": 7200}))
+        .await;
+    assert_eq!(put.expect(200)["retention_secs"], 7200);
+    let updated = bob
+        .event_where("chat_updated", |c| c["retention_secs"] == 7200)
+        .await;
+    assert_eq!(updated["id"], chat["id"]);
+    let put = server
+        .put(&path, "alice", json!({"retention_secs": null}))
+        .await;
+    assert_eq!(put.expect(200)["retention_secs"], Value::Null);
+    // Left out, it stays as it is.
+    let put = server.put(&path, "alice", json!({"name": "renamed"})).await;
+    assert_eq!(put.expect(200)["retention_secs"], Value::Null);
+    alice.clear();
+}

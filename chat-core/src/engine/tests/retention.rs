@@ -353,3 +353,61 @@ async fn a_send_is_not_held_up_by_a_long_sweep() {
     );
     assert!(!store.get_message(sent.id).await.unwrap().unwrap().deleted);
 }
+
+#[tokio::test]
+async fn the_chat_update_sets_retention_all_or_nothing() {
+    let (e, _store, _clock) = engine_at(EngineConfig::default()).await;
+    let g = group(&e, "ann", &["ben"]).await;
+    let later = Timestamp::from_millis(4_000_000_000_000);
+    // A member's own mute with a retention they may not set: nothing.
+    let update = ChatUpdate {
+        muted_until: Some(Some(later)),
+        retention_secs: Some(Some(3600)),
+        ..ChatUpdate::default()
+    };
+    assert_eq!(
+        code(e.update_chat(&actor("ben"), g, update).await),
+        C::Forbidden
+    );
+    let view = e.get_chat(&actor("ben"), g).await.unwrap();
+    assert_eq!((view.muted_until, view.chat.retention_secs), (None, None));
+    // A bad value from an admin is refused before the rename is written.
+    let update = ChatUpdate {
+        retention_secs: Some(Some(60)),
+        group: GroupPatch {
+            name: Some("circle".into()),
+            ..GroupPatch::default()
+        },
+        ..ChatUpdate::default()
+    };
+    assert_eq!(
+        code(e.update_chat(&actor("ann"), g, update).await),
+        C::BadRequest
+    );
+    assert_eq!(
+        e.get_chat(&actor("ann"), g)
+            .await
+            .unwrap()
+            .chat
+            .name
+            .as_deref(),
+        Some("support")
+    );
+    let update = ChatUpdate {
+        retention_secs: Some(Some(7200)),
+        group: GroupPatch {
+            name: Some("circle".into()),
+            ..GroupPatch::default()
+        },
+        ..ChatUpdate::default()
+    };
+    let view = e.update_chat(&actor("ann"), g, update).await.unwrap();
+    assert_eq!(view.chat.retention_secs, Some(7200));
+    assert_eq!(view.chat.name.as_deref(), Some("circle"));
+    let clear = ChatUpdate {
+        retention_secs: Some(None),
+        ..ChatUpdate::default()
+    };
+    let view = e.update_chat(&actor("ann"), g, clear).await.unwrap();
+    assert_eq!(view.chat.retention_secs, None);
+}
