@@ -695,36 +695,16 @@ pub(crate) async fn expired_messages<'e>(
     before: Timestamp,
     limit: usize,
 ) -> Result<Vec<ExpiredMessage>, Error> {
-    let chat_id = chat.to_string();
-    let rows: Vec<(String, i64, String, String, Option<String>, bool, i64)> = sqlx::query_as(
+    let rows: Vec<rows::LogRow> = sqlx::query_as(
         "SELECT id, seq, sender_id, kind, media::text, deleted, created_at FROM messages \
          WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
     )
-    .bind(&chat_id)
+    .bind(chat.to_string())
     .bind(sql_u64(after_seq))
     .bind(sql_limit(limit))
     .fetch_all(ex)
     .await?;
-    let mut out = Vec::new();
-    for (id, seq, sender_id, kind, media, deleted, created_at) in rows {
-        if created_at >= before.as_millis() {
-            break;
-        }
-        let row = MessageRow {
-            id,
-            chat_id: chat_id.clone(),
-            seq,
-            updated_seq: seq,
-            sender_id,
-            kind,
-            media,
-            deleted,
-            created_at,
-            ..MessageRow::default()
-        };
-        out.push(ExpiredMessage::of(&row.into_message(Default::default())?));
-    }
-    Ok(out)
+    rows::expired(chat, rows.into_iter().map(Ok::<_, Error>), before)
 }
 
 // --- MLS -----------------------------------------------------------------

@@ -626,37 +626,25 @@ pub(crate) fn expired_messages(
     before: Timestamp,
     limit: usize,
 ) -> Result<Vec<ExpiredMessage>, Error> {
-    let chat_id = chat.to_string();
     let mut stmt = conn.prepare_cached(
         "SELECT id, seq, sender_id, kind, media, deleted, created_at FROM messages \
          WHERE chat_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let rows = stmt.query_map(
-        params![chat_id, sql_u64(after_seq), sql_limit(limit)],
+        params![chat.to_string(), sql_u64(after_seq), sql_limit(limit)],
         |r| {
-            Ok(MessageRow {
-                id: r.get(0)?,
-                chat_id: chat_id.clone(),
-                seq: r.get(1)?,
-                updated_seq: r.get(1)?,
-                sender_id: r.get(2)?,
-                kind: r.get(3)?,
-                media: r.get(4)?,
-                deleted: r.get(5)?,
-                created_at: r.get(6)?,
-                ..MessageRow::default()
-            })
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
         },
     )?;
-    let mut out = Vec::new();
-    for row in rows {
-        let row = row?;
-        if row.created_at >= before.as_millis() {
-            break;
-        }
-        out.push(ExpiredMessage::of(&row.into_message(Reactions::new())?));
-    }
-    Ok(out)
+    rows::expired(chat, rows.map(|row| row.map_err(Error::from)), before)
 }
 
 // --- MLS -----------------------------------------------------------------

@@ -207,6 +207,44 @@ pub fn retention_chat(
     })
 }
 
+/// A message of the log as [`Store::expired_messages`](super::Store::expired_messages)
+/// reads it: `(id, seq, sender_id, kind, media, deleted, created_at)`.
+pub type LogRow = (String, i64, String, String, Option<String>, bool, i64);
+
+/// What [`Store::expired_messages`](super::Store::expired_messages) returns
+/// from the log rows of `chat` after the watermark, in seq order: those
+/// before the first one created at or after `before`. Stops reading `rows`
+/// there, so a store may hand over a cursor it steps through.
+pub fn expired<E: From<RowError>>(
+    chat: ChatId,
+    rows: impl IntoIterator<Item = Result<LogRow, E>>,
+    before: Timestamp,
+) -> Result<Vec<super::ExpiredMessage>, E> {
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, seq, sender_id, kind, media, deleted, created_at) = row?;
+        if created_at >= before.as_millis() {
+            break;
+        }
+        let row = MessageRow {
+            id,
+            chat_id: chat.to_string(),
+            seq,
+            updated_seq: seq,
+            sender_id,
+            kind,
+            media,
+            deleted,
+            created_at,
+            ..MessageRow::default()
+        };
+        out.push(super::ExpiredMessage::of(
+            &row.into_message(Reactions::new())?,
+        ));
+    }
+    Ok(out)
+}
+
 /// A row of `participants`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParticipantRow {
