@@ -42,6 +42,7 @@ impl CommandClass {
             | C::UpdateGroup { .. }
             | C::SetRole { .. }
             | C::MuteParticipant { .. }
+            | C::SetRetention { .. }
             | C::Report { .. }
             | C::BlockUser { .. }
             | C::UnblockUser { .. }

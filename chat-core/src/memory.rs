@@ -17,9 +17,9 @@ use crate::{
         ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     },
     store::{
-        Applied, AuditQuery, Change, ChatListQuery, Committed, HistoryQuery, Members,
-        MlsGroupRecord, NewChat, NewMessage, ReportQuery, ReportResolution, Store, StoredText,
-        TextReplacement, TextTable, check_authority, promotion_of_heir,
+        Applied, AuditQuery, Change, ChatListQuery, Committed, ExpiredMessage, HistoryQuery,
+        Members, MlsGroupRecord, NewChat, NewMessage, ReportQuery, ReportResolution, RetentionChat,
+        Store, StoredText, TextReplacement, TextTable, check_authority, promotion_of_heir,
         rows::{self, Marked, direct_key},
     },
 };
@@ -54,6 +54,8 @@ struct State {
     /// results of the changes that follow until one changes them (a
     /// membership change, a participant's settings, a block).
     members: HashMap<ChatId, Arc<Members>>,
+    /// Each chat's retention watermark ([`Store::set_retention_watermark`]).
+    retention_swept: HashMap<ChatId, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -404,6 +406,30 @@ impl State {
                 set(&mut chat.name, &patch.name);
                 set(&mut chat.description, &patch.description);
                 set(&mut chat.avatar_url, &patch.avatar_url);
+                Ok(Applied::Membership {
+                    chat: chat.clone(),
+                    message: Some(message),
+                })
+            }
+            Change::SetRetention {
+                chat_id,
+                seconds,
+                by,
+                at,
+            } => {
+                let chat = self.chat(*chat_id)?;
+                if chat.retention_secs == *seconds {
+                    return Ok(Applied::Membership {
+                        chat: chat.clone(),
+                        message: None,
+                    });
+                }
+                let message = self.system_message(&change, by, *at)?;
+                let chat = self
+                    .chats
+                    .get_mut(chat_id)
+                    .ok_or_else(|| Error::not_found("chat not found"))?;
+                chat.retention_secs = *seconds;
                 Ok(Applied::Membership {
                     chat: chat.clone(),
                     message: Some(message),
@@ -918,6 +944,58 @@ impl Store for MemoryStore {
 
     async fn get_mls_group(&self, chat: ChatId) -> Result<Option<MlsGroupRecord>> {
         Ok(self.lock().mls_groups.get(&chat).cloned())
+    }
+
+    async fn retention_chats(
+        &self,
+        after: Option<ChatId>,
+        limit: usize,
+    ) -> Result<Vec<RetentionChat>> {
+        let state = self.lock();
+        let mut found: Vec<RetentionChat> = state
+            .chats
+            .values()
+            .filter(|c| after.is_none_or(|a| c.id > a))
+            .filter_map(|c| {
+                Some(RetentionChat {
+                    chat_id: c.id,
+                    seconds: c.retention_secs?,
+                    swept_seq: state.retention_swept.get(&c.id).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        found.sort_by_key(|c| c.chat_id);
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn expired_messages(
+        &self,
+        chat: ChatId,
+        after_seq: u64,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ExpiredMessage>> {
+        let state = self.lock();
+        let Some(log) = state.logs.get(&chat) else {
+            return Ok(Vec::new());
+        };
+        Ok(log
+            .range(after_seq.saturating_add(1)..)
+            .map(|(_, m)| m)
+            .take_while(|m| m.created_at < before)
+            .take(limit)
+            .map(ExpiredMessage::of)
+            .collect())
+    }
+
+    async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> Result<()> {
+        let mut state = self.lock();
+        if state.chats.contains_key(&chat) {
+            let swept = state.retention_swept.entry(chat).or_default();
+            *swept = (*swept).max(seq);
+        }
+        Ok(())
     }
 
     async fn stored_texts(

@@ -510,6 +510,10 @@ pub struct Chat {
     pub last_activity: Timestamp,
     /// When the chat was created.
     pub created_at: Timestamp,
+    /// Messages older than this many seconds are removed for everyone
+    /// (`set_retention`); `None`: kept forever.
+    #[serde(default)]
+    pub retention_secs: Option<u64>,
     /// Everyone in it, in joining order.
     pub participants: Vec<Participant>,
 }
@@ -743,6 +747,11 @@ pub enum SystemEvent {
         /// The new avatar, if it changed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         avatar_url: Option<String>,
+    },
+    /// The chat's retention became `seconds` (`None`: keep forever).
+    RetentionChanged {
+        /// The new retention, in seconds.
+        seconds: Option<u64>,
     },
 }
 

@@ -32,8 +32,8 @@ pub use encrypted::{EncryptedStore, SealedExisting};
 ///   next value of the chat's counter (`last_seq + 1`) in the same
 ///   transaction that stores it: a new message gets `seq == updated_seq ==`
 ///   that value; an edit, deletion or reaction moves the message's
-///   `updated_seq` to it; membership changes and group updates store a
-///   `system` message with it. `seq`s of one chat are unique and gap-free,
+///   `updated_seq` to it; membership changes, group updates and changes
+///   of retention store a `system` message with it. `seq`s of one chat are unique and gap-free,
 ///   also under concurrent callers on several nodes. `last_activity` becomes
 ///   the change's time.
 /// - **Batches.** [`Store::apply`] applies its changes in order, each
@@ -319,6 +319,34 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// The chat's MLS group, if an MLS commit was accepted for it.
     async fn get_mls_group(&self, chat: ChatId) -> Result<Option<MlsGroupRecord>>;
 
+    // --- retention -------------------------------------------------------
+
+    /// Chats with a retention ([`Change::SetRetention`]), in id order,
+    /// after `after` (from the start if `None`), at most `limit`.
+    async fn retention_chats(
+        &self,
+        after: Option<ChatId>,
+        limit: usize,
+    ) -> Result<Vec<RetentionChat>>;
+
+    /// The messages of `chat` with `seq > after_seq`, in seq order, up to
+    /// (not including) the first one created at or after `before`, at most
+    /// `limit`: what the retention sweep looks at next. Every kind, deleted
+    /// or not; the engine decides what to remove. Reads the log from
+    /// `after_seq` on, never a whole chat.
+    async fn expired_messages(
+        &self,
+        chat: ChatId,
+        after_seq: u64,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ExpiredMessage>>;
+
+    /// Moves the chat's retention watermark (everything up to `seq` was
+    /// swept) forward to `seq`; never back. Not a change of the chat's log.
+    /// Nothing if the chat does not exist.
+    async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> Result<()>;
+
     // --- maintenance -----------------------------------------------------
 
     /// Up to `limit` stored texts of `table` (messages with content, or
@@ -377,6 +405,45 @@ impl Debug for MlsGroupRecord {
             .field("members", &self.members)
             .field("state_bytes", &self.state.len())
             .finish()
+    }
+}
+
+/// A chat with a retention, as [`Store::retention_chats`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionChat {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// Its retention, in seconds.
+    pub seconds: u64,
+    /// Every message with `seq <= swept_seq` was swept already.
+    pub swept_seq: u64,
+}
+
+/// A message as [`Store::expired_messages`] returns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiredMessage {
+    /// The message.
+    pub id: MessageId,
+    /// Its place in the log.
+    pub seq: u64,
+    /// Its kind.
+    pub kind: MessageType,
+    /// Whether it is a tombstone already.
+    pub deleted: bool,
+    /// The upload it carries.
+    pub media: Option<crate::model::MediaId>,
+}
+
+impl ExpiredMessage {
+    /// The parts of `message` the sweep needs.
+    pub fn of(message: &Message) -> Self {
+        Self {
+            id: message.id,
+            seq: message.seq,
+            kind: message.kind,
+            deleted: message.deleted,
+            media: message.media.as_ref().map(|m| m.id),
+        }
     }
 }
 
@@ -596,6 +663,20 @@ pub enum Change {
         /// When.
         at: Timestamp,
     },
+    /// Set the chat's retention (`None`: keep forever), recorded by a
+    /// `system` message [`SystemEvent::RetentionChanged`]; setting the
+    /// retention it has changes nothing (`message: None`). `NotFound` if
+    /// the chat does not exist.
+    SetRetention {
+        /// The chat.
+        chat_id: ChatId,
+        /// The new retention, in seconds.
+        seconds: Option<u64>,
+        /// Who changes it.
+        by: UserId,
+        /// When.
+        at: Timestamp,
+    },
     /// Move a participant's watermarks forward (never back, clamped to
     /// `last_seq`; read implies delivered). Takes no seq. `NotFound` if not a
     /// participant.
@@ -625,6 +706,7 @@ impl Change {
             | Change::SetRole { chat_id, .. }
             | Change::EnsureAdmin { chat_id, .. }
             | Change::UpdateGroup { chat_id, .. }
+            | Change::SetRetention { chat_id, .. }
             | Change::Mark { chat_id, .. } => *chat_id,
         }
     }
@@ -648,6 +730,9 @@ impl Change {
                 description: patch.description.clone(),
                 avatar_url: patch.avatar_url.clone(),
             }),
+            Change::SetRetention { seconds, .. } => {
+                Some(SystemEvent::RetentionChanged { seconds: *seconds })
+            }
             Change::Authorized { change, .. }
             | Change::MlsCommit {
                 membership: Some(change),
@@ -958,6 +1043,7 @@ impl NewChat {
             last_seq: 0,
             last_activity: self.created_at,
             created_at: self.created_at,
+            retention_secs: None,
             participants,
         }
     }

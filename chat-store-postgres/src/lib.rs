@@ -124,8 +124,8 @@ use chat_core::{
     ParticipantSettings, Privacy, Report, ReportId, Store, Timestamp, UserId, UserRecord,
     mls::ClaimedKeyPackage,
     store::{
-        AuditQuery, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery,
-        ReportResolution, StoredText, TextReplacement, TextTable,
+        AuditQuery, Change, ChatListQuery, Committed, ExpiredMessage, HistoryQuery, NewChat,
+        ReportQuery, ReportResolution, RetentionChat, StoredText, TextReplacement, TextTable,
     },
 };
 use sqlx::{
@@ -453,6 +453,28 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> chat_core::Result<Vec<MediaRecord>> {
         core(read::unattached_media(&self.pool, before, limit).await)
+    }
+
+    async fn retention_chats(
+        &self,
+        after: Option<ChatId>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<RetentionChat>> {
+        core(read::retention_chats(&self.pool, after, limit).await)
+    }
+
+    async fn expired_messages(
+        &self,
+        chat: ChatId,
+        after_seq: u64,
+        before: Timestamp,
+        limit: usize,
+    ) -> chat_core::Result<Vec<ExpiredMessage>> {
+        core(read::expired_messages(&self.pool, chat, after_seq, before, limit).await)
+    }
+
+    async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> chat_core::Result<()> {
+        core(write::set_retention_watermark(&self.pool, chat, seq).await)
     }
 
     async fn stored_texts(

@@ -12,8 +12,8 @@ use chat_core::{
     AuditEntry, Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Report, ReportId,
     ReportStatus, Timestamp, UserId, UserRecord,
     store::{
-        AuditQuery, ChatListQuery, HistoryQuery, Members, MlsGroupRecord, ReportQuery, StoredText,
-        TextTable,
+        AuditQuery, ChatListQuery, ExpiredMessage, HistoryQuery, Members, MlsGroupRecord,
+        ReportQuery, RetentionChat, StoredText, TextTable,
         rows::{
             self, AuditRow, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow,
             UserRow, direct_key, fold_reactions, parse, sql_limit, sql_u64, unsigned, user_id,
@@ -45,7 +45,8 @@ fn array<T>(column: &'static str, v: Option<Vec<T>>, len: usize) -> Result<Vec<T
 macro_rules! chat_columns {
     () => {
         "c.id, c.kind, c.name, c.description, c.avatar_url, c.encryption, c.last_seq, \
-         c.last_activity, c.created_at, p.users, p.roles, p.joined, p.delivered, p.read, \
+         c.last_activity, c.created_at, c.retention_secs, p.users, p.roles, p.joined, \
+         p.delivered, p.read, \
          p.visible, p.muted, p.hidden, p.silenced"
     };
 }
@@ -104,6 +105,7 @@ fn chat_from_row(r: &PgRow) -> Result<Chat, Error> {
         last_seq: r.try_get("last_seq")?,
         last_activity: r.try_get("last_activity")?,
         created_at: r.try_get("created_at")?,
+        retention_secs: r.try_get("retention_secs")?,
     };
     Ok(row.into_chat(participants)?)
 }
@@ -707,6 +709,50 @@ pub(crate) async fn unattached_media<'e>(
     .iter()
     .map(media_from_row)
     .collect()
+}
+
+// --- retention -----------------------------------------------------------
+
+/// [`Store::retention_chats`](chat_core::Store::retention_chats), from the
+/// partial index `chats_with_retention`.
+pub(crate) async fn retention_chats<'e>(
+    ex: impl PgExecutor<'e>,
+    after: Option<ChatId>,
+    limit: usize,
+) -> Result<Vec<RetentionChat>, Error> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT id, retention_secs, retention_swept_seq FROM chats \
+         WHERE retention_secs IS NOT NULL AND id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after.map(|a| a.to_string()).unwrap_or_default())
+    .bind(sql_limit(limit))
+    .fetch_all(ex)
+    .await?;
+    rows.into_iter()
+        .map(|(id, seconds, swept)| Ok(rows::retention_chat(&id, seconds, swept)?))
+        .collect()
+}
+
+/// [`Store::expired_messages`](chat_core::Store::expired_messages): a page
+/// of the log from `after_seq`, cut at the first message that is not old
+/// enough.
+pub(crate) async fn expired_messages<'e>(
+    ex: impl PgExecutor<'e>,
+    chat: ChatId,
+    after_seq: u64,
+    before: Timestamp,
+    limit: usize,
+) -> Result<Vec<ExpiredMessage>, Error> {
+    let rows: Vec<rows::LogRow> = sqlx::query_as(
+        "SELECT id, seq, sender_id, kind, media::text, deleted, created_at FROM messages \
+         WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(chat.to_string())
+    .bind(sql_u64(after_seq))
+    .bind(sql_limit(limit))
+    .fetch_all(ex)
+    .await?;
+    rows::expired(chat, rows.into_iter().map(Ok::<_, Error>), before)
 }
 
 // --- MLS -----------------------------------------------------------------

@@ -421,6 +421,32 @@ pub(crate) async fn apply(
             .await?;
             membership(conn, chat_id, Some(message)).await
         }
+        Change::SetRetention {
+            chat_id,
+            seconds,
+            by,
+            at,
+        } => {
+            if !locks.ensure(conn, chat_id).await? {
+                return Err(not_found("chat not found"));
+            }
+            let seconds = seconds.map(sql_u64);
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT retention_secs FROM chats WHERE id = $1")
+                    .bind(chat_id.to_string())
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if current == seconds {
+                return membership(conn, chat_id, None).await;
+            }
+            let message = system_message(conn, chat_id, event, by, at).await?;
+            sqlx::query("UPDATE chats SET retention_secs = $2 WHERE id = $1")
+                .bind(chat_id.to_string())
+                .bind(seconds)
+                .execute(&mut *conn)
+                .await?;
+            membership(conn, chat_id, Some(message)).await
+        }
         Change::Mark {
             chat_id,
             user_id,
@@ -1054,6 +1080,22 @@ pub(crate) async fn replace_texts(
     }
     tx.commit().await?;
     Ok(replaced)
+}
+
+/// [`Store::set_retention_watermark`](chat_core::Store::set_retention_watermark).
+pub(crate) async fn set_retention_watermark(
+    pool: &PgPool,
+    chat: ChatId,
+    seq: u64,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE chats SET retention_swept_seq = GREATEST(retention_swept_seq, $2) WHERE id = $1",
+    )
+    .bind(chat.to_string())
+    .bind(sql_u64(seq))
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// [`Store::set_meta`](chat_core::Store::set_meta).

@@ -147,8 +147,8 @@ use chat_core::{
     ParticipantSettings, Privacy, Report, ReportId, Store, Timestamp, UserId, UserRecord,
     mls::ClaimedKeyPackage,
     store::{
-        AuditQuery, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery,
-        ReportResolution, StoredText, TextReplacement, TextTable,
+        AuditQuery, Change, ChatListQuery, Committed, ExpiredMessage, HistoryQuery, NewChat,
+        ReportQuery, ReportResolution, RetentionChat, StoredText, TextReplacement, TextTable,
     },
 };
 use rusqlite::{Connection, OpenFlags};
@@ -643,6 +643,31 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> chat_core::Result<Vec<MediaRecord>> {
         self.read(move |conn| read::unattached_media(conn, before, limit))
+            .await
+    }
+
+    async fn retention_chats(
+        &self,
+        after: Option<ChatId>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<RetentionChat>> {
+        self.read(move |conn| read::retention_chats(conn, after, limit))
+            .await
+    }
+
+    async fn expired_messages(
+        &self,
+        chat: ChatId,
+        after_seq: u64,
+        before: Timestamp,
+        limit: usize,
+    ) -> chat_core::Result<Vec<ExpiredMessage>> {
+        self.read(move |conn| read::expired_messages(conn, chat, after_seq, before, limit))
+            .await
+    }
+
+    async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> chat_core::Result<()> {
+        self.write(move |conn| write::set_retention_watermark(conn, chat, seq))
             .await
     }
 

@@ -5,8 +5,8 @@ use chat_core::{
     AuditEntry, Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Participant, Reactions,
     Report, ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     store::{
-        AuditQuery, ChatListQuery, HistoryQuery, MlsGroupRecord, ReportQuery, StoredText,
-        TextTable,
+        AuditQuery, ChatListQuery, ExpiredMessage, HistoryQuery, MlsGroupRecord, ReportQuery,
+        RetentionChat, StoredText, TextTable,
         rows::{
             self, AuditRow, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow,
             UserRow, direct_key, fold_reactions, sql_limit, sql_u64, unsigned, user_id,
@@ -22,7 +22,7 @@ use crate::Error;
 macro_rules! chat_columns {
     () => {
         "c.id, c.kind, c.name, c.description, c.avatar_url, c.encryption, c.last_seq, \
-         c.last_activity, c.created_at"
+         c.last_activity, c.created_at, c.retention_secs"
     };
 }
 
@@ -38,6 +38,7 @@ fn chat_row(r: &Row<'_>) -> rusqlite::Result<ChatRow> {
         last_seq: r.get(6)?,
         last_activity: r.get(7)?,
         created_at: r.get(8)?,
+        retention_secs: r.get(9)?,
     })
 }
 
@@ -626,6 +627,61 @@ pub(crate) fn unattached_media(
         .query_map(params![before.as_millis(), sql_limit(limit)], media_row)?
         .map(|row| media_of(row?))
         .collect()
+}
+
+// --- retention -----------------------------------------------------------
+
+/// [`Store::retention_chats`](chat_core::Store::retention_chats), from the
+/// partial index `chats_with_retention`.
+pub(crate) fn retention_chats(
+    conn: &Connection,
+    after: Option<ChatId>,
+    limit: usize,
+) -> Result<Vec<RetentionChat>, Error> {
+    let after = after.map(|a| a.to_string()).unwrap_or_default();
+    conn.prepare_cached(
+        "SELECT id, retention_secs, retention_swept_seq FROM chats \
+         WHERE retention_secs IS NOT NULL AND id > ?1 ORDER BY id LIMIT ?2",
+    )?
+    .query_map(params![after, sql_limit(limit)], |r| {
+        Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+    })?
+    .map(|row| {
+        let (id, seconds, swept) = row?;
+        Ok(rows::retention_chat(&id, seconds, swept)?)
+    })
+    .collect()
+}
+
+/// [`Store::expired_messages`](chat_core::Store::expired_messages): walks
+/// the log from `after_seq` and stops stepping at the first message that
+/// is not old enough.
+pub(crate) fn expired_messages(
+    conn: &Connection,
+    chat: ChatId,
+    after_seq: u64,
+    before: Timestamp,
+    limit: usize,
+) -> Result<Vec<ExpiredMessage>, Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, seq, sender_id, kind, media, deleted, created_at FROM messages \
+         WHERE chat_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![chat.to_string(), sql_u64(after_seq), sql_limit(limit)],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        },
+    )?;
+    rows::expired(chat, rows.map(|row| row.map_err(Error::from)), before)
 }
 
 // --- MLS -----------------------------------------------------------------

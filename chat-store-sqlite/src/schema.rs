@@ -271,6 +271,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE reports ADD COLUMN kind TEXT;
     ALTER TABLE reports ADD COLUMN media TEXT;   -- MediaRef as JSON
     "#,
+    // 13: a chat's retention (`set_retention`), and how far its sweep has
+    // come: every message with `seq <= retention_swept_seq` was swept. The
+    // sweep reads each chat's log from there, so messages need no index by
+    // time (one more B-tree every post would maintain); it finds the chats
+    // with a retention from an index of them alone.
+    r#"
+    ALTER TABLE chats ADD COLUMN retention_secs INTEGER;
+    ALTER TABLE chats ADD COLUMN retention_swept_seq INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX chats_with_retention ON chats (id) WHERE retention_secs IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.

@@ -371,6 +371,26 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             ])?;
             membership(conn, chat_id, Some(message))
         }
+        Change::SetRetention {
+            chat_id,
+            seconds,
+            by,
+            at,
+        } => {
+            let current: Option<Option<i64>> = conn
+                .prepare_cached("SELECT retention_secs FROM chats WHERE id = ?1")?
+                .query_row([chat_id.to_string()], |r| r.get(0))
+                .optional()?;
+            let current = current.ok_or_else(|| not_found("chat not found"))?;
+            let seconds = seconds.map(sql_u64);
+            if current == seconds {
+                return membership(conn, chat_id, None);
+            }
+            let message = system_message(conn, chat_id, event, &by, at)?;
+            conn.prepare_cached("UPDATE chats SET retention_secs = ?2 WHERE id = ?1")?
+                .execute(params![chat_id.to_string(), seconds])?;
+            membership(conn, chat_id, Some(message))
+        }
         Change::Mark {
             chat_id,
             user_id,
@@ -943,6 +963,19 @@ pub(crate) fn replace_texts(
             .execute(params![r.row, r.old, r.new])?;
     }
     Ok(replaced)
+}
+
+/// [`Store::set_retention_watermark`](chat_core::Store::set_retention_watermark).
+pub(crate) fn set_retention_watermark(
+    conn: &Connection,
+    chat: ChatId,
+    seq: u64,
+) -> Result<(), Error> {
+    conn.prepare_cached(
+        "UPDATE chats SET retention_swept_seq = max(retention_swept_seq, ?2) WHERE id = ?1",
+    )?
+    .execute(params![chat.to_string(), sql_u64(seq)])?;
+    Ok(())
 }
 
 /// [`Store::set_meta`](chat_core::Store::set_meta).

@@ -289,6 +289,7 @@ pub(crate) async fn update_session(
 ) -> ApiResult {
     let update = ChatUpdate {
         muted_until: b.muted_until,
+        retention_secs: b.retention_secs,
         group: b.patch(),
     };
     to_json(app.engine.update_chat(&actor, id(&chat)?, update).await?)
@@ -413,11 +414,14 @@ pub(crate) async fn remove_participant(
 }
 
 /// Group fields of `PUT /chat/groups/:id` and `PUT /chat/sessions/:id`
-/// (which also takes `muted_until`: a timestamp, or `null` to unmute).
+/// (which also takes `muted_until`: a timestamp, or `null` to unmute; and
+/// `retention_secs`, as `set_retention`'s `seconds`).
 #[derive(Debug, Deserialize)]
 pub(crate) struct GroupFields {
     #[serde(default, deserialize_with = "present")]
     muted_until: Option<Option<Timestamp>>,
+    #[serde(default, deserialize_with = "present")]
+    retention_secs: Option<Option<u64>>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]

@@ -28,6 +28,9 @@ pub struct ChatUpdate {
     pub muted_until: Option<Option<Timestamp>>,
     /// The group's fields (admins only).
     pub group: GroupPatch,
+    /// The chat's retention, as [`set_retention`](ChatEngine::set_retention)
+    /// sets it: `Some(None)` keeps messages forever.
+    pub retention_secs: Option<Option<u64>>,
 }
 
 /// A group to create (`create_group`).
@@ -219,9 +222,16 @@ impl ChatEngine {
         } else {
             Some(Self::checked_group_patch(&chat, actor, update.group)?)
         };
+        let retention = match update.retention_secs {
+            Some(seconds) => Some((self.retention_change(&chat, actor, seconds)?, seconds)),
+            None => None,
+        };
         let mut view = None;
         if let Some(patch) = group {
             view = Some(self.apply_group_patch(actor, chat_id, patch).await?);
+        }
+        if let Some((change, seconds)) = retention {
+            view = Some(self.apply_retention(actor, &chat, change, seconds).await?);
         }
         if let Some(until) = update.muted_until {
             view = Some(self.set_muted(actor, chat_id, until).await?);

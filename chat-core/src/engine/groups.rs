@@ -340,13 +340,9 @@ impl ChatEngine {
             by: actor.user_id.clone(),
             at: self.now(),
         };
-        let chat = match self
-            .membership(change.authorized(&actor.user_id, Role::Admin))
-            .await?
-        {
-            crate::store::Applied::Membership { chat, .. } => chat,
-            _ => return Err(unexpected()),
-        };
+        let view = self
+            .chat_change(actor, change.authorized(&actor.user_id, Role::Admin))
+            .await?;
         self.audit(
             actor,
             AuditAction::UpdateGroup,
@@ -356,7 +352,16 @@ impl ChatEngine {
             Some(note),
         )
         .await;
-        self.view(chat, &actor.user_id).await
+        Ok(view)
+    }
+
+    /// Applies a change of the chat itself (group update, retention)
+    /// through the chat's lane; the chat after it, as the actor sees it.
+    pub(super) async fn chat_change(&self, actor: &Actor, change: Change) -> Result<ChatView> {
+        match self.membership(change).await? {
+            crate::store::Applied::Membership { chat, .. } => self.view(chat, &actor.user_id).await,
+            _ => Err(unexpected()),
+        }
     }
 
     /// Refuses to put `user` into one more group once they are in

@@ -15,6 +15,7 @@ mod messages;
 mod mls;
 mod moderation;
 mod presence;
+mod retention;
 mod sync;
 mod validate;
 mod writer;
@@ -31,6 +32,7 @@ pub use self::{
     mls::MlsCommitRequest,
     moderation::{ModerationAction, PrivacyPatch},
     presence::Session,
+    retention::{MAX_RETENTION_SECS, MIN_RETENTION_SECS, RETENTION_SWEEP_MAX},
     sync::{SyncChat, SyncResult},
 };
 use self::{
@@ -279,6 +281,7 @@ impl EngineBuilder {
                 typing: Typing::default(),
                 config: self.config,
                 hub,
+                retention_cursor: std::sync::Mutex::new(None),
             }
         });
         if let Some(sink) = attached {
@@ -339,6 +342,9 @@ struct Inner {
     chats: ChatCache,
     presence: Presence,
     typing: Typing,
+    /// Where the next [`ChatEngine::sweep_retention`] goes on: after this
+    /// chat (`None`: from the first).
+    retention_cursor: std::sync::Mutex<Option<ChatId>>,
 }
 
 impl ChatEngine {

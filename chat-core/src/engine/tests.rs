@@ -1925,6 +1925,27 @@ impl crate::store::Store for PanicsOnce {
     async fn unattached_media(&self, before: Timestamp, limit: usize) -> Result<Vec<MediaRecord>> {
         self.inner.unattached_media(before, limit).await
     }
+    async fn retention_chats(
+        &self,
+        after: Option<ChatId>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::RetentionChat>> {
+        self.inner.retention_chats(after, limit).await
+    }
+    async fn expired_messages(
+        &self,
+        chat: ChatId,
+        after_seq: u64,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::store::ExpiredMessage>> {
+        self.inner
+            .expired_messages(chat, after_seq, before, limit)
+            .await
+    }
+    async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> Result<()> {
+        self.inner.set_retention_watermark(chat, seq).await
+    }
     async fn stored_texts(
         &self,
         table: crate::store::TextTable,
@@ -2110,6 +2131,7 @@ async fn a_refused_chat_update_changes_nothing_not_even_the_mute() {
             name: Some("mine now".into()),
             ..GroupPatch::default()
         },
+        ..ChatUpdate::default()
     };
     assert_eq!(
         code(e.update_chat(&actor("ben"), chat, update).await),
@@ -2125,6 +2147,7 @@ async fn a_refused_chat_update_changes_nothing_not_even_the_mute() {
             name: Some("x".repeat(10_000)),
             ..GroupPatch::default()
         },
+        ..ChatUpdate::default()
     };
     assert_eq!(
         code(e.update_chat(&actor("ann"), chat, update).await),
@@ -2141,6 +2164,7 @@ async fn a_refused_chat_update_changes_nothing_not_even_the_mute() {
             name: Some("circle".into()),
             ..GroupPatch::default()
         },
+        ..ChatUpdate::default()
     };
     let view = e.update_chat(&actor("ann"), chat, update).await.unwrap();
     assert_eq!(view.muted_until, Some(later));
@@ -3108,3 +3132,5 @@ async fn muted_members_cannot_send_until_the_mute_ends() {
         .await;
     assert_eq!(missing["data"]["code"], "bad_request", "{missing}");
 }
+
+mod retention;

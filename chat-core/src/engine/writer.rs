@@ -542,7 +542,11 @@ async fn membership_events(inner: &Inner, chat: &Chat, message: &Message) {
             )
             .await;
         }
-        Some(SystemEvent::RoleChanged { .. } | SystemEvent::GroupUpdated { .. }) => {
+        Some(
+            SystemEvent::RoleChanged { .. }
+            | SystemEvent::GroupUpdated { .. }
+            | SystemEvent::RetentionChanged { .. },
+        ) => {
             chat_updated(inner, chat);
         }
         None => {}

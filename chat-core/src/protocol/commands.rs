@@ -95,6 +95,14 @@ pub enum ClientCommand {
         #[serde(default, deserialize_with = "present")]
         until: Option<Option<Timestamp>>,
     },
+    /// Set how long the chat keeps messages.
+    SetRetention {
+        chat_id: ChatId,
+        /// Required; `null` keeps messages forever (so a missing field is
+        /// an error, not "forever").
+        #[serde(default, deserialize_with = "present")]
+        seconds: Option<Option<u64>>,
+    },
     /// A page of history.
     History {
         chat_id: ChatId,

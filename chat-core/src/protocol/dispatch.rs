@@ -186,6 +186,13 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
                 .await?;
             empty()
         }
+        ClientCommand::SetRetention { chat_id, seconds } => {
+            let seconds = seconds.ok_or_else(|| {
+                Error::invalid("seconds is required: a number, or null to keep messages forever")
+            })?;
+            let chat = engine.set_retention(actor, chat_id, seconds).await?;
+            field("chat", &chat)
+        }
         ClientCommand::History {
             chat_id,
             before_seq,

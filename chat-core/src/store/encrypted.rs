@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 
 use super::{
-    Applied, AuditQuery, Change, ChatListQuery, Committed, HistoryQuery, NewChat, ReportQuery,
-    ReportResolution, Store, StoredText, TextReplacement, TextTable,
+    Applied, AuditQuery, Change, ChatListQuery, Committed, ExpiredMessage, HistoryQuery, NewChat,
+    ReportQuery, ReportResolution, RetentionChat, Store, StoredText, TextReplacement, TextTable,
 };
 use crate::{
     error::{Error, Result},
@@ -737,6 +737,31 @@ impl Store for EncryptedStore {
 
     // Maintenance reads and writes the stored form: it is how
     // `seal_existing` finds plaintext and puts ciphertext in its place.
+
+    async fn retention_chats(
+        &self,
+        after: Option<ChatId>,
+        limit: usize,
+    ) -> Result<Vec<RetentionChat>> {
+        self.inner.retention_chats(after, limit).await
+    }
+
+    // No content: nothing to open.
+    async fn expired_messages(
+        &self,
+        chat: ChatId,
+        after_seq: u64,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ExpiredMessage>> {
+        self.inner
+            .expired_messages(chat, after_seq, before, limit)
+            .await
+    }
+
+    async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> Result<()> {
+        self.inner.set_retention_watermark(chat, seq).await
+    }
 
     async fn stored_texts(
         &self,

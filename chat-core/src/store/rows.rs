@@ -168,6 +168,8 @@ pub struct ChatRow {
     pub last_activity: i64,
     /// `created_at`, in milliseconds.
     pub created_at: i64,
+    /// `retention_secs`.
+    pub retention_secs: Option<i64>,
 }
 
 impl ChatRow {
@@ -183,9 +185,65 @@ impl ChatRow {
             last_seq: unsigned("chats.last_seq", self.last_seq)?,
             last_activity: Timestamp::from_millis(self.last_activity),
             created_at: Timestamp::from_millis(self.created_at),
+            retention_secs: self
+                .retention_secs
+                .map(|s| unsigned("chats.retention_secs", s))
+                .transpose()?,
             participants,
         })
     }
+}
+
+/// A row of [`Store::retention_chats`](super::Store::retention_chats):
+/// `(id, retention_secs, retention_swept_seq)`.
+pub fn retention_chat(
+    id: &str,
+    seconds: i64,
+    swept_seq: i64,
+) -> Result<super::RetentionChat, RowError> {
+    Ok(super::RetentionChat {
+        chat_id: parse("chats.id", id)?,
+        seconds: unsigned("chats.retention_secs", seconds)?,
+        swept_seq: unsigned("chats.retention_swept_seq", swept_seq)?,
+    })
+}
+
+/// A message of the log as [`Store::expired_messages`](super::Store::expired_messages)
+/// reads it: `(id, seq, sender_id, kind, media, deleted, created_at)`.
+pub type LogRow = (String, i64, String, String, Option<String>, bool, i64);
+
+/// What [`Store::expired_messages`](super::Store::expired_messages) returns
+/// from the log rows of `chat` after the watermark, in seq order: those
+/// before the first one created at or after `before`. Stops reading `rows`
+/// there, so a store may hand over a cursor it steps through.
+pub fn expired<E: From<RowError>>(
+    chat: ChatId,
+    rows: impl IntoIterator<Item = Result<LogRow, E>>,
+    before: Timestamp,
+) -> Result<Vec<super::ExpiredMessage>, E> {
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, seq, sender_id, kind, media, deleted, created_at) = row?;
+        if created_at >= before.as_millis() {
+            break;
+        }
+        let row = MessageRow {
+            id,
+            chat_id: chat.to_string(),
+            seq,
+            updated_seq: seq,
+            sender_id,
+            kind,
+            media,
+            deleted,
+            created_at,
+            ..MessageRow::default()
+        };
+        out.push(super::ExpiredMessage::of(
+            &row.into_message(Reactions::new())?,
+        ));
+    }
+    Ok(out)
 }
 
 /// A row of `participants`.

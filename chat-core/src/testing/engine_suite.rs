@@ -1837,6 +1837,11 @@ impl Checker {
                         stale("updating the group".to_owned());
                     }
                 }
+                Some(SystemEvent::RetentionChanged { .. }) => {
+                    if by_role != Some(Role::Admin) {
+                        stale("setting the retention".to_owned());
+                    }
+                }
             }
             if m.system.is_some()
                 && info.group
@@ -2289,6 +2294,7 @@ mod tests {
             last_seq: 5,
             last_activity: Timestamp::from_millis(0),
             created_at: Timestamp::from_millis(0),
+            retention_secs: None,
             participants: vec![
                 participant(0, Role::Admin, 0),
                 participant(2, Role::Member, 0),

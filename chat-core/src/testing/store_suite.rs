@@ -33,11 +33,12 @@ mod maintenance;
 mod membership;
 mod mls;
 mod receipts;
+mod retention;
 mod safety;
 mod users;
 pub use self::{
     audience::*, audit::*, chats::*, concurrency::*, key_packages::*, log::*, maintenance::*,
-    membership::*, mls::*, receipts::*, safety::*, users::*,
+    membership::*, mls::*, receipts::*, retention::*, safety::*, users::*,
 };
 
 // --- helpers -------------------------------------------------------------

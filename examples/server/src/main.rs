@@ -241,6 +241,28 @@ async fn run(settings: Settings) -> Result<(), Failure> {
         }
     });
 
+    // Messages older than their chat's retention go for everyone. Each call
+    // does bounded work; while it finds some, the next follows shortly, so
+    // a backlog (a retention just shortened) clears without holding up
+    // sends.
+    let retaining = engine.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RETENTION_SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            loop {
+                match retaining.sweep_retention().await {
+                    Ok(0) => break,
+                    Ok(_) => tokio::time::sleep(RETENTION_SWEEP_PAUSE).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweeping expired messages failed; trying again later");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", settings.bind)))?;
@@ -275,6 +297,13 @@ const SEAL_BATCH: usize = 500;
 
 /// How often abandoned uploads are looked for.
 const MEDIA_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// How often messages older than their chat's retention are looked for
+/// (PROTOCOL.md 5.2: at least every minute).
+const RETENTION_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The pause between two calls of one retention sweep that finds work.
+const RETENTION_SWEEP_PAUSE: Duration = Duration::from_millis(200);
 
 /// Where the bytes of uploads go.
 fn open_media(settings: &Settings) -> Result<Arc<dyn MediaStore>, Failure> {

@@ -321,6 +321,43 @@ async fn deleting_the_message_deletes_the_bytes() {
 }
 
 #[tokio::test]
+async fn retention_removes_the_bytes_of_the_messages_it_sweeps() {
+    let s = setup(true, MediaConfig::default()).await;
+    let e = &s.engine;
+    let chat = direct(e, "ann", "bob").await;
+    let old = e
+        .upload(&actor("ann"), chat, body(fixtures::png(50, 40), 4096))
+        .await
+        .unwrap();
+    e.send(&actor("ann"), image_message(chat, "old", old.id))
+        .await
+        .unwrap();
+    e.set_retention(&actor("bob"), chat, Some(3600))
+        .await
+        .unwrap();
+    s.clock.advance(Duration::from_secs(1800));
+    let recent = e
+        .upload(&actor("ann"), chat, body(fixtures::png(50, 40), 4096))
+        .await
+        .unwrap();
+    e.send(&actor("ann"), image_message(chat, "recent", recent.id))
+        .await
+        .unwrap();
+    s.clock.advance(Duration::from_secs(2400));
+    assert_eq!(e.sweep_retention().await.unwrap(), 1);
+    for key in [old.object_key(), old.thumbnail_key().unwrap()] {
+        assert!(matches!(
+            s.media.get(&key, None).await,
+            Err(Error::NotFound(_))
+        ));
+    }
+    assert!(s.store.get_media(old.id).await.unwrap().is_none());
+    assert!(s.store.get_media(recent.id).await.unwrap().is_some());
+    let kept = e.download(&actor("bob"), recent.id, false, None).await;
+    assert!(kept.is_ok(), "a recent upload stays readable");
+}
+
+#[tokio::test]
 async fn erasing_the_uploader_leaves_their_media_unreadable() {
     let s = setup(true, MediaConfig::default()).await;
     let e = &s.engine;

@@ -49,6 +49,7 @@ pub async fn create_group_chat(store: Arc<dyn Store>) {
         last_seq: 0,
         last_activity: at(0),
         created_at: at(0),
+        retention_secs: None,
         participants: vec![
             founder(&alice, Role::Admin),
             founder(&bob, Role::Moderator),
