@@ -281,3 +281,49 @@ async fn e2ee_across_two_nodes_leaves_no_plaintext_in_pg_dump() {
     assert!(dump.contains("mls_groups"), "the dump holds the MLS tables");
     assert!(!dump.contains(&marker), "the plaintext is in pg_dump");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_on_one_node_takes_effect_on_every_node() {
+    let Some(db) = Database::create() else { return };
+    let Some(redis) = redis_url() else { return };
+    let config = format!(
+        "postgres = \"{}\"\nredis = \"{redis}\"\nredis_key_prefix = \"{}\"\n",
+        db.url(),
+        unique("chat:test")
+    );
+    let node1 = Server::with_config(&config).await;
+    let node2 = Server::with_config(&config).await;
+    let mut mallory = node2.ws("mallory").await;
+    assert_eq!(mallory.ok("ping", json!({})).await, json!({}));
+    let admin = admin_token("root");
+    let suspend = "/api/v1/admin/users/mallory/suspend";
+    node1
+        .http("POST", suspend, Some(&admin), Some(json!({})))
+        .await
+        .expect(200);
+    // Connected on the other node: closed at once.
+    assert_eq!(
+        mallory.close_code(WAIT).await,
+        Some(4003),
+        "{:?}",
+        mallory.log
+    );
+    // New connections and requests on either node are refused.
+    for node in [&node1, &node2] {
+        let mut again = node
+            .connect("mallory", Auth::Header(&token("mallory")), &[])
+            .await
+            .expect("upgrade");
+        assert_eq!(again.close_code(WAIT).await, Some(4003), "{:?}", again.log);
+        node.get("/api/v1/chat/sessions", "mallory")
+            .await
+            .expect_error(403, "forbidden");
+    }
+    // Lifted on node 2, welcome back on node 1.
+    node2
+        .http("DELETE", suspend, Some(&admin), None)
+        .await
+        .expect(200);
+    let mut back = node1.ws("mallory").await;
+    assert_eq!(back.ok("ping", json!({})).await, json!({}));
+}
