@@ -15,8 +15,8 @@ use crate::{
     event::Event,
     hooks::{HookContext, HookDecision},
     model::{
-        Chat, ChatId, ChatKind, Encryption, MediaId, MediaRef, Message, MessageId, MessageType,
-        Report, Role, UserId,
+        Chat, ChatId, ChatKind, Encryption, MediaId, MediaKind, MediaRef, Message, MessageId,
+        MessageType, Report, Role, UserId,
     },
     store::{Change, HistoryQuery, NewMessage},
 };
@@ -289,38 +289,52 @@ impl ChatEngine {
         } else {
             self.run_hooks(chat, me, kind, content.as_deref()).await?
         };
-        let id = MessageId::new();
-        // Checked last, after everything that could refuse the message,
-        // since attaching claims the upload (undone below if the message
-        // is not stored after all).
-        // Boxed: inline, its state would grow every text message's future,
-        // which the driver moves for each command.
-        let media = match upload {
-            Some((media_kind, media_id)) => {
-                Some(Box::pin(self.attach_upload(me, chat_id, media_kind, media_id, id)).await?)
-            }
-            None => None,
-        };
         let new = NewMessage {
             mls: None,
-            id,
+            id: MessageId::new(),
             chat_id,
             sender_id: me.clone(),
             kind,
             content,
-            media: media.as_ref().map(MediaRef::for_record),
+            media: None,
             reply_to: req.reply_to,
             client_msg_id: Some(req.client_msg_id),
             system: None,
             created_at: self.now(),
         };
+        match upload {
+            None => self.submit_post(cached, new, flag).await,
+            // Boxed, so that the state of a media message's post is not
+            // part of every text message's future (which the connection
+            // driver moves for each command).
+            Some((media_kind, media_id)) => {
+                Box::pin(self.post_with_upload(cached, new, flag, media_kind, media_id)).await
+            }
+        }
+    }
+
+    /// Posts a message that carries the sender's upload `media_id`:
+    /// attaches it first (checked last, after everything that could
+    /// refuse the message, since attaching claims the upload) and releases
+    /// it when the message is not stored after all.
+    async fn post_with_upload(
+        &self,
+        cached: &Cached,
+        mut new: NewMessage,
+        flag: Option<String>,
+        media_kind: MediaKind,
+        media_id: MediaId,
+    ) -> Result<(Message, Option<Event>)> {
+        let id = new.id;
+        let record = self
+            .attach_upload(&new.sender_id, new.chat_id, media_kind, media_id, id)
+            .await?;
+        new.media = Some(MediaRef::for_record(&record));
         let posted = self.submit_post(cached, new, flag).await;
-        if let Some(record) = media {
-            let stored = matches!(&posted, Ok((m, _)) if m.id == id);
-            if !stored {
-                if let Err(e) = Box::pin(store.detach_media(record.id, id)).await {
-                    tracing::warn!(media = %record.id, error = %e, "could not release an upload");
-                }
+        let stored = matches!(&posted, Ok((m, _)) if m.id == id);
+        if !stored {
+            if let Err(e) = self.inner.store.detach_media(media_id, id).await {
+                tracing::warn!(media = %media_id, error = %e, "could not release an upload");
             }
         }
         posted
