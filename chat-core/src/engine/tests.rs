@@ -3133,4 +3133,5 @@ async fn muted_members_cannot_send_until_the_mute_ends() {
     assert_eq!(missing["data"]["code"], "bad_request", "{missing}");
 }
 
+mod export;
 mod retention;
