@@ -28,6 +28,8 @@
 //!   snapshot (the reported message is someone else's data).
 //! - `key_packages`: `null`; the store keeps no listing of a device's
 //!   published key packages (claimed ones are consumed).
+//! - Not included: chats the user has left or been removed from (the
+//!   store lists a user's current chats only), with what they sent there.
 //!
 //! Each chat is read as of when the export reaches it (messages up to its
 //! `last_seq` then). A chat that gets new activity while the export runs
