@@ -6,30 +6,16 @@ use futures::StreamExt;
 
 use super::*;
 
-/// Posts texts straight through the store (faster than sends), `pattern`
-/// naming each one's sender in turn.
-async fn post(store: &MemoryStore, chat: ChatId, pattern: &[&str], n: usize) {
-    let posts = (0..n)
-        .map(|i| {
-            let who = pattern[i % pattern.len()];
-            Change::Post(crate::store::NewMessage {
-                mls: None,
-                id: MessageId::new(),
-                chat_id: chat,
-                sender_id: uid(who),
-                kind: MessageType::Text,
-                content: Some(format!("{who} {chat} {i}")),
-                media: None,
-                reply_to: None,
-                client_msg_id: Some(format!("{who}-{chat}-{i}")),
-                system: None,
-                created_at: Timestamp::from_millis(1_795_464_000_000),
-            })
-        })
-        .collect();
-    for result in store.apply(posts).await {
-        result.unwrap();
-    }
+/// Posts `n` texts, `senders` taking turns.
+async fn post(store: &MemoryStore, chat: ChatId, senders: &[&str], n: usize) {
+    post_texts(
+        store,
+        chat,
+        senders,
+        n,
+        Timestamp::from_millis(1_795_464_000_000),
+    )
+    .await;
 }
 
 async fn export(engine: &ChatEngine, who: &str) -> (Value, usize) {
@@ -65,22 +51,7 @@ async fn export_holds_exactly_the_users_data_across_pages() {
     send(&e, "bob", others, "x", "not alice's").await.unwrap();
 
     // An image of alice.
-    let upload = MediaRecord {
-        id: MediaId::new(),
-        chat_id: with_bob,
-        uploader_id: uid("alice"),
-        kind: MediaKind::Image,
-        mime: "image/png".into(),
-        size: 10,
-        width: Some(4),
-        height: Some(3),
-        duration_ms: None,
-        name: None,
-        has_thumbnail: true,
-        sealed: false,
-        message_id: None,
-        created_at: Timestamp::from_millis(0),
-    };
+    let upload = image_upload("alice", with_bob);
     store.insert_media(upload.clone()).await.unwrap();
     let image = SendMessage {
         chat_id: with_bob,
