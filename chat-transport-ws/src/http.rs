@@ -933,6 +933,28 @@ pub(crate) async fn download(
     response.body(body).map_err(|e| ApiError(Error::backend(e)))
 }
 
+/// `GET /users/me/export`: everything the engine holds about the caller
+/// (see [`ChatEngine::export`](chat_core::ChatEngine::export)), streamed
+/// as it is read. A store error midway ends the body early, so a client
+/// sees a document that does not parse rather than a partial one that does.
+pub(crate) async fn export(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+) -> Result<Response, ApiError> {
+    let name = format!("export-{}.json", actor.user_id);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(
+            header::CONTENT_DISPOSITION,
+            disposition("attachment", Some(&name)),
+        )
+        .body(axum::body::Body::from_stream(app.engine.export(&actor)))
+        .map_err(|e| ApiError(Error::backend(e)))
+}
+
 #[cfg(test)]
 mod media_tests {
     use super::*;

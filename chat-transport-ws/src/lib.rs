@@ -159,7 +159,7 @@ fn routes(state: AppState) -> Router {
         .route("/chat/sync", get(sync))
         .route("/chat/blocks", get(list_blocks))
         .route("/chat/blocks/{user_id}", post(block).delete(unblock))
-        .route("/users/me/export", get(not_implemented))
+        .route("/users/me/export", get(export))
         .route("/users/me", axum::routing::delete(not_implemented))
         .route("/users/me/privacy", put(set_privacy))
         .route("/admin/audit", get(audit_log))

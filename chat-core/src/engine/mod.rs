@@ -9,6 +9,7 @@
 mod audit;
 mod cache;
 mod chats;
+mod export;
 mod groups;
 mod media;
 mod messages;
@@ -27,6 +28,7 @@ use serde::Serialize;
 pub use self::{
     audit::{AuditPage, MAX_AUDIT_PAGE},
     chats::{ChatPage, ChatUpdate, NewGroup, Opened},
+    export::ExportStream,
     media::{ByteRange, Download, MediaConfig, Served, Upload},
     messages::{HistoryPage, HistoryRequest, Receipt, SYSTEM_REPORTER, SendMessage},
     mls::MlsCommitRequest,

@@ -151,6 +151,53 @@ async fn send(
         .await
 }
 
+/// Posts `n` texts straight through the store at `at` (faster than `n`
+/// sends), the senders taking turns in the order `senders` lists them.
+async fn post_texts(store: &MemoryStore, chat: ChatId, senders: &[&str], n: usize, at: Timestamp) {
+    let posts = (0..n)
+        .map(|i| {
+            let who = senders[i % senders.len()];
+            Change::Post(crate::store::NewMessage {
+                mls: None,
+                id: MessageId::new(),
+                chat_id: chat,
+                sender_id: uid(who),
+                kind: MessageType::Text,
+                content: Some(format!("old {i}")),
+                media: None,
+                reply_to: None,
+                client_msg_id: Some(format!("{who}-{chat}-{i}")),
+                system: None,
+                created_at: at,
+            })
+        })
+        .collect();
+    for result in store.apply(posts).await {
+        result.unwrap();
+    }
+}
+
+/// The record of an image `uploader` uploaded to `chat_id` (with a
+/// thumbnail, not yet attached).
+fn image_upload(uploader: &str, chat_id: ChatId) -> MediaRecord {
+    MediaRecord {
+        id: MediaId::new(),
+        chat_id,
+        uploader_id: uid(uploader),
+        kind: MediaKind::Image,
+        mime: "image/png".into(),
+        size: 10,
+        width: Some(4),
+        height: Some(3),
+        duration_ms: None,
+        name: None,
+        has_thumbnail: true,
+        sealed: false,
+        message_id: None,
+        created_at: Timestamp::from_millis(0),
+    }
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T>) -> crate::ErrorCode {
     r.expect_err("expected an error").code()
 }
@@ -446,24 +493,8 @@ async fn replies_stay_within_their_chat() {
 async fn media_messages_need_the_senders_upload_to_that_chat() {
     let (e, store) = engine_with(EngineConfig::default()).await;
     let chat = direct(&e, "alice", "bob").await;
-    let upload = |uploader: &str, chat_id| MediaRecord {
-        id: MediaId::new(),
-        chat_id,
-        uploader_id: uid(uploader),
-        kind: MediaKind::Image,
-        mime: "image/png".into(),
-        size: 10,
-        width: Some(4),
-        height: Some(3),
-        duration_ms: None,
-        name: None,
-        has_thumbnail: true,
-        sealed: false,
-        message_id: None,
-        created_at: Timestamp::from_millis(0),
-    };
-    let mine = upload("alice", chat);
-    let bobs = upload("bob", chat);
+    let mine = image_upload("alice", chat);
+    let bobs = image_upload("bob", chat);
     store.insert_media(mine.clone()).await.unwrap();
     store.insert_media(bobs.clone()).await.unwrap();
     let image = |cid: &str, media| SendMessage {
@@ -3133,4 +3164,5 @@ async fn muted_members_cannot_send_until_the_mute_ends() {
     assert_eq!(missing["data"]["code"], "bad_request", "{missing}");
 }
 
+mod export;
 mod retention;

@@ -20,28 +20,9 @@ async fn engine_at(config: EngineConfig) -> (ChatEngine, Arc<MemoryStore>, Arc<M
 }
 
 /// Posts `n` texts of `who` straight through the store, at the clock's
-/// time (faster than `n` sends).
+/// time.
 async fn post_many(store: &MemoryStore, clock: &ManualClock, chat: ChatId, who: &str, n: usize) {
-    let posts = (0..n)
-        .map(|i| {
-            Change::Post(crate::store::NewMessage {
-                mls: None,
-                id: MessageId::new(),
-                chat_id: chat,
-                sender_id: uid(who),
-                kind: MessageType::Text,
-                content: Some(format!("old {i}")),
-                media: None,
-                reply_to: None,
-                client_msg_id: Some(format!("{who}-{chat}-{i}")),
-                system: None,
-                created_at: clock.now(),
-            })
-        })
-        .collect();
-    for result in store.apply(posts).await {
-        result.unwrap();
-    }
+    post_texts(store, chat, &[who], n, clock.now()).await;
 }
 
 async fn last_seq(store: &MemoryStore, chat: ChatId) -> u64 {
