@@ -161,6 +161,7 @@ fn routes(state: AppState) -> Router {
         .route("/chat/blocks/{user_id}", post(block).delete(unblock))
         .route("/users/me/export", get(export))
         .route("/users/me", axum::routing::delete(not_implemented))
+        .route("/admin/users/{id}", axum::routing::delete(not_implemented))
         .route("/users/me/privacy", put(set_privacy))
         .route("/admin/audit", get(audit_log))
         .route("/admin/reports", get(list_reports))

@@ -1014,6 +1014,15 @@ async fn unimplemented_routes_answer_501() {
         .http("DELETE", "/api/v1/users/me", Some(&token("alice")), None)
         .await;
     assert_eq!(r.status, 501, "DELETE /api/v1/users/me: {}", r.text);
+    let r = server
+        .http(
+            "DELETE",
+            "/api/v1/admin/users/alice",
+            Some(&admin_token("root")),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 501, "DELETE /api/v1/admin/users/:id: {}", r.text);
 }
 
 #[tokio::test]
