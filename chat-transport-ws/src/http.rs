@@ -942,6 +942,7 @@ pub(crate) async fn export(
     Caller(actor): Caller,
 ) -> Result<Response, ApiError> {
     let name = format!("export-{}.json", actor.user_id);
+    let body = app.engine.export(&actor)?;
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
@@ -951,7 +952,7 @@ pub(crate) async fn export(
             header::CONTENT_DISPOSITION,
             disposition("attachment", Some(&name)),
         )
-        .body(axum::body::Body::from_stream(app.engine.export(&actor)))
+        .body(axum::body::Body::from_stream(body))
         .map_err(|e| ApiError(Error::backend(e)))
 }
 

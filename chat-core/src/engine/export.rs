@@ -60,6 +60,10 @@ const CHAT_PAGE: usize = 100;
 const MESSAGE_WINDOW: u64 = 200;
 /// Reports read per store page.
 const REPORT_PAGE: usize = 100;
+/// Most exports running at once on one node.
+pub const MAX_EXPORTS: usize = 4;
+/// What a refused export is told to wait.
+const EXPORT_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Pieces smaller than this are joined before they are handed out.
 const CHUNK_BYTES: usize = 64 * 1024;
 
@@ -67,17 +71,31 @@ impl ChatEngine {
     /// Everything the engine holds about the actor, as one JSON document
     /// written incrementally (see the module docs for its shape and what
     /// it includes). At most one store page is held at a time.
-    pub fn export(&self, actor: &Actor) -> ExportStream {
+    ///
+    /// An export reads every chat of the user, so each user runs one at a
+    /// time and a node at most [`MAX_EXPORTS`] at once: beyond that,
+    /// [`Error::RateLimited`] (retry a little later). The slot is freed
+    /// when the stream ends or is dropped (the client went away).
+    pub fn export(&self, actor: &Actor) -> Result<ExportStream> {
+        {
+            let mut running = self.inner.exports.lock().unwrap_or_else(|e| e.into_inner());
+            if running.contains(&actor.user_id) || running.len() >= MAX_EXPORTS {
+                return Err(Error::RateLimited {
+                    retry_after: EXPORT_RETRY,
+                });
+            }
+            running.insert(actor.user_id.clone());
+        }
         let exporter = Exporter {
             engine: self.clone(),
             me: actor.user_id.clone(),
             buf: Vec::new(),
             phase: Phase::Start,
         };
-        stream::try_unfold(exporter, |mut ex| async move {
+        Ok(stream::try_unfold(exporter, |mut ex| async move {
             Ok(ex.next_chunk().await?.map(|chunk| (chunk, ex)))
         })
-        .boxed()
+        .boxed())
     }
 }
 
@@ -146,6 +164,17 @@ struct Exporter {
     /// Written and not yet handed out.
     buf: Vec<u8>,
     phase: Phase,
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.engine
+            .inner
+            .exports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.me);
+    }
 }
 
 enum Phase {

@@ -28,7 +28,7 @@ use serde::Serialize;
 pub use self::{
     audit::{AuditPage, MAX_AUDIT_PAGE},
     chats::{ChatPage, ChatUpdate, NewGroup, Opened},
-    export::ExportStream,
+    export::{ExportStream, MAX_EXPORTS},
     media::{ByteRange, Download, MediaConfig, Served, Upload},
     messages::{HistoryPage, HistoryRequest, Receipt, SYSTEM_REPORTER, SendMessage},
     mls::MlsCommitRequest,
@@ -274,6 +274,7 @@ impl EngineBuilder {
                 media: self
                     .media
                     .map(|(store, config)| MediaParts::new(store, config)),
+                exports: Default::default(),
                 bus: self.bus,
                 clock: self.clock,
                 policy: self.policy,
@@ -333,6 +334,8 @@ struct Inner {
     encrypted: Option<Arc<EncryptedStore>>,
     mls: Option<Arc<dyn MlsDelivery>>,
     media: Option<MediaParts>,
+    /// Users whose data export runs now (see `ChatEngine::export`).
+    exports: std::sync::Mutex<std::collections::HashSet<UserId>>,
     bus: Arc<dyn Bus>,
     hub: Arc<Hub>,
     clock: Arc<dyn Clock>,

@@ -21,6 +21,7 @@ async fn post(store: &MemoryStore, chat: ChatId, senders: &[&str], n: usize) {
 async fn export(engine: &ChatEngine, who: &str) -> (Value, usize) {
     let chunks: Vec<Bytes> = engine
         .export(&actor(who))
+        .unwrap()
         .map(|chunk| chunk.unwrap())
         .collect()
         .await;
@@ -28,6 +29,32 @@ async fn export(engine: &ChatEngine, who: &str) -> (Value, usize) {
     let doc = serde_json::from_slice(&whole)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&whole)));
     (doc, chunks.len())
+}
+
+#[tokio::test]
+async fn exports_run_one_per_user_and_a_few_per_node() {
+    let e = engine().await;
+    let first = e.export(&actor("alice")).unwrap();
+    assert_eq!(
+        code(e.export(&actor("alice")).map(|_| ())),
+        C::RateLimited,
+        "a second export of the same user"
+    );
+    let others: Vec<_> = (1..MAX_EXPORTS)
+        .map(|i| e.export(&actor(&format!("u{i}"))).unwrap())
+        .collect();
+    assert_eq!(
+        code(e.export(&actor("zed")).map(|_| ())),
+        C::RateLimited,
+        "the node's exports are all taken"
+    );
+    // Finished or abandoned, a slot is free again.
+    let chunks: Vec<_> = first.collect().await;
+    assert!(chunks.iter().all(|c| c.is_ok()));
+    drop(others);
+    let again = e.export(&actor("alice")).unwrap();
+    let zed = e.export(&actor("zed")).unwrap();
+    drop((again, zed));
 }
 
 #[tokio::test]
