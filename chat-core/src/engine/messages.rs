@@ -347,12 +347,14 @@ impl ChatEngine {
         new: NewMessage,
         flag: Option<String>,
     ) -> Result<(Message, Option<Event>)> {
-        let (chat_id, me) = (new.chat_id, new.sender_id.clone());
         if let (Some(encrypted), Some(_)) = (&self.inner.encrypted, &new.content) {
             // A first message (of this sender in this chat, or of a new key
             // epoch) makes its keys here, not in the write lane, where the
             // key store's fsync would hold up every chat of the lane.
-            encrypted.keyring().prepare_sealing(chat_id, &me).await?;
+            encrypted
+                .keyring()
+                .prepare_sealing(new.chat_id, &new.sender_id)
+                .await?;
         }
         let done = self
             .inner
@@ -366,7 +368,7 @@ impl ChatEngine {
             if let Some(reason) = flag {
                 self.file_hook_report(&message, reason).await;
             }
-            self.stop_typing(cached, &me).await;
+            self.stop_typing(cached, &message.sender_id).await;
         }
         Ok((message, done.event))
     }
