@@ -17,9 +17,10 @@ use crate::{
         ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     },
     store::{
-        Applied, AuditQuery, Change, ChatListQuery, Committed, ExpiredMessage, HistoryQuery,
-        Members, MlsGroupRecord, NewChat, NewMessage, ReportQuery, ReportResolution, RetentionChat,
-        Store, StoredText, TextReplacement, TextTable, check_authority, promotion_of_heir,
+        Applied, AuditQuery, Change, ChatListQuery, Committed, ErasedRows, ExpiredMessage,
+        HeldReports, HeldSnapshot, HistoryQuery, Members, MlsGroupRecord, NewChat, NewMessage,
+        ReportQuery, ReportResolution, RetentionChat, SentMessage, Store, StoredText,
+        TextReplacement, TextTable, UserReaction, check_authority, promotion_of_heir,
         rows::{self, Marked, direct_key},
     },
 };
@@ -332,8 +333,14 @@ impl State {
                     .get_mut(chat_id)
                     .ok_or_else(|| Error::not_found("chat not found"))?;
                 chat.participants.retain(|p| &p.user_id != user_id);
+                let chat = chat.clone();
+                // A direct chat one side left (erasure) is no longer the
+                // pair's: a new one can be opened.
+                if chat.kind == ChatKind::Direct {
+                    self.direct.retain(|_, id| id != chat_id);
+                }
                 Ok(Applied::Membership {
-                    chat: chat.clone(),
+                    chat,
                     message: Some(message),
                 })
             }
@@ -1078,6 +1085,173 @@ impl Store for MemoryStore {
             }
         }
         Ok(replaced)
+    }
+
+    async fn messages_by_sender(
+        &self,
+        user: &UserId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SentMessage>> {
+        let state = self.lock();
+        let mut found: Vec<SentMessage> = state
+            .client_ids
+            .iter()
+            .filter(|((sender, key), _)| sender == user && after.is_none_or(|a| key.as_str() > a))
+            .filter_map(|((_, key), id)| {
+                let (chat, seq) = state.message_index.get(id)?;
+                let m = state.logs.get(chat)?.get(seq)?;
+                let erasable =
+                    !m.deleted && !matches!(m.kind, MessageType::System | MessageType::MlsCommit);
+                erasable.then(|| SentMessage {
+                    chat_id: *chat,
+                    id: *id,
+                    client_msg_id: key.clone(),
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| a.client_msg_id.cmp(&b.client_msg_id));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn reactions_by_user(&self, user: &UserId, limit: usize) -> Result<Vec<UserReaction>> {
+        let state = self.lock();
+        Ok(state
+            .logs
+            .iter()
+            .flat_map(|(chat, log)| log.values().map(move |m| (*chat, m)))
+            .flat_map(|(chat, m)| {
+                m.reactions
+                    .iter()
+                    .filter(|(_, users)| users.contains(user))
+                    .map(move |(emoji, _)| UserReaction {
+                        chat_id: chat,
+                        message_id: m.id,
+                        emoji: emoji.clone(),
+                    })
+            })
+            .take(limit)
+            .collect())
+    }
+
+    async fn media_by_uploader(
+        &self,
+        user: &UserId,
+        after: Option<MediaId>,
+        limit: usize,
+    ) -> Result<Vec<MediaRecord>> {
+        let state = self.lock();
+        let mut found: Vec<MediaRecord> = state
+            .media
+            .values()
+            .filter(|m| m.uploader_id == *user && after.is_none_or(|a| m.id > a))
+            .cloned()
+            .collect();
+        found.sort_by_key(|m| m.id);
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn hold_reports(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+        held: Vec<HeldSnapshot>,
+    ) -> Result<HeldReports> {
+        let mut state = self.lock();
+        let mut done = HeldReports::default();
+        for report in state.reports.values_mut() {
+            if report.reported_user_id != *user {
+                continue;
+            }
+            report.reported_user_id = pseudonym.clone();
+            if report.status == ReportStatus::Open {
+                report.legal_hold = true;
+                if let Some(snapshot) = held.iter().find(|h| h.id == report.id) {
+                    report.content = snapshot.content.clone();
+                }
+                done.held += 1;
+            } else {
+                report.content = None;
+                report.media = None;
+                done.destroyed += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    async fn erase_user_rows(&self, user: &UserId, pseudonym: &UserId) -> Result<ErasedRows> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut rows = ErasedRows::default();
+        let keys: Vec<(UserId, String)> = state
+            .client_ids
+            .keys()
+            .filter(|(sender, _)| sender == user)
+            .cloned()
+            .collect();
+        for key in keys {
+            let Some(id) = state.client_ids.remove(&key) else {
+                continue;
+            };
+            let Some((chat, seq)) = state.message_index.get(&id).copied() else {
+                continue;
+            };
+            if let Some(m) = state.logs.get_mut(&chat).and_then(|log| log.get_mut(&seq)) {
+                m.sender_id = pseudonym.clone();
+                m.client_msg_id = None;
+                rows.messages += 1;
+            }
+        }
+        for report in state.reports.values_mut() {
+            if report.reporter_id == *user {
+                report.reporter_id = pseudonym.clone();
+                report.reason.clear();
+                rows.reports_filed += 1;
+            }
+        }
+        for media in state.media.values_mut() {
+            if media.uploader_id == *user {
+                media.uploader_id = pseudonym.clone();
+            }
+        }
+        let before = state.blocks.len();
+        state.blocks.retain(|(blocker, _)| blocker != user);
+        rows.blocks = (before - state.blocks.len()) as u64;
+        state.key_packages.retain(|(u, _), packages| {
+            let mine = u == user;
+            if mine {
+                rows.key_packages +=
+                    packages.packages.len() as u64 + u64::from(packages.last_resort.is_some());
+            }
+            !mine
+        });
+        state.device_keys.retain(|(u, _), _| {
+            let mine = u == user;
+            rows.device_keys += u64::from(mine);
+            !mine
+        });
+        for log in state.logs.values_mut() {
+            for m in log.values_mut() {
+                for users in m.reactions.values_mut() {
+                    let before = users.len();
+                    users.retain(|u| u != user);
+                    rows.reactions += (before - users.len()) as u64;
+                }
+                m.reactions.retain(|_, users| !users.is_empty());
+            }
+        }
+        for chat in state.chats.values_mut() {
+            let before = chat.participants.len();
+            chat.participants.retain(|p| p.user_id != *user);
+            if chat.participants.len() != before {
+                rows.memberships += 1;
+                state.members.remove(&chat.id);
+            }
+        }
+        rows.user = state.users.remove(user).is_some();
+        Ok(rows)
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {

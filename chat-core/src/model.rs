@@ -956,6 +956,11 @@ pub struct Report {
     pub resolved_by: Option<UserId>,
     /// The admin's note.
     pub resolution_note: Option<String>,
+    /// Whether the reported message's sender was erased while the report
+    /// was open: its snapshot is then kept, under a key of its own, only
+    /// until the report is resolved (a legal hold), and destroyed then.
+    #[serde(default)]
+    pub legal_hold: bool,
 }
 
 /// The evidence of a report as the admin API shows it: `{message: {id,
@@ -1032,6 +1037,7 @@ impl Report {
             resolved_at: None,
             resolved_by: None,
             resolution_note: None,
+            legal_hold: false,
         }
     }
 }

@@ -347,6 +347,57 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Nothing if the chat does not exist.
     async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> Result<()>;
 
+    // --- erasure ---------------------------------------------------------
+    //
+    // What `ChatEngine::erase_user` reads and writes. The messages,
+    // reactions and memberships it finds are removed through the write
+    // lanes (so that participants get events and `sync` brings the
+    // tombstones); these methods find them and do the rest.
+
+    /// Up to `limit` of `user`'s own messages that are not tombstones,
+    /// `system` and `mls_commit` entries left out, in `client_msg_id`
+    /// order after `after` (the last of the previous page; from the start
+    /// if `None`).
+    async fn messages_by_sender(
+        &self,
+        user: &UserId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SentMessage>>;
+
+    /// Up to `limit` of `user`'s reactions, in any order.
+    async fn reactions_by_user(&self, user: &UserId, limit: usize) -> Result<Vec<UserReaction>>;
+
+    /// Up to `limit` of `user`'s uploads with ids after `after`, in id order.
+    async fn media_by_uploader(
+        &self,
+        user: &UserId,
+        after: Option<crate::model::MediaId>,
+        limit: usize,
+    ) -> Result<Vec<MediaRecord>>;
+
+    /// The legal hold of an erasure: every report of `user`'s messages
+    /// names `pseudonym` instead from now on; the open ones are put on
+    /// [`legal_hold`](crate::model::Report::legal_hold), those listed in
+    /// `held` with the snapshot given there (the others keep theirs), and
+    /// closed ones lose their snapshot (content and media). In one
+    /// transaction.
+    async fn hold_reports(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+        held: Vec<HeldSnapshot>,
+    ) -> Result<HeldReports>;
+
+    /// The last step of erasing `user`, in one transaction: the messages
+    /// they sent name `pseudonym` and lose their `client_msg_id` (so that
+    /// a new user of the same id starts clean), reports they filed name
+    /// `pseudonym` and lose their reason, uploads left (held as evidence)
+    /// name `pseudonym`; their blocks, key packages, device keys,
+    /// remaining reactions and memberships, and their user record
+    /// (privacy settings, last seen, suspension) are deleted.
+    async fn erase_user_rows(&self, user: &UserId, pseudonym: &UserId) -> Result<ErasedRows>;
+
     // --- maintenance -----------------------------------------------------
 
     /// Up to `limit` stored texts of `table` (messages with content, or
@@ -417,6 +468,72 @@ pub struct RetentionChat {
     pub seconds: u64,
     /// Every message with `seq <= swept_seq` was swept already.
     pub swept_seq: u64,
+}
+
+/// A message as [`Store::messages_by_sender`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    /// Its chat.
+    pub chat_id: ChatId,
+    /// The message.
+    pub id: MessageId,
+    /// Its sender's idempotency key (the listing's order).
+    pub client_msg_id: String,
+}
+
+/// A reaction as [`Store::reactions_by_user`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserReaction {
+    /// The chat of the message.
+    pub chat_id: ChatId,
+    /// The message reacted to.
+    pub message_id: MessageId,
+    /// With what.
+    pub emoji: String,
+}
+
+/// An open report's snapshot as [`Store::hold_reports`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldSnapshot {
+    /// The report.
+    pub id: ReportId,
+    /// The chat of the reported message.
+    pub chat_id: ChatId,
+    /// The reported message.
+    pub message_id: MessageId,
+    /// The snapshot's text; an [`EncryptedStore`] seals it under the
+    /// pseudonym's key.
+    pub content: Option<String>,
+}
+
+/// What [`Store::hold_reports`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldReports {
+    /// Open reports now on legal hold.
+    pub held: u64,
+    /// Closed reports whose snapshot was destroyed.
+    pub destroyed: u64,
+}
+
+/// What [`Store::erase_user_rows`] did, counted per kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErasedRows {
+    /// Messages (tombstones, commits) that now name the pseudonym.
+    pub messages: u64,
+    /// Reports the user filed, now in the pseudonym's name.
+    pub reports_filed: u64,
+    /// Blocks the user had placed.
+    pub blocks: u64,
+    /// MLS key packages.
+    pub key_packages: u64,
+    /// Pinned MLS device signature keys.
+    pub device_keys: u64,
+    /// Reactions left (made while the erasure ran).
+    pub reactions: u64,
+    /// Memberships left (joined while the erasure ran).
+    pub memberships: u64,
+    /// Whether there was a user record.
+    pub user: bool,
 }
 
 /// A message as [`Store::expired_messages`] returns it.

@@ -253,6 +253,10 @@ macro_rules! store_conformance_tests {
             concurrent_mls_commits_for_one_epoch_accept_one,
             mls_commit_with_membership_is_one_change,
             device_keys_are_pinned_by_the_first,
+            erasure_finds_a_users_messages_reactions_and_uploads,
+            hold_reports_keeps_open_evidence_until_resolved,
+            erase_user_rows_removes_the_users_rows,
+            leaving_a_direct_chat_frees_the_pair,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

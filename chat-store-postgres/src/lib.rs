@@ -28,7 +28,8 @@
 //!   [`PostgresConfig::bulk_posts`].
 //! - **Direct chats** have a unique key per unordered pair of users, so
 //!   concurrent creations of one pair's chat store one chat; open reports
-//!   are unique per reporter and message the same way.
+//!   are unique per reporter and message the same way. A direct chat one
+//!   side left gives its key up, so that the pair can open a new one.
 //! - **Durability** is PostgreSQL's: `apply` returns after `COMMIT`, so with
 //!   the default `synchronous_commit = on` an `Ok` change survives a crash.
 //! - **Reads** use the pool; each is a single statement, hence one
@@ -124,8 +125,9 @@ use chat_core::{
     ParticipantSettings, Privacy, Report, ReportId, Store, Timestamp, UserId, UserRecord,
     mls::ClaimedKeyPackage,
     store::{
-        AuditQuery, Change, ChatListQuery, Committed, ExpiredMessage, HistoryQuery, NewChat,
-        ReportQuery, ReportResolution, RetentionChat, StoredText, TextReplacement, TextTable,
+        AuditQuery, Change, ChatListQuery, Committed, ErasedRows, ExpiredMessage, HeldReports,
+        HeldSnapshot, HistoryQuery, NewChat, ReportQuery, ReportResolution, RetentionChat,
+        SentMessage, StoredText, TextReplacement, TextTable, UserReaction,
     },
 };
 use sqlx::{
@@ -475,6 +477,49 @@ impl Store for PostgresStore {
 
     async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> chat_core::Result<()> {
         core(write::set_retention_watermark(&self.pool, chat, seq).await)
+    }
+
+    async fn messages_by_sender(
+        &self,
+        user: &UserId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<SentMessage>> {
+        core(read::messages_by_sender(&self.pool, user, after, limit).await)
+    }
+
+    async fn reactions_by_user(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> chat_core::Result<Vec<UserReaction>> {
+        core(read::reactions_by_user(&self.pool, user, limit).await)
+    }
+
+    async fn media_by_uploader(
+        &self,
+        user: &UserId,
+        after: Option<MediaId>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<MediaRecord>> {
+        core(read::media_by_uploader(&self.pool, user, after, limit).await)
+    }
+
+    async fn hold_reports(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+        held: Vec<HeldSnapshot>,
+    ) -> chat_core::Result<HeldReports> {
+        core(write::hold_reports(&self.pool, user, pseudonym, held).await)
+    }
+
+    async fn erase_user_rows(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+    ) -> chat_core::Result<ErasedRows> {
+        core(write::erase_user_rows(&self.pool, user, pseudonym).await)
     }
 
     async fn stored_texts(

@@ -13,7 +13,7 @@ use chat_core::{
     ReportStatus, Timestamp, UserId, UserRecord,
     store::{
         AuditQuery, ChatListQuery, ExpiredMessage, HistoryQuery, Members, MlsGroupRecord,
-        ReportQuery, RetentionChat, StoredText, TextTable,
+        ReportQuery, RetentionChat, SentMessage, StoredText, TextTable, UserReaction,
         rows::{
             self, AuditRow, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow,
             UserRow, direct_key, fold_reactions, parse, sql_limit, sql_u64, unsigned, user_id,
@@ -394,6 +394,73 @@ pub(crate) async fn unread_count<'e>(
     Ok(unsigned("COUNT(*)", n)?)
 }
 
+/// [`Store::messages_by_sender`](chat_core::Store::messages_by_sender):
+/// a range of the unique index `messages_by_client_id` (sender, key), so
+/// each page starts where the last ended. Two statements rather than
+/// `$2 IS NULL OR ...`, which a generic plan could not turn into a range.
+pub(crate) async fn messages_by_sender<'e>(
+    ex: impl PgExecutor<'e>,
+    sender: &UserId,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<SentMessage>, Error> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    const FIRST: &str = "SELECT chat_id, id, client_msg_id FROM messages \
+         WHERE sender_id = $1 AND client_msg_id IS NOT NULL \
+           AND NOT deleted AND kind NOT IN ('system', 'mls_commit') \
+         ORDER BY client_msg_id LIMIT $2";
+    const NEXT: &str = "SELECT chat_id, id, client_msg_id FROM messages \
+         WHERE sender_id = $2 AND client_msg_id IS NOT NULL AND client_msg_id > $1 \
+           AND NOT deleted AND kind NOT IN ('system', 'mls_commit') \
+         ORDER BY client_msg_id LIMIT $3";
+    let q = match after {
+        Some(after) => sqlx::query_as(NEXT).bind(after),
+        None => sqlx::query_as(FIRST),
+    };
+    let rows: Vec<(String, String, String)> = q
+        .bind(sender.as_str())
+        .bind(sql_limit(limit))
+        .fetch_all(ex)
+        .await?;
+    rows.into_iter()
+        .map(|(chat, id, client_msg_id)| {
+            Ok(SentMessage {
+                chat_id: parse("messages.chat_id", &chat)?,
+                id: parse("messages.id", &id)?,
+                client_msg_id,
+            })
+        })
+        .collect()
+}
+
+/// [`Store::reactions_by_user`](chat_core::Store::reactions_by_user),
+/// from the index `reactions_by_user`; the chat is the message's.
+pub(crate) async fn reactions_by_user<'e>(
+    ex: impl PgExecutor<'e>,
+    who: &UserId,
+    limit: usize,
+) -> Result<Vec<UserReaction>, Error> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT m.chat_id, r.message_id, r.emoji FROM reactions r \
+         JOIN messages m ON m.id = r.message_id WHERE r.user_id = $1 LIMIT $2",
+    )
+    .bind(who.as_str())
+    .bind(sql_limit(limit))
+    .fetch_all(ex)
+    .await?;
+    rows.into_iter()
+        .map(|(chat, message, emoji)| {
+            Ok(UserReaction {
+                chat_id: parse("messages.chat_id", &chat)?,
+                message_id: parse("reactions.message_id", &message)?,
+                emoji,
+            })
+        })
+        .collect()
+}
+
 // --- blocks --------------------------------------------------------------
 
 async fn users<'e>(
@@ -515,7 +582,7 @@ fn user_from_row(who: &UserId, r: &PgRow) -> Result<UserRecord, Error> {
 macro_rules! report_columns {
     () => {
         "id, reporter_id, chat_id, message_id, reported_user_id, reason, content, status, \
-         created_at, resolved_at, resolved_by, resolution_note, kind, media"
+         created_at, resolved_at, resolved_by, resolution_note, kind, media, legal_hold"
     };
 }
 pub(crate) use report_columns;
@@ -536,6 +603,7 @@ pub(crate) fn report_from_row(r: &PgRow) -> Result<Report, Error> {
         resolution_note: r.try_get("resolution_note")?,
         kind: r.try_get("kind")?,
         media: r.try_get("media")?,
+        legal_hold: r.try_get("legal_hold")?,
     };
     Ok(row.into_report()?)
 }
@@ -703,6 +771,30 @@ pub(crate) async fn unattached_media<'e>(
          ORDER BY created_at, id LIMIT $2"
     ))
     .bind(before.as_millis())
+    .bind(sql_limit(limit))
+    .fetch_all(ex)
+    .await?
+    .iter()
+    .map(media_from_row)
+    .collect()
+}
+
+/// [`Store::media_by_uploader`](chat_core::Store::media_by_uploader), from
+/// the index `media_by_uploader` (ids are never empty, so `''` is before
+/// all of them).
+pub(crate) async fn media_by_uploader<'e>(
+    ex: impl PgExecutor<'e>,
+    uploader: &UserId,
+    after: Option<MediaId>,
+    limit: usize,
+) -> Result<Vec<MediaRecord>, Error> {
+    sqlx::query(concat!(
+        "SELECT ",
+        media_columns!(),
+        " FROM media WHERE uploader_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+    ))
+    .bind(uploader.as_str())
+    .bind(after.map(|a| a.to_string()).unwrap_or_default())
     .bind(sql_limit(limit))
     .fetch_all(ex)
     .await?

@@ -14,7 +14,8 @@ use chat_core::{
     ParticipantSettings, Privacy, Report, Role, SystemEvent, Timestamp, UserId,
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
-        Applied, Change, NewChat, NewMessage, ReportResolution, TextReplacement, TextTable,
+        Applied, Change, ErasedRows, HeldReports, HeldSnapshot, NewChat, NewMessage,
+        ReportResolution, TextReplacement, TextTable,
         rows::{self, Marked, direct_key, sql_u64, sql_u64_checked, unsigned},
     },
 };
@@ -356,11 +357,18 @@ pub(crate) async fn apply(
                 return Err(not_found("not a participant"));
             }
             let message = system_message(conn, chat_id, event, by, at).await?;
-            sqlx::query("DELETE FROM participants WHERE chat_id = $1 AND user_id = $2")
-                .bind(chat_id.to_string())
-                .bind(user_id.as_str())
-                .execute(&mut *conn)
-                .await?;
+            // A direct chat one side left is no longer the pair's: freeing
+            // its key lets the pair open a new one (find_direct_chat and
+            // create_chat go by the key).
+            sqlx::query(
+                "WITH gone AS (DELETE FROM participants WHERE chat_id = $1 AND user_id = $2) \
+                 UPDATE chats SET direct_key = NULL \
+                 WHERE id = $1 AND kind = 'direct' AND direct_key IS NOT NULL",
+            )
+            .bind(chat_id.to_string())
+            .bind(user_id.as_str())
+            .execute(&mut *conn)
+            .await?;
             membership(conn, chat_id, Some(message)).await
         }
         Change::SetRole {
@@ -862,8 +870,8 @@ pub(crate) async fn insert_report(pool: &PgPool, r: Report) -> Result<Report, Er
         let done = sqlx::query(
             "INSERT INTO reports (id, reporter_id, chat_id, message_id, reported_user_id, \
                reason, content, status, created_at, resolved_at, resolved_by, resolution_note, \
-               kind, media) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+               kind, media, legal_hold) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (reporter_id, message_id) WHERE status = 'open' DO NOTHING",
         )
         .bind(r.id.to_string())
@@ -880,6 +888,7 @@ pub(crate) async fn insert_report(pool: &PgPool, r: Report) -> Result<Report, Er
         .bind(r.resolution_note.as_deref())
         .bind(r.kind.as_str())
         .bind(media.as_deref())
+        .bind(r.legal_hold)
         .execute(pool)
         .await?;
         if done.rows_affected() > 0 {
@@ -895,11 +904,17 @@ pub(crate) async fn insert_report(pool: &PgPool, r: Report) -> Result<Report, Er
 }
 
 /// [`Store::resolve_report`](chat_core::Store::resolve_report): one
-/// conditional UPDATE, so a report is closed once, also between nodes.
+/// conditional UPDATE, so a report is closed once, also between nodes. It
+/// leaves the snapshot as [`rows::resolve`] does: a report on legal hold
+/// loses its content and media. Deciding that in the statement (not from
+/// a read before it) sees a hold that `hold_reports` set concurrently.
 pub(crate) async fn resolve_report(pool: &PgPool, res: ReportResolution) -> Result<Report, Error> {
     let row = sqlx::query(concat!(
         "UPDATE reports SET status = $2, resolved_at = $3, resolved_by = $4, \
-           resolution_note = $5 WHERE id = $1 AND status = 'open' RETURNING ",
+           resolution_note = $5, \
+           content = CASE WHEN legal_hold THEN NULL ELSE content END, \
+           media = CASE WHEN legal_hold THEN NULL ELSE media END \
+         WHERE id = $1 AND status = 'open' RETURNING ",
         report_columns!()
     ))
     .bind(res.id.to_string())
@@ -1049,6 +1064,151 @@ async fn membership(
         chat: load_chat(conn, chat_id).await?,
         message,
     })
+}
+
+// --- erasure -------------------------------------------------------------
+
+/// [`Store::hold_reports`](chat_core::Store::hold_reports), in one
+/// transaction: the snapshots given first (only on open reports of
+/// `user`), then every report of `user` moved to `pseudonym` by one
+/// `UPDATE`, which decides open (held) or closed (snapshot destroyed) on
+/// the row it locks, so a report resolved meanwhile is counted as closed.
+pub(crate) async fn hold_reports(
+    pool: &PgPool,
+    user: &UserId,
+    pseudonym: &UserId,
+    held: Vec<HeldSnapshot>,
+) -> Result<HeldReports, Error> {
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await?;
+    if !held.is_empty() {
+        let ids: Vec<String> = held.iter().map(|h| h.id.to_string()).collect();
+        let contents: Vec<Option<String>> = held.into_iter().map(|h| h.content).collect();
+        sqlx::query(
+            "UPDATE reports r SET content = h.content \
+             FROM UNNEST($1::text[], $2::text[]) AS h(id, content) \
+             WHERE r.id = h.id AND r.reported_user_id = $3 AND r.status = 'open'",
+        )
+        .bind(&ids)
+        .bind(&contents)
+        .bind(user.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (held, destroyed): (i64, i64) = sqlx::query_as(
+        "WITH moved AS ( \
+           UPDATE reports SET reported_user_id = $2, \
+             legal_hold = legal_hold OR status = 'open', \
+             content = CASE WHEN status = 'open' THEN content END, \
+             media = CASE WHEN status = 'open' THEN media END \
+           WHERE reported_user_id = $1 RETURNING status = 'open' AS open) \
+         SELECT count(*) FILTER (WHERE open), count(*) FILTER (WHERE NOT open) FROM moved",
+    )
+    .bind(user.as_str())
+    .bind(pseudonym.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(HeldReports {
+        held: unsigned("held reports", held)?,
+        destroyed: unsigned("destroyed snapshots", destroyed)?,
+    })
+}
+
+/// [`Store::erase_user_rows`](chat_core::Store::erase_user_rows), in one
+/// transaction. It first locks the rows of the chats `user` is still in,
+/// in id order as batches do: a batch of one of those chats either
+/// commits before, or starts after and reads the members without `user`.
+pub(crate) async fn erase_user_rows(
+    pool: &PgPool,
+    user: &UserId,
+    pseudonym: &UserId,
+) -> Result<ErasedRows, Error> {
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await?;
+    sqlx::query(
+        "SELECT id FROM chats \
+         WHERE id IN (SELECT chat_id FROM participants WHERE user_id = $1) \
+         ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(user.as_str())
+    .execute(&mut *tx)
+    .await?;
+    // Renamed: the partial unique index on (sender_id, client_msg_id)
+    // finds them, and a NULL key frees it for a new user of the same id.
+    let messages = rename(
+        &mut tx,
+        "UPDATE messages SET sender_id = $2, client_msg_id = NULL \
+         WHERE sender_id = $1 AND client_msg_id IS NOT NULL",
+        user,
+        pseudonym,
+    )
+    .await?;
+    let reports_filed = rename(
+        &mut tx,
+        "UPDATE reports SET reporter_id = $2, reason = '' WHERE reporter_id = $1",
+        user,
+        pseudonym,
+    )
+    .await?;
+    rename(
+        &mut tx,
+        "UPDATE media SET uploader_id = $2 WHERE uploader_id = $1",
+        user,
+        pseudonym,
+    )
+    .await?;
+    // Deleted, each by the user's own column: blocks of others on the user
+    // are theirs and stay; the last-resort key package is a row too.
+    let blocks = delete_of(&mut tx, "DELETE FROM blocks WHERE blocker = $1", user).await?;
+    let key_packages =
+        delete_of(&mut tx, "DELETE FROM key_packages WHERE user_id = $1", user).await?;
+    let device_keys =
+        delete_of(&mut tx, "DELETE FROM device_keys WHERE user_id = $1", user).await?;
+    let reactions = delete_of(&mut tx, "DELETE FROM reactions WHERE user_id = $1", user).await?;
+    let memberships =
+        delete_of(&mut tx, "DELETE FROM participants WHERE user_id = $1", user).await?;
+    let record = delete_of(&mut tx, "DELETE FROM users WHERE user_id = $1", user).await?;
+    tx.commit().await?;
+    Ok(ErasedRows {
+        messages,
+        reports_filed,
+        blocks,
+        key_packages,
+        device_keys,
+        reactions,
+        memberships,
+        user: record > 0,
+    })
+}
+
+/// Runs `sql`, an `UPDATE` from `$1` (the user) to `$2` (the pseudonym);
+/// how many rows it changed.
+async fn rename(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    user: &UserId,
+    pseudonym: &UserId,
+) -> Result<u64, Error> {
+    let done = sqlx::query(sql)
+        .bind(user.as_str())
+        .bind(pseudonym.as_str())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Runs `sql`, a `DELETE` of the rows of `$1` (the user); how many it
+/// deleted.
+async fn delete_of(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    user: &UserId,
+) -> Result<u64, Error> {
+    let done = sqlx::query(sql).bind(user.as_str()).execute(conn).await?;
+    Ok(done.rows_affected())
 }
 
 // --- maintenance ---------------------------------------------------------

@@ -2,7 +2,10 @@
 
 mod common;
 
-use chat_core::{ChatId, MediaId, MediaKind, Store, Timestamp};
+use chat_core::{
+    ChatId, MediaId, MediaKind, MessageId, ReportId, ReportStatus, Store, Timestamp, UserId,
+    store::{HeldReports, ReportResolution},
+};
 use chat_store_postgres::{MIGRATOR, sqlx};
 
 use crate::common::{TestDb, small_pool};
@@ -10,6 +13,9 @@ use crate::common::{TestDb, small_pool};
 /// The last migration before media records had a kind, dimensions, a name,
 /// `sealed` and the message they are attached to.
 const BEFORE_MEDIA_KINDS: i64 = 20261206000004;
+
+/// The last migration before reports had `legal_hold`.
+const BEFORE_LEGAL_HOLD: i64 = 20261206000009;
 
 /// Media rows from before `20261206000005_media` are read with their kind
 /// from their mime, unsealed and unattached, and the sweep lists them.
@@ -89,4 +95,85 @@ async fn the_audit_log_is_append_only() {
         assert!(run(sql).await.is_err(), "{sql}");
     }
     run(allowed).await.expect("pseudonymization");
+}
+
+/// Reports from before `20261206000010_erasure` are not on legal hold:
+/// resolving one keeps its snapshot, and an erasure's `hold_reports` puts
+/// the open ones on hold.
+#[tokio::test]
+async fn reports_from_before_legal_hold_are_not_held() {
+    let Some(db) = TestDb::create_empty().await else {
+        return;
+    };
+    let store = db.store(small_pool()).await;
+    MIGRATOR
+        .run_to(BEFORE_LEGAL_HOLD, store.pool())
+        .await
+        .expect("migrate to the version before legal holds");
+    let (closed, open) = (ReportId::new(), ReportId::new());
+    for (id, reporter) in [(closed, "bob"), (open, "carol")] {
+        sqlx::query(
+            "INSERT INTO reports (id, reporter_id, chat_id, message_id, reported_user_id, \
+               reason, content, status, created_at, kind) \
+             VALUES ($1, $2, $3, $4, 'ann', 'spam', 'evidence', 'open', 1, 'text')",
+        )
+        .bind(id.to_string())
+        .bind(reporter)
+        .bind(ChatId::new().to_string())
+        .bind(MessageId::new().to_string())
+        .execute(store.pool())
+        .await
+        .expect("an old report row");
+    }
+    store.migrate().await.expect("migrate to the latest");
+
+    let report = |id| {
+        let store = &store;
+        async move {
+            store
+                .get_report(id)
+                .await
+                .expect("get_report")
+                .expect("the row is kept")
+        }
+    };
+    assert!(!report(open).await.legal_hold, "old rows are not held");
+    let resolved = store
+        .resolve_report(ReportResolution {
+            id: closed,
+            status: ReportStatus::Dismissed,
+            by: UserId::new("admin").expect("user id"),
+            note: None,
+            at: Timestamp::from_millis(2),
+        })
+        .await
+        .expect("resolve_report");
+    assert_eq!(
+        resolved.content.as_deref(),
+        Some("evidence"),
+        "a report not on hold keeps its snapshot when resolved"
+    );
+
+    let ann = UserId::new("ann").expect("user id");
+    let pseudonym = UserId::new("erased-01").expect("user id");
+    let done = store
+        .hold_reports(&ann, &pseudonym, Vec::new())
+        .await
+        .expect("hold_reports");
+    assert_eq!(
+        done,
+        HeldReports {
+            held: 1,
+            destroyed: 1
+        }
+    );
+    let open = report(open).await;
+    assert!(open.legal_hold);
+    assert_eq!(
+        (open.reported_user_id, open.content.as_deref()),
+        (pseudonym, Some("evidence")),
+        "held with the snapshot it had"
+    );
+    assert_eq!(report(closed).await.content, None, "destroyed");
+    store.close().await;
 }

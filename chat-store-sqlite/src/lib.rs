@@ -147,8 +147,9 @@ use chat_core::{
     ParticipantSettings, Privacy, Report, ReportId, Store, Timestamp, UserId, UserRecord,
     mls::ClaimedKeyPackage,
     store::{
-        AuditQuery, Change, ChatListQuery, Committed, ExpiredMessage, HistoryQuery, NewChat,
-        ReportQuery, ReportResolution, RetentionChat, StoredText, TextReplacement, TextTable,
+        AuditQuery, Change, ChatListQuery, Committed, ErasedRows, ExpiredMessage, HeldReports,
+        HeldSnapshot, HistoryQuery, NewChat, ReportQuery, ReportResolution, RetentionChat,
+        SentMessage, StoredText, TextReplacement, TextTable, UserReaction,
     },
 };
 use rusqlite::{Connection, OpenFlags};
@@ -612,6 +613,62 @@ impl Store for SqliteStore {
         let (user, pseudonym) = (user.clone(), pseudonym.clone());
         self.write(move |conn| write::pseudonymize_audit(conn, &user, &pseudonym))
             .await
+    }
+
+    async fn messages_by_sender(
+        &self,
+        user: &UserId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<SentMessage>> {
+        let (user, after) = (user.clone(), after.map(str::to_owned));
+        self.read(move |conn| read::messages_by_sender(conn, &user, after.as_deref(), limit))
+            .await
+    }
+
+    async fn reactions_by_user(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> chat_core::Result<Vec<UserReaction>> {
+        let user = user.clone();
+        self.read(move |conn| read::reactions_by_user(conn, &user, limit))
+            .await
+    }
+
+    async fn media_by_uploader(
+        &self,
+        user: &UserId,
+        after: Option<MediaId>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<MediaRecord>> {
+        let user = user.clone();
+        self.read(move |conn| read::media_by_uploader(conn, &user, after, limit))
+            .await
+    }
+
+    async fn hold_reports(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+        held: Vec<HeldSnapshot>,
+    ) -> chat_core::Result<HeldReports> {
+        let (user, pseudonym) = (user.clone(), pseudonym.clone());
+        self.write(move |conn| write::hold_reports(conn, &user, &pseudonym, held))
+            .await
+    }
+
+    async fn erase_user_rows(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+    ) -> chat_core::Result<ErasedRows> {
+        let (user, pseudonym) = (user.clone(), pseudonym.clone());
+        // Memberships and blocks change: the writer's view of members goes.
+        self.write_forgetting(None, move |conn| {
+            write::erase_user_rows(conn, &user, &pseudonym)
+        })
+        .await
     }
 
     async fn insert_media(&self, record: MediaRecord) -> chat_core::Result<()> {

@@ -6,7 +6,7 @@ use chat_core::{
     Report, ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     store::{
         AuditQuery, ChatListQuery, ExpiredMessage, HistoryQuery, MlsGroupRecord, ReportQuery,
-        RetentionChat, StoredText, TextTable,
+        RetentionChat, SentMessage, StoredText, TextTable, UserReaction,
         rows::{
             self, AuditRow, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow,
             UserRow, direct_key, fold_reactions, sql_limit, sql_u64, unsigned, user_id,
@@ -439,7 +439,7 @@ pub(crate) fn user_record(conn: &Connection, who: &UserId) -> Result<Option<User
 macro_rules! report_columns {
     () => {
         "id, reporter_id, chat_id, message_id, reported_user_id, reason, content, status, \
-         created_at, resolved_at, resolved_by, resolution_note, kind, media"
+         created_at, resolved_at, resolved_by, resolution_note, kind, media, legal_hold"
     };
 }
 
@@ -460,6 +460,7 @@ fn report_row(r: &Row<'_>) -> rusqlite::Result<ReportRow> {
         resolution_note: r.get(11)?,
         kind: r.get(12)?,
         media: r.get(13)?,
+        legal_hold: r.get(14)?,
     })
 }
 
@@ -627,6 +628,88 @@ pub(crate) fn unattached_media(
         .query_map(params![before.as_millis(), sql_limit(limit)], media_row)?
         .map(|row| media_of(row?))
         .collect()
+}
+
+// --- erasure -------------------------------------------------------------
+
+/// [`Store::messages_by_sender`](chat_core::Store::messages_by_sender):
+/// walks the sender's part of `messages_by_client_id` (every user message
+/// has a `client_msg_id`) from `after`.
+pub(crate) fn messages_by_sender(
+    conn: &Connection,
+    user: &UserId,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<SentMessage>, Error> {
+    conn.prepare_cached(
+        "SELECT chat_id, id, client_msg_id FROM messages INDEXED BY messages_by_client_id \
+         WHERE sender_id = ?1 AND client_msg_id IS NOT NULL AND client_msg_id > ?2 \
+         AND deleted = 0 AND kind NOT IN ('system', 'mls_commit') \
+         ORDER BY client_msg_id LIMIT ?3",
+    )?
+    .query_map(
+        params![user.as_str(), after.unwrap_or(""), sql_limit(limit)],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?)),
+    )?
+    .map(|row| {
+        let (chat, id, client_msg_id) = row?;
+        Ok(SentMessage {
+            chat_id: rows::parse("messages.chat_id", &chat)?,
+            id: rows::parse("messages.id", &id)?,
+            client_msg_id,
+        })
+    })
+    .collect()
+}
+
+/// [`Store::reactions_by_user`](chat_core::Store::reactions_by_user), from
+/// `reactions_by_user`.
+pub(crate) fn reactions_by_user(
+    conn: &Connection,
+    user: &UserId,
+    limit: usize,
+) -> Result<Vec<UserReaction>, Error> {
+    conn.prepare_cached(
+        "SELECT m.chat_id, r.message_id, r.emoji FROM reactions r \
+         JOIN messages m ON m.id = r.message_id WHERE r.user_id = ?1 LIMIT ?2",
+    )?
+    .query_map(params![user.as_str(), sql_limit(limit)], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+    })?
+    .map(|row| {
+        let (chat, message, emoji) = row?;
+        Ok(UserReaction {
+            chat_id: rows::parse("messages.chat_id", &chat)?,
+            message_id: rows::parse("reactions.message_id", &message)?,
+            emoji,
+        })
+    })
+    .collect()
+}
+
+/// [`Store::media_by_uploader`](chat_core::Store::media_by_uploader), from
+/// `media_by_uploader`.
+pub(crate) fn media_by_uploader(
+    conn: &Connection,
+    user: &UserId,
+    after: Option<MediaId>,
+    limit: usize,
+) -> Result<Vec<MediaRecord>, Error> {
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        media_columns!(),
+        " FROM media WHERE uploader_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+    ))?
+    .query_map(
+        params![
+            user.as_str(),
+            after.map(|a| a.to_string()).unwrap_or_default(),
+            sql_limit(limit)
+        ],
+        media_row,
+    )?
+    .map(|row| media_of(row?))
+    .collect()
 }
 
 // --- retention -----------------------------------------------------------

@@ -281,6 +281,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE chats ADD COLUMN retention_swept_seq INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX chats_with_retention ON chats (id) WHERE retention_secs IS NOT NULL;
     "#,
+    // 14: erasure. A report whose sender was erased while it was open is
+    // on legal hold; erasure finds a user's reactions, uploads and the
+    // reports of their messages from indexes of their own, and the check
+    // whether a deleted message's media is held by an open report reads
+    // the reports of that message alone. Reactions and uploads are far
+    // rarer than messages: no index is added to the messages table, whose
+    // every post would maintain it (a user's messages are found through
+    // `messages_by_client_id`).
+    r#"
+    ALTER TABLE reports ADD COLUMN legal_hold INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX reactions_by_user ON reactions (user_id);
+    CREATE INDEX media_by_uploader ON media (uploader_id, id);
+    CREATE INDEX reports_by_reported_user ON reports (reported_user_id, status);
+    CREATE INDEX reports_by_message ON reports (message_id, status);
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.

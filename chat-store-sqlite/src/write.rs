@@ -12,8 +12,8 @@ use chat_core::{
     MessageId, MessageType, ParticipantSettings, Privacy, Report, Role, Timestamp, UserId,
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
-        Applied, Change, Committed, NewChat, NewMessage, ReportResolution, TextReplacement,
-        TextTable,
+        Applied, Change, Committed, ErasedRows, HeldReports, HeldSnapshot, NewChat, NewMessage,
+        ReportResolution, TextReplacement, TextTable,
         rows::{self, Marked, direct_key, sql_u64, sql_u64_checked},
     },
 };
@@ -299,6 +299,12 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             let message = system_message(conn, chat_id, event, &by, at)?;
             conn.prepare_cached("DELETE FROM participants WHERE chat_id = ?1 AND user_id = ?2")?
                 .execute(params![chat_id.to_string(), user_id.as_str()])?;
+            // A direct chat one side left (erasure) is no longer the
+            // pair's: a new one can be opened.
+            conn.prepare_cached(
+                "UPDATE chats SET direct_key = NULL WHERE id = ?1 AND kind = 'direct'",
+            )?
+            .execute([chat_id.to_string()])?;
             membership(conn, chat_id, Some(message))
         }
         Change::SetRole {
@@ -778,8 +784,8 @@ pub(crate) fn insert_report(conn: &Connection, r: Report) -> Result<Report, Erro
     }
     conn.prepare_cached(
         "INSERT INTO reports (id, reporter_id, chat_id, message_id, reported_user_id, reason, \
-         content, status, created_at, resolved_at, resolved_by, resolution_note, kind, media) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+         content, status, created_at, resolved_at, resolved_by, resolution_note, kind, media, \
+         legal_hold) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         r.id.to_string(),
@@ -796,6 +802,7 @@ pub(crate) fn insert_report(conn: &Connection, r: Report) -> Result<Report, Erro
         r.resolution_note,
         r.kind.as_str(),
         r.media.as_ref().map(serde_json::to_string).transpose()?,
+        r.legal_hold,
     ])?;
     Ok(r)
 }
@@ -806,7 +813,7 @@ pub(crate) fn resolve_report(conn: &Connection, res: ReportResolution) -> Result
     rows::resolve(&mut report, res)?;
     conn.prepare_cached(
         "UPDATE reports SET status = ?2, resolved_at = ?3, resolved_by = ?4, \
-         resolution_note = ?5 WHERE id = ?1",
+         resolution_note = ?5, content = ?6, media = ?7 WHERE id = ?1",
     )?
     .execute(params![
         report.id.to_string(),
@@ -814,6 +821,13 @@ pub(crate) fn resolve_report(conn: &Connection, res: ReportResolution) -> Result
         report.resolved_at.map(Timestamp::as_millis),
         report.resolved_by.as_ref().map(UserId::as_str),
         report.resolution_note,
+        // A held report's snapshot goes with its resolution.
+        report.content,
+        report
+            .media
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?,
     ])?;
     Ok(report)
 }
@@ -855,6 +869,83 @@ pub(crate) fn pseudonymize_audit(
         )?
         .execute(params![user.as_str(), pseudonym.as_str()])?;
     Ok(changed as u64)
+}
+
+// --- erasure -------------------------------------------------------------
+
+/// [`Store::hold_reports`](chat_core::Store::hold_reports), inside the
+/// writer's transaction.
+pub(crate) fn hold_reports(
+    conn: &Connection,
+    user: &UserId,
+    pseudonym: &UserId,
+    held: Vec<HeldSnapshot>,
+) -> Result<HeldReports, Error> {
+    let (user, pseudonym) = (user.as_str(), pseudonym.as_str());
+    for snapshot in held {
+        conn.prepare_cached(
+            "UPDATE reports SET content = ?2 \
+             WHERE id = ?1 AND reported_user_id = ?3 AND status = 'open'",
+        )?
+        .execute(params![snapshot.id.to_string(), snapshot.content, user])?;
+    }
+    let held = conn
+        .prepare_cached(
+            "UPDATE reports SET legal_hold = 1, reported_user_id = ?2 \
+             WHERE reported_user_id = ?1 AND status = 'open'",
+        )?
+        .execute(params![user, pseudonym])?;
+    let destroyed = conn
+        .prepare_cached(
+            "UPDATE reports SET content = NULL, media = NULL, reported_user_id = ?2 \
+             WHERE reported_user_id = ?1",
+        )?
+        .execute(params![user, pseudonym])?;
+    Ok(HeldReports {
+        held: held as u64,
+        destroyed: destroyed as u64,
+    })
+}
+
+/// [`Store::erase_user_rows`](chat_core::Store::erase_user_rows), inside
+/// the writer's transaction; every statement finds its rows by an index.
+pub(crate) fn erase_user_rows(
+    conn: &Connection,
+    user: &UserId,
+    pseudonym: &UserId,
+) -> Result<ErasedRows, Error> {
+    let run = |sql: &str, pseudonymized: bool| -> Result<u64, Error> {
+        let mut statement = conn.prepare_cached(sql)?;
+        let changed = if pseudonymized {
+            statement.execute(params![user.as_str(), pseudonym.as_str()])?
+        } else {
+            statement.execute([user.as_str()])?
+        };
+        Ok(changed as u64)
+    };
+    let messages = run(
+        "UPDATE messages INDEXED BY messages_by_client_id SET sender_id = ?2, client_msg_id = NULL \
+         WHERE sender_id = ?1 AND client_msg_id IS NOT NULL",
+        true,
+    )?;
+    let reports_filed = run(
+        "UPDATE reports SET reporter_id = ?2, reason = '' WHERE reporter_id = ?1",
+        true,
+    )?;
+    run(
+        "UPDATE media SET uploader_id = ?2 WHERE uploader_id = ?1",
+        true,
+    )?;
+    Ok(ErasedRows {
+        messages,
+        reports_filed,
+        blocks: run("DELETE FROM blocks WHERE blocker = ?1", false)?,
+        key_packages: run("DELETE FROM key_packages WHERE user_id = ?1", false)?,
+        device_keys: run("DELETE FROM device_keys WHERE user_id = ?1", false)?,
+        reactions: run("DELETE FROM reactions WHERE user_id = ?1", false)?,
+        memberships: run("DELETE FROM participants WHERE user_id = ?1", false)?,
+        user: run("DELETE FROM users WHERE user_id = ?1", false)? > 0,
+    })
 }
 
 /// [`Store::insert_media`](chat_core::Store::insert_media).

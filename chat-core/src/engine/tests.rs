@@ -1938,6 +1938,44 @@ impl crate::store::Store for PanicsOnce {
     async fn pseudonymize_audit(&self, user: &UserId, pseudonym: &UserId) -> Result<u64> {
         self.inner.pseudonymize_audit(user, pseudonym).await
     }
+    async fn messages_by_sender(
+        &self,
+        user: &UserId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::SentMessage>> {
+        self.inner.messages_by_sender(user, after, limit).await
+    }
+    async fn reactions_by_user(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<Vec<crate::store::UserReaction>> {
+        self.inner.reactions_by_user(user, limit).await
+    }
+    async fn media_by_uploader(
+        &self,
+        user: &UserId,
+        after: Option<MediaId>,
+        limit: usize,
+    ) -> Result<Vec<MediaRecord>> {
+        self.inner.media_by_uploader(user, after, limit).await
+    }
+    async fn hold_reports(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+        held: Vec<crate::store::HeldSnapshot>,
+    ) -> Result<crate::store::HeldReports> {
+        self.inner.hold_reports(user, pseudonym, held).await
+    }
+    async fn erase_user_rows(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+    ) -> Result<crate::store::ErasedRows> {
+        self.inner.erase_user_rows(user, pseudonym).await
+    }
     async fn insert_media(&self, record: MediaRecord) -> Result<()> {
         self.inner.insert_media(record).await
     }

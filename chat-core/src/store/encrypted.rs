@@ -670,6 +670,62 @@ impl Store for EncryptedStore {
         self.inner.pseudonymize_audit(user, pseudonym).await
     }
 
+    async fn messages_by_sender(
+        &self,
+        user: &UserId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::SentMessage>> {
+        self.inner.messages_by_sender(user, after, limit).await
+    }
+
+    async fn reactions_by_user(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<Vec<crate::store::UserReaction>> {
+        self.inner.reactions_by_user(user, limit).await
+    }
+
+    async fn media_by_uploader(
+        &self,
+        user: &UserId,
+        after: Option<MediaId>,
+        limit: usize,
+    ) -> Result<Vec<MediaRecord>> {
+        self.inner.media_by_uploader(user, after, limit).await
+    }
+
+    // Held snapshots are sealed anew under the pseudonym's key: the
+    // erased user's key is destroyed next, and the evidence must outlive
+    // it until the report is resolved. Erasing the pseudonym's key then
+    // destroys every copy of it.
+    async fn hold_reports(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+        mut held: Vec<crate::store::HeldSnapshot>,
+    ) -> Result<crate::store::HeldReports> {
+        for snapshot in &mut held {
+            if let Some(text) = snapshot.content.take() {
+                let sealed = self
+                    .keyring
+                    .seal_snapshot(snapshot.chat_id, pseudonym, snapshot.message_id, &text)
+                    .await?;
+                snapshot.content = Some(format!("{SEALED}{}", STANDARD.encode(sealed)));
+            }
+        }
+        self.inner.hold_reports(user, pseudonym, held).await
+    }
+
+    async fn erase_user_rows(
+        &self,
+        user: &UserId,
+        pseudonym: &UserId,
+    ) -> Result<crate::store::ErasedRows> {
+        self.inner.erase_user_rows(user, pseudonym).await
+    }
+
     async fn insert_media(&self, record: MediaRecord) -> Result<()> {
         self.inner.insert_media(record).await
     }

@@ -442,6 +442,8 @@ pub struct ReportRow {
     pub resolved_by: Option<String>,
     /// `resolution_note`.
     pub resolution_note: Option<String>,
+    /// `legal_hold`.
+    pub legal_hold: bool,
 }
 
 impl ReportRow {
@@ -470,6 +472,7 @@ impl ReportRow {
                 .map(|u| user_id("reports.resolved_by", u))
                 .transpose()?,
             resolution_note: self.resolution_note,
+            legal_hold: self.legal_hold,
         })
     }
 }
@@ -847,13 +850,19 @@ pub fn check_open(report: &Report) -> Result<()> {
     Ok(())
 }
 
-/// Closes an open `report` as `resolution` says (see [`check_open`]).
+/// Closes an open `report` as `resolution` says (see [`check_open`]); a
+/// report on legal hold loses its snapshot.
 pub fn resolve(report: &mut Report, resolution: ReportResolution) -> Result<()> {
     check_open(report)?;
     report.status = resolution.status;
     report.resolved_at = Some(resolution.at);
     report.resolved_by = Some(resolution.by);
     report.resolution_note = resolution.note;
+    // A legal hold ends with the report: the erased sender's message goes.
+    if report.legal_hold {
+        report.content = None;
+        report.media = None;
+    }
     Ok(())
 }
 

@@ -27,6 +27,7 @@ mod audience;
 mod audit;
 mod chats;
 mod concurrency;
+mod erasure;
 mod key_packages;
 mod log;
 mod maintenance;
@@ -37,8 +38,8 @@ mod retention;
 mod safety;
 mod users;
 pub use self::{
-    audience::*, audit::*, chats::*, concurrency::*, key_packages::*, log::*, maintenance::*,
-    membership::*, mls::*, receipts::*, retention::*, safety::*, users::*,
+    audience::*, audit::*, chats::*, concurrency::*, erasure::*, key_packages::*, log::*,
+    maintenance::*, membership::*, mls::*, receipts::*, retention::*, safety::*, users::*,
 };
 
 // --- helpers -------------------------------------------------------------
@@ -472,6 +473,7 @@ fn report(reporter: &UserId, message: &Message, reason: &str, created_at: Timest
         resolved_at: None,
         resolved_by: None,
         resolution_note: None,
+        legal_hold: false,
     }
 }
 

@@ -270,6 +270,7 @@ async fn existing_plaintext_is_sealed_in_resumable_batches() {
         resolved_at: None,
         resolved_by: None,
         resolution_note: None,
+        legal_hold: false,
     };
     s.inner.insert_report(report.clone()).await.expect("stored");
     let before = raw_content(&s, already.id).await;
