@@ -74,9 +74,9 @@ pub mod transport;
 
 pub use bus::{Bus, LocalBus};
 pub use engine::{
-    Actor, ChatEngine, ChatPage, ChatUpdate, EngineBuilder, EngineConfig, Health, HistoryPage,
-    HistoryRequest, ModerationAction, NewGroup, Opened, PrivacyPatch, Receipt, SendMessage,
-    Session, SyncChat, SyncResult,
+    Actor, ChatEngine, ChatPage, ChatUpdate, EngineBuilder, EngineConfig, Erasure, Health,
+    HistoryPage, HistoryRequest, ModerationAction, NewGroup, Opened, PrivacyPatch, Receipt,
+    SendMessage, Session, SyncChat, SyncResult,
 };
 
 pub use error::{BoxError, Error, ErrorCode, Result};

@@ -82,7 +82,6 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
-/// Not available until its issue lands: routed, answered 501.
 /// An unknown route: the protocol's error body, like every other error.
 pub(crate) async fn no_route() -> Response {
     let body = json!({"code": "not_found", "message": "no such route"});
@@ -93,11 +92,6 @@ pub(crate) async fn no_route() -> Response {
 pub(crate) async fn wrong_method() -> Response {
     let body = json!({"code": "bad_request", "message": "method not allowed on this route"});
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
-}
-
-pub(crate) async fn not_implemented() -> Response {
-    let body = json!({"code": "internal", "message": "not implemented yet in this server version"});
-    (StatusCode::NOT_IMPLEMENTED, Json(body)).into_response()
 }
 
 /// The bearer token of a request, if any.
@@ -138,26 +132,60 @@ impl FromRequestParts<AppState> for DeviceCaller {
         parts: &mut Parts,
         app: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(&parts.headers).ok_or_else(|| {
-            Error::Unauthenticated("Authorization: Bearer <token> required".into())
-        })?;
-        let identity = app.verifier.verify(token)?;
-        let device = identity.device_id;
-        let actor = app
-            .engine
-            .authorize(identity.user_id, identity.admin)
-            .await?;
-        let class = if parts.method == Method::GET {
-            CommandClass::Other
-        } else {
-            CommandClass::Write
-        };
-        if let Err(retry_after) = app.driver.limiter().check(&actor.user_id, class) {
-            metrics::counter!(m::RATE_LIMITED).increment(1);
-            return Err(ApiError(Error::RateLimited { retry_after }));
-        }
-        Ok(DeviceCaller { actor, device })
+        authenticate(parts, app, true).await
     }
+}
+
+/// [`Caller`] who may be suspended: erasure is a right a suspension does
+/// not take away (and an erasure that stopped half-way leaves its user
+/// suspended until it is run again).
+#[derive(Debug)]
+pub(crate) struct SuspendedCaller(pub(crate) Actor);
+
+impl FromRequestParts<AppState> for SuspendedCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(parts, app, false)
+            .await
+            .map(|c| SuspendedCaller(c.actor))
+    }
+}
+
+/// The caller of a request from its bearer token, refused while suspended
+/// if `refuse_suspended`, and charged one command of the rate limits.
+async fn authenticate(
+    parts: &Parts,
+    app: &AppState,
+    refuse_suspended: bool,
+) -> Result<DeviceCaller, ApiError> {
+    let token = bearer(&parts.headers)
+        .ok_or_else(|| Error::Unauthenticated("Authorization: Bearer <token> required".into()))?;
+    let identity = app.verifier.verify(token)?;
+    let device = identity.device_id;
+    let actor = if refuse_suspended {
+        app.engine
+            .authorize(identity.user_id, identity.admin)
+            .await?
+    } else {
+        Actor {
+            user_id: identity.user_id,
+            admin: identity.admin,
+        }
+    };
+    let class = if parts.method == Method::GET {
+        CommandClass::Other
+    } else {
+        CommandClass::Write
+    };
+    if let Err(retry_after) = app.driver.limiter().check(&actor.user_id, class) {
+        metrics::counter!(m::RATE_LIMITED).increment(1);
+        return Err(ApiError(Error::RateLimited { retry_after }));
+    }
+    Ok(DeviceCaller { actor, device })
 }
 
 /// A JSON body whose rejections are answered in the API's error format.
@@ -628,6 +656,27 @@ pub(crate) async fn suspend(
     };
     app.engine.suspend(&actor, &id(&user)?, until).await?;
     ok()
+}
+
+/// `DELETE /users/me`: erases the caller (PROTOCOL.md 5.2), suspended or
+/// not; answers what was removed and what is kept.
+pub(crate) async fn erase_me(
+    State(app): State<AppState>,
+    SuspendedCaller(actor): SuspendedCaller,
+) -> ApiResult {
+    let user = actor.user_id.clone();
+    let done = app.engine.erase_user(&actor, &user).await?;
+    Ok(Json(json!(done)))
+}
+
+/// `DELETE /admin/users/:id`: the admin twin of [`erase_me`].
+pub(crate) async fn erase_user(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Path(user): Path<String>,
+) -> ApiResult {
+    let done = app.engine.erase_user(&actor, &id(&user)?).await?;
+    Ok(Json(json!(done)))
 }
 
 pub(crate) async fn unsuspend(

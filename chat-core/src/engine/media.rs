@@ -635,7 +635,11 @@ impl ChatEngine {
 
     /// Whether `message` was reported (only reports still open, if
     /// `open_only`).
-    async fn reported(&self, message: Option<MessageId>, open_only: bool) -> Result<bool> {
+    pub(super) async fn reported(
+        &self,
+        message: Option<MessageId>,
+        open_only: bool,
+    ) -> Result<bool> {
         let Some(message) = message else {
             return Ok(false);
         };

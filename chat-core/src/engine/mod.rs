@@ -9,6 +9,7 @@
 mod audit;
 mod cache;
 mod chats;
+mod erasure;
 mod export;
 mod groups;
 mod media;
@@ -28,6 +29,7 @@ use serde::Serialize;
 pub use self::{
     audit::{AuditPage, MAX_AUDIT_PAGE},
     chats::{ChatPage, ChatUpdate, NewGroup, Opened},
+    erasure::{Erasure, Kept, Removed},
     export::{ExportStream, MAX_EXPORTS},
     media::{ByteRange, Download, MediaConfig, Served, Upload},
     messages::{HistoryPage, HistoryRequest, Receipt, SYSTEM_REPORTER, SendMessage},

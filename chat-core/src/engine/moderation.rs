@@ -248,6 +248,9 @@ impl ChatEngine {
             note,
         )
         .await;
+        // A legal hold ends: the store dropped the snapshot, and the
+        // pseudonym's key goes once no open report needs it.
+        self.end_hold(&report).await;
         // The hold ends: media of a message deleted while this report was
         // open goes now, unless another open report still holds it.
         if let Some(media) = &report.media {

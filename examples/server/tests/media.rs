@@ -13,38 +13,6 @@ use chat_core::testing::media as fixtures;
 use common::*;
 use serde_json::{Value, json};
 
-/// A multipart body with one field `file`.
-fn multipart(name: &str, content_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {
-    let boundary = "----chat-test-boundary-7d3f";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: {content_type}\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-async fn upload_as(
-    server: &Server,
-    user: &str,
-    chat: &str,
-    name: &str,
-    claimed: &str,
-    bytes: &[u8],
-) -> Resp {
-    let (content_type, body) = multipart(name, claimed, bytes);
-    server
-        .http_raw(
-            "POST",
-            &format!("/api/v1/chat/upload/{chat}"),
-            Some(&token(user)),
-            &content_type,
-            body,
-        )
-        .await
-}
-
 /// A download: status, headers and the raw bytes.
 struct Got {
     status: u16,

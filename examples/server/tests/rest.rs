@@ -1008,24 +1008,6 @@ async fn admin_suspension_routes_are_for_admins() {
 }
 
 #[tokio::test]
-async fn unimplemented_routes_answer_501() {
-    let server = Server::start().await;
-    let r = server
-        .http("DELETE", "/api/v1/users/me", Some(&token("alice")), None)
-        .await;
-    assert_eq!(r.status, 501, "DELETE /api/v1/users/me: {}", r.text);
-    let r = server
-        .http(
-            "DELETE",
-            "/api/v1/admin/users/alice",
-            Some(&admin_token("root")),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 501, "DELETE /api/v1/admin/users/:id: {}", r.text);
-}
-
-#[tokio::test]
 async fn media_routes_check_their_input() {
     let server = Server::start().await;
     let chat = create_direct(&server, "alice", "bob").await;

@@ -1044,3 +1044,38 @@ pub(crate) fn stored_bytes(dir: &std::path::Path) -> Vec<u8> {
 pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A multipart body of one `file` field, and its Content-Type.
+#[allow(dead_code)]
+pub(crate) fn multipart(name: &str, content_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "----chat-test-boundary-7d3f";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: {content_type}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// `POST /api/v1/chat/upload/:chat` of `bytes` as `user`, claiming `claimed`.
+#[allow(dead_code)]
+pub(crate) async fn upload_as(
+    server: &Server,
+    user: &str,
+    chat: &str,
+    name: &str,
+    claimed: &str,
+    bytes: &[u8],
+) -> Resp {
+    let (content_type, body) = multipart(name, claimed, bytes);
+    server
+        .http_raw(
+            "POST",
+            &format!("/api/v1/chat/upload/{chat}"),
+            Some(&token(user)),
+            &content_type,
+            body,
+        )
+        .await
+}
