@@ -10,7 +10,8 @@
 //!  "reports_filed": [{id, chat_id, message_id, reported_user_id, reason,
 //!                     status, created_at, resolved_at}],
 //!  "chats": [{<the chat as the user sees it>, "receipts": {delivered_seq,
-//!             read_seq}, "messages": [...], "reactions": [{message_id, emoji}]}]}
+//!             read_seq}, "messages": [...], "reactions": [{message_id, emoji}]}],
+//!  "messages_in_left_chats": [...]}
 //! ```
 //!
 //! - `messages`: the messages the user *sent* (`sender_id` is them), oldest
@@ -28,8 +29,11 @@
 //!   snapshot (the reported message is someone else's data).
 //! - `key_packages`: `null`; the store keeps no listing of a device's
 //!   published key packages (claimed ones are consumed).
-//! - Not included: chats the user has left or been removed from (the
-//!   store lists a user's current chats only), with what they sent there.
+//! - `messages_in_left_chats`: the messages the user sent in chats they
+//!   have since left or been removed from (not the chats themselves:
+//!   what happened there after they left is not theirs), found through
+//!   the store's index of their messages; tombstones and `system`
+//!   entries left out.
 //!
 //! Each chat is read as of when the export reaches it (messages up to its
 //! `last_seq` then). A chat that gets new activity while the export runs
@@ -184,6 +188,15 @@ enum Phase {
         first: bool,
     },
     Chats(Chats),
+    /// Messages the user sent in chats they are no longer in.
+    Elsewhere {
+        /// The `client_msg_id` of the last one looked at.
+        after: Option<String>,
+        /// The chats exported whole.
+        done: HashSet<ChatId>,
+        /// None written yet.
+        first: bool,
+    },
     Done,
 }
 
@@ -333,6 +346,29 @@ impl Exporter {
                     chats.next = None;
                     chats.exhausted = false;
                 } else {
+                    buf.extend_from_slice(br#"],"messages_in_left_chats":["#);
+                    self.phase = Phase::Elsewhere {
+                        after: None,
+                        done: std::mem::take(&mut chats.done),
+                        first: true,
+                    };
+                }
+            }
+            Phase::Elsewhere { after, done, first } => {
+                let page = store
+                    .messages_by_sender(me, after.as_deref(), MESSAGE_WINDOW as usize)
+                    .await?;
+                for sent in &page {
+                    if done.contains(&sent.chat_id) {
+                        continue;
+                    }
+                    if let Some(message) = store.get_message(sent.id).await? {
+                        comma(buf, first);
+                        json(buf, &message)?;
+                    }
+                }
+                *after = page.last().map(|m| m.client_msg_id.clone());
+                if page.len() < MESSAGE_WINDOW as usize {
                     buf.extend_from_slice(b"]}");
                     self.phase = Phase::Done;
                 }

@@ -103,3 +103,28 @@ async fn export_holds_the_users_messages_and_nobody_elses() {
         .await
         .expect_error(401, "unauthenticated");
 }
+
+#[tokio::test]
+async fn export_keeps_what_the_user_sent_in_chats_they_left() {
+    let server = Server::start().await;
+    let mut ann = server.ws("exl-ann").await;
+    let group = ann.group("exl-group", &["exl-bob"]).await;
+    let group_id = s(&group, "id").to_owned();
+    let words = unique("said-before-leaving");
+    let sent = ann.send(&group_id, &words).await;
+    server
+        .delete(&format!("/api/v1/chat/sessions/{group_id}"), "exl-ann")
+        .await
+        .expect(200);
+
+    let r = server.get(EXPORT, "exl-ann").await;
+    let doc = r.expect(200);
+    assert!(
+        messages(doc).is_empty(),
+        "the group is not among her chats: {doc}"
+    );
+    let left = doc["messages_in_left_chats"].as_array().expect("an array");
+    assert_eq!(left.len(), 1, "{doc}");
+    assert_eq!(left[0]["id"], sent["id"]);
+    assert_eq!(left[0]["content"], words.as_str(), "decrypted");
+}
