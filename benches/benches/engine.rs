@@ -9,19 +9,17 @@ use std::sync::Arc;
 
 use chat_core::event::Framing;
 use chat_core::{
-    Actor, ChatEngine, DeviceId, MemoryStore, NewGroup, SendMessage, UserId,
+    Actor, ChatEngine, MemoryStore, SendMessage,
     clock::SystemClock,
     crypto::MasterKey,
     engine::HistoryRequest,
     keystore::{Keyring, KeyringConfig, MemoryKeyStore},
     protocol::ServerEvent,
-    transport::{Outgoing, outbox},
 };
+use common::{group_of, uid};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
-fn uid(i: usize) -> UserId {
-    UserId::new(format!("u{i}")).expect("valid id")
-}
+mod common;
 
 /// An engine on the memory store; with `encrypted`, content is sealed at
 /// rest under a memory key store.
@@ -41,24 +39,6 @@ async fn engine(encrypted: bool) -> ChatEngine {
     builder.build().await.expect("engine")
 }
 
-/// A group of users 0..`members`, created by user 0.
-async fn group_of(engine: &ChatEngine, members: usize) -> chat_core::ChatId {
-    let others = (1..members).map(uid).collect();
-    engine
-        .create_group(
-            &Actor::user(uid(0)),
-            NewGroup {
-                name: "bench".into(),
-                member_ids: others,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("group")
-        .chat
-        .id
-}
-
 fn mode(encrypted: bool) -> &'static str {
     if encrypted { "encrypted" } else { "plain" }
 }
@@ -75,22 +55,7 @@ fn send_path(c: &mut Criterion) {
             let engine = engine(encrypted).await;
             let chat = group_of(&engine, members).await;
             // Every member is connected; drainers keep their queues empty.
-            let mut drains = Vec::new();
-            for i in 0..members {
-                let (tx, mut out) = outbox(1 << 16);
-                let session = engine
-                    .connect(
-                        Actor::user(uid(i)),
-                        DeviceId::default_device(),
-                        Arc::new(tx),
-                    )
-                    .await
-                    .expect("connect");
-                drains.push(tokio::spawn(async move {
-                    let _session = session;
-                    while let Some(Outgoing::Frame(_)) = out.next().await {}
-                }));
-            }
+            let drains = common::drained_sessions(&engine, members).await;
             (engine, chat, drains)
         });
         group.throughput(Throughput::Elements(1));

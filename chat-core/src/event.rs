@@ -9,7 +9,7 @@
 //! `{"type": .., "data": ..}`, which is also how events cross the bus
 //! between nodes.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::SerializeMap};
@@ -108,6 +108,15 @@ pub enum ServerEvent {
     },
     /// This device has fewer than 10 MLS key packages left on the server.
     KeyPackagesLow { available: u64 },
+    /// To crisis responders: a message matched a crisis phrase.
+    CrisisAlert(crate::care::CrisisAlert),
+    /// To the sender of a message that matched a crisis phrase (their own
+    /// connections only): where to find help.
+    SupportResources {
+        chat_id: ChatId,
+        message_id: MessageId,
+        resources: Arc<[crate::care::SupportResource]>,
+    },
 }
 
 /// One user's presence in a `presence_update`.

@@ -118,4 +118,12 @@ pub struct Notification {
 pub trait Notifier: Debug + Send + Sync + 'static {
     /// Delivers push notifications.
     async fn notify(&self, batch: Vec<Notification>) -> Result<()>;
+
+    /// Delivers a crisis alert to the host app (its webhook), whether or
+    /// not a responder is online: called once per alert, off the send
+    /// path. Does nothing by default.
+    async fn crisis_alert(&self, alert: &crate::care::CrisisAlert) -> Result<()> {
+        let _ = alert;
+        Ok(())
+    }
 }

@@ -52,6 +52,7 @@
 //! ```
 
 pub mod bus;
+pub mod care;
 pub mod clock;
 pub mod crypto;
 pub mod engine;

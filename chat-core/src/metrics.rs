@@ -26,6 +26,10 @@ pub const SLOW_CLOSED: &str = "chat_slow_consumers_closed_total";
 /// was done (each is logged at error level with every field).
 pub const AUDIT_FAILURES: &str = "chat_audit_failures_total";
 
+/// Counter: crisis alerts raised (messages or edits that matched a crisis
+/// phrase).
+pub const CRISIS_ALERTS: &str = "chat_crisis_alerts_total";
+
 /// Counter by `kind`: uploads stored.
 pub const UPLOADS: &str = "chat_uploads_total";
 /// Counter by `kind`: bytes of uploads stored (after re-encoding).

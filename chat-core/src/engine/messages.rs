@@ -365,8 +365,15 @@ impl ChatEngine {
             return Err(unexpected());
         };
         if !duplicate {
-            if let Some(reason) = flag {
-                self.file_hook_report(&message, reason).await;
+            match self.crisis_match(cached.chat.encryption, &message) {
+                // Its report (with a hook's reason, if any) is filed off
+                // the send path with the alert.
+                Some(phrase) => self.escalate(&message, phrase, flag),
+                None => {
+                    if let Some(reason) = flag {
+                        self.file_hook_report(&message, reason).await;
+                    }
+                }
             }
             self.stop_typing(cached, &message.sender_id).await;
         }
@@ -409,7 +416,7 @@ impl ChatEngine {
         Ok(flag)
     }
 
-    async fn file_hook_report(&self, message: &Message, reason: String) {
+    pub(super) async fn file_hook_report(&self, message: &Message, reason: String) {
         let Ok(reporter) = UserId::new(SYSTEM_REPORTER) else {
             return;
         };
@@ -443,7 +450,11 @@ impl ChatEngine {
             content,
             at: self.now(),
         };
-        self.updated(change, Fanout::new(EventKind::Edit)).await
+        let edited = self.updated(change, Fanout::new(EventKind::Edit)).await?;
+        if let Some(phrase) = self.crisis_match(chat.encryption, &edited) {
+            self.escalate(&edited, phrase, None);
+        }
+        Ok(edited)
     }
 
     /// Deletes a message (leaves a tombstone): the sender, or a group's

@@ -9,6 +9,7 @@
 mod audit;
 mod cache;
 mod chats;
+mod crisis;
 mod erasure;
 mod export;
 mod groups;
@@ -19,7 +20,7 @@ mod moderation;
 mod presence;
 mod retention;
 mod sync;
-mod validate;
+pub(crate) mod validate;
 mod writer;
 
 use std::{sync::Arc, time::Duration};
@@ -177,6 +178,7 @@ pub struct EngineBuilder {
     policy: Arc<dyn ContactPolicy>,
     hooks: Vec<Arc<dyn MessageHook>>,
     notifier: Option<Arc<dyn Notifier>>,
+    crisis: Option<Arc<crate::care::CrisisConfig>>,
     keyring: Option<Arc<Keyring>>,
     mls: Option<Arc<dyn MlsDelivery>>,
     media: Option<(Arc<dyn crate::MediaStore>, MediaConfig)>,
@@ -211,6 +213,16 @@ impl EngineBuilder {
     /// Push notifications for recipients with no live connection.
     pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
         self.notifier = Some(notifier);
+        self
+    }
+
+    /// Crisis escalation (PROTOCOL.md 5.3): a message or edit of an
+    /// at-rest chat whose text matches one of the phrases is flagged for
+    /// admins, responders get `crisis_alert` (and the notifier its
+    /// [`crisis_alert`](Notifier::crisis_alert)), and the sender
+    /// `support_resources`, after it is stored.
+    pub fn crisis(mut self, crisis: crate::care::CrisisConfig) -> Self {
+        self.crisis = Some(Arc::new(crisis));
         self
     }
 
@@ -282,6 +294,7 @@ impl EngineBuilder {
                 policy: self.policy,
                 hooks: self.hooks,
                 notifier: self.notifier,
+                crisis: self.crisis,
                 presence: Presence::default(),
                 typing: Typing::default(),
                 config: self.config,
@@ -344,6 +357,7 @@ struct Inner {
     policy: Arc<dyn ContactPolicy>,
     hooks: Vec<Arc<dyn MessageHook>>,
     notifier: Option<Arc<dyn Notifier>>,
+    crisis: Option<Arc<crate::care::CrisisConfig>>,
     config: EngineConfig,
     writer: Writer,
     chats: ChatCache,
@@ -364,6 +378,7 @@ impl ChatEngine {
             policy: Arc::new(AllowAll),
             hooks: Vec::new(),
             notifier: None,
+            crisis: None,
             keyring: None,
             mls: None,
             media: None,

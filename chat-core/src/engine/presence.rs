@@ -232,6 +232,12 @@ impl ChatEngine {
         }
         let users = self.presence_snapshot(user).await?;
         session.conn.send(ServerEvent::PresenceUpdate { users });
+        // A crisis responder gets the alerts no admin has closed yet.
+        if let Some(alerts) = self.pending_alerts(user).await {
+            for alert in alerts {
+                session.conn.send(ServerEvent::CrisisAlert(alert));
+            }
+        }
         Ok(session)
     }
 

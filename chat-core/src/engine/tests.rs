@@ -17,11 +17,11 @@ use crate::{
     transport::{Outbox, Outgoing, outbox},
 };
 
-fn uid(s: &str) -> UserId {
+pub(super) fn uid(s: &str) -> UserId {
     UserId::new(s).unwrap()
 }
 
-fn actor(s: &str) -> Actor {
+pub(super) fn actor(s: &str) -> Actor {
     Actor::user(uid(s))
 }
 
@@ -39,13 +39,13 @@ async fn engine() -> ChatEngine {
     engine_with(EngineConfig::default()).await.0
 }
 
-struct Client {
+pub(super) struct Client {
     session: Session,
     out: Outbox,
 }
 
 impl Client {
-    async fn connect(engine: &ChatEngine, user: &str) -> Client {
+    pub(super) async fn connect(engine: &ChatEngine, user: &str) -> Client {
         Self::connect_with(engine, user, "default", 256).await
     }
 
@@ -81,7 +81,7 @@ impl Client {
     }
 
     /// The next frame of type `kind`, skipping others.
-    async fn next_of(&mut self, kind: &str) -> Value {
+    pub(super) async fn next_of(&mut self, kind: &str) -> Value {
         for _ in 0..50 {
             let f = self.next().await;
             if f["type"] == kind {
@@ -100,7 +100,7 @@ impl Client {
         out
     }
 
-    fn types(&mut self) -> Vec<String> {
+    pub(super) fn types(&mut self) -> Vec<String> {
         self.drain()
             .into_iter()
             .map(|f| f["type"].as_str().unwrap_or_default().to_owned())
@@ -120,7 +120,7 @@ fn json_of(frame: &crate::event::Frame) -> Value {
     serde_json::from_slice(&frame.encode(crate::event::Framing::Json)).unwrap()
 }
 
-async fn direct(engine: &ChatEngine, a: &str, b: &str) -> ChatId {
+pub(super) async fn direct(engine: &ChatEngine, a: &str, b: &str) -> ChatId {
     engine
         .create_direct(&actor(a), &uid(b), Encryption::AtRest)
         .await
@@ -130,7 +130,7 @@ async fn direct(engine: &ChatEngine, a: &str, b: &str) -> ChatId {
         .id
 }
 
-async fn group(engine: &ChatEngine, admin: &str, members: &[&str]) -> ChatId {
+pub(super) async fn group(engine: &ChatEngine, admin: &str, members: &[&str]) -> ChatId {
     let g = NewGroup {
         name: "support".into(),
         member_ids: members.iter().map(|m| uid(m)).collect(),
@@ -139,7 +139,7 @@ async fn group(engine: &ChatEngine, admin: &str, members: &[&str]) -> ChatId {
     engine.create_group(&actor(admin), g).await.unwrap().chat.id
 }
 
-async fn send(
+pub(super) async fn send(
     engine: &ChatEngine,
     who: &str,
     chat: ChatId,

@@ -103,6 +103,25 @@ pub(super) fn optional_url(value: Option<&str>) -> Result<Option<String>> {
     Ok(Some(v.to_owned()))
 }
 
+/// An https URL of at most `MAX_URL` bytes, parsed (not checked by its
+/// prefix): links that users are shown must not lead to plain http, or to
+/// `javascript:` and the like.
+pub(crate) fn https_url(value: &str) -> Result<url::Url> {
+    let refused = || {
+        Error::invalid(format!(
+            "url must be an https URL of at most {MAX_URL} bytes"
+        ))
+    };
+    if value.len() > MAX_URL {
+        return Err(refused());
+    }
+    let url = url::Url::parse(value).map_err(|_| refused())?;
+    if url.scheme() != "https" || url.host().is_none() {
+        return Err(refused());
+    }
+    Ok(url)
+}
+
 /// A reaction: a short string without whitespace or control characters
 /// (emoji sequences can be several scalar values long).
 pub(super) fn emoji_ok(emoji: &str) -> Result<()> {

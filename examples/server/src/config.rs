@@ -4,7 +4,12 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use chat_core::{EngineConfig, engine::MediaConfig, keystore::KeyringConfig};
+use chat_core::{
+    EngineConfig, UserId,
+    care::{CrisisConfig, FilterAction, SupportResource, WordFilter},
+    engine::MediaConfig,
+    keystore::KeyringConfig,
+};
 use chat_store_sqlite::{SqliteConfig, Synchronous};
 use chat_transport_ws::{
     auth::JwtKey,
@@ -174,6 +179,33 @@ struct FileConfig {
     rate_limits: Option<FileRateLimits>,
     limits: Option<FileLimits>,
     media: Option<FileMedia>,
+    crisis: Option<FileCrisis>,
+    /// Message hooks, run in this order before a message is stored.
+    hooks: Option<Vec<FileHook>>,
+}
+
+/// `[crisis]`: crisis escalation (PROTOCOL.md 5.3).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCrisis {
+    phrases: Vec<String>,
+    #[serde(default)]
+    responders: Vec<String>,
+    #[serde(default)]
+    resources: Vec<SupportResource>,
+}
+
+/// `[[hooks]]`: one message hook.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+enum FileHook {
+    /// Rejects or flags messages with one of `words`.
+    WordFilter {
+        words: Vec<String>,
+        action: FilterAction,
+        /// What the sender is told (reject) or the report says (flag).
+        reason: Option<String>,
+    },
 }
 
 /// `[media]`: limits of uploads and where their bytes go. Every key is
@@ -332,6 +364,8 @@ pub(crate) struct Settings {
     pub(crate) redis_key_prefix: Option<String>,
     pub(crate) rate_limits: RateLimits,
     pub(crate) engine: EngineConfig,
+    pub(crate) crisis: Option<CrisisConfig>,
+    pub(crate) hooks: Vec<WordFilter>,
 }
 
 impl Settings {
@@ -425,6 +459,29 @@ impl Settings {
                 .map_or_else(|| PathBuf::from("./media"), |p| p.join("media"))
         });
         let (media, media_config) = media_settings(file.media.as_ref(), media_dir)?;
+        let crisis = file.crisis.map(crisis_settings).transpose()?;
+        let hooks = file
+            .hooks
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(
+                |(
+                    i,
+                    FileHook::WordFilter {
+                        words,
+                        action,
+                        reason,
+                    },
+                )| {
+                    let reason = reason.as_deref().unwrap_or(match action {
+                        FilterAction::Reject => "this message is not allowed here",
+                        FilterAction::Flag => "word filter",
+                    });
+                    WordFilter::new(&words, action, reason).map_err(|e| format!("hooks[{i}]: {e}"))
+                },
+            )
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             bind: args
                 .bind
@@ -463,6 +520,8 @@ impl Settings {
             redis_key_prefix: file.redis_key_prefix,
             rate_limits: FileRateLimits::resolve(file.rate_limits.as_ref()),
             engine,
+            crisis,
+            hooks,
         })
     }
 
@@ -472,6 +531,20 @@ impl Settings {
             ..SqliteConfig::default()
         }
     }
+}
+
+/// `[crisis]`, checked: phrases the matcher takes, responders' ids,
+/// resources with a title and an https URL.
+fn crisis_settings(file: FileCrisis) -> Result<CrisisConfig, String> {
+    if file.phrases.is_empty() {
+        return Err("crisis.phrases must list at least one phrase".into());
+    }
+    let responders = file
+        .responders
+        .into_iter()
+        .map(|r| UserId::new(r).map_err(|e| format!("crisis.responders: {e}")))
+        .collect::<Result<_, _>>()?;
+    CrisisConfig::new(&file.phrases, responders, file.resources).map_err(|e| format!("crisis: {e}"))
 }
 
 /// A setting in whole seconds; 0 is taken as 1, since none of these
@@ -561,6 +634,26 @@ mod tests {
         let args = ServeArgs::try_parse_from(["serve", "--config", path.to_str().expect("utf-8")])
             .expect("args");
         Settings::resolve(args)
+    }
+
+    /// The example file of the repository is a valid configuration with
+    /// every section in it.
+    #[test]
+    fn the_example_file_loads_with_every_section() {
+        let text = include_str!("../chat.example.toml");
+        let s = settings(text).expect("chat.example.toml is valid");
+        for section in [
+            "[rate_limits]",
+            "[media]",
+            "[crisis]",
+            "[[hooks]]",
+            "[limits]",
+        ] {
+            assert!(text.contains(section), "{section} is in the example");
+        }
+        assert!(s.crisis.is_some());
+        assert_eq!(s.hooks.len(), 1);
+        assert_eq!(s.engine.max_group_members, 256);
     }
 
     #[test]

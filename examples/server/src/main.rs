@@ -183,6 +183,12 @@ async fn run(settings: Settings) -> Result<(), Failure> {
         .media(media, settings.media_config.clone())
         .mls(Arc::new(mls::OpenMlsDelivery))
         .config(settings.engine.clone());
+    for hook in &settings.hooks {
+        builder = builder.hook(Arc::new(hook.clone()));
+    }
+    if let Some(crisis) = &settings.crisis {
+        builder = builder.crisis(crisis.clone());
+    }
     let mut redis = None;
     if let Some(url) = &settings.redis {
         let mut config = RedisBusConfig::default();

@@ -327,3 +327,59 @@ async fn a_suspension_on_one_node_takes_effect_on_every_node() {
     let mut back = node1.ws("mallory").await;
     assert_eq!(back.ok("ping", json!({})).await, json!({}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crisis_alert_reaches_a_responder_on_the_other_node_and_nobody_else() {
+    let Some(db) = Database::create() else { return };
+    let Some(redis) = redis_url() else { return };
+    let config = format!(
+        "postgres = \"{}\"\nredis = \"{redis}\"\nredis_key_prefix = \"{}\"\n\n\
+         [crisis]\nphrases = [\"want to die\"]\nresponders = [\"counselor\"]\n\
+         resources = [{{ title = \"Crisis line\", url = \"https://example.org/help\", phone = \"988\" }}]\n",
+        db.url(),
+        unique("chat:test")
+    );
+    let node1 = Server::with_config(&config).await;
+    let node2 = Server::with_config(&config).await;
+    let mut counselor = node2.ws("counselor").await;
+    let mut ann = node1.ws("ann").await;
+    let mut bob = node2.ws("bob").await;
+    let chat = ann.direct("bob").await;
+    let chat_id = s(&chat, "id").to_owned();
+
+    let sent = ann
+        .ok(
+            "send_message",
+            json!({"chat_id": chat_id, "client_msg_id": "c-1", "content": "WANT to díe"}),
+        )
+        .await["message"]
+        .clone();
+    let alert = counselor.event("crisis_alert").await;
+    assert_eq!(
+        alert,
+        json!({"chat_id": chat_id, "message_id": sent["id"], "sender_id": "ann",
+               "matched": "want to die", "at": sent["created_at"]})
+    );
+    let help = ann.event("support_resources").await;
+    assert_eq!(help["message_id"], sent["id"]);
+    assert_eq!(
+        help["resources"],
+        json!([{"title": "Crisis line", "url": "https://example.org/help", "phone": "988"}])
+    );
+    // Bob reads the message as any other, and nothing of the alert.
+    bob.event_where("message_received", |e| e["id"] == sent["id"])
+        .await;
+
+    // A retry alerts nobody again; a near miss does not match.
+    ann.ok(
+        "send_message",
+        json!({"chat_id": chat_id, "client_msg_id": "c-1", "content": "WANT to díe"}),
+    )
+    .await;
+    ann.send(&chat_id, "I want to dieter").await;
+    counselor.no_event("crisis_alert", QUIET).await;
+    ann.no_event("support_resources", QUIET).await;
+    for kind in ["crisis_alert", "support_resources"] {
+        bob.no_event(kind, QUIET).await;
+    }
+}
