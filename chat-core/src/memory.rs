@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use crate::{
     error::{Error, Result},
-    mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
+    mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE, PublishedKeyPackage},
     model::{
         AuditEntry, AuditId, AuditTarget, Chat, ChatId, ChatKind, DeviceId, MediaId, MediaRecord,
         Message, MessageId, MessageType, Participant, ParticipantSettings, Privacy, Report,
@@ -893,6 +893,25 @@ impl Store for MemoryStore {
             entry.last_resort = last_resort;
         }
         Ok(entry.packages.len() as u64)
+    }
+
+    async fn key_packages_of(&self, user: &UserId) -> Result<Vec<PublishedKeyPackage>> {
+        let state = self.lock();
+        let mut out = Vec::new();
+        for ((_, device), entry) in state.key_packages.iter().filter(|((u, _), _)| u == user) {
+            let packages = entry.packages.iter().map(|p| (p, false));
+            let last = entry.last_resort.iter().map(|p| (p, true));
+            out.extend(
+                packages
+                    .chain(last)
+                    .map(|(p, last_resort)| PublishedKeyPackage {
+                        device_id: device.clone(),
+                        key_package: p.clone(),
+                        last_resort,
+                    }),
+            );
+        }
+        Ok(out)
     }
 
     async fn claim_key_packages(&self, users: &[UserId]) -> Result<Vec<ClaimedKeyPackage>> {

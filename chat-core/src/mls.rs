@@ -117,6 +117,29 @@ pub trait MlsDelivery: Debug + Send + Sync + 'static {
     fn apply_commit(&self, state: &[u8], commit: &[u8]) -> Result<MlsCommitView>;
 }
 
+/// A key package a device published and nobody claimed yet, as
+/// [`Store::key_packages_of`](crate::store::Store::key_packages_of) lists
+/// it (for the user's data export).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublishedKeyPackage {
+    /// Which device.
+    pub device_id: DeviceId,
+    /// The key package, as published.
+    pub key_package: Vec<u8>,
+    /// Whether it is the device's last-resort one.
+    pub last_resort: bool,
+}
+
+impl Debug for PublishedKeyPackage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishedKeyPackage")
+            .field("device_id", &self.device_id)
+            .field("bytes", &self.key_package.len())
+            .field("last_resort", &self.last_resort)
+            .finish()
+    }
+}
+
 /// One device's key package, handed out by
 /// [`Store::claim_key_packages`](crate::store::Store::claim_key_packages).
 #[derive(Clone, PartialEq, Eq)]

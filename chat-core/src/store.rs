@@ -297,6 +297,11 @@ pub trait Store: Debug + Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<u64>;
 
+    /// Every key package of `user`'s devices not claimed yet, the
+    /// last-resort ones included, by device then publishing order (the
+    /// user's data export).
+    async fn key_packages_of(&self, user: &UserId) -> Result<Vec<crate::mls::PublishedKeyPackage>>;
+
     /// One key package of each device of each of `users` that has any:
     /// the oldest not handed out yet, which is removed (never handed out
     /// twice, also to concurrent claimers on several nodes), or the

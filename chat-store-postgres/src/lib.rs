@@ -577,6 +577,13 @@ impl Store for PostgresStore {
         core(write::pin_device_key(&self.pool, user, device, &key).await)
     }
 
+    async fn key_packages_of(
+        &self,
+        user: &UserId,
+    ) -> chat_core::Result<Vec<chat_core::mls::PublishedKeyPackage>> {
+        core(write::key_packages_of(&self.pool, user).await)
+    }
+
     async fn device_keys(
         &self,
         devices: &[(UserId, DeviceId)],

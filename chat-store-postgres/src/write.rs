@@ -1459,6 +1459,30 @@ pub(crate) async fn pin_device_key(
     .await?)
 }
 
+/// [`Store::key_packages_of`](chat_core::Store::key_packages_of), from
+/// `key_packages_by_device`.
+pub(crate) async fn key_packages_of(
+    pool: &PgPool,
+    user: &UserId,
+) -> Result<Vec<chat_core::mls::PublishedKeyPackage>, Error> {
+    let rows: Vec<(String, Vec<u8>, bool)> = sqlx::query_as(
+        "SELECT device_id, bytes, last_resort FROM key_packages WHERE user_id = $1 \
+         ORDER BY device_id, last_resort, id",
+    )
+    .bind(user.as_str())
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(device, key_package, last_resort)| {
+            Ok(chat_core::mls::PublishedKeyPackage {
+                device_id: chat_core::store::rows::device_id("key_packages.device_id", device)?,
+                key_package,
+                last_resort,
+            })
+        })
+        .collect()
+}
+
 /// [`Store::device_keys`](chat_core::Store::device_keys).
 pub(crate) async fn device_keys(
     pool: &PgPool,

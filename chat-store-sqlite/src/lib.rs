@@ -797,6 +797,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn key_packages_of(
+        &self,
+        user: &UserId,
+    ) -> chat_core::Result<Vec<chat_core::mls::PublishedKeyPackage>> {
+        let user = user.clone();
+        self.read(move |conn| read::key_packages_of(conn, &user))
+            .await
+    }
+
     async fn device_keys(
         &self,
         devices: &[(UserId, DeviceId)],

@@ -782,6 +782,30 @@ pub(crate) fn mls_group(conn: &Connection, chat: ChatId) -> Result<Option<MlsGro
         .map_err(Into::into)
 }
 
+/// [`Store::key_packages_of`](chat_core::Store::key_packages_of), from
+/// `key_packages_by_device`.
+pub(crate) fn key_packages_of(
+    conn: &Connection,
+    user: &UserId,
+) -> Result<Vec<chat_core::mls::PublishedKeyPackage>, Error> {
+    conn.prepare_cached(
+        "SELECT device_id, bytes, last_resort FROM key_packages WHERE user_id = ?1 \
+         ORDER BY device_id, last_resort, id",
+    )?
+    .query_map([user.as_str()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+    })?
+    .map(|row| {
+        let (device, key_package, last_resort) = row?;
+        Ok(chat_core::mls::PublishedKeyPackage {
+            device_id: rows::device_id("key_packages.device_id", device)?,
+            key_package,
+            last_resort,
+        })
+    })
+    .collect()
+}
+
 /// [`Store::device_keys`](chat_core::Store::device_keys).
 pub(crate) fn device_keys(
     conn: &Connection,

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! {"user_id", "exported_at", "privacy": {...}, "blocked": [user ids],
-//!  "key_packages": null,
+//!  "key_packages": [{device_id, key_package, last_resort}],
 //!  "reports_filed": [{id, chat_id, message_id, reported_user_id, reason,
 //!                     status, created_at, resolved_at}],
 //!  "chats": [{<the chat as the user sees it>, "receipts": {delivered_seq,
@@ -27,8 +27,9 @@
 //!   messages).
 //! - `reports_filed`: the reports the user filed, without the evidence
 //!   snapshot (the reported message is someone else's data).
-//! - `key_packages`: `null`; the store keeps no listing of a device's
-//!   published key packages (claimed ones are consumed).
+//! - `key_packages`: the MLS key packages the user's devices published
+//!   that nobody claimed yet (claimed ones are handed out and gone), the
+//!   bytes in standard base64.
 //! - `messages_in_left_chats`: the messages the user sent in chats they
 //!   have since left or been removed from (not the chats themselves:
 //!   what happened there after they left is not theirs), found through
@@ -110,7 +111,28 @@ struct Head<'a> {
     exported_at: Timestamp,
     privacy: crate::model::Privacy,
     blocked: Vec<UserId>,
-    key_packages: Option<()>,
+    key_packages: Vec<ExportedKeyPackage>,
+}
+
+/// A key package the user's device published, not claimed yet (public:
+/// others fetch it to add the device to e2ee chats).
+#[derive(Serialize)]
+struct ExportedKeyPackage {
+    device_id: crate::model::DeviceId,
+    /// Standard base64, as published.
+    key_package: String,
+    last_resort: bool,
+}
+
+impl From<crate::mls::PublishedKeyPackage> for ExportedKeyPackage {
+    fn from(p: crate::mls::PublishedKeyPackage) -> Self {
+        use base64::Engine as _;
+        Self {
+            device_id: p.device_id,
+            key_package: base64::engine::general_purpose::STANDARD.encode(&p.key_package),
+            last_resort: p.last_resort,
+        }
+    }
 }
 
 /// A report the user filed, without its evidence snapshot.
@@ -275,7 +297,12 @@ impl Exporter {
                     exported_at: self.engine.now(),
                     privacy: self.engine.privacy_of(me).await?,
                     blocked: store.blocked_by_user(me).await?,
-                    key_packages: None,
+                    key_packages: store
+                        .key_packages_of(me)
+                        .await?
+                        .into_iter()
+                        .map(ExportedKeyPackage::from)
+                        .collect(),
                 };
                 open_object(buf, &head)?;
                 buf.extend_from_slice(br#","reports_filed":["#);

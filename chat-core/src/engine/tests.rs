@@ -1976,6 +1976,9 @@ impl crate::store::Store for PanicsOnce {
     ) -> Result<crate::store::ErasedRows> {
         self.inner.erase_user_rows(user, pseudonym).await
     }
+    async fn key_packages_of(&self, user: &UserId) -> Result<Vec<crate::mls::PublishedKeyPackage>> {
+        self.inner.key_packages_of(user).await
+    }
     async fn insert_media(&self, record: MediaRecord) -> Result<()> {
         self.inner.insert_media(record).await
     }

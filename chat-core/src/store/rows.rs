@@ -132,6 +132,11 @@ pub fn user_id(column: &'static str, s: String) -> Result<UserId, RowError> {
     UserId::new(s).map_err(|e| RowError::corrupt(column, e))
 }
 
+/// A device id read from `column`.
+pub fn device_id(column: &'static str, s: String) -> Result<crate::model::DeviceId, RowError> {
+    crate::model::DeviceId::new(s).map_err(|e| RowError::corrupt(column, e))
+}
+
 /// A stored JSON text, absent as `None`.
 fn json<T: DeserializeOwned>(s: Option<&str>) -> Result<Option<T>, RowError> {
     Ok(s.map(serde_json::from_str).transpose()?)

@@ -112,7 +112,7 @@ async fn export_holds_exactly_the_users_data_across_pages() {
     assert!(doc["exported_at"].is_string());
     assert_eq!(doc["privacy"]["read_receipts"], false);
     assert_eq!(doc["blocked"], serde_json::json!(["dave"]));
-    assert_eq!(doc["key_packages"], Value::Null);
+    assert_eq!(doc["key_packages"], serde_json::json!([]));
     let reports = doc["reports_filed"].as_array().unwrap();
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0]["message_id"], bobs.id.to_string());
@@ -193,4 +193,28 @@ async fn export_holds_exactly_the_users_data_across_pages() {
         100 + 1 + 1
     );
     assert_eq!(doc["reports_filed"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn export_lists_the_key_packages_nobody_claimed() {
+    let e = mls_engine(None).await;
+    let (alice, phone) = (actor("alice"), DeviceId::new("phone").unwrap());
+    e.publish_key_packages(&alice, &phone, kp("alice", "phone", 2), None)
+        .await
+        .unwrap();
+    e.claim_key_packages(&actor("bob"), &[uid("alice")])
+        .await
+        .unwrap();
+    let (doc, _) = export(&e, "alice").await;
+    let listed = doc["key_packages"].as_array().expect("key packages");
+    assert_eq!(listed.len(), 1, "one was claimed: {doc}");
+    assert_eq!(listed[0]["device_id"], "phone");
+    assert_eq!(listed[0]["last_resort"], false);
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(listed[0]["key_package"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(bytes, b"kp:alice/phone");
+    let (doc, _) = export(&e, "bob").await;
+    assert_eq!(doc["key_packages"], serde_json::json!([]));
 }

@@ -72,6 +72,26 @@ pub async fn key_packages_are_handed_out_once_oldest_first(store: Arc<dyn Store>
         "publish",
     );
     assert!(claim(s, &[&bob]).await.is_empty(), "bob published nothing");
+    let listed = |user: UserId| async move {
+        ok(s.key_packages_of(&user).await, "key_packages_of")
+            .into_iter()
+            .map(|p| {
+                let bytes = String::from_utf8_lossy(&p.key_package).into_owned();
+                (p.device_id.to_string(), bytes, p.last_resort)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(alice.clone()).await,
+        [
+            ("laptop".into(), "al-0".into(), false),
+            ("phone".into(), "ap-0".into(), false),
+            ("phone".into(), "ap-1".into(), false),
+            ("phone".into(), "ap-lr".into(), true),
+        ],
+        "every unclaimed one, by device then publishing order, last resort last"
+    );
+    assert!(listed(bob.clone()).await.is_empty());
     assert_eq!(
         claim(s, &[&alice, &bob, &alice]).await,
         vec![
