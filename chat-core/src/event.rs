@@ -108,6 +108,13 @@ pub enum ServerEvent {
     },
     /// This device has fewer than 10 MLS key packages left on the server.
     KeyPackagesLow { available: u64 },
+    /// To a check-in's poster: the counts after an answer.
+    CheckinAnswered {
+        chat_id: ChatId,
+        message_id: MessageId,
+        counts: Vec<u64>,
+        total: u64,
+    },
     /// To crisis responders: a message matched a crisis phrase.
     CrisisAlert(crate::care::CrisisAlert),
     /// To the sender of a message that matched a crisis phrase (their own
@@ -511,6 +518,8 @@ mod tests {
             reactions,
             system: None,
             unreadable: None,
+            checkin: None,
+            resource: None,
         }
     }
 

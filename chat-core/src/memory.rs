@@ -17,9 +17,9 @@ use crate::{
         ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     },
     store::{
-        Applied, AuditQuery, Change, ChatListQuery, Committed, ErasedRows, ExpiredMessage,
-        HeldReports, HeldSnapshot, HistoryQuery, Members, MlsGroupRecord, NewChat, NewMessage,
-        ReportQuery, ReportResolution, RetentionChat, SentMessage, Store, StoredText,
+        Applied, AuditQuery, Change, ChatListQuery, CheckinAnswer, Committed, ErasedRows,
+        ExpiredMessage, HeldReports, HeldSnapshot, HistoryQuery, Members, MlsGroupRecord, NewChat,
+        NewMessage, ReportQuery, ReportResolution, RetentionChat, SentMessage, Store, StoredText,
         TextReplacement, TextTable, UserReaction, check_authority, promotion_of_heir,
         rows::{self, Marked, direct_key},
     },
@@ -57,6 +57,8 @@ struct State {
     members: HashMap<ChatId, Arc<Members>>,
     /// Each chat's retention watermark ([`Store::set_retention_watermark`]).
     retention_swept: HashMap<ChatId, u64>,
+    /// Check-in answers, in the order first given.
+    answers: Vec<CheckinAnswer>,
 }
 
 #[derive(Debug, Default)]
@@ -1106,6 +1108,47 @@ impl Store for MemoryStore {
         Ok(replaced)
     }
 
+    async fn answer_checkin(&self, answer: CheckinAnswer) -> Result<()> {
+        let mut state = self.lock();
+        match state
+            .answers
+            .iter_mut()
+            .find(|a| a.message_id == answer.message_id && a.user_id == answer.user_id)
+        {
+            Some(given) => *given = answer,
+            None => state.answers.push(answer),
+        }
+        Ok(())
+    }
+
+    async fn checkin_answers(&self, message: MessageId) -> Result<Vec<CheckinAnswer>> {
+        Ok(self
+            .lock()
+            .answers
+            .iter()
+            .filter(|a| a.message_id == message)
+            .cloned()
+            .collect())
+    }
+
+    async fn answers_by_user(
+        &self,
+        user: &UserId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<CheckinAnswer>> {
+        let state = self.lock();
+        let mut found: Vec<CheckinAnswer> = state
+            .answers
+            .iter()
+            .filter(|a| a.user_id == *user && after.is_none_or(|after| a.message_id > after))
+            .cloned()
+            .collect();
+        found.sort_by_key(|a| a.message_id);
+        found.truncate(limit);
+        Ok(found)
+    }
+
     async fn messages_by_sender(
         &self,
         user: &UserId,
@@ -1269,6 +1312,9 @@ impl Store for MemoryStore {
                 state.members.remove(&chat.id);
             }
         }
+        let before = state.answers.len();
+        state.answers.retain(|a| a.user_id != *user);
+        rows.checkin_answers = (before - state.answers.len()) as u64;
         rows.user = state.users.remove(user).is_some();
         Ok(rows)
     }

@@ -564,6 +564,11 @@ pub enum MessageType {
     /// An accepted MLS commit of an `e2ee` chat (see [`Message::mls`]),
     /// written by the engine for `mls_commit`.
     MlsCommit,
+    /// A check-in (see [`Message::checkin`]): a question the chat's
+    /// members answer by picking an option.
+    Checkin,
+    /// A shared resource (see [`Message::resource`]): a titled https link.
+    Resource,
 }
 
 impl MessageType {
@@ -576,6 +581,8 @@ impl MessageType {
             MessageType::File => "file",
             MessageType::System => "system",
             MessageType::MlsCommit => "mls_commit",
+            MessageType::Checkin => "checkin",
+            MessageType::Resource => "resource",
         }
     }
 
@@ -655,6 +662,8 @@ impl FromStr for MessageType {
             "file" => Ok(MessageType::File),
             "system" => Ok(MessageType::System),
             "mls_commit" => Ok(MessageType::MlsCommit),
+            "checkin" => Ok(MessageType::Checkin),
+            "resource" => Ok(MessageType::Resource),
             other => Err(Error::invalid(format!(
                 "unknown message type {}",
                 Truncated(other)
@@ -816,6 +825,81 @@ pub struct Message {
     /// back: its sender was erased, or it was damaged. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<Unreadable>,
+    /// The check-in of a `checkin` message (`content` is `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkin: Option<Checkin>,
+    /// The resource of a `resource` message (`content` is `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+}
+
+impl Message {
+    /// Moves the payload of a `checkin` or `resource` message out of
+    /// `content`, where stores keep it (so that encryption at rest seals
+    /// it as any body), into its field. Content that is not such a payload
+    /// (still sealed, or unreadable) stays where it is.
+    pub fn unpack(&mut self) {
+        let Some(text) = self.content.as_deref() else {
+            return;
+        };
+        match self.kind {
+            MessageType::Checkin => {
+                if let Ok(checkin) = serde_json::from_str(text) {
+                    self.checkin = Some(checkin);
+                    self.content = None;
+                }
+            }
+            MessageType::Resource => {
+                if let Ok(resource) = serde_json::from_str(text) {
+                    self.resource = Some(resource);
+                    self.content = None;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a check-in asks (PROTOCOL.md 5.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkin {
+    /// `poll` (options of the poster's) or `mood` (a 1..=5 scale).
+    #[serde(default)]
+    pub kind: CheckinKind,
+    /// The question.
+    pub prompt: String,
+    /// What one may answer (`["1", .., "5"]` for a mood check-in).
+    pub options: Vec<String>,
+    /// Whether who answered what stays hidden from everyone, the poster
+    /// included.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// After this, answers are refused.
+    #[serde(default)]
+    pub closes_at: Option<Timestamp>,
+}
+
+/// The kind of a [`Checkin`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckinKind {
+    /// The poster's own options.
+    #[default]
+    Poll,
+    /// How one feels, on a scale of 1 to 5.
+    Mood,
+}
+
+/// A shared resource (PROTOCOL.md 5.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    /// 1..=200 characters.
+    pub title: String,
+    /// An https URL, at most 2048 bytes.
+    pub url: String,
+    /// At most 1000 characters; `null` when absent.
+    #[serde(default)]
+    pub summary: Option<String>,
 }
 
 /// Why a message's content cannot be read (see [`Message::unreadable`]).
@@ -840,6 +924,10 @@ pub struct Privacy {
     pub typing: bool,
     /// Others see when this user is online, and their last_seen.
     pub presence: bool,
+    /// This user's mood check-in answers go to the host app's webhook
+    /// (PROTOCOL.md 5.3); off unless they opt in.
+    #[serde(default)]
+    pub mood_sharing: bool,
 }
 
 impl Default for Privacy {
@@ -848,6 +936,7 @@ impl Default for Privacy {
             read_receipts: true,
             typing: true,
             presence: true,
+            mood_sharing: false,
         }
     }
 }

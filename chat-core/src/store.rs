@@ -352,6 +352,25 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Nothing if the chat does not exist.
     async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> Result<()>;
 
+    // --- check-ins -------------------------------------------------------
+
+    /// Records `answer` (replacing the same user's earlier answer to the
+    /// same check-in).
+    async fn answer_checkin(&self, answer: CheckinAnswer) -> Result<()>;
+
+    /// Every answer to check-in `message`, in the order they were first
+    /// given.
+    async fn checkin_answers(&self, message: MessageId) -> Result<Vec<CheckinAnswer>>;
+
+    /// Up to `limit` of `user`'s answers, to check-ins with ids after
+    /// `after`, in check-in id order (the user's data export).
+    async fn answers_by_user(
+        &self,
+        user: &UserId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<CheckinAnswer>>;
+
     // --- erasure ---------------------------------------------------------
     //
     // What `ChatEngine::erase_user` reads and writes. The messages,
@@ -399,7 +418,8 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// a new user of the same id starts clean), reports they filed name
     /// `pseudonym` and lose their reason, uploads left (held as evidence)
     /// name `pseudonym`; their blocks, key packages, device keys,
-    /// remaining reactions and memberships, and their user record
+    /// check-in answers, remaining reactions and memberships, and their
+    /// user record
     /// (privacy settings, last seen, suspension) are deleted.
     async fn erase_user_rows(&self, user: &UserId, pseudonym: &UserId) -> Result<ErasedRows>;
 
@@ -475,6 +495,21 @@ pub struct RetentionChat {
     pub swept_seq: u64,
 }
 
+/// One user's answer to a check-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckinAnswer {
+    /// The check-in message.
+    pub message_id: MessageId,
+    /// Its chat.
+    pub chat_id: ChatId,
+    /// Who answered.
+    pub user_id: UserId,
+    /// The index of the option they picked.
+    pub option: u32,
+    /// When they (last) answered.
+    pub at: Timestamp,
+}
+
 /// A message as [`Store::messages_by_sender`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentMessage {
@@ -537,6 +572,8 @@ pub struct ErasedRows {
     pub reactions: u64,
     /// Memberships left (joined while the erasure ran).
     pub memberships: u64,
+    /// Check-in answers.
+    pub checkin_answers: u64,
     /// Whether there was a user record.
     pub user: bool,
 }
@@ -1092,7 +1129,7 @@ impl NewMessage {
 
     /// The message this post becomes when stored with `seq`.
     pub fn into_message(self, seq: u64) -> Message {
-        Message {
+        let mut message = Message {
             mls: self.mls,
             id: self.id,
             chat_id: self.chat_id,
@@ -1110,7 +1147,11 @@ impl NewMessage {
             reactions: Default::default(),
             system: self.system,
             unreadable: None,
-        }
+            checkin: None,
+            resource: None,
+        };
+        message.unpack();
+        message
     }
 }
 

@@ -257,6 +257,8 @@ macro_rules! store_conformance_tests {
             hold_reports_keeps_open_evidence_until_resolved,
             erase_user_rows_removes_the_users_rows,
             leaving_a_direct_chat_frees_the_pair,
+            checkin_answers_are_one_per_user,
+            checkin_and_resource_messages_round_trip,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

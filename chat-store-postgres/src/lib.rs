@@ -125,9 +125,9 @@ use chat_core::{
     ParticipantSettings, Privacy, Report, ReportId, Store, Timestamp, UserId, UserRecord,
     mls::ClaimedKeyPackage,
     store::{
-        AuditQuery, Change, ChatListQuery, Committed, ErasedRows, ExpiredMessage, HeldReports,
-        HeldSnapshot, HistoryQuery, NewChat, ReportQuery, ReportResolution, RetentionChat,
-        SentMessage, StoredText, TextReplacement, TextTable, UserReaction,
+        AuditQuery, Change, ChatListQuery, CheckinAnswer, Committed, ErasedRows, ExpiredMessage,
+        HeldReports, HeldSnapshot, HistoryQuery, NewChat, ReportQuery, ReportResolution,
+        RetentionChat, SentMessage, StoredText, TextReplacement, TextTable, UserReaction,
     },
 };
 use sqlx::{
@@ -477,6 +477,23 @@ impl Store for PostgresStore {
 
     async fn set_retention_watermark(&self, chat: ChatId, seq: u64) -> chat_core::Result<()> {
         core(write::set_retention_watermark(&self.pool, chat, seq).await)
+    }
+
+    async fn answer_checkin(&self, answer: CheckinAnswer) -> chat_core::Result<()> {
+        core(write::answer_checkin(&self.pool, answer).await)
+    }
+
+    async fn checkin_answers(&self, message: MessageId) -> chat_core::Result<Vec<CheckinAnswer>> {
+        core(read::checkin_answers(&self.pool, message).await)
+    }
+
+    async fn answers_by_user(
+        &self,
+        user: &UserId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<CheckinAnswer>> {
+        core(read::answers_by_user(&self.pool, user, after, limit).await)
     }
 
     async fn messages_by_sender(

@@ -12,8 +12,9 @@ use chat_core::{
     AuditEntry, Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Report, ReportId,
     ReportStatus, Timestamp, UserId, UserRecord,
     store::{
-        AuditQuery, ChatListQuery, ExpiredMessage, HistoryQuery, Members, MlsGroupRecord,
-        ReportQuery, RetentionChat, SentMessage, StoredText, TextTable, UserReaction,
+        AuditQuery, ChatListQuery, CheckinAnswer, ExpiredMessage, HistoryQuery, Members,
+        MlsGroupRecord, ReportQuery, RetentionChat, SentMessage, StoredText, TextTable,
+        UserReaction,
         rows::{
             self, AuditRow, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow,
             UserRow, direct_key, fold_reactions, parse, sql_limit, sql_u64, unsigned, user_id,
@@ -528,7 +529,7 @@ pub(crate) async fn user_record<'e>(
     who: &UserId,
 ) -> Result<Option<UserRecord>, Error> {
     let row = sqlx::query(
-        "SELECT last_seen, read_receipts, typing, presence, suspended_until \
+        "SELECT last_seen, read_receipts, typing, presence, mood_sharing, suspended_until \
          FROM users WHERE user_id = $1",
     )
     .bind(who.as_str())
@@ -544,7 +545,8 @@ pub(crate) async fn user_records<'e>(
 ) -> Result<Vec<Option<UserRecord>>, Error> {
     let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
     let rows = sqlx::query(
-        "SELECT user_id, last_seen, read_receipts, typing, presence, suspended_until \
+        "SELECT user_id, last_seen, read_receipts, typing, presence, mood_sharing, \
+           suspended_until \
          FROM users WHERE user_id = ANY ($1)",
     )
     .bind(&ids)
@@ -571,9 +573,80 @@ fn user_from_row(who: &UserId, r: &PgRow) -> Result<UserRecord, Error> {
         read_receipts: r.try_get("read_receipts")?,
         typing: r.try_get("typing")?,
         presence: r.try_get("presence")?,
+        mood_sharing: r.try_get("mood_sharing")?,
         suspended_until: r.try_get("suspended_until")?,
     };
     Ok(row.into_record(who.clone()))
+}
+
+// --- check-ins -----------------------------------------------------------
+
+/// The columns [`checkin_answer_from_row`] reads.
+macro_rules! checkin_answer_columns {
+    () => {
+        "message_id, chat_id, user_id, option, answered_at"
+    };
+}
+
+fn checkin_answer_from_row(r: &PgRow) -> Result<CheckinAnswer, Error> {
+    let option: i32 = r.try_get("option")?;
+    Ok(CheckinAnswer {
+        message_id: parse(
+            "checkin_answers.message_id",
+            r.try_get::<&str, _>("message_id")?,
+        )?,
+        chat_id: parse("checkin_answers.chat_id", r.try_get::<&str, _>("chat_id")?)?,
+        user_id: user_id("checkin_answers.user_id", r.try_get("user_id")?)?,
+        option: u32::try_from(option).map_err(|e| Error::corrupt("checkin_answers.option", e))?,
+        at: Timestamp::from_millis(r.try_get("answered_at")?),
+    })
+}
+
+/// [`Store::checkin_answers`](chat_core::Store::checkin_answers): the
+/// check-in's rows of the primary key, in the order of their first answer.
+pub(crate) async fn checkin_answers<'e>(
+    ex: impl PgExecutor<'e>,
+    message: MessageId,
+) -> Result<Vec<CheckinAnswer>, Error> {
+    sqlx::query(concat!(
+        "SELECT ",
+        checkin_answer_columns!(),
+        " FROM checkin_answers WHERE message_id = $1 ORDER BY ordinal"
+    ))
+    .bind(message.to_string())
+    .fetch_all(ex)
+    .await?
+    .iter()
+    .map(checkin_answer_from_row)
+    .collect()
+}
+
+/// [`Store::answers_by_user`](chat_core::Store::answers_by_user), from the
+/// index `checkin_answers_by_user` (ids are never empty, so `''` is
+/// before all of them).
+pub(crate) async fn answers_by_user<'e>(
+    ex: impl PgExecutor<'e>,
+    who: &UserId,
+    after: Option<MessageId>,
+    limit: usize,
+) -> Result<Vec<CheckinAnswer>, Error> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    sqlx::query(concat!(
+        "SELECT ",
+        checkin_answer_columns!(),
+        " FROM checkin_answers WHERE user_id = $1 AND message_id > $2 \
+         ORDER BY message_id LIMIT $3"
+    ))
+    .bind(who.as_str())
+    .bind(after.map(|a| a.to_string()).unwrap_or_default())
+    .bind(sql_limit(limit))
+    .fetch_all(ex)
+    .await?
+    .iter()
+    .map(checkin_answer_from_row)
+    .collect()
 }
 
 // --- reports -------------------------------------------------------------

@@ -14,7 +14,7 @@ use chat_core::{
     ParticipantSettings, Privacy, Report, Role, SystemEvent, Timestamp, UserId,
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
-        Applied, Change, ErasedRows, HeldReports, HeldSnapshot, NewChat, NewMessage,
+        Applied, Change, CheckinAnswer, ErasedRows, HeldReports, HeldSnapshot, NewChat, NewMessage,
         ReportResolution, TextReplacement, TextTable,
         rows::{self, Marked, direct_key, sql_u64, sql_u64_checked, unsigned},
     },
@@ -786,14 +786,39 @@ pub(crate) async fn set_last_seen(
 /// [`Store::set_privacy`](chat_core::Store::set_privacy).
 pub(crate) async fn set_privacy(pool: &PgPool, user: &UserId, p: Privacy) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO users (user_id, read_receipts, typing, presence) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO users (user_id, read_receipts, typing, presence, mood_sharing) \
+         VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (user_id) DO UPDATE SET read_receipts = excluded.read_receipts, \
-           typing = excluded.typing, presence = excluded.presence",
+           typing = excluded.typing, presence = excluded.presence, \
+           mood_sharing = excluded.mood_sharing",
     )
     .bind(user.as_str())
     .bind(p.read_receipts)
     .bind(p.typing)
     .bind(p.presence)
+    .bind(p.mood_sharing)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// [`Store::answer_checkin`](chat_core::Store::answer_checkin): one
+/// upsert on the primary key, so concurrent answers of one user (on any
+/// node) leave one row, the last to commit. A changed answer keeps the row's
+/// `ordinal`, its place in the order of first answers.
+pub(crate) async fn answer_checkin(pool: &PgPool, a: CheckinAnswer) -> Result<(), Error> {
+    let option = i32::try_from(a.option).map_err(|_| invalid("option is too large"))?;
+    sqlx::query(
+        "INSERT INTO checkin_answers (message_id, chat_id, user_id, option, answered_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (message_id, user_id) DO UPDATE SET option = excluded.option, \
+           answered_at = excluded.answered_at",
+    )
+    .bind(a.message_id.to_string())
+    .bind(a.chat_id.to_string())
+    .bind(a.user_id.as_str())
+    .bind(option)
+    .bind(a.at.as_millis())
     .execute(pool)
     .await?;
     Ok(())
@@ -1170,6 +1195,12 @@ pub(crate) async fn erase_user_rows(
     let reactions = delete_of(&mut tx, "DELETE FROM reactions WHERE user_id = $1", user).await?;
     let memberships =
         delete_of(&mut tx, "DELETE FROM participants WHERE user_id = $1", user).await?;
+    let checkin_answers = delete_of(
+        &mut tx,
+        "DELETE FROM checkin_answers WHERE user_id = $1",
+        user,
+    )
+    .await?;
     let record = delete_of(&mut tx, "DELETE FROM users WHERE user_id = $1", user).await?;
     tx.commit().await?;
     Ok(ErasedRows {
@@ -1180,6 +1211,7 @@ pub(crate) async fn erase_user_rows(
         device_keys,
         reactions,
         memberships,
+        checkin_answers,
         user: record > 0,
     })
 }

@@ -3,7 +3,8 @@
 mod common;
 
 use chat_core::{
-    ChatId, MediaId, MediaKind, MessageId, ReportId, ReportStatus, Store, Timestamp, UserId,
+    ChatId, MediaId, MediaKind, MessageId, Privacy, ReportId, ReportStatus, Store, Timestamp,
+    UserId,
     store::{HeldReports, ReportResolution},
 };
 use chat_store_postgres::{MIGRATOR, sqlx};
@@ -16,6 +17,9 @@ const BEFORE_MEDIA_KINDS: i64 = 20261206000004;
 
 /// The last migration before reports had `legal_hold`.
 const BEFORE_LEGAL_HOLD: i64 = 20261206000009;
+
+/// The last migration before users had `mood_sharing`.
+const BEFORE_MOOD_SHARING: i64 = 20261206000010;
 
 /// Media rows from before `20261206000005_media` are read with their kind
 /// from their mime, unsealed and unattached, and the sweep lists them.
@@ -175,5 +179,61 @@ async fn reports_from_before_legal_hold_are_not_held() {
         "held with the snapshot it had"
     );
     assert_eq!(report(closed).await.content, None, "destroyed");
+    store.close().await;
+}
+
+/// Users from before `20261206000011_checkins` keep their privacy settings
+/// and do not share their moods (an opt-in); setting it is kept.
+#[tokio::test]
+async fn users_from_before_mood_sharing_do_not_share_moods() {
+    let Some(db) = TestDb::create_empty().await else {
+        return;
+    };
+    let store = db.store(small_pool()).await;
+    MIGRATOR
+        .run_to(BEFORE_MOOD_SHARING, store.pool())
+        .await
+        .expect("migrate to the version before mood sharing");
+    sqlx::query(
+        "INSERT INTO users (user_id, last_seen, read_receipts, typing, presence) \
+         VALUES ('ann', 5, FALSE, TRUE, FALSE)",
+    )
+    .execute(store.pool())
+    .await
+    .expect("an old user row");
+    store.migrate().await.expect("migrate to the latest");
+
+    let ann = UserId::new("ann").expect("user id");
+    let old = Privacy {
+        read_receipts: false,
+        typing: true,
+        presence: false,
+        mood_sharing: false,
+    };
+    let record = store
+        .get_user(&ann)
+        .await
+        .expect("get_user")
+        .expect("the row is kept");
+    assert_eq!(
+        (record.privacy, record.last_seen),
+        (old, Some(Timestamp::from_millis(5)))
+    );
+    let sharing = Privacy {
+        mood_sharing: true,
+        ..old
+    };
+    store.set_privacy(&ann, sharing).await.expect("set_privacy");
+    let records = store
+        .get_users(std::slice::from_ref(&ann))
+        .await
+        .expect("get_users");
+    assert_eq!(
+        records
+            .into_iter()
+            .map(|r| r.map(|r| r.privacy))
+            .collect::<Vec<_>>(),
+        [Some(sharing)]
+    );
     store.close().await;
 }

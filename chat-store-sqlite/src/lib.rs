@@ -147,9 +147,9 @@ use chat_core::{
     ParticipantSettings, Privacy, Report, ReportId, Store, Timestamp, UserId, UserRecord,
     mls::ClaimedKeyPackage,
     store::{
-        AuditQuery, Change, ChatListQuery, Committed, ErasedRows, ExpiredMessage, HeldReports,
-        HeldSnapshot, HistoryQuery, NewChat, ReportQuery, ReportResolution, RetentionChat,
-        SentMessage, StoredText, TextReplacement, TextTable, UserReaction,
+        AuditQuery, Change, ChatListQuery, CheckinAnswer, Committed, ErasedRows, ExpiredMessage,
+        HeldReports, HeldSnapshot, HistoryQuery, NewChat, ReportQuery, ReportResolution,
+        RetentionChat, SentMessage, StoredText, TextReplacement, TextTable, UserReaction,
     },
 };
 use rusqlite::{Connection, OpenFlags};
@@ -612,6 +612,27 @@ impl Store for SqliteStore {
     ) -> chat_core::Result<u64> {
         let (user, pseudonym) = (user.clone(), pseudonym.clone());
         self.write(move |conn| write::pseudonymize_audit(conn, &user, &pseudonym))
+            .await
+    }
+
+    async fn answer_checkin(&self, answer: CheckinAnswer) -> chat_core::Result<()> {
+        self.write(move |conn| write::answer_checkin(conn, answer))
+            .await
+    }
+
+    async fn checkin_answers(&self, message: MessageId) -> chat_core::Result<Vec<CheckinAnswer>> {
+        self.read(move |conn| read::checkin_answers(conn, message))
+            .await
+    }
+
+    async fn answers_by_user(
+        &self,
+        user: &UserId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> chat_core::Result<Vec<CheckinAnswer>> {
+        let user = user.clone();
+        self.read(move |conn| read::answers_by_user(conn, &user, after, limit))
             .await
     }
 

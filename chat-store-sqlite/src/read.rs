@@ -5,8 +5,8 @@ use chat_core::{
     AuditEntry, Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Participant, Reactions,
     Report, ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     store::{
-        AuditQuery, ChatListQuery, ExpiredMessage, HistoryQuery, MlsGroupRecord, ReportQuery,
-        RetentionChat, SentMessage, StoredText, TextTable, UserReaction,
+        AuditQuery, ChatListQuery, CheckinAnswer, ExpiredMessage, HistoryQuery, MlsGroupRecord,
+        ReportQuery, RetentionChat, SentMessage, StoredText, TextTable, UserReaction,
         rows::{
             self, AuditRow, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow,
             UserRow, direct_key, fold_reactions, sql_limit, sql_u64, unsigned, user_id,
@@ -418,7 +418,7 @@ pub(crate) fn is_blocked_either(conn: &Connection, a: &UserId, b: &UserId) -> Re
 pub(crate) fn user_record(conn: &Connection, who: &UserId) -> Result<Option<UserRecord>, Error> {
     Ok(conn
         .prepare_cached(
-            "SELECT last_seen, read_receipts, typing, presence, suspended_until \
+            "SELECT last_seen, read_receipts, typing, presence, suspended_until, mood_sharing \
              FROM users WHERE user_id = ?1",
         )?
         .query_row([who.as_str()], |r| {
@@ -428,6 +428,7 @@ pub(crate) fn user_record(conn: &Connection, who: &UserId) -> Result<Option<User
                 typing: r.get(2)?,
                 presence: r.get(3)?,
                 suspended_until: r.get(4)?,
+                mood_sharing: r.get(5)?,
             }
             .into_record(who.clone()))
         })
@@ -628,6 +629,67 @@ pub(crate) fn unattached_media(
         .query_map(params![before.as_millis(), sql_limit(limit)], media_row)?
         .map(|row| media_of(row?))
         .collect()
+}
+
+// --- check-ins -----------------------------------------------------------
+
+/// The columns of a check-in answer.
+fn answer_row(r: &Row<'_>) -> rusqlite::Result<(String, String, String, i64, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn answer_of(
+    (message, chat, user, option, at): (String, String, String, i64, i64),
+) -> Result<CheckinAnswer, Error> {
+    Ok(CheckinAnswer {
+        message_id: rows::parse("checkin_answers.message_id", &message)?,
+        chat_id: rows::parse("checkin_answers.chat_id", &chat)?,
+        user_id: user_id("checkin_answers.user_id", user)?,
+        option: u32::try_from(option).map_err(|e| Error::Corrupt {
+            column: "checkin_answers.option",
+            reason: e.to_string(),
+        })?,
+        at: Timestamp::from_millis(at),
+    })
+}
+
+/// [`Store::checkin_answers`](chat_core::Store::checkin_answers), in the
+/// order first given.
+pub(crate) fn checkin_answers(
+    conn: &Connection,
+    message: MessageId,
+) -> Result<Vec<CheckinAnswer>, Error> {
+    conn.prepare_cached(
+        "SELECT message_id, chat_id, user_id, option, answered_at FROM checkin_answers \
+         WHERE message_id = ?1 ORDER BY rowid",
+    )?
+    .query_map([message.to_string()], answer_row)?
+    .map(|row| answer_of(row?))
+    .collect()
+}
+
+/// [`Store::answers_by_user`](chat_core::Store::answers_by_user), from
+/// `checkin_answers_by_user`.
+pub(crate) fn answers_by_user(
+    conn: &Connection,
+    user: &UserId,
+    after: Option<MessageId>,
+    limit: usize,
+) -> Result<Vec<CheckinAnswer>, Error> {
+    conn.prepare_cached(
+        "SELECT message_id, chat_id, user_id, option, answered_at FROM checkin_answers \
+         WHERE user_id = ?1 AND message_id > ?2 ORDER BY message_id LIMIT ?3",
+    )?
+    .query_map(
+        params![
+            user.as_str(),
+            after.map(|a| a.to_string()).unwrap_or_default(),
+            sql_limit(limit)
+        ],
+        answer_row,
+    )?
+    .map(|row| answer_of(row?))
+    .collect()
 }
 
 // --- erasure -------------------------------------------------------------

@@ -296,6 +296,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX reports_by_reported_user ON reports (reported_user_id, status);
     CREATE INDEX reports_by_message ON reports (message_id, status);
     "#,
+    // 15: check-ins. Answers, one per user and check-in, in the order
+    // they were first given (the rowid: a changed answer keeps its row);
+    // found by user for the export and erasure. A user's opt-in to share
+    // their mood check-ins with the host app.
+    r#"
+    CREATE TABLE checkin_answers (
+        message_id  TEXT NOT NULL,
+        chat_id     TEXT NOT NULL,
+        user_id     TEXT NOT NULL,
+        option      INTEGER NOT NULL,
+        answered_at INTEGER NOT NULL,
+        UNIQUE (message_id, user_id)
+    ) STRICT;
+    CREATE INDEX checkin_answers_by_user ON checkin_answers (user_id, message_id);
+    ALTER TABLE users ADD COLUMN mood_sharing INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.

@@ -12,8 +12,8 @@ use chat_core::{
     MessageId, MessageType, ParticipantSettings, Privacy, Report, Role, Timestamp, UserId,
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
-        Applied, Change, Committed, ErasedRows, HeldReports, HeldSnapshot, NewChat, NewMessage,
-        ReportResolution, TextReplacement, TextTable,
+        Applied, Change, CheckinAnswer, Committed, ErasedRows, HeldReports, HeldSnapshot, NewChat,
+        NewMessage, ReportResolution, TextReplacement, TextTable,
         rows::{self, Marked, direct_key, sql_u64, sql_u64_checked},
     },
 };
@@ -707,15 +707,18 @@ pub(crate) fn set_last_seen(conn: &Connection, user: &UserId, at: Timestamp) -> 
 /// [`Store::set_privacy`](chat_core::Store::set_privacy).
 pub(crate) fn set_privacy(conn: &Connection, user: &UserId, p: Privacy) -> Result<(), Error> {
     conn.prepare_cached(
-        "INSERT INTO users (user_id, read_receipts, typing, presence) VALUES (?1, ?2, ?3, ?4) \
+        "INSERT INTO users (user_id, read_receipts, typing, presence, mood_sharing) \
+         VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (user_id) DO UPDATE SET read_receipts = excluded.read_receipts, \
-           typing = excluded.typing, presence = excluded.presence",
+           typing = excluded.typing, presence = excluded.presence, \
+           mood_sharing = excluded.mood_sharing",
     )?
     .execute(params![
         user.as_str(),
         p.read_receipts,
         p.typing,
-        p.presence
+        p.presence,
+        p.mood_sharing
     ])?;
     Ok(())
 }
@@ -871,6 +874,26 @@ pub(crate) fn pseudonymize_audit(
     Ok(changed as u64)
 }
 
+// --- check-ins -----------------------------------------------------------
+
+/// [`Store::answer_checkin`](chat_core::Store::answer_checkin): an upsert
+/// that keeps the row (and so the place) of a first answer.
+pub(crate) fn answer_checkin(conn: &Connection, a: CheckinAnswer) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO checkin_answers (message_id, chat_id, user_id, option, answered_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (message_id, user_id) \
+         DO UPDATE SET option = excluded.option, answered_at = excluded.answered_at",
+    )?
+    .execute(params![
+        a.message_id.to_string(),
+        a.chat_id.to_string(),
+        a.user_id.as_str(),
+        a.option,
+        a.at.as_millis()
+    ])?;
+    Ok(())
+}
+
 // --- erasure -------------------------------------------------------------
 
 /// [`Store::hold_reports`](chat_core::Store::hold_reports), inside the
@@ -944,6 +967,7 @@ pub(crate) fn erase_user_rows(
         device_keys: run("DELETE FROM device_keys WHERE user_id = ?1", false)?,
         reactions: run("DELETE FROM reactions WHERE user_id = ?1", false)?,
         memberships: run("DELETE FROM participants WHERE user_id = ?1", false)?,
+        checkin_answers: run("DELETE FROM checkin_answers WHERE user_id = ?1", false)?,
         user: run("DELETE FROM users WHERE user_id = ?1", false)? > 0,
     })
 }

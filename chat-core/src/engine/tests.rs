@@ -504,6 +504,7 @@ async fn media_messages_need_the_senders_upload_to_that_chat() {
         content: None,
         media_id: media,
         reply_to: None,
+        resource: None,
     };
     let m = e
         .send(&actor("alice"), image("i1", Some(mine.id)))
@@ -1978,6 +1979,23 @@ impl crate::store::Store for PanicsOnce {
     }
     async fn key_packages_of(&self, user: &UserId) -> Result<Vec<crate::mls::PublishedKeyPackage>> {
         self.inner.key_packages_of(user).await
+    }
+    async fn answer_checkin(&self, answer: crate::store::CheckinAnswer) -> Result<()> {
+        self.inner.answer_checkin(answer).await
+    }
+    async fn checkin_answers(
+        &self,
+        message: MessageId,
+    ) -> Result<Vec<crate::store::CheckinAnswer>> {
+        self.inner.checkin_answers(message).await
+    }
+    async fn answers_by_user(
+        &self,
+        user: &UserId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::CheckinAnswer>> {
+        self.inner.answers_by_user(user, after, limit).await
     }
     async fn insert_media(&self, record: MediaRecord) -> Result<()> {
         self.inner.insert_media(record).await

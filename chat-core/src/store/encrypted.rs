@@ -409,6 +409,7 @@ impl EncryptedStore {
         if let Some(known) = known {
             if message.content.as_deref() == Some(known.sealed.as_str()) {
                 message.content = Some(known.plain.clone());
+                message.unpack();
                 return Ok(message);
             }
         }
@@ -448,7 +449,10 @@ fn set_opened(message: &mut Message, opened: Opened) {
         // Moved out, not copied: the message's content is the only copy
         // of the plaintext left (it is not wiped when dropped: it goes to
         // the reader).
-        Opened::Text(mut text) => message.content = Some(std::mem::take(&mut *text)),
+        Opened::Text(mut text) => {
+            message.content = Some(std::mem::take(&mut *text));
+            message.unpack();
+        }
         Opened::Erased => {
             message.content = None;
             message.unreadable = Some(Unreadable::Erased);
@@ -730,6 +734,23 @@ impl Store for EncryptedStore {
         self.inner.key_packages_of(user).await
     }
 
+    async fn answer_checkin(&self, answer: crate::store::CheckinAnswer) -> Result<()> {
+        self.inner.answer_checkin(answer).await
+    }
+    async fn checkin_answers(
+        &self,
+        message: MessageId,
+    ) -> Result<Vec<crate::store::CheckinAnswer>> {
+        self.inner.checkin_answers(message).await
+    }
+    async fn answers_by_user(
+        &self,
+        user: &UserId,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::CheckinAnswer>> {
+        self.inner.answers_by_user(user, after, limit).await
+    }
     async fn insert_media(&self, record: MediaRecord) -> Result<()> {
         self.inner.insert_media(record).await
     }

@@ -334,7 +334,7 @@ pub struct MessageRow {
 impl MessageRow {
     /// The message, with `reactions` (see [`fold_reactions`]).
     pub fn into_message(self, reactions: Reactions) -> Result<Message, RowError> {
-        Ok(Message {
+        let mut message = Message {
             mls: json(self.mls.as_deref())?,
             id: parse("messages.id", &self.id)?,
             chat_id: parse("messages.chat_id", &self.chat_id)?,
@@ -356,7 +356,11 @@ impl MessageRow {
             reactions,
             system: json(self.system.as_deref())?,
             unreadable: None,
-        })
+            checkin: None,
+            resource: None,
+        };
+        message.unpack();
+        Ok(message)
     }
 }
 
@@ -631,6 +635,8 @@ pub struct UserRow {
     pub typing: bool,
     /// `presence`.
     pub presence: bool,
+    /// `mood_sharing`.
+    pub mood_sharing: bool,
     /// `suspended_until`, in milliseconds.
     pub suspended_until: Option<i64>,
 }
@@ -645,6 +651,7 @@ impl UserRow {
                 read_receipts: self.read_receipts,
                 typing: self.typing,
                 presence: self.presence,
+                mood_sharing: self.mood_sharing,
             },
             suspended_until: self.suspended_until.map(Timestamp::from_millis),
         }

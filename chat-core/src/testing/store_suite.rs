@@ -26,6 +26,7 @@ crate::store_conformance_tests!(@list names);
 mod audience;
 mod audit;
 mod chats;
+mod checkins;
 mod concurrency;
 mod erasure;
 mod key_packages;
@@ -38,8 +39,8 @@ mod retention;
 mod safety;
 mod users;
 pub use self::{
-    audience::*, audit::*, chats::*, concurrency::*, erasure::*, key_packages::*, log::*,
-    maintenance::*, membership::*, mls::*, receipts::*, retention::*, safety::*, users::*,
+    audience::*, audit::*, chats::*, checkins::*, concurrency::*, erasure::*, key_packages::*,
+    log::*, maintenance::*, membership::*, mls::*, receipts::*, retention::*, safety::*, users::*,
 };
 
 // --- helpers -------------------------------------------------------------
@@ -201,6 +202,8 @@ fn stored(new: &NewMessage, seq: u64) -> Message {
         reactions: Reactions::new(),
         system: new.system.clone(),
         unreadable: None,
+        checkin: None,
+        resource: None,
     }
 }
 

@@ -147,6 +147,8 @@ async fn e2ee_chats_and_engines_without_crisis_settings_are_not_scanned() {
         reactions: Default::default(),
         system: None,
         unreadable: None,
+        checkin: None,
+        resource: None,
     };
     assert_eq!(e.crisis_match(Encryption::E2ee, &m), None);
     assert_eq!(

@@ -8,7 +8,7 @@ use super::*;
 use crate::{
     mls::MAX_KEY_PACKAGES_PER_DEVICE,
     model::DeviceId,
-    store::{ErasedRows, HeldReports, HeldSnapshot},
+    store::{CheckinAnswer, ErasedRows, HeldReports, HeldSnapshot},
 };
 
 /// `messages_by_sender` pages through a user's standing messages in
@@ -243,6 +243,14 @@ pub async fn erase_user_rows_removes_the_users_rows(store: Arc<dyn Store>) {
     );
     let upload = media_record(g.id, &ann, at(3));
     ok(s.insert_media(upload.clone()).await, "insert_media");
+    let answer = CheckinAnswer {
+        message_id: b.id,
+        chat_id: g.id,
+        user_id: ann.clone(),
+        option: 1,
+        at: at(3),
+    };
+    ok(s.answer_checkin(answer).await, "answer_checkin");
 
     let pseudonym = user("erased-02");
     let rows = ok(s.erase_user_rows(&ann, &pseudonym).await, "erase_user_rows");
@@ -256,6 +264,7 @@ pub async fn erase_user_rows_removes_the_users_rows(store: Arc<dyn Store>) {
             device_keys: 1,
             reactions: 1,
             memberships: 1,
+            checkin_answers: 1,
             user: true,
         }
     );
@@ -287,6 +296,7 @@ pub async fn erase_user_rows_removes_the_users_rows(store: Arc<dyn Store>) {
         "bob's block of ann is bob's, and stays"
     );
     assert_eq!(ok(s.get_user(&ann).await, "get_user"), None);
+    assert!(ok(s.checkin_answers(b.id).await, "checkin_answers").is_empty());
     assert!(
         ok(
             s.claim_key_packages(std::slice::from_ref(&ann)).await,

@@ -43,6 +43,8 @@ pub async fn add_participant_records_system_message(store: Arc<dyn Store>) {
             reactions: Reactions::new(),
             system: change.system_event(),
             unreadable: None,
+            checkin: None,
+            resource: None,
         },
         "the system message must record ParticipantAdded with the next seq"
     );

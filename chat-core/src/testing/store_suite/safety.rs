@@ -117,6 +117,7 @@ pub async fn get_user_is_none_until_something_is_stored(store: Arc<dyn Store>) {
         read_receipts: false,
         typing: true,
         presence: false,
+        mood_sharing: true,
     };
     ok(s.set_privacy(&bob, private).await, "set_privacy");
     assert_eq!(
@@ -153,6 +154,7 @@ pub async fn user_settings_do_not_clobber_each_other(store: Arc<dyn Store>) {
         read_receipts: false,
         typing: false,
         presence: true,
+        mood_sharing: true,
     };
     let record = |last_seen, privacy, suspended_until| UserRecord {
         user_id: alice.clone(),

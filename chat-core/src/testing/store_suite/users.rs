@@ -14,6 +14,7 @@ pub async fn get_users_answers_in_order(store: Arc<dyn Store>) {
         read_receipts: false,
         typing: true,
         presence: false,
+        mood_sharing: true,
     };
     ok(s.set_privacy(&carol, private).await, "set_privacy");
     let asked = [carol.clone(), bob.clone(), alice.clone(), carol.clone()];
