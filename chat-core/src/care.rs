@@ -10,12 +10,15 @@
 //! counts only on whole words: the characters on either side of it must
 //! not be letters or digits, so "want to dieter" does not match "want to
 //! die". All phrases are found in one pass of an Aho-Corasick automaton
-//! (`aho-corasick`) built once when the engine starts; ASCII text (most
-//! messages) skips decomposition, since folding ASCII is lowercasing it.
+//! (`aho-corasick`) built once when the engine starts. ASCII text (most
+//! messages) is searched where it is, case-insensitively, without a copy
+//! (folding ASCII is lowercasing it); other text is folded one character
+//! at a time into one buffer.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Input, MatchKind};
+use caseless::Caseless;
 use serde::{Deserialize, Serialize};
-use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
+use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 
 use crate::{
     error::{Error, Result},
@@ -62,7 +65,8 @@ impl PhraseMatcher {
             folded.push(normal);
         }
         let automaton = AhoCorasickBuilder::new()
-            .match_kind(MatchKind::Standard)
+            .match_kind(MatchKind::LeftmostLongest)
+            .ascii_case_insensitive(true)
             .build(&folded)
             .map_err(|e| Error::invalid(format!("the phrases do not make a matcher: {e}")))?;
         Ok(Self {
@@ -82,26 +86,47 @@ impl PhraseMatcher {
         if self.phrases.is_empty() {
             return None;
         }
+        if text.is_ascii() {
+            return self.find_in(text);
+        }
         let mut normal = String::with_capacity(text.len());
         fold_into(text, &mut normal);
-        // Overlapping: a candidate refused for its boundary must not hide
-        // another that starts inside it.
-        self.automaton
-            .find_overlapping_iter(&normal)
-            .filter(|m| whole_words(&normal, m.start(), m.end()))
-            .min_by_key(|m| (m.start(), m.pattern()))
-            .map(|m| self.phrases[m.pattern().as_usize()].as_str())
+        self.find_in(&normal)
+    }
+
+    /// The first phrase on whole words in `text` (in normal form, or
+    /// ASCII). A candidate refused for its boundary must not hide another
+    /// that starts inside it: the search goes on from the next character
+    /// after the refused one's start.
+    fn find_in(&self, text: &str) -> Option<&str> {
+        let mut from = 0;
+        while let Some(m) = self.automaton.find(Input::new(text).span(from..text.len())) {
+            if whole_words(text, m.start(), m.end()) {
+                return Some(self.phrases[m.pattern().as_usize()].as_str());
+            }
+            let step = text[m.start()..].chars().next().map_or(1, char::len_utf8);
+            from = m.start() + step;
+        }
+        None
     }
 }
 
-/// Appends `text` in the matcher's normal form to `out`.
+/// Appends `text` in the matcher's normal form to `out`: each character
+/// decomposed (NFKD), combining marks dropped, the rest case-folded. One
+/// pass, no buffer but `out` (marks are dropped, so the canonical reordering
+/// of full NFKD has nothing to order).
 fn fold_into(text: &str, out: &mut String) {
-    if text.is_ascii() {
-        out.extend(text.chars().map(|c| c.to_ascii_lowercase()));
-        return;
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+            continue;
+        }
+        decompose_compatible(c, |d| {
+            if !is_combining_mark(d) {
+                out.extend(std::iter::once(d).default_case_fold());
+            }
+        });
     }
-    let stripped: String = text.nfkd().filter(|c| !is_combining_mark(*c)).collect();
-    out.push_str(&caseless::default_case_fold_str(&stripped));
 }
 
 /// Whether `text[start..end]` stands on whole words: no letter or digit
@@ -219,6 +244,21 @@ impl CrisisConfig {
             resources,
         })
     }
+}
+
+/// A member's answer to a mood check-in, for the host app (PROTOCOL.md
+/// 5.3: its webhook gets `{"type": "mood", user_id, chat_id, value, at}`),
+/// handed over only for members who opted in (`mood_sharing`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MoodSignal {
+    /// Who.
+    pub user_id: UserId,
+    /// In which chat.
+    pub chat_id: ChatId,
+    /// 1..=5.
+    pub value: u8,
+    /// When they answered.
+    pub at: Timestamp,
 }
 
 /// `crisis_alert`: a message matched a crisis phrase.

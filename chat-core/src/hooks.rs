@@ -126,4 +126,11 @@ pub trait Notifier: Debug + Send + Sync + 'static {
         let _ = alert;
         Ok(())
     }
+
+    /// Delivers a mood check-in answer of a user who opted in to sharing
+    /// it. Does nothing by default.
+    async fn mood(&self, signal: &crate::care::MoodSignal) -> Result<()> {
+        let _ = signal;
+        Ok(())
+    }
 }

@@ -43,6 +43,8 @@ impl CommandClass {
             | C::SetRole { .. }
             | C::MuteParticipant { .. }
             | C::SetRetention { .. }
+            | C::CreateCheckin(_)
+            | C::AnswerCheckin { .. }
             | C::Report { .. }
             | C::BlockUser { .. }
             | C::UnblockUser { .. }
@@ -58,6 +60,7 @@ impl CommandClass {
             | C::MarkAsRead { .. }
             | C::UserOnline {}
             | C::UserOffline {}
+            | C::CheckinResults { .. }
             | C::History { .. }
             | C::Sync { .. }
             | C::SetPrivacy(_)

@@ -76,6 +76,8 @@ pub struct Removed {
     pub report_snapshots: u64,
     /// Audit entries that now name a pseudonym instead of the user.
     pub audit_entries: u64,
+    /// Answers to check-ins.
+    pub checkin_answers: u64,
 }
 
 /// The kept part of an [`Erasure`].
@@ -169,6 +171,7 @@ impl ChatEngine {
         done.removed.keys += rows.device_keys;
         done.removed.reactions += rows.reactions;
         done.removed.memberships += rows.memberships;
+        done.removed.checkin_answers = rows.checkin_answers;
         self.inner.chats.clear();
         // Copies of what was removed leave the store's log too (SQLite's
         // WAL); best effort, the content in them was shredded anyway.

@@ -11,7 +11,8 @@
 //!                     status, created_at, resolved_at}],
 //!  "chats": [{<the chat as the user sees it>, "receipts": {delivered_seq,
 //!             read_seq}, "messages": [...], "reactions": [{message_id, emoji}]}],
-//!  "messages_in_left_chats": [...]}
+//!  "messages_in_left_chats": [...],
+//!  "checkin_answers": [{message_id, chat_id, option, answered_at}]}
 //! ```
 //!
 //! - `messages`: the messages the user *sent* (`sender_id` is them), oldest
@@ -30,6 +31,8 @@
 //! - `key_packages`: the MLS key packages the user's devices published
 //!   that nobody claimed yet (claimed ones are handed out and gone), the
 //!   bytes in standard base64.
+//! - `checkin_answers`: the user's answers to check-ins (anonymous ones
+//!   included: they are anonymous to others, not to the user).
 //! - `messages_in_left_chats`: the messages the user sent in chats they
 //!   have since left or been removed from (not the chats themselves:
 //!   what happened there after they left is not theirs), found through
@@ -135,6 +138,15 @@ impl From<crate::mls::PublishedKeyPackage> for ExportedKeyPackage {
     }
 }
 
+/// One of the user's check-in answers.
+#[derive(Serialize)]
+struct GivenCheckinAnswer {
+    message_id: crate::model::MessageId,
+    chat_id: ChatId,
+    option: u32,
+    answered_at: Timestamp,
+}
+
 /// A report the user filed, without its evidence snapshot.
 #[derive(Serialize)]
 struct FiledReport<'a> {
@@ -216,6 +228,13 @@ enum Phase {
         after: Option<String>,
         /// The chats exported whole.
         done: HashSet<ChatId>,
+        /// None written yet.
+        first: bool,
+    },
+    /// The user's answers to check-ins.
+    Answers {
+        /// The check-in of the last one written.
+        after: Option<crate::model::MessageId>,
         /// None written yet.
         first: bool,
     },
@@ -396,6 +415,29 @@ impl Exporter {
                 }
                 *after = page.last().map(|m| m.client_msg_id.clone());
                 if page.len() < MESSAGE_WINDOW as usize {
+                    buf.extend_from_slice(br#"],"checkin_answers":["#);
+                    self.phase = Phase::Answers {
+                        after: None,
+                        first: true,
+                    };
+                }
+            }
+            Phase::Answers { after, first } => {
+                let page = store.answers_by_user(me, *after, REPORT_PAGE).await?;
+                for a in &page {
+                    comma(buf, first);
+                    json(
+                        buf,
+                        &GivenCheckinAnswer {
+                            message_id: a.message_id,
+                            chat_id: a.chat_id,
+                            option: a.option,
+                            answered_at: a.at,
+                        },
+                    )?;
+                }
+                *after = page.last().map(|a| a.message_id);
+                if page.len() < REPORT_PAGE {
                     buf.extend_from_slice(b"]}");
                     self.phase = Phase::Done;
                 }

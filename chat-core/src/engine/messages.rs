@@ -40,6 +40,9 @@ pub struct SendMessage {
     /// The message this one answers.
     #[serde(default)]
     pub reply_to: Option<MessageId>,
+    /// The resource of a `resource` message.
+    #[serde(default)]
+    pub resource: Option<crate::model::Resource>,
 }
 
 impl SendMessage {
@@ -56,6 +59,7 @@ impl SendMessage {
             content: Some(content.into()),
             media_id: None,
             reply_to: None,
+            resource: None,
         }
     }
 }
@@ -206,7 +210,7 @@ impl ChatEngine {
 
     /// The message the actor stored under `client_id`, if any; `conflict`
     /// if it is in another chat than `chat_id`.
-    async fn stored_retry(
+    pub(super) async fn stored_retry(
         &self,
         actor: &Actor,
         chat_id: ChatId,
@@ -237,6 +241,18 @@ impl ChatEngine {
         let store = &self.inner.store;
         let kind = req.kind.unwrap_or(MessageType::Text);
         let content = match (kind, req.content.as_deref()) {
+            (MessageType::Resource, None) => {
+                Some(resource_body(chat.encryption, req.resource.as_ref())?)
+            }
+            (MessageType::Resource, Some(_)) => {
+                return Err(Error::invalid("a resource message has no content"));
+            }
+            (_, _) if req.resource.is_some() => {
+                return Err(Error::invalid("resource needs type resource"));
+            }
+            (MessageType::Checkin, _) => {
+                return Err(Error::invalid("check-ins are posted with create_checkin"));
+            }
             (k, _) if k.is_engine_written() => {
                 return Err(Error::invalid(format!(
                     "clients cannot send {} messages",
@@ -341,7 +357,7 @@ impl ChatEngine {
     }
 
     /// Queues a post and waits for it to be stored and fanned out.
-    async fn submit_post(
+    pub(super) async fn submit_post(
         &self,
         cached: &Cached,
         new: NewMessage,
@@ -594,4 +610,30 @@ impl ChatEngine {
         self.inner.writer.submit(change, fanout).await?;
         Ok(())
     }
+}
+
+/// The stored body of a `resource` message: its resource, checked
+/// (PROTOCOL.md 5.3: title 1..=200, an https URL of at most 2048 bytes,
+/// summary at most 1000; lengths in Unicode scalar values), as JSON.
+fn resource_body(
+    encryption: Encryption,
+    resource: Option<&crate::model::Resource>,
+) -> Result<String> {
+    if encryption == Encryption::E2ee {
+        return Err(Error::invalid(
+            "resource messages are not available in e2ee chats: share the link inside the ciphertext",
+        ));
+    }
+    let r = resource.ok_or_else(|| Error::invalid("a resource message needs resource"))?;
+    let title = r.title.chars().count();
+    if !(1..=200).contains(&title) || r.title.trim().is_empty() {
+        return Err(Error::invalid("resource.title must be 1..=200 characters"));
+    }
+    super::validate::https_url(&r.url)?;
+    if r.summary.as_ref().is_some_and(|s| s.chars().count() > 1000) {
+        return Err(Error::invalid(
+            "resource.summary must be at most 1000 characters",
+        ));
+    }
+    serde_json::to_string(r).map_err(Error::backend)
 }

@@ -9,6 +9,7 @@
 mod audit;
 mod cache;
 mod chats;
+mod checkins;
 mod crisis;
 mod erasure;
 mod export;
@@ -30,6 +31,7 @@ use serde::Serialize;
 pub use self::{
     audit::{AuditPage, MAX_AUDIT_PAGE},
     chats::{ChatPage, ChatUpdate, NewGroup, Opened},
+    checkins::{CheckinResults, GivenAnswer, MAX_OPTION_CHARS, MAX_PROMPT_CHARS, NewCheckin},
     erasure::{Erasure, Kept, Removed},
     export::{ExportStream, MAX_EXPORTS},
     media::{ByteRange, Download, MediaConfig, Served, Upload},

@@ -31,6 +31,9 @@ pub struct PrivacyPatch {
     /// Send presence to others.
     #[serde(default)]
     pub presence: Option<bool>,
+    /// Share mood check-in answers with the host app (off by default).
+    #[serde(default)]
+    pub mood_sharing: Option<bool>,
 }
 
 impl ChatEngine {
@@ -92,6 +95,9 @@ impl ChatEngine {
         }
         if let Some(v) = patch.presence {
             privacy.presence = v;
+        }
+        if let Some(v) = patch.mood_sharing {
+            privacy.mood_sharing = v;
         }
         self.inner
             .store

@@ -103,6 +103,12 @@ pub enum ClientCommand {
         #[serde(default, deserialize_with = "present")]
         seconds: Option<Option<u64>>,
     },
+    /// Post a check-in.
+    CreateCheckin(crate::engine::NewCheckin),
+    /// Answer a check-in.
+    AnswerCheckin { message_id: MessageId, option: u32 },
+    /// A check-in's results.
+    CheckinResults { message_id: MessageId },
     /// A page of history.
     History {
         chat_id: ChatId,

@@ -193,6 +193,17 @@ pub async fn execute(session: &Session, command: ClientCommand) -> Result<AckDat
             let chat = engine.set_retention(actor, chat_id, seconds).await?;
             field("chat", &chat)
         }
+        ClientCommand::CreateCheckin(req) => {
+            let message = engine.create_checkin(actor, req).await?;
+            field("message", &message)
+        }
+        ClientCommand::AnswerCheckin { message_id, option } => {
+            engine.answer_checkin(actor, message_id, option).await?;
+            empty()
+        }
+        ClientCommand::CheckinResults { message_id } => {
+            to_value(&engine.checkin_results(actor, message_id).await?)
+        }
         ClientCommand::History {
             chat_id,
             before_seq,

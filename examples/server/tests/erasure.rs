@@ -105,7 +105,7 @@ async fn erasure_leaves_no_trace_of_the_user_and_frees_the_id() {
         done["removed"],
         json!({"messages": 3, "media": 1, "reactions": 1, "memberships": 2, "blocks": 1,
                "keys": 1, "key_packages": 0, "reports_filed": 0, "report_snapshots": 0,
-               "audit_entries": 0}),
+               "audit_entries": 0, "checkin_answers": 0}),
         "{done}"
     );
     assert_eq!(done["kept"], json!({"reports_on_hold": 0}));

@@ -114,6 +114,7 @@ async fn erasure_removes_the_user_and_keeps_only_held_evidence() {
         content: None,
         media_id: Some(image.id),
         reply_to: None,
+        resource: None,
     };
     e.send(&actor("ann"), photo).await.unwrap();
     let bobs = text(&e, "bob", group, "b1", "hello all").await;
@@ -151,6 +152,7 @@ async fn erasure_removes_the_user_and_keeps_only_held_evidence() {
             report_snapshots: 1,
             // The suspension.
             audit_entries: 1,
+            checkin_answers: 0,
         }
     );
     assert_eq!(done.kept, Kept { reports_on_hold: 1 });

@@ -100,6 +100,7 @@ fn image_message(chat: ChatId, cid: &str, media: MediaId) -> SendMessage {
         content: None,
         media_id: Some(media),
         reply_to: None,
+        resource: None,
     }
 }
 

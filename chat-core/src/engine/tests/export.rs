@@ -87,6 +87,7 @@ async fn export_holds_exactly_the_users_data_across_pages() {
         content: Some("a caption".into()),
         media_id: Some(upload.id),
         reply_to: None,
+        resource: None,
     };
     let image = e.send(&actor("alice"), image).await.unwrap();
     e.react(&actor("bob"), image.id, "👍").await.unwrap();
