@@ -1327,6 +1327,74 @@ async fn hooks_reject_or_flag_and_offline_users_get_pushed() {
     assert_eq!(pushed[0].message_id, m.id);
 }
 
+#[tokio::test]
+async fn push_previews_only_when_configured_and_only_readable_chats() {
+    let recorder = Arc::new(Recorder::default());
+    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
+        .notifier(recorder.clone())
+        .config(EngineConfig {
+            push_preview_chars: 4,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let plain = direct(&e, "alice", "bob").await;
+    let sealed = e
+        .create_direct(&actor("alice"), &uid("carol"), Encryption::E2ee)
+        .await
+        .unwrap()
+        .chat
+        .chat
+        .id;
+    send(&e, "alice", plain, "c1", "héllo wörld").await.unwrap();
+    send(&e, "alice", sealed, "c2", "b64ciphertext")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pushed = recorder.0.lock().unwrap().clone();
+    let preview_of = |user: &str| {
+        pushed
+            .iter()
+            .find(|n| n.user_id.as_str() == user)
+            .map(|n| n.preview.clone())
+    };
+    assert_eq!(preview_of("bob"), Some(Some("héll".to_owned())));
+    assert_eq!(preview_of("carol"), Some(None), "e2ee: never a preview");
+
+    let recorder = Arc::new(Recorder::default());
+    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
+        .notifier(recorder.clone())
+        .build()
+        .await
+        .unwrap();
+    let chat = direct(&e, "alice", "bob").await;
+    send(&e, "alice", chat, "c1", "secret text").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pushed = recorder.0.lock().unwrap().clone();
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].preview, None, "no preview by default");
+}
+
+#[tokio::test]
+async fn a_connected_user_who_said_user_offline_gets_no_push() {
+    let recorder = Arc::new(Recorder::default());
+    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
+        .notifier(recorder.clone())
+        .build()
+        .await
+        .unwrap();
+    let chat = direct(&e, "alice", "bob").await;
+    let bob = Client::connect(&e, "bob").await;
+    bob.session.set_status(false).await.unwrap();
+    send(&e, "alice", chat, "c1", "still there?").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        recorder.0.lock().unwrap().is_empty(),
+        "a live connection counts, whatever the status"
+    );
+}
+
 // --- connections ---------------------------------------------------------
 
 #[tokio::test]
