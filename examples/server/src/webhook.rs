@@ -608,6 +608,36 @@ mod tests {
         assert_eq!(queue.pop_due(later).expect("due now").1.id, "retry");
     }
 
+    /// `https://` goes through the TLS stack: what reaches the socket is a
+    /// TLS ClientHello, not an HTTP request.
+    #[tokio::test]
+    async fn https_webhooks_speak_tls() {
+        use tokio::io::AsyncReadExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let config = WebhookConfig {
+            url: Url::parse(&format!("https://127.0.0.1:{port}/hook")).expect("URL"),
+            secret: Secret::new("s".into()),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            queue_capacity: 10,
+            retry: Retry::default(),
+        };
+        let sender = WebhookSender::start(&config, &PUSH_METRICS).expect("client");
+        sender.post(Bytes::from_static(b"{}"));
+        let (mut socket, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the sender connects")
+            .expect("accept");
+        let mut hello = [0u8; 6];
+        socket.read_exact(&mut hello).await.expect("first bytes");
+        assert_eq!(hello[0], 0x16, "a TLS handshake record");
+        assert_eq!(hello[5], 0x01, "a ClientHello");
+    }
+
     #[test]
     fn the_schedule_of_dropped_deliveries_is_compacted() {
         let now = Instant::now();
