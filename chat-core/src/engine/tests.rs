@@ -1295,6 +1295,26 @@ impl Notifier for Recorder {
     }
 }
 
+impl Recorder {
+    /// What was pushed, once the engine's push task had time to run.
+    async fn pushed(&self) -> Vec<Notification> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// An engine with `config` whose pushes a [`Recorder`] keeps.
+async fn pushing(config: EngineConfig) -> (ChatEngine, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let engine = ChatEngine::builder(Arc::new(MemoryStore::new()))
+        .notifier(recorder.clone())
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    (engine, recorder)
+}
+
 #[tokio::test]
 async fn hooks_reject_or_flag_and_offline_users_get_pushed() {
     let recorder = Arc::new(Recorder::default());
@@ -1329,16 +1349,11 @@ async fn hooks_reject_or_flag_and_offline_users_get_pushed() {
 
 #[tokio::test]
 async fn push_previews_only_when_configured_and_only_readable_chats() {
-    let recorder = Arc::new(Recorder::default());
-    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
-        .notifier(recorder.clone())
-        .config(EngineConfig {
-            push_preview_chars: 4,
-            ..Default::default()
-        })
-        .build()
-        .await
-        .unwrap();
+    let (e, recorder) = pushing(EngineConfig {
+        push_preview_chars: 4,
+        ..Default::default()
+    })
+    .await;
     let plain = direct(&e, "alice", "bob").await;
     let sealed = e
         .create_direct(&actor("alice"), &uid("carol"), Encryption::E2ee)
@@ -1351,8 +1366,7 @@ async fn push_previews_only_when_configured_and_only_readable_chats() {
     send(&e, "alice", sealed, "c2", "b64ciphertext")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let pushed = recorder.0.lock().unwrap().clone();
+    let pushed = recorder.pushed().await;
     let preview_of = |user: &str| {
         pushed
             .iter()
@@ -1362,35 +1376,23 @@ async fn push_previews_only_when_configured_and_only_readable_chats() {
     assert_eq!(preview_of("bob"), Some(Some("héll".to_owned())));
     assert_eq!(preview_of("carol"), Some(None), "e2ee: never a preview");
 
-    let recorder = Arc::new(Recorder::default());
-    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
-        .notifier(recorder.clone())
-        .build()
-        .await
-        .unwrap();
+    let (e, recorder) = pushing(EngineConfig::default()).await;
     let chat = direct(&e, "alice", "bob").await;
     send(&e, "alice", chat, "c1", "secret text").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let pushed = recorder.0.lock().unwrap().clone();
+    let pushed = recorder.pushed().await;
     assert_eq!(pushed.len(), 1);
     assert_eq!(pushed[0].preview, None, "no preview by default");
 }
 
 #[tokio::test]
 async fn a_connected_user_who_said_user_offline_gets_no_push() {
-    let recorder = Arc::new(Recorder::default());
-    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
-        .notifier(recorder.clone())
-        .build()
-        .await
-        .unwrap();
+    let (e, recorder) = pushing(EngineConfig::default()).await;
     let chat = direct(&e, "alice", "bob").await;
     let bob = Client::connect(&e, "bob").await;
     bob.session.set_status(false).await.unwrap();
     send(&e, "alice", chat, "c1", "still there?").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        recorder.0.lock().unwrap().is_empty(),
+        recorder.pushed().await.is_empty(),
         "a live connection counts, whatever the status"
     );
 }
@@ -1583,12 +1585,7 @@ async fn dispatcher_answers_every_command_with_an_id() {
 
 #[tokio::test]
 async fn muted_chats_get_no_push_and_hidden_chats_come_back_with_activity() {
-    let recorder = Arc::new(Recorder::default());
-    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
-        .notifier(recorder.clone())
-        .build()
-        .await
-        .unwrap();
+    let (e, recorder) = pushing(EngineConfig::default()).await;
     let chat = direct(&e, "alice", "bob").await;
     let bob = actor("bob");
     let until = Timestamp::now().plus(Duration::from_secs(3600));
