@@ -378,3 +378,21 @@ async fn sends_never_wait_for_a_hanging_webhook() {
         "a send waited for the webhook: {slowest:?}"
     );
 }
+
+#[tokio::test]
+async fn a_stopping_server_hands_over_its_open_windows() {
+    let mut hook = Hook::start().await;
+    let mut server = Server::with_config(&config(&hook, 60_000, "")).await;
+    let mut alice = server.ws("alice").await;
+    let chat = alice.direct("bob").await;
+    alice.send(s(&chat, "id"), "before the restart").await;
+    alice.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The window would close in a minute; the server sends it now.
+    server.signal("TERM");
+    let post = hook.next().await;
+    assert_eq!(post.json["user_id"], "bob");
+    assert_eq!(post.json["notifications"][0]["count"], 1);
+    assert!(server.wait_exit(WAIT).await.success());
+}
