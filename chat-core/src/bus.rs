@@ -127,7 +127,9 @@ pub trait Bus: Debug + Send + Sync + 'static {
     /// user is now offline on every node.
     async fn user_disconnected(&self, user: &UserId) -> Result<bool>;
 
-    /// Whether each of `users` has a live connection on some node.
+    /// Whether each of `users` has a live connection on some node. An
+    /// explicit `user_offline` status does not change it (the engine never
+    /// tells the bus about it): push goes only to users with no connection.
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>>;
 
     /// Whether this bus serves a single node, so that no other engine

@@ -90,8 +90,11 @@ pub trait MessageHook: Debug + Send + Sync + 'static {
 
 /// One push notification: a user with no live connection got a message.
 ///
-/// It carries ids only, never content: pushes travel through third parties
-/// (APNs, FCM) and the chats are private.
+/// It carries ids, and text only where the host app asked for it: pushes
+/// travel through third parties (APNs, FCM) and the chats are private, so
+/// [`preview`](Self::preview) is `None` unless
+/// [`EngineConfig::push_preview_chars`](crate::EngineConfig::push_preview_chars)
+/// is set, and always for `e2ee` chats (the server cannot read them).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Notification {
     /// Who to notify.
@@ -104,6 +107,9 @@ pub struct Notification {
     pub sender_id: UserId,
     /// Its kind.
     pub kind: MessageType,
+    /// The start of its text: at most `push_preview_chars` Unicode scalar
+    /// values of a `text` message of an `at_rest` chat; `None` otherwise.
+    pub preview: Option<String>,
 }
 
 /// Push for recipients with no live connection.

@@ -372,10 +372,12 @@ impl ChatEngine {
                 .prepare_sealing(new.chat_id, &new.sender_id)
                 .await?;
         }
+        let mut fanout = Fanout::new(EventKind::Post);
+        fanout.readable = cached.chat.encryption == Encryption::AtRest;
         let done = self
             .inner
             .writer
-            .submit_framed(Change::Post(new), Fanout::new(EventKind::Post), None)
+            .submit_framed(Change::Post(new), fanout, None)
             .await?;
         let crate::store::Applied::Posted { message, duplicate } = done.applied else {
             return Err(unexpected());

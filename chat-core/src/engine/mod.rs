@@ -144,6 +144,11 @@ pub struct EngineConfig {
     /// Most chats kept in memory for sends, receipts and typing (0: none).
     /// Only used with a single-node bus; see [`Bus::single_node`].
     pub chat_cache: usize,
+    /// How much of a text message's start its push notifications carry
+    /// ([`Notification::preview`](crate::hooks::Notification::preview)), in
+    /// Unicode scalar values. 0 (the default): none, so no message text
+    /// leaves the server through a [`Notifier`]. Never for `e2ee` chats.
+    pub push_preview_chars: usize,
 }
 
 impl Default for EngineConfig {
@@ -167,6 +172,7 @@ impl Default for EngineConfig {
             write_batch: 512,
             write_queue: 8192,
             chat_cache: 10_000,
+            push_preview_chars: 0,
         }
     }
 }

@@ -1296,6 +1296,26 @@ impl Notifier for Recorder {
     }
 }
 
+impl Recorder {
+    /// What was pushed, once the engine's push task had time to run.
+    async fn pushed(&self) -> Vec<Notification> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// An engine with `config` whose pushes a [`Recorder`] keeps.
+async fn pushing(config: EngineConfig) -> (ChatEngine, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let engine = ChatEngine::builder(Arc::new(MemoryStore::new()))
+        .notifier(recorder.clone())
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    (engine, recorder)
+}
+
 #[tokio::test]
 async fn hooks_reject_or_flag_and_offline_users_get_pushed() {
     let recorder = Arc::new(Recorder::default());
@@ -1326,6 +1346,56 @@ async fn hooks_reject_or_flag_and_offline_users_get_pushed() {
     assert_eq!(pushed.len(), 1);
     assert_eq!(pushed[0].user_id.as_str(), "bob");
     assert_eq!(pushed[0].message_id, m.id);
+}
+
+#[tokio::test]
+async fn push_previews_only_when_configured_and_only_readable_chats() {
+    let (e, recorder) = pushing(EngineConfig {
+        push_preview_chars: 4,
+        ..Default::default()
+    })
+    .await;
+    let plain = direct(&e, "alice", "bob").await;
+    let sealed = e
+        .create_direct(&actor("alice"), &uid("carol"), Encryption::E2ee)
+        .await
+        .unwrap()
+        .chat
+        .chat
+        .id;
+    send(&e, "alice", plain, "c1", "héllo wörld").await.unwrap();
+    send(&e, "alice", sealed, "c2", "b64ciphertext")
+        .await
+        .unwrap();
+    let pushed = recorder.pushed().await;
+    let preview_of = |user: &str| {
+        pushed
+            .iter()
+            .find(|n| n.user_id.as_str() == user)
+            .map(|n| n.preview.clone())
+    };
+    assert_eq!(preview_of("bob"), Some(Some("héll".to_owned())));
+    assert_eq!(preview_of("carol"), Some(None), "e2ee: never a preview");
+
+    let (e, recorder) = pushing(EngineConfig::default()).await;
+    let chat = direct(&e, "alice", "bob").await;
+    send(&e, "alice", chat, "c1", "secret text").await.unwrap();
+    let pushed = recorder.pushed().await;
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].preview, None, "no preview by default");
+}
+
+#[tokio::test]
+async fn a_connected_user_who_said_user_offline_gets_no_push() {
+    let (e, recorder) = pushing(EngineConfig::default()).await;
+    let chat = direct(&e, "alice", "bob").await;
+    let bob = Client::connect(&e, "bob").await;
+    bob.session.set_status(false).await.unwrap();
+    send(&e, "alice", chat, "c1", "still there?").await.unwrap();
+    assert!(
+        recorder.pushed().await.is_empty(),
+        "a live connection counts, whatever the status"
+    );
 }
 
 // --- connections ---------------------------------------------------------
@@ -1516,12 +1586,7 @@ async fn dispatcher_answers_every_command_with_an_id() {
 
 #[tokio::test]
 async fn muted_chats_get_no_push_and_hidden_chats_come_back_with_activity() {
-    let recorder = Arc::new(Recorder::default());
-    let e = ChatEngine::builder(Arc::new(MemoryStore::new()))
-        .notifier(recorder.clone())
-        .build()
-        .await
-        .unwrap();
+    let (e, recorder) = pushing(EngineConfig::default()).await;
     let chat = direct(&e, "alice", "bob").await;
     let bob = actor("bob");
     let until = Timestamp::now().plus(Duration::from_secs(3600));

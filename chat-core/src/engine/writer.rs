@@ -40,7 +40,7 @@ use crate::{
     error::{Error, Result},
     event::{Event, ServerEvent},
     hooks::Notification,
-    model::{Chat, ChatId, ChatView, Message, SystemEvent, UserId},
+    model::{Chat, ChatId, ChatView, Message, MessageType, SystemEvent, UserId},
     store::{Applied, Change, Committed, Members},
 };
 
@@ -69,6 +69,9 @@ pub(super) struct Fanout {
     kind: EventKind,
     /// Read receipts of this user go only to their own devices.
     pub(super) private_reads_of: Option<UserId>,
+    /// A post the server can read (its chat is `at_rest`): its push
+    /// notifications may carry a preview. Never set for `e2ee` chats.
+    pub(super) readable: bool,
 }
 
 impl Fanout {
@@ -77,6 +80,7 @@ impl Fanout {
         Self {
             kind,
             private_reads_of: None,
+            readable: false,
         }
     }
 }
@@ -334,7 +338,7 @@ async fn fan_out(
     inner: &Inner,
     fanout: &Fanout,
     committed: &Committed,
-    notes: &mut Vec<(Message, Vec<UserId>)>,
+    notes: &mut Vec<Offline>,
 ) -> Option<Event> {
     let members = &committed.members;
     match (&fanout.kind, &committed.applied) {
@@ -355,7 +359,11 @@ async fn fan_out(
                     .filter(|u| **u != message.sender_id && !members.is_muted(u, now))
                     .cloned()
                     .collect();
-                notes.push((message.clone(), others));
+                notes.push(Offline {
+                    message: message.clone(),
+                    recipients: others,
+                    readable: fanout.readable,
+                });
             }
             publish(
                 inner,
@@ -593,16 +601,33 @@ fn chat_updated(inner: &Inner, chat: &Chat) {
     });
 }
 
+/// A new post and who might need a push for it.
+#[derive(Debug)]
+pub(super) struct Offline {
+    message: Message,
+    /// Its audience but the sender and who muted the chat.
+    recipients: Vec<UserId>,
+    /// See [`Fanout::readable`].
+    readable: bool,
+}
+
 /// Push for recipients with no live connection on any node, off the send
 /// path.
-fn notify_offline(inner: &Inner, notes: Vec<(Message, Vec<UserId>)>) {
+fn notify_offline(inner: &Inner, notes: Vec<Offline>) {
     let Some(notifier) = inner.notifier.clone() else {
         return;
     };
     let bus = inner.bus.clone();
+    let preview_chars = inner.config.push_preview_chars;
     tokio::spawn(async move {
         let mut batch = Vec::new();
-        for (message, recipients) in notes {
+        for Offline {
+            message,
+            recipients,
+            readable,
+        } in notes
+        {
+            let preview = readable.then(|| preview(&message, preview_chars)).flatten();
             let online = match bus.online(&recipients).await {
                 Ok(online) => online,
                 Err(e) => {
@@ -618,6 +643,7 @@ fn notify_offline(inner: &Inner, notes: Vec<(Message, Vec<UserId>)>) {
                         message_id: message.id,
                         sender_id: message.sender_id.clone(),
                         kind: message.kind,
+                        preview: preview.clone(),
                     });
                 }
             }
@@ -630,4 +656,19 @@ fn notify_offline(inner: &Inner, notes: Vec<(Message, Vec<UserId>)>) {
             }
         }
     });
+}
+
+/// The first `chars` Unicode scalar values of a readable text message;
+/// `None` for 0, other kinds (a caption is not previewed), and content the
+/// server cannot show.
+fn preview(message: &Message, chars: usize) -> Option<String> {
+    if chars == 0
+        || message.kind != MessageType::Text
+        || message.deleted
+        || message.unreadable.is_some()
+    {
+        return None;
+    }
+    let text = message.content.as_deref()?;
+    Some(text.chars().take(chars).collect())
 }

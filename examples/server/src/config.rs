@@ -18,6 +18,11 @@ use chat_transport_ws::{
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::{
+    push::PushConfig,
+    webhook::{Retry, Secret, WebhookConfig},
+};
+
 /// `chat-server [serve] [options]`
 #[derive(Debug, Parser)]
 #[command(
@@ -179,6 +184,7 @@ struct FileConfig {
     rate_limits: Option<FileRateLimits>,
     limits: Option<FileLimits>,
     media: Option<FileMedia>,
+    notifications: Option<FileNotifications>,
     crisis: Option<FileCrisis>,
     /// Message hooks, run in this order before a message is stored.
     hooks: Option<Vec<FileHook>>,
@@ -253,6 +259,90 @@ pub(crate) struct S3Config {
 pub(crate) enum MediaBackend {
     Local(PathBuf),
     S3(S3Config),
+}
+
+/// `[notifications]`: push by webhook (PROTOCOL.md 5.4). Without
+/// `webhook_url`, nothing is pushed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNotifications {
+    /// `http://` or `https://`.
+    webhook_url: Option<String>,
+    /// Signs every POST; required with `webhook_url`. `CHAT_WEBHOOK_SECRET`
+    /// wins over it.
+    secret: Option<Secret>,
+    /// One POST per user per window of this many milliseconds (3000).
+    batch_ms: Option<u64>,
+    /// Characters of a text message's start in the push (0: none).
+    preview_chars: Option<usize>,
+    /// POSTs waiting (10,000); the oldest goes when full.
+    queue_capacity: Option<usize>,
+    /// Chat entries waiting in open windows across users (100,000).
+    max_pending: Option<usize>,
+    /// Seconds to connect to the webhook (5).
+    connect_timeout_secs: Option<u64>,
+    /// Seconds for a whole POST and its answer (10).
+    request_timeout_secs: Option<u64>,
+}
+
+/// Most characters of a push preview: a push shows a line or two, and
+/// every pending notification holds its preview until it is sent.
+const MAX_PREVIEW_CHARS: usize = 1000;
+
+/// `[notifications]` (and `CHAT_WEBHOOK_SECRET`) resolved; `None` without
+/// a webhook. Sets the engine's preview length.
+fn push_settings(
+    file: Option<&FileNotifications>,
+    env_secret: Option<String>,
+    engine: &mut EngineConfig,
+) -> Result<Option<PushConfig>, String> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let Some(url) = file.webhook_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    // The URL is not echoed: its query may hold a token.
+    let url = reqwest::Url::parse(url.trim())
+        .map_err(|e| format!("notifications.webhook_url is not a valid URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "notifications.webhook_url must be an http:// or https:// URL, not {}:",
+            url.scheme()
+        ));
+    }
+    let secret = env_secret
+        .map(Secret::new)
+        .or_else(|| file.secret.clone())
+        .filter(|s| !s.is_empty())
+        .ok_or(
+            "notifications.secret (or CHAT_WEBHOOK_SECRET) is required with webhook_url: \
+             it signs every POST",
+        )?;
+    let preview_chars = file.preview_chars.unwrap_or(0);
+    if preview_chars > MAX_PREVIEW_CHARS {
+        return Err(format!(
+            "notifications.preview_chars must be at most {MAX_PREVIEW_CHARS}"
+        ));
+    }
+    let at_least_one = |name: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(format!("notifications.{name} must be more than zero")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    };
+    engine.push_preview_chars = preview_chars;
+    Ok(Some(PushConfig {
+        webhook: WebhookConfig {
+            url,
+            secret,
+            connect_timeout: secs(file.connect_timeout_secs).unwrap_or(Duration::from_secs(5)),
+            request_timeout: secs(file.request_timeout_secs).unwrap_or(Duration::from_secs(10)),
+            queue_capacity: at_least_one("queue_capacity", file.queue_capacity, 10_000)?,
+            retry: Retry::default(),
+        },
+        batch: Duration::from_millis(file.batch_ms.unwrap_or(3000)),
+        max_pending: at_least_one("max_pending", file.max_pending, 100_000)?,
+    }))
 }
 
 /// `[rate_limits]`: every class, and each key of a class, is optional; what
@@ -366,6 +456,8 @@ pub(crate) struct Settings {
     pub(crate) engine: EngineConfig,
     pub(crate) crisis: Option<CrisisConfig>,
     pub(crate) hooks: Vec<WordFilter>,
+    /// Push by webhook; `None`: no push.
+    pub(crate) push: Option<PushConfig>,
 }
 
 impl Settings {
@@ -482,6 +574,11 @@ impl Settings {
                 },
             )
             .collect::<Result<_, _>>()?;
+        let push = push_settings(
+            file.notifications.as_ref(),
+            non_empty(std::env::var("CHAT_WEBHOOK_SECRET").ok()),
+            &mut engine,
+        )?;
         Ok(Self {
             bind: args
                 .bind
@@ -522,6 +619,7 @@ impl Settings {
             engine,
             crisis,
             hooks,
+            push,
         })
     }
 
@@ -648,11 +746,13 @@ mod tests {
             "[crisis]",
             "[[hooks]]",
             "[limits]",
+            "[notifications]",
         ] {
             assert!(text.contains(section), "{section} is in the example");
         }
         assert!(s.crisis.is_some());
         assert_eq!(s.hooks.len(), 1);
+        assert!(s.push.is_some());
         assert_eq!(s.engine.max_group_members, 256);
     }
 
@@ -669,6 +769,79 @@ mod tests {
         assert_eq!(defaults.keyring, KeyringConfig::default());
         assert!(settings("key_epoch_max_age = \"0s\"\n").is_err());
         assert!(settings("key_epoch_max_age = \"soon\"\n").is_err());
+    }
+
+    #[test]
+    fn notifications_from_the_file() {
+        let none = settings("").expect("valid");
+        assert!(none.push.is_none());
+        assert_eq!(none.engine.push_preview_chars, 0);
+        assert!(
+            settings("[notifications]\nbatch_ms = 100\n")
+                .expect("valid")
+                .push
+                .is_none()
+        );
+
+        let s = settings(
+            "[notifications]\nwebhook_url = \"https://push.example/chat?token=t\"\n\
+             secret = \"s3cret\"\nbatch_ms = 250\npreview_chars = 40\nqueue_capacity = 5\n\
+             max_pending = 7\nconnect_timeout_secs = 2\nrequest_timeout_secs = 3\n",
+        )
+        .expect("valid");
+        let push = s.push.expect("a webhook");
+        assert_eq!(
+            push.webhook.url.as_str(),
+            "https://push.example/chat?token=t"
+        );
+        assert_eq!(push.webhook.host(), "push.example");
+        assert_eq!(push.batch, Duration::from_millis(250));
+        assert_eq!((push.webhook.queue_capacity, push.max_pending), (5, 7));
+        assert_eq!(push.webhook.connect_timeout, Duration::from_secs(2));
+        assert_eq!(push.webhook.request_timeout, Duration::from_secs(3));
+        assert_eq!(s.engine.push_preview_chars, 40);
+        assert!(
+            !format!("{push:?}").contains("s3cret"),
+            "the secret never prints"
+        );
+
+        let defaults = settings(
+            "[notifications]\nwebhook_url = \"http://127.0.0.1:9/hook\"\nsecret = \"s\"\n",
+        )
+        .expect("valid")
+        .push
+        .expect("a webhook");
+        assert_eq!(defaults.batch, Duration::from_millis(3000));
+        assert_eq!(defaults.webhook.queue_capacity, 10_000);
+    }
+
+    #[test]
+    fn a_bad_webhook_is_a_clear_startup_error() {
+        let err = |keys: &str| settings(&format!("[notifications]\n{keys}")).expect_err("refused");
+        let https = "webhook_url = \"https://push.example/\"\n";
+        let signed = format!("{https}secret = \"s\"\n");
+        for (keys, says) in [
+            (
+                "webhook_url = \"ftp://push.example/\"\nsecret = \"s\"\n".to_owned(),
+                "http:// or https://",
+            ),
+            (
+                "webhook_url = \"push.example/chat\"\nsecret = \"s\"\n".to_owned(),
+                "not a valid URL",
+            ),
+            (https.to_owned(), "secret"),
+            (format!("{https}secret = \"\"\n"), "secret"),
+            (format!("{signed}preview_chars = 5000\n"), "preview_chars"),
+            (format!("{signed}queue_capacity = 0\n"), "queue_capacity"),
+            (format!("{signed}max_pending = 0\n"), "max_pending"),
+            (
+                "webhok_url = \"https://x.example/\"\n".to_owned(),
+                "unknown field",
+            ),
+        ] {
+            let error = err(&keys);
+            assert!(error.contains(says), "{keys:?}: {error}");
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 mod config;
 mod mls;
+mod push;
+mod webhook;
 
 use std::{io::Write, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
@@ -189,6 +191,20 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     if let Some(crisis) = &settings.crisis {
         builder = builder.crisis(crisis.clone());
     }
+    let push = match &settings.push {
+        Some(config) => {
+            let notifier = push::WebhookNotifier::start(config).map_err(fail)?;
+            builder = builder.notifier(Arc::new(notifier.clone()));
+            tracing::info!(
+                host = %config.webhook.host(),
+                batch_ms = config.batch.as_millis() as u64,
+                preview_chars = settings.engine.push_preview_chars,
+                "push notifications go to the webhook"
+            );
+            Some(notifier)
+        }
+        None => None,
+    };
     let mut redis = None;
     if let Some(url) = &settings.redis {
         let mut config = RedisBusConfig::default();
@@ -288,6 +304,9 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     // acknowledged change is committed) even if serving failed.
     engine.shutdown().await;
     tracing::info!("engine stopped");
+    if let Some(push) = push {
+        push.shutdown(PUSH_DRAIN).await;
+    }
     served.map_err(fail)?;
     if let Some(bus) = redis {
         // Leave the cluster now rather than when the presence TTL expires.
@@ -310,6 +329,10 @@ const RETENTION_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The pause between two calls of one retention sweep that finds work.
 const RETENTION_SWEEP_PAUSE: Duration = Duration::from_millis(200);
+
+/// How long a stopping server keeps trying to hand its pending push
+/// notifications to the webhook.
+const PUSH_DRAIN: Duration = Duration::from_secs(5);
 
 /// Where the bytes of uploads go.
 fn open_media(settings: &Settings) -> Result<Arc<dyn MediaStore>, Failure> {

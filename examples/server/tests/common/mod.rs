@@ -169,10 +169,16 @@ impl Server {
 
     /// A server with `toml` as its `--config` file.
     pub(crate) async fn with_config(toml: &str) -> Self {
+        Self::with_config_env(toml, &[]).await
+    }
+
+    /// A server with `toml` as its `--config` file and these environment
+    /// variables set too.
+    pub(crate) async fn with_config_env(toml: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("chat.toml");
         std::fs::write(&path, toml).expect("write config");
-        Self::launch(Arc::new(dir), Some(path), false).await
+        Self::launch_with(Arc::new(dir), Some(path), false, env).await
     }
 
     /// The command line a test server runs with (without spawning it).
@@ -191,6 +197,7 @@ impl Server {
             "CHAT_CONFIG",
             "CHAT_MASTER_KEY",
             "CHAT_ALLOWED_ORIGINS",
+            "CHAT_WEBHOOK_SECRET",
         ] {
             cmd.env_remove(var);
         }
