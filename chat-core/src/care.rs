@@ -15,7 +15,7 @@
 //! (folding ASCII is lowercasing it); other text is folded one character
 //! at a time into one buffer.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Input, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use caseless::Caseless;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::char::{decompose_compatible, is_combining_mark};
@@ -64,9 +64,16 @@ impl PhraseMatcher {
             }
             folded.push(normal);
         }
+        // A DFA is the fastest search (no failure transitions to follow)
+        // but takes memory per state and byte class: for the short lists
+        // a host app configures (up to 16 KiB of phrases, a few MiB at
+        // most); longer lists get the crate's choice.
+        let total: usize = folded.iter().map(String::len).sum();
+        let kind = (total <= 16 * 1024).then_some(AhoCorasickKind::DFA);
         let automaton = AhoCorasickBuilder::new()
-            .match_kind(MatchKind::LeftmostLongest)
+            .match_kind(MatchKind::Standard)
             .ascii_case_insensitive(true)
+            .kind(kind)
             .build(&folded)
             .map_err(|e| Error::invalid(format!("the phrases do not make a matcher: {e}")))?;
         Ok(Self {
@@ -94,20 +101,16 @@ impl PhraseMatcher {
         self.find_in(&normal)
     }
 
-    /// The first phrase on whole words in `text` (in normal form, or
-    /// ASCII). A candidate refused for its boundary must not hide another
-    /// that starts inside it: the search goes on from the next character
-    /// after the refused one's start.
+    /// The phrase on whole words in `text` (in normal form, or ASCII)
+    /// that starts first, the longest of those. Every match is looked at
+    /// (overlapping), so that a candidate refused for its boundaries ("kill
+    /// myself" in "kill myselfish") hides no other ("kill").
     fn find_in(&self, text: &str) -> Option<&str> {
-        let mut from = 0;
-        while let Some(m) = self.automaton.find(Input::new(text).span(from..text.len())) {
-            if whole_words(text, m.start(), m.end()) {
-                return Some(self.phrases[m.pattern().as_usize()].as_str());
-            }
-            let step = text[m.start()..].chars().next().map_or(1, char::len_utf8);
-            from = m.start() + step;
-        }
-        None
+        self.automaton
+            .find_overlapping_iter(text)
+            .filter(|m| whole_words(text, m.start(), m.end()))
+            .min_by_key(|m| (m.start(), std::cmp::Reverse(m.end())))
+            .map(|m| self.phrases[m.pattern().as_usize()].as_str())
     }
 }
 
@@ -310,6 +313,9 @@ mod tests {
         let m = matcher(&["die", "want to die"]);
         assert_eq!(m.find("dieter and then die"), Some("die"));
         assert_eq!(m.find("want to die"), Some("want to die"));
+        let m = matcher(&["kill", "kill myself"]);
+        assert_eq!(m.find("kill myselfish"), Some("kill"));
+        assert_eq!(m.find("I could kill myself"), Some("kill myself"));
     }
 
     #[test]
@@ -317,6 +323,20 @@ mod tests {
         let m = matcher(&["straße", "Ἀγάπη"]);
         assert_eq!(m.find("STRASSE"), Some("straße"));
         assert_eq!(m.find("αγαπη"), Some("Ἀγάπη"));
+    }
+
+    #[test]
+    fn a_long_list_builds_and_matches() {
+        let phrases: Vec<String> = (0..MAX_PHRASES)
+            .map(|i| format!("phrase number {i}"))
+            .collect();
+        let m = PhraseMatcher::new(&phrases).unwrap();
+        assert_eq!(
+            m.find("and PHRASE number 9999!"),
+            Some("phrase number 9999")
+        );
+        assert_eq!(m.find("phrase number 99999"), None);
+        assert!(PhraseMatcher::new(&vec!["x"; MAX_PHRASES + 1]).is_err());
     }
 
     #[test]
