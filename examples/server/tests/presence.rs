@@ -220,13 +220,13 @@ async fn set_privacy_returns_the_settings_and_keeps_unset_ones() {
     let ack = alice.ok("set_privacy", json!({"typing": false})).await;
     assert_eq!(
         ack["privacy"],
-        json!({"read_receipts": true, "typing": false, "presence": true}),
+        json!({"read_receipts": true, "typing": false, "presence": true, "mood_sharing": false}),
         "{ack}"
     );
     let ack = alice.ok("set_privacy", json!({"presence": false})).await;
     assert_eq!(
         ack["privacy"],
-        json!({"read_receipts": true, "typing": false, "presence": false}),
+        json!({"read_receipts": true, "typing": false, "presence": false, "mood_sharing": false}),
         "{ack}"
     );
     let ack = alice.ok("set_privacy", json!({})).await;
