@@ -1310,6 +1310,11 @@ impl Store for MemoryStore {
             if chat.participants.len() != before {
                 rows.memberships += 1;
                 state.members.remove(&chat.id);
+                if chat.kind == ChatKind::Direct {
+                    // No longer the pair's, as when its side leaves.
+                    let id = chat.id;
+                    state.direct.retain(|_, chat| *chat != id);
+                }
             }
         }
         let before = state.answers.len();

@@ -1193,6 +1193,15 @@ pub(crate) async fn erase_user_rows(
     let device_keys =
         delete_of(&mut tx, "DELETE FROM device_keys WHERE user_id = $1", user).await?;
     let reactions = delete_of(&mut tx, "DELETE FROM reactions WHERE user_id = $1", user).await?;
+    // A direct chat the user is still in (joined while the erasure ran)
+    // stops being the pair's, as when its side leaves.
+    sqlx::query(
+        "UPDATE chats SET direct_key = NULL WHERE kind = 'direct' \
+         AND id IN (SELECT chat_id FROM participants WHERE user_id = $1)",
+    )
+    .bind(user.as_str())
+    .execute(&mut *tx)
+    .await?;
     let memberships =
         delete_of(&mut tx, "DELETE FROM participants WHERE user_id = $1", user).await?;
     let checkin_answers = delete_of(

@@ -959,6 +959,13 @@ pub(crate) fn erase_user_rows(
         "UPDATE media SET uploader_id = ?2 WHERE uploader_id = ?1",
         true,
     )?;
+    // A direct chat the user is still in (joined while the erasure ran)
+    // stops being the pair's, as when its side leaves.
+    run(
+        "UPDATE chats SET direct_key = NULL WHERE kind = 'direct' \
+         AND id IN (SELECT chat_id FROM participants WHERE user_id = ?1)",
+        false,
+    )?;
     Ok(ErasedRows {
         messages,
         reports_filed,

@@ -214,6 +214,7 @@ pub async fn erase_user_rows_removes_the_users_rows(store: Arc<dyn Store>) {
     let s = &*store;
     let (ann, bob) = (user("ann"), user("bob"));
     let g = group(s, &[&bob, &ann], at(0)).await;
+    let pair = direct(s, &ann, &bob, at(0)).await;
     let m = post(s, text(g.id, &ann, "k1", "hi", at(1))).await;
     let b = post(s, text(g.id, &bob, "k1", "yo", at(1))).await;
     updated(
@@ -263,7 +264,7 @@ pub async fn erase_user_rows_removes_the_users_rows(store: Arc<dyn Store>) {
             key_packages: 3,
             device_keys: 1,
             reactions: 1,
-            memberships: 1,
+            memberships: 2,
             checkin_answers: 1,
             user: true,
         }
@@ -309,6 +310,16 @@ pub async fn erase_user_rows_removes_the_users_rows(store: Arc<dyn Store>) {
         vec![None]
     );
     assert!(get_chat(s, g.id).await.participant(&ann).is_none());
+    assert_eq!(
+        ok(s.find_direct_chat(&ann, &bob).await, "find_direct_chat"),
+        None,
+        "the pair's direct chat is free for a new ann"
+    );
+    assert_eq!(
+        get_chat(s, pair.id).await.participants.len(),
+        1,
+        "bob keeps it"
+    );
     assert!(list_chat_ids(s, &ann, all_chats()).await.is_empty());
     let upload = some(ok(s.get_media(upload.id).await, "get_media"), "media");
     assert_eq!(
