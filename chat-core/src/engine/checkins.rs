@@ -22,8 +22,8 @@ use crate::{
     error::{Error, Result},
     event::ServerEvent,
     model::{
-        ChatId, ChatKind, Checkin, CheckinKind, Encryption, Message, MessageId, MessageType, Role,
-        Timestamp, UserId,
+        Chat, ChatId, ChatKind, Checkin, CheckinKind, Encryption, Message, MessageId, MessageType,
+        Role, Timestamp, UserId,
     },
     store::{CheckinAnswer, NewMessage},
 };
@@ -171,14 +171,19 @@ impl ChatEngine {
         })
     }
 
-    /// The check-in `message_id` the actor may see, with its payload.
-    async fn checkin_of(&self, actor: &Actor, message_id: MessageId) -> Result<(Message, Checkin)> {
-        let (_, message) = self.message_of(actor, message_id).await?;
+    /// The check-in `message_id` the actor may see, with its chat and
+    /// payload.
+    async fn checkin_of(
+        &self,
+        actor: &Actor,
+        message_id: MessageId,
+    ) -> Result<(Chat, Message, Checkin)> {
+        let (chat, message) = self.message_of(actor, message_id).await?;
         if message.deleted {
             return Err(Error::not_found("the check-in was deleted"));
         }
         match (message.kind, message.checkin.clone()) {
-            (MessageType::Checkin, Some(checkin)) => Ok((message, checkin)),
+            (MessageType::Checkin, Some(checkin)) => Ok((chat, message, checkin)),
             (MessageType::Checkin, None) => Err(Error::not_found("the check-in cannot be read")),
             _ => Err(Error::invalid("message_id is not a check-in")),
         }
@@ -193,7 +198,7 @@ impl ChatEngine {
         message_id: MessageId,
         option: u32,
     ) -> Result<()> {
-        let (message, checkin) = self.checkin_of(actor, message_id).await?;
+        let (_, message, checkin) = self.checkin_of(actor, message_id).await?;
         if message.sender_id == actor.user_id {
             return Err(Error::forbidden(
                 "the poster does not answer their check-in",
@@ -217,7 +222,8 @@ impl ChatEngine {
             at: now,
         };
         self.inner.store.answer_checkin(answer).await?;
-        let (counts, total) = self.counts(&checkin, message_id).await?;
+        let answers = self.inner.store.checkin_answers(message_id).await?;
+        let (counts, total) = counts(&checkin, &answers);
         let event = ServerEvent::CheckinAnswered {
             chat_id: message.chat_id,
             message_id,
@@ -256,18 +262,6 @@ impl ChatEngine {
         }
     }
 
-    /// Answers per option, and in all.
-    async fn counts(&self, checkin: &Checkin, message: MessageId) -> Result<(Vec<u64>, u64)> {
-        let answers = self.inner.store.checkin_answers(message).await?;
-        let mut counts = vec![0u64; checkin.options.len()];
-        for a in &answers {
-            if let Some(n) = counts.get_mut(a.option as usize) {
-                *n += 1;
-            }
-        }
-        Ok((counts, answers.len() as u64))
-    }
-
     /// The results of a check-in: the poster and the group's admins;
     /// who answered what is left out of an anonymous one.
     pub async fn checkin_results(
@@ -275,8 +269,7 @@ impl ChatEngine {
         actor: &Actor,
         message_id: MessageId,
     ) -> Result<CheckinResults> {
-        let (chat, _) = self.message_of(actor, message_id).await?;
-        let (message, checkin) = self.checkin_of(actor, message_id).await?;
+        let (chat, message, checkin) = self.checkin_of(actor, message_id).await?;
         let admin = chat.kind == ChatKind::Group
             && chat.participant(&actor.user_id).map(|p| p.role) == Some(Role::Admin);
         if message.sender_id != actor.user_id && !admin {
@@ -285,7 +278,7 @@ impl ChatEngine {
             ));
         }
         let answers = self.inner.store.checkin_answers(message_id).await?;
-        let (counts, total) = self.counts(&checkin, message_id).await?;
+        let (counts, total) = counts(&checkin, &answers);
         let answers = (!checkin.anonymous).then(|| {
             answers
                 .into_iter()
@@ -301,6 +294,17 @@ impl ChatEngine {
             answers,
         })
     }
+}
+
+/// Answers per option of `checkin`, and in all.
+fn counts(checkin: &Checkin, answers: &[CheckinAnswer]) -> (Vec<u64>, u64) {
+    let mut counts = vec![0u64; checkin.options.len()];
+    for a in answers {
+        if let Some(n) = counts.get_mut(a.option as usize) {
+            *n += 1;
+        }
+    }
+    (counts, answers.len() as u64)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, stream};
 
+use super::super::tests::{actor, direct, uid};
 use super::*;
 use crate::{
     ErrorCode,
@@ -19,14 +20,6 @@ use crate::{
     store::{AuditQuery, Store},
     testing::media as fixtures,
 };
-
-fn uid(s: &str) -> UserId {
-    UserId::new(s).unwrap()
-}
-
-fn actor(s: &str) -> Actor {
-    Actor::user(uid(s))
-}
 
 fn admin() -> Actor {
     Actor::admin(uid("root"))
@@ -67,15 +60,6 @@ async fn text(e: &ChatEngine, who: &str, chat: ChatId, cid: &str, body: &str) ->
     e.send(&actor(who), SendMessage::text(chat, cid, body))
         .await
         .unwrap()
-        .id
-}
-
-async fn direct(e: &ChatEngine, a: &str, b: &str) -> ChatId {
-    e.create_direct(&actor(a), &uid(b), Encryption::AtRest)
-        .await
-        .unwrap()
-        .chat
-        .chat
         .id
 }
 

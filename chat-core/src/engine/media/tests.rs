@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 
+use super::super::tests::{actor, direct, uid};
 use super::*;
 use crate::{
     ErrorCode,
@@ -18,14 +19,6 @@ use crate::{
     store::Store,
     testing::media as fixtures,
 };
-
-fn uid(s: &str) -> UserId {
-    UserId::new(s).unwrap()
-}
-
-fn actor(s: &str) -> Actor {
-    Actor::user(uid(s))
-}
 
 struct Setup {
     engine: ChatEngine,
@@ -64,15 +57,6 @@ async fn setup(encrypted: bool, config: MediaConfig) -> Setup {
         keyring,
         clock,
     }
-}
-
-async fn direct(e: &ChatEngine, a: &str, b: &str) -> ChatId {
-    e.create_direct(&actor(a), &uid(b), Encryption::AtRest)
-        .await
-        .unwrap()
-        .chat
-        .chat
-        .id
 }
 
 fn body(bytes: Vec<u8>, chunk: usize) -> Upload<'static> {
