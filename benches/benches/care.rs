@@ -10,7 +10,7 @@
 use std::{hint::black_box, sync::Arc};
 
 use chat_core::{
-    Actor, ChatEngine, MemoryStore, SendMessage,
+    ChatEngine, MemoryStore,
     care::{CrisisConfig, PhraseMatcher},
 };
 use common::uid;
@@ -83,17 +83,8 @@ fn send_path(c: &mut Criterion) {
             let drains = common::drained_sessions(&engine, 2).await;
             (engine, chat, drains)
         });
-        let mut n = 0u64;
         let name = if crisis { "phrases_50" } else { "baseline" };
-        group.throughput(Throughput::Elements(1));
-        group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| {
-                n += 1;
-                let engine = engine.clone();
-                let msg = SendMessage::text(chat, format!("c{n}"), "x".repeat(100));
-                async move { engine.send(&Actor::user(uid(0)), msg).await.expect("send") }
-            })
-        });
+        common::bench_sends(&mut group, &rt, &engine, chat, name.to_owned());
         for d in drains {
             d.abort();
         }

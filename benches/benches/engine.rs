@@ -58,16 +58,8 @@ fn send_path(c: &mut Criterion) {
             let drains = common::drained_sessions(&engine, members).await;
             (engine, chat, drains)
         });
-        group.throughput(Throughput::Elements(1));
-        let mut n = 0u64;
-        group.bench_function(format!("members_{members}_{}", mode(encrypted)), |b| {
-            b.to_async(&rt).iter(|| {
-                n += 1;
-                let engine = engine.clone();
-                let msg = SendMessage::text(chat, format!("c{n}"), "x".repeat(100));
-                async move { engine.send(&Actor::user(uid(0)), msg).await.expect("send") }
-            })
-        });
+        let name = format!("members_{members}_{}", mode(encrypted));
+        common::bench_sends(&mut group, &rt, &engine, chat, name);
         for d in drains {
             d.abort();
         }

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use chat_core::{
-    Actor, ChatEngine, ChatId, DeviceId, NewGroup, UserId,
+    Actor, ChatEngine, ChatId, DeviceId, NewGroup, SendMessage, UserId,
     transport::{Outgoing, outbox},
 };
+use criterion::{Throughput, measurement::WallTime};
 use tokio::task::JoinHandle;
 
 /// User `i`.
@@ -52,4 +53,25 @@ pub(crate) async fn drained_sessions(engine: &ChatEngine, members: usize) -> Vec
         }));
     }
     drains
+}
+
+/// Benchmarks `name`: user 0 sends 100-byte texts to `chat`, one after the
+/// other, each with a new `client_msg_id`.
+pub(crate) fn bench_sends(
+    group: &mut criterion::BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    engine: &ChatEngine,
+    chat: ChatId,
+    name: String,
+) {
+    let mut n = 0u64;
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter(|| {
+            n += 1;
+            let engine = engine.clone();
+            let msg = SendMessage::text(chat, format!("c{n}"), "x".repeat(100));
+            async move { engine.send(&Actor::user(uid(0)), msg).await.expect("send") }
+        })
+    });
 }
