@@ -17,11 +17,13 @@ use crate::{
         ReportId, ReportStatus, Timestamp, UserId, UserRecord,
     },
     store::{
-        Applied, AuditQuery, Change, ChatListQuery, CheckinAnswer, Committed, ErasedRows,
-        ExpiredMessage, HeldReports, HeldSnapshot, HistoryQuery, Members, MlsGroupRecord, NewChat,
-        NewMessage, ReportQuery, ReportResolution, RetentionChat, SentMessage, Store, StoredText,
-        TextReplacement, TextTable, UserReaction, check_authority, promotion_of_heir,
+        Applied, AuditQuery, Change, ChatListQuery, CheckinAnswer, Committed, DAY_MS, DayCounts,
+        ErasedRows, ExpiredMessage, HeldReports, HeldSnapshot, HistoryQuery, Members,
+        MlsGroupRecord, NewChat, NewMessage, RECEIPT_HORIZON_MS, ReportQuery, ReportResolution,
+        RetentionChat, SentMessage, StatsRows, Store, StoredText, TextReplacement, TextTable,
+        UserReaction, WeekCounts, check_authority, counted_kind, promotion_of_heir, receipt_range,
         rows::{self, Marked, direct_key},
+        week_of_day,
     },
 };
 
@@ -59,6 +61,10 @@ struct State {
     retention_swept: HashMap<ChatId, u64>,
     /// Check-in answers, in the order first given.
     answers: Vec<CheckinAnswer>,
+    /// Receipt times by message: first delivered, first read.
+    receipts: HashMap<(ChatId, u64), (Timestamp, Option<Timestamp>)>,
+    /// Sessions opened, by day and user.
+    sessions: BTreeMap<(i64, UserId), u64>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +88,47 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Records the receipt times of a mark that moved `user`'s watermarks
+    /// from `was` to `marked` at `at`; returns when the messages it
+    /// delivered first were created.
+    fn time_receipts(
+        &mut self,
+        chat_id: ChatId,
+        user: &UserId,
+        (delivered_was, read_was): (u64, u64),
+        marked: Marked,
+        at: Timestamp,
+    ) -> Vec<Timestamp> {
+        let Some(log) = self.logs.get(&chat_id) else {
+            return Vec::new();
+        };
+        let since = at.as_millis().saturating_sub(RECEIPT_HORIZON_MS);
+        let timed = |(lo, hi): (u64, u64)| {
+            log.range(lo + 1..=hi).filter(|(_, m)| {
+                m.sender_id != *user && counted_kind(m.kind) && m.created_at.as_millis() >= since
+            })
+        };
+        let mut first = Vec::new();
+        if marked.delivered_moved {
+            for (seq, m) in timed(receipt_range(delivered_was, marked.delivered_seq)) {
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    self.receipts.entry((chat_id, *seq))
+                {
+                    e.insert((at, None));
+                    first.push(m.created_at);
+                }
+            }
+        }
+        if marked.read_moved {
+            for (seq, _) in timed(receipt_range(read_was, marked.read_seq)) {
+                if let Some((_, read)) = self.receipts.get_mut(&(chat_id, *seq)) {
+                    read.get_or_insert(at);
+                }
+            }
+        }
+        first
+    }
+
     fn message_mut(&mut self, chat_id: ChatId, id: MessageId) -> Result<&mut Message> {
         let (c, seq) = *self
             .message_index
@@ -449,6 +496,7 @@ impl State {
                 user_id,
                 delivered_up_to,
                 read_up_to,
+                at,
             } => {
                 let chat = self
                     .chats
@@ -460,15 +508,12 @@ impl State {
                     .iter_mut()
                     .find(|p| &p.user_id == user_id)
                     .ok_or_else(|| Error::not_found("not a participant"))?;
-                let marked = Marked::new(
-                    last,
-                    (p.delivered_seq, p.read_seq),
-                    *delivered_up_to,
-                    *read_up_to,
-                );
+                let was = (p.delivered_seq, p.read_seq);
+                let marked = Marked::new(last, was, *delivered_up_to, *read_up_to);
                 p.delivered_seq = marked.delivered_seq;
                 p.read_seq = marked.read_seq;
-                Ok(marked.into())
+                let first_delivered = self.time_receipts(*chat_id, user_id, was, marked, *at);
+                Ok(marked.applied(first_delivered))
             }
         }
     }
@@ -1149,6 +1194,98 @@ impl Store for MemoryStore {
         Ok(found)
     }
 
+    async fn record_session(&self, user: &UserId, at: Timestamp) -> Result<()> {
+        let day = at.as_millis().div_euclid(DAY_MS);
+        *self.lock().sessions.entry((day, user.clone())).or_default() += 1;
+        Ok(())
+    }
+
+    async fn stats(&self, from: i64, to: i64) -> Result<StatsRows> {
+        let state = self.lock();
+        let day_of = |t: Timestamp| t.as_millis().div_euclid(DAY_MS);
+        let (first_week, last_week) = (week_of_day(from), week_of_day(to));
+        let mut days: BTreeMap<i64, (u64, HashSet<&UserId>, u64)> = BTreeMap::new();
+        let mut active: HashSet<&UserId> = HashSet::new();
+        let mut rows = StatsRows::default();
+        let mut weeks: HashSet<(ChatId, i64)> = HashSet::new();
+        for (chat_id, log) in &state.logs {
+            for m in log.values().filter(|m| counted_kind(m.kind)) {
+                let day = day_of(m.created_at);
+                let week = week_of_day(day);
+                if (first_week..=last_week + 1).contains(&week) {
+                    weeks.insert((*chat_id, week));
+                }
+                if !(from..=to).contains(&day) {
+                    continue;
+                }
+                let entry = days.entry(day).or_default();
+                entry.0 += 1;
+                entry.1.insert(&m.sender_id);
+                active.insert(&m.sender_id);
+                rows.messages += 1;
+                if let Some((delivered, read)) = state.receipts.get(&(*chat_id, m.seq)) {
+                    let after = |t: Timestamp| t.as_millis() - m.created_at.as_millis();
+                    rows.delivered_within_1s += u64::from(after(*delivered) <= 1000);
+                    rows.read_within_24h += u64::from(read.is_some_and(|r| after(r) <= DAY_MS));
+                }
+            }
+        }
+        let sessions = state.sessions.iter();
+        for ((day, user), n) in sessions.filter(|((day, _), _)| (from..=to).contains(day)) {
+            days.entry(*day).or_default().1.insert(user);
+            active.insert(user);
+            rows.sessions += n;
+        }
+        for chat in state.chats.values() {
+            let day = day_of(chat.created_at);
+            if (from..=to).contains(&day) {
+                days.entry(day).or_default().2 += 1;
+            }
+            if chat.kind != ChatKind::Direct {
+                continue;
+            }
+            let mut log = state
+                .logs
+                .get(&chat.id)
+                .into_iter()
+                .flat_map(|l| l.values());
+            let Some(first) = log.by_ref().find(|m| counted_kind(m.kind)) else {
+                continue;
+            };
+            if !(from..=to).contains(&day_of(first.created_at)) {
+                continue;
+            }
+            match log.find(|m| counted_kind(m.kind) && m.sender_id != first.sender_id) {
+                Some(reply) => rows.first_replies_ms.push(
+                    u64::try_from(reply.created_at.as_millis() - first.created_at.as_millis())
+                        .unwrap_or(0),
+                ),
+                None => rows.unanswered += 1,
+            }
+        }
+        rows.days = days
+            .into_iter()
+            .map(|(day, (messages, users, new_chats))| DayCounts {
+                day,
+                messages,
+                active_users: users.len() as u64,
+                new_chats,
+            })
+            .collect();
+        rows.active_users = active.len() as u64;
+        let mut by_week: BTreeMap<i64, WeekCounts> = BTreeMap::new();
+        for (chat, week) in weeks.iter().filter(|(_, w)| *w <= last_week) {
+            let counts = by_week.entry(*week).or_insert(WeekCounts {
+                week: *week,
+                ..WeekCounts::default()
+            });
+            counts.active_chats += 1;
+            counts.retained += u64::from(weeks.contains(&(*chat, week + 1)));
+        }
+        rows.weeks = by_week.into_values().collect();
+        Ok(rows)
+    }
+
     async fn messages_by_sender(
         &self,
         user: &UserId,
@@ -1276,6 +1413,22 @@ impl Store for MemoryStore {
         for media in state.media.values_mut() {
             if media.uploader_id == *user {
                 media.uploader_id = pseudonym.clone();
+            }
+        }
+        // Sessions stay counted, under the pseudonym: the past's stats do
+        // not change, and nothing names the user.
+        let sessions: Vec<_> = state
+            .sessions
+            .keys()
+            .filter(|(_, u)| u == user)
+            .cloned()
+            .collect();
+        for key in sessions {
+            if let Some(n) = state.sessions.remove(&key) {
+                *state
+                    .sessions
+                    .entry((key.0, pseudonym.clone()))
+                    .or_default() += n;
             }
         }
         let before = state.blocks.len();

@@ -17,6 +17,10 @@ pub const EVENTS_DELIVERED: &str = "chat_events_delivered_total";
 pub const SEND_ACK_SECONDS: &str = "chat_send_ack_seconds";
 /// Counter by `code`: errors answered.
 pub const ERRORS: &str = "chat_errors_total";
+/// Histogram: seconds from a message's creation to its first delivery
+/// receipt (`mark_delivered` or `mark_as_read`) by another member; the
+/// live counterpart of the stats' `delivered_within_1s`.
+pub const DELIVERY_LATENCY_SECONDS: &str = "chat_delivery_latency_seconds";
 /// Counter: commands and connects refused by the rate limiter.
 pub const RATE_LIMITED: &str = "chat_rate_limited_total";
 /// Counter: connections closed for being too slow.

@@ -371,6 +371,17 @@ pub trait Store: Debug + Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<CheckinAnswer>>;
 
+    // --- analytics -------------------------------------------------------
+
+    /// Counts one authenticated connection of `user` opened at `at`: a
+    /// session of [`Store::stats`].
+    async fn record_session(&self, user: &UserId, at: Timestamp) -> Result<()>;
+
+    /// The counts behind `GET /api/v1/admin/stats` for the UTC days
+    /// `from..=to` (days since 1970-01-01), as [`StatsRows`] defines them.
+    /// Counts only: nothing of it names a user, chat or message.
+    async fn stats(&self, from: i64, to: i64) -> Result<StatsRows>;
+
     // --- erasure ---------------------------------------------------------
     //
     // What `ChatEngine::erase_user` reads and writes. The messages,
@@ -553,6 +564,95 @@ pub struct HeldReports {
     pub held: u64,
     /// Closed reports whose snapshot was destroyed.
     pub destroyed: u64,
+}
+
+/// Milliseconds in a day: [`Store::stats`] days are `created_at /
+/// DAY_MS` (UTC).
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The Monday-based week of a day (days since 1970-01-01, a Thursday):
+/// day -3 (Monday 1969-12-29) starts week 0, so every week runs Monday to
+/// Sunday as ISO weeks do.
+pub fn week_of_day(day: i64) -> i64 {
+    (day + 3).div_euclid(7)
+}
+
+/// How many of the latest messages one mark times (see
+/// [`Applied::Marked`]): a receipt that covers more at once times these.
+pub const RECEIPT_WINDOW: u64 = 1000;
+
+/// How old a message may be and still have its receipts timed: older ones
+/// cannot count as delivered within 1 s or read within 24 h.
+pub const RECEIPT_HORIZON_MS: i64 = DAY_MS;
+
+/// Which seqs a mark from `was` to `now` times: `(lo, hi]`, the latest
+/// [`RECEIPT_WINDOW`] of the range (of those, only messages of others,
+/// counted as [`StatsRows::messages`] counts them, and created within
+/// [`RECEIPT_HORIZON_MS`] of the mark).
+pub fn receipt_range(was: u64, now: u64) -> (u64, u64) {
+    (was.max(now.saturating_sub(RECEIPT_WINDOW)), now)
+}
+
+/// Whether messages of this kind count in [`Store::stats`] (everything a
+/// person sent: system messages and MLS commits do not).
+pub fn counted_kind(kind: MessageType) -> bool {
+    !matches!(kind, MessageType::System | MessageType::MlsCommit)
+}
+
+/// What [`Store::stats`] counts over UTC days `from..=to`. A *counted
+/// message* is one of a kind [`counted_kind`] accepts, created in the
+/// period (tombstones count: the message was sent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsRows {
+    /// Per day with any count, in day order (days left out count zero).
+    pub days: Vec<DayCounts>,
+    /// Counted messages.
+    pub messages: u64,
+    /// Distinct users who opened a session or sent a counted message.
+    pub active_users: u64,
+    /// Sessions ([`Store::record_session`]) opened.
+    pub sessions: u64,
+    /// Counted messages whose first receipt by another member
+    /// (`mark_delivered` or `mark_as_read`) came at most 1 s after them.
+    pub delivered_within_1s: u64,
+    /// Counted messages another member marked read at most 24 h after them.
+    pub read_within_24h: u64,
+    /// For each direct chat whose first counted message is in the period
+    /// and that got a reply: milliseconds from that message to the first
+    /// counted message of the other participant (which may come after the
+    /// period). Any order.
+    pub first_replies_ms: Vec<u64>,
+    /// Direct chats whose first counted message is in the period, without
+    /// a reply yet.
+    pub unanswered: u64,
+    /// Per week ([`week_of_day`]) from the week of `from` to the week of
+    /// `to` with an active chat, in order (weeks left out count zero).
+    pub weeks: Vec<WeekCounts>,
+}
+
+/// One day of [`StatsRows::days`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DayCounts {
+    /// Days since 1970-01-01.
+    pub day: i64,
+    /// Counted messages created that day.
+    pub messages: u64,
+    /// Distinct users who opened a session or sent a counted message.
+    pub active_users: u64,
+    /// Chats (direct and group) created that day.
+    pub new_chats: u64,
+}
+
+/// One week of [`StatsRows::weeks`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeekCounts {
+    /// [`week_of_day`] of its days.
+    pub week: i64,
+    /// Chats with a counted message in the week (any day of it, also
+    /// outside the period).
+    pub active_chats: u64,
+    /// Of those, chats with a counted message the week after.
+    pub retained: u64,
 }
 
 /// What [`Store::erase_user_rows`] did, counted per kind.
@@ -848,6 +948,9 @@ pub enum Change {
         delivered_up_to: u64,
         /// Read up to here (`0`: no change).
         read_up_to: u64,
+        /// When: the time of the receipts it records (see
+        /// [`receipt_range`]).
+        at: Timestamp,
     },
 }
 
@@ -1078,6 +1181,10 @@ pub enum Applied {
         delivered_moved: bool,
         /// Whether the read watermark moved.
         read_moved: bool,
+        /// When the messages this mark delivered first (no member but
+        /// their sender had marked them) were created, within
+        /// [`receipt_range`]: the delivery latency the engine reports.
+        first_delivered: Vec<Timestamp>,
     },
 }
 

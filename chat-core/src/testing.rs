@@ -259,6 +259,9 @@ macro_rules! store_conformance_tests {
             leaving_a_direct_chat_frees_the_pair,
             checkin_answers_are_one_per_user,
             checkin_and_resource_messages_round_trip,
+            stats_count_days_users_and_sessions,
+            receipts_time_first_delivery_and_read,
+            stats_time_first_replies_and_weekly_retention,
         ] }
     };
     (@names [$($case:ident),* $(,)?]) => {

@@ -33,7 +33,16 @@
 //! - **Durability** is PostgreSQL's: `apply` returns after `COMMIT`, so with
 //!   the default `synchronous_commit = on` an `Ok` change survives a crash.
 //! - **Reads** use the pool; each is a single statement, hence one
-//!   consistent snapshot that includes every committed change.
+//!   consistent snapshot that includes every committed change
+//!   ([`Store::stats`], three statements, runs them in one read-only
+//!   `REPEATABLE READ` transaction for the same reason).
+//! - **Analytics.** [`Store::record_session`] counts sessions per day and
+//!   user in `daily_sessions`; a `Change::Mark` that moves a watermark
+//!   records, in its transaction, when the messages it covers were first
+//!   delivered and read (`receipt_times`, at most `RECEIPT_WINDOW` rows
+//!   by the log's `(chat_id, seq)` index). [`Store::stats`] counts the
+//!   rest from `messages` and `chats` as they are: `messages` has no index
+//!   for it, so that posting does not pay for analytics.
 //! - **Schema.** [`PostgresStore::migrate`] runs the migrations of this
 //!   crate's `migrations/` directory ([`MIGRATOR`]); sqlx records them in
 //!   `_sqlx_migrations` and serializes concurrent runs with an advisory
@@ -127,7 +136,8 @@ use chat_core::{
     store::{
         AuditQuery, Change, ChatListQuery, CheckinAnswer, Committed, ErasedRows, ExpiredMessage,
         HeldReports, HeldSnapshot, HistoryQuery, NewChat, ReportQuery, ReportResolution,
-        RetentionChat, SentMessage, StoredText, TextReplacement, TextTable, UserReaction,
+        RetentionChat, SentMessage, StatsRows, StoredText, TextReplacement, TextTable,
+        UserReaction,
     },
 };
 use sqlx::{
@@ -494,6 +504,14 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> chat_core::Result<Vec<CheckinAnswer>> {
         core(read::answers_by_user(&self.pool, user, after, limit).await)
+    }
+
+    async fn record_session(&self, user: &UserId, at: Timestamp) -> chat_core::Result<()> {
+        core(write::record_session(&self.pool, user, at).await)
+    }
+
+    async fn stats(&self, from: i64, to: i64) -> chat_core::Result<StatsRows> {
+        core(read::stats(&self.pool, from, to).await)
     }
 
     async fn messages_by_sender(

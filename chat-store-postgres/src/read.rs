@@ -12,16 +12,17 @@ use chat_core::{
     AuditEntry, Chat, ChatId, MediaId, MediaRecord, Message, MessageId, Report, ReportId,
     ReportStatus, Timestamp, UserId, UserRecord,
     store::{
-        AuditQuery, ChatListQuery, CheckinAnswer, ExpiredMessage, HistoryQuery, Members,
-        MlsGroupRecord, ReportQuery, RetentionChat, SentMessage, StoredText, TextTable,
-        UserReaction,
+        AuditQuery, ChatListQuery, CheckinAnswer, DAY_MS, DayCounts, ExpiredMessage, HistoryQuery,
+        Members, MlsGroupRecord, ReportQuery, RetentionChat, SentMessage, StatsRows, StoredText,
+        TextTable, UserReaction, WeekCounts,
         rows::{
             self, AuditRow, ChatRow, MediaRow, MessageRow, ParticipantRow, ReportRow, TextRow,
             UserRow, direct_key, fold_reactions, parse, sql_limit, sql_u64, unsigned, user_id,
         },
+        week_of_day,
     },
 };
-use sqlx::{PgExecutor, Row, postgres::PgRow};
+use sqlx::{PgExecutor, PgPool, Row, postgres::PgRow};
 
 use crate::Error;
 
@@ -990,4 +991,151 @@ pub(crate) async fn meta<'e>(ex: impl PgExecutor<'e>, key: &str) -> Result<Optio
         .fetch_optional(ex)
         .await?;
     Ok(row.map(|r| r.try_get("value")).transpose()?)
+}
+
+// --- analytics -----------------------------------------------------------
+
+/// Which messages [`Store::stats`](chat_core::Store::stats) counts (see
+/// [`counted_kind`](chat_core::store::counted_kind)), as SQL on `messages`.
+macro_rules! counted {
+    () => {
+        "kind NOT IN ('system', 'mls_commit')"
+    };
+}
+
+/// Per day of the period (and, as the row of the empty grouping set, for
+/// all of it): counted messages, distinct users among their senders and
+/// the session holders, sessions, new chats, and the counted messages
+/// delivered within 1 s and read within 24 h. `$1..$2` are the period's
+/// milliseconds, `$3..=$4` its days.
+const STATS_DAYS: &str = concat!(
+    "WITH counted AS ( \
+       SELECT m.sender_id, floor(m.created_at / 86400000.0)::bigint AS day, \
+              r.delivered_at - m.created_at <= 1000 AS delivered_1s, \
+              r.read_at - m.created_at <= 86400000 AS read_24h \
+       FROM messages m \
+       LEFT JOIN receipt_times r ON r.chat_id = m.chat_id AND r.seq = m.seq \
+       WHERE m.created_at >= $1 AND m.created_at < $2 AND m.",
+    counted!(),
+    " ), \
+     counts (day, messages, user_id, sessions, new_chats, delivered_1s, read_24h) AS ( \
+       SELECT day, 1, sender_id, 0::bigint, 0, delivered_1s, read_24h FROM counted \
+       UNION ALL \
+       SELECT day, 0, user_id, sessions, 0, NULL, NULL FROM daily_sessions \
+       WHERE day BETWEEN $3 AND $4 \
+       UNION ALL \
+       SELECT floor(created_at / 86400000.0)::bigint, 0, NULL, 0, 1, NULL, NULL FROM chats \
+       WHERE created_at >= $1 AND created_at < $2 \
+     ) \
+     SELECT GROUPING(day) = 1 AS total, day, \
+            coalesce(sum(messages), 0)::bigint AS messages, \
+            count(DISTINCT user_id) AS active_users, \
+            coalesce(sum(sessions), 0)::bigint AS sessions, \
+            coalesce(sum(new_chats), 0)::bigint AS new_chats, \
+            count(*) FILTER (WHERE delivered_1s) AS delivered_1s, \
+            count(*) FILTER (WHERE read_24h) AS read_24h \
+     FROM counts GROUP BY GROUPING SETS ((day), ()) ORDER BY day"
+);
+
+/// Per week up to `$3`: the chats with a counted message in it, and of
+/// those the ones with one the week after. `$1..$2` are the milliseconds
+/// from the first week's Monday to the end of the week after the last.
+const STATS_WEEKS: &str = concat!(
+    "WITH active AS ( \
+       SELECT DISTINCT chat_id, floor((created_at / 86400000.0 + 3) / 7)::bigint AS week \
+       FROM messages WHERE created_at >= $1 AND created_at < $2 AND ",
+    counted!(),
+    " ) \
+     SELECT a.week, count(*) AS active_chats, count(n.chat_id) AS retained \
+     FROM active a LEFT JOIN active n ON n.chat_id = a.chat_id AND n.week = a.week + 1 \
+     WHERE a.week <= $3 GROUP BY a.week ORDER BY a.week"
+);
+
+/// The direct chats whose first counted message (lowest seq) was created
+/// in `$1..$2`: how many got no counted message of another sender after
+/// it, and for the others the milliseconds until the first one. Both
+/// lookups walk the unique (chat_id, seq) index.
+const STATS_FIRST_REPLIES: &str = concat!(
+    "SELECT count(*) FILTER (WHERE r.created_at IS NULL) AS unanswered, \
+            array_agg(greatest(r.created_at - f.created_at, 0)) \
+              FILTER (WHERE r.created_at IS NOT NULL) AS replies \
+     FROM chats c \
+     CROSS JOIN LATERAL ( \
+       SELECT seq, sender_id, created_at FROM messages \
+       WHERE chat_id = c.id AND ",
+    counted!(),
+    " ORDER BY seq LIMIT 1) f \
+     LEFT JOIN LATERAL ( \
+       SELECT created_at FROM messages \
+       WHERE chat_id = c.id AND seq > f.seq AND sender_id <> f.sender_id AND ",
+    counted!(),
+    " ORDER BY seq LIMIT 1) r ON TRUE \
+     WHERE c.kind = 'direct' AND f.created_at >= $1 AND f.created_at < $2"
+);
+
+/// [`Store::stats`](chat_core::Store::stats): three statements in one
+/// read-only snapshot, so that their counts agree.
+pub(crate) async fn stats(pool: &PgPool, from: i64, to: i64) -> Result<StatsRows, Error> {
+    let ms = |day: i64| day.saturating_mul(DAY_MS);
+    let (first_week, last_week) = (week_of_day(from), week_of_day(to));
+    // The Monday (day) that starts a week.
+    let monday = |week: i64| week.saturating_mul(7).saturating_sub(3);
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let mut stats = StatsRows::default();
+
+    let rows = sqlx::query(STATS_DAYS)
+        .bind(ms(from))
+        .bind(ms(to.saturating_add(1)))
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *tx)
+        .await?;
+    for r in rows {
+        let count = |column: &'static str| -> Result<u64, Error> {
+            Ok(unsigned(column, r.try_get::<i64, _>(column)?)?)
+        };
+        if r.try_get::<bool, _>("total")? {
+            stats.messages = count("messages")?;
+            stats.active_users = count("active_users")?;
+            stats.sessions = count("sessions")?;
+            stats.delivered_within_1s = count("delivered_1s")?;
+            stats.read_within_24h = count("read_24h")?;
+        } else {
+            stats.days.push(DayCounts {
+                day: r.try_get("day")?,
+                messages: count("messages")?,
+                active_users: count("active_users")?,
+                new_chats: count("new_chats")?,
+            });
+        }
+    }
+
+    let rows = sqlx::query(STATS_WEEKS)
+        .bind(ms(monday(first_week)))
+        .bind(ms(monday(last_week.saturating_add(2))))
+        .bind(last_week)
+        .fetch_all(&mut *tx)
+        .await?;
+    for r in rows {
+        stats.weeks.push(WeekCounts {
+            week: r.try_get("week")?,
+            active_chats: unsigned("active_chats", r.try_get("active_chats")?)?,
+            retained: unsigned("retained", r.try_get("retained")?)?,
+        });
+    }
+
+    let r = sqlx::query(STATS_FIRST_REPLIES)
+        .bind(ms(from))
+        .bind(ms(to.saturating_add(1)))
+        .fetch_one(&mut *tx)
+        .await?;
+    stats.unanswered = unsigned("unanswered", r.try_get("unanswered")?)?;
+    let replies: Option<Vec<i64>> = r.try_get("replies")?;
+    for ms in replies.unwrap_or_default() {
+        stats.first_replies_ms.push(unsigned("replies", ms)?);
+    }
+    tx.commit().await?;
+    Ok(stats)
 }

@@ -14,8 +14,9 @@ use chat_core::{
     ParticipantSettings, Privacy, Report, Role, SystemEvent, Timestamp, UserId,
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
-        Applied, Change, CheckinAnswer, ErasedRows, HeldReports, HeldSnapshot, NewChat, NewMessage,
-        ReportResolution, TextReplacement, TextTable,
+        Applied, Change, CheckinAnswer, DAY_MS, ErasedRows, HeldReports, HeldSnapshot, NewChat,
+        NewMessage, RECEIPT_HORIZON_MS, ReportResolution, TextReplacement, TextTable,
+        receipt_range,
         rows::{self, Marked, direct_key, sql_u64, sql_u64_checked, unsigned},
     },
 };
@@ -460,11 +461,12 @@ pub(crate) async fn apply(
             user_id,
             delivered_up_to,
             read_up_to,
+            at,
         } => {
             if !locks.ensure(conn, chat_id).await? {
                 return Err(not_found("chat not found"));
             }
-            mark(conn, chat_id, &user_id, delivered_up_to, read_up_to).await
+            mark(conn, chat_id, &user_id, (delivered_up_to, read_up_to), at).await
         }
         Change::MlsCommit {
             expected_epoch,
@@ -641,8 +643,8 @@ async fn mark(
     conn: &mut PgConnection,
     chat_id: ChatId,
     user_id: &UserId,
-    delivered_up_to: u64,
-    read_up_to: u64,
+    (delivered_up_to, read_up_to): (u64, u64),
+    at: Timestamp,
 ) -> Result<Applied, Error> {
     let row = sqlx::query(
         "SELECT c.last_seq, p.delivered_seq, p.read_seq \
@@ -654,28 +656,73 @@ async fn mark(
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| not_found("not a participant"))?;
+    let (delivered_was, read_was) = (
+        unsigned("participants.delivered_seq", row.try_get("delivered_seq")?)?,
+        unsigned("participants.read_seq", row.try_get("read_seq")?)?,
+    );
     let marked = Marked::new(
         unsigned("chats.last_seq", row.try_get("last_seq")?)?,
-        (
-            unsigned("participants.delivered_seq", row.try_get("delivered_seq")?)?,
-            unsigned("participants.read_seq", row.try_get("read_seq")?)?,
-        ),
+        (delivered_was, read_was),
         delivered_up_to,
         read_up_to,
     );
-    if marked.moved() {
-        sqlx::query(
-            "UPDATE participants SET delivered_seq = $3, read_seq = $4 \
-             WHERE chat_id = $1 AND user_id = $2",
+    if !marked.moved() {
+        return Ok(marked.applied(Vec::new()));
+    }
+    sqlx::query(
+        "UPDATE participants SET delivered_seq = $3, read_seq = $4 \
+         WHERE chat_id = $1 AND user_id = $2",
+    )
+    .bind(chat_id.to_string())
+    .bind(user_id.as_str())
+    .bind(sql_u64(marked.delivered_seq))
+    .bind(sql_u64(marked.read_seq))
+    .execute(&mut *conn)
+    .await?;
+    // The receipt times (see `receipt_range`): by the unique (chat_id, seq)
+    // index of messages, at most RECEIPT_WINDOW rows each.
+    let since = at.as_millis().saturating_sub(RECEIPT_HORIZON_MS);
+    let mut first_delivered = Vec::new();
+    if marked.delivered_moved {
+        let (lo, hi) = receipt_range(delivered_was, marked.delivered_seq);
+        let created: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO receipt_times (chat_id, seq, created_at, delivered_at) \
+             SELECT chat_id, seq, created_at, $6 FROM messages \
+             WHERE chat_id = $1 AND seq > $2 AND seq <= $3 AND sender_id <> $4 \
+               AND kind NOT IN ('system', 'mls_commit') AND created_at >= $5 \
+             ON CONFLICT (chat_id, seq) DO NOTHING \
+             RETURNING created_at",
         )
         .bind(chat_id.to_string())
+        .bind(sql_u64(lo))
+        .bind(sql_u64(hi))
         .bind(user_id.as_str())
-        .bind(sql_u64(marked.delivered_seq))
-        .bind(sql_u64(marked.read_seq))
+        .bind(since)
+        .bind(at.as_millis())
+        .fetch_all(&mut *conn)
+        .await?;
+        first_delivered = created.into_iter().map(Timestamp::from_millis).collect();
+    }
+    if marked.read_moved {
+        let (lo, hi) = receipt_range(read_was, marked.read_seq);
+        // Not the marking user's own messages: another member may have had
+        // them delivered.
+        sqlx::query(
+            "UPDATE receipt_times r SET read_at = $5 FROM messages m \
+             WHERE r.chat_id = $1 AND r.seq > $2 AND r.seq <= $3 \
+               AND r.read_at IS NULL AND r.created_at >= $4 \
+               AND m.chat_id = r.chat_id AND m.seq = r.seq AND m.sender_id <> $6",
+        )
+        .bind(chat_id.to_string())
+        .bind(sql_u64(lo))
+        .bind(sql_u64(hi))
+        .bind(since)
+        .bind(at.as_millis())
+        .bind(user_id.as_str())
         .execute(&mut *conn)
         .await?;
     }
-    Ok(marked.into())
+    Ok(marked.applied(first_delivered))
 }
 
 /// [`Store::create_chat`](chat_core::Store::create_chat), in its own
@@ -778,6 +825,25 @@ pub(crate) async fn set_last_seen(
     )
     .bind(user.as_str())
     .bind(at.as_millis())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// [`Store::record_session`](chat_core::Store::record_session): one more
+/// session of the user on the UTC day of `at`.
+pub(crate) async fn record_session(
+    pool: &PgPool,
+    user: &UserId,
+    at: Timestamp,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO daily_sessions (day, user_id, sessions) VALUES ($1, $2, 1) \
+         ON CONFLICT (day, user_id) DO UPDATE \
+         SET sessions = daily_sessions.sessions + 1",
+    )
+    .bind(at.as_millis().div_euclid(DAY_MS))
+    .bind(user.as_str())
     .execute(pool)
     .await?;
     Ok(())
@@ -1211,6 +1277,21 @@ pub(crate) async fn erase_user_rows(
     )
     .await?;
     let record = delete_of(&mut tx, "DELETE FROM users WHERE user_id = $1", user).await?;
+    // Sessions stay counted, under the pseudonym: the past's stats do not
+    // change, and nothing names the user. (Merged into the pseudonym's
+    // rows, should it have any.)
+    rename(
+        &mut tx,
+        "WITH gone AS (DELETE FROM daily_sessions WHERE user_id = $1 \
+                       RETURNING day, sessions) \
+         INSERT INTO daily_sessions (day, user_id, sessions) \
+         SELECT day, $2, sessions FROM gone \
+         ON CONFLICT (day, user_id) DO UPDATE \
+         SET sessions = daily_sessions.sessions + excluded.sessions",
+        user,
+        pseudonym,
+    )
+    .await?;
     tx.commit().await?;
     Ok(ErasedRows {
         messages,

@@ -459,6 +459,7 @@ async fn bulk_and_per_change_paths_agree() {
             user_id: bob.clone(),
             delivered_up_to: 100,
             read_up_to: 2,
+            at: at(20),
         },
         Change::Post(text(c2, &carol, "c-4", "after", 20)),
         Change::Post(NewMessage {

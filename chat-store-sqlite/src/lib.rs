@@ -131,6 +131,7 @@ mod prepared;
 mod read;
 mod readers;
 mod schema;
+mod stats;
 mod write;
 mod writer;
 
@@ -149,7 +150,8 @@ use chat_core::{
     store::{
         AuditQuery, Change, ChatListQuery, CheckinAnswer, Committed, ErasedRows, ExpiredMessage,
         HeldReports, HeldSnapshot, HistoryQuery, NewChat, ReportQuery, ReportResolution,
-        RetentionChat, SentMessage, StoredText, TextReplacement, TextTable, UserReaction,
+        RetentionChat, SentMessage, StatsRows, StoredText, TextReplacement, TextTable,
+        UserReaction,
     },
 };
 use rusqlite::{Connection, OpenFlags};
@@ -634,6 +636,16 @@ impl Store for SqliteStore {
         let user = user.clone();
         self.read(move |conn| read::answers_by_user(conn, &user, after, limit))
             .await
+    }
+
+    async fn record_session(&self, user: &UserId, at: Timestamp) -> chat_core::Result<()> {
+        let user = user.clone();
+        self.write(move |conn| write::record_session(conn, &user, at))
+            .await
+    }
+
+    async fn stats(&self, from: i64, to: i64) -> chat_core::Result<StatsRows> {
+        self.read(move |conn| stats::stats(conn, from, to)).await
     }
 
     async fn messages_by_sender(

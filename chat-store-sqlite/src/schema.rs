@@ -312,6 +312,25 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX checkin_answers_by_user ON checkin_answers (user_id, message_id);
     ALTER TABLE users ADD COLUMN mood_sharing INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 16: analytics. Sessions (authenticated connections) per UTC day and
+    // user; the first delivery and read receipt of each message, written
+    // by marks (never by posts: the send path pays nothing for them).
+    r#"
+    CREATE TABLE daily_sessions (
+        day      INTEGER NOT NULL,
+        user_id  TEXT NOT NULL,
+        sessions INTEGER NOT NULL,
+        PRIMARY KEY (day, user_id)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE receipt_times (
+        chat_id      TEXT NOT NULL,
+        seq          INTEGER NOT NULL,
+        created_at   INTEGER NOT NULL,
+        delivered_at INTEGER NOT NULL,
+        read_at      INTEGER,
+        PRIMARY KEY (chat_id, seq)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build creates: the number of migrations.
@@ -553,6 +572,24 @@ mod tests {
             "the sweep's index: {plan}"
         );
         assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+
+    /// Timing a mark's receipts reads a range of the log and of the
+    /// receipts by their keys: no scan of either table.
+    #[test]
+    fn receipt_timing_reads_ranges_by_key() {
+        let conn = at_version(MIGRATIONS.len());
+        for sql in [crate::write::RECEIPT_DELIVERED, crate::write::RECEIPT_READ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .and_then(|mut st| {
+                    st.query_map(rusqlite::params!["c", 0, 10, "u", 1, 0], |r| r.get(3))?
+                        .collect()
+                })
+                .expect("plan");
+            let plan = plan.join("; ");
+            assert!(!plan.contains("SCAN"), "{sql}: {plan}");
+        }
     }
 
     /// The audit log's migration runs again without harm (it may be

@@ -12,8 +12,9 @@ use chat_core::{
     MessageId, MessageType, ParticipantSettings, Privacy, Report, Role, Timestamp, UserId,
     mls::{ClaimedKeyPackage, MAX_KEY_PACKAGES_PER_DEVICE},
     store::{
-        Applied, Change, CheckinAnswer, Committed, ErasedRows, HeldReports, HeldSnapshot, NewChat,
-        NewMessage, ReportResolution, TextReplacement, TextTable,
+        Applied, Change, CheckinAnswer, Committed, DAY_MS, ErasedRows, HeldReports, HeldSnapshot,
+        NewChat, NewMessage, RECEIPT_HORIZON_MS, ReportResolution, TextReplacement, TextTable,
+        receipt_range,
         rows::{self, Marked, direct_key, sql_u64, sql_u64_checked},
     },
 };
@@ -402,7 +403,8 @@ fn apply_guarded(conn: &Connection, change: Change) -> Result<Applied, Error> {
             user_id,
             delivered_up_to,
             read_up_to,
-        } => mark(conn, chat_id, &user_id, delivered_up_to, read_up_to),
+            at,
+        } => mark(conn, chat_id, &user_id, (delivered_up_to, read_up_to), at),
         Change::MlsCommit {
             expected_epoch,
             group,
@@ -590,8 +592,8 @@ fn mark(
     conn: &Connection,
     chat_id: ChatId,
     user_id: &UserId,
-    delivered_up_to: u64,
-    read_up_to: u64,
+    (delivered_up_to, read_up_to): (u64, u64),
+    at: Timestamp,
 ) -> Result<Applied, Error> {
     let last: i64 = conn
         .prepare_cached("SELECT last_seq FROM chats WHERE id = ?1")?
@@ -607,12 +609,13 @@ fn mark(
         })
         .optional()?
         .ok_or_else(|| not_found("not a participant"))?;
+    let was = (
+        rows::unsigned("participants.delivered_seq", delivered_was)?,
+        rows::unsigned("participants.read_seq", read_was)?,
+    );
     let marked = Marked::new(
         rows::unsigned("chats.last_seq", last)?,
-        (
-            rows::unsigned("participants.delivered_seq", delivered_was)?,
-            rows::unsigned("participants.read_seq", read_was)?,
-        ),
+        was,
         delivered_up_to,
         read_up_to,
     );
@@ -628,7 +631,80 @@ fn mark(
             sql_u64(marked.read_seq)
         ])?;
     }
-    Ok(marked.into())
+    let first_delivered = time_receipts(conn, chat_id, user_id, was, marked, at)?;
+    Ok(marked.applied(first_delivered))
+}
+
+/// A mark's first deliveries: others' counted messages of the chat `?1`
+/// in seqs `(?2, ?3]` created at or after `?6`, delivered at `?5` unless
+/// someone delivered them before. On the log's `(chat_id, seq)` index.
+pub(crate) const RECEIPT_DELIVERED: &str = "INSERT INTO receipt_times (chat_id, seq, created_at, delivered_at) \
+     SELECT chat_id, seq, created_at, ?5 FROM messages \
+     WHERE chat_id = ?1 AND seq > ?2 AND seq <= ?3 AND sender_id <> ?4 \
+       AND kind NOT IN ('system', 'mls_commit') AND created_at >= ?6 \
+     ON CONFLICT DO NOTHING RETURNING created_at";
+
+/// A mark's first reads, of the same rows (`?4`: when, `?5`: the horizon,
+/// `?6`: the reader). Only others' messages: a row exists for a message
+/// someone else delivered, and its sender reading it is no read.
+pub(crate) const RECEIPT_READ: &str = "UPDATE receipt_times SET read_at = ?4 \
+     WHERE chat_id = ?1 AND seq > ?2 AND seq <= ?3 AND read_at IS NULL \
+       AND created_at >= ?5 AND seq IN (SELECT seq FROM messages \
+         WHERE chat_id = ?1 AND seq > ?2 AND seq <= ?3 AND sender_id <> ?6)";
+
+/// Records the first delivery and read receipts a mark gives (see
+/// [`chat_core::store::receipt_range`]); returns when the messages it
+/// delivered first were created.
+fn time_receipts(
+    conn: &Connection,
+    chat_id: ChatId,
+    user_id: &UserId,
+    (delivered_was, read_was): (u64, u64),
+    marked: Marked,
+    at: Timestamp,
+) -> Result<Vec<Timestamp>, Error> {
+    let since = at.as_millis().saturating_sub(RECEIPT_HORIZON_MS);
+    let mut first = Vec::new();
+    if marked.delivered_moved {
+        let (lo, hi) = receipt_range(delivered_was, marked.delivered_seq);
+        let mut insert = conn.prepare_cached(RECEIPT_DELIVERED)?;
+        let rows = insert.query_map(
+            params![
+                chat_id.to_string(),
+                sql_u64(lo),
+                sql_u64(hi),
+                user_id.as_str(),
+                at.as_millis(),
+                since
+            ],
+            |r| r.get::<_, i64>(0),
+        )?;
+        for created in rows {
+            first.push(Timestamp::from_millis(created?));
+        }
+    }
+    if marked.read_moved {
+        let (lo, hi) = receipt_range(read_was, marked.read_seq);
+        conn.prepare_cached(RECEIPT_READ)?.execute(params![
+            chat_id.to_string(),
+            sql_u64(lo),
+            sql_u64(hi),
+            at.as_millis(),
+            since,
+            user_id.as_str()
+        ])?;
+    }
+    Ok(first)
+}
+
+/// [`Store::record_session`](chat_core::Store::record_session).
+pub(crate) fn record_session(conn: &Connection, user: &UserId, at: Timestamp) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO daily_sessions (day, user_id, sessions) VALUES (?1, ?2, 1) \
+         ON CONFLICT (day, user_id) DO UPDATE SET sessions = sessions + 1",
+    )?
+    .execute(params![at.as_millis().div_euclid(DAY_MS), user.as_str()])?;
+    Ok(())
 }
 
 /// [`Store::create_chat`](chat_core::Store::create_chat).
@@ -957,6 +1033,11 @@ pub(crate) fn erase_user_rows(
     )?;
     run(
         "UPDATE media SET uploader_id = ?2 WHERE uploader_id = ?1",
+        true,
+    )?;
+    // Sessions stay counted, under the pseudonym (fresh: no row to merge).
+    run(
+        "UPDATE daily_sessions SET user_id = ?2 WHERE user_id = ?1",
         true,
     )?;
     // A direct chat the user is still in (joined while the erasure ran)

@@ -595,11 +595,13 @@ impl ChatEngine {
             Receipt::Read => (up_to_seq, up_to_seq),
         };
         let privacy = self.privacy_of(&actor.user_id).await?;
+        let at = self.now();
         let change = Change::Mark {
             chat_id,
             user_id: actor.user_id.clone(),
             delivered_up_to,
             read_up_to,
+            at,
         };
         let kind = EventKind::Mark {
             chat_id,
@@ -609,7 +611,17 @@ impl ChatEngine {
         if !privacy.read_receipts {
             fanout.private_reads_of = Some(actor.user_id.clone());
         }
-        self.inner.writer.submit(change, fanout).await?;
+        let applied = self.inner.writer.submit(change, fanout).await?;
+        if let crate::store::Applied::Marked {
+            first_delivered, ..
+        } = applied
+        {
+            let latency = metrics::histogram!(crate::metrics::DELIVERY_LATENCY_SECONDS);
+            for created in first_delivered {
+                let ms = (at.as_millis() - created.as_millis()).max(0);
+                latency.record(ms as f64 / 1000.0);
+            }
+        }
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ mod mls;
 mod moderation;
 mod presence;
 mod retention;
+mod stats;
 mod sync;
 pub(crate) mod validate;
 mod writer;
@@ -40,6 +41,7 @@ pub use self::{
     moderation::{ModerationAction, PrivacyPatch},
     presence::Session,
     retention::{MAX_RETENTION_SECS, MIN_RETENTION_SECS, RETENTION_SWEEP_MAX},
+    stats::{DayStats, FirstReply, MAX_STATS_DAYS, Stats, WeekStats},
     sync::{SyncChat, SyncResult},
 };
 use self::{

@@ -230,6 +230,11 @@ impl ChatEngine {
                 }
             }
         }
+        // A session of the stats (PROTOCOL.md 5.5). Analytics never cost a
+        // connection: a store that cannot count it is logged, not fatal.
+        if let Err(e) = self.inner.store.record_session(user, self.now()).await {
+            tracing::warn!(error = %e, "could not count the session");
+        }
         let users = self.presence_snapshot(user).await?;
         session.conn.send(ServerEvent::PresenceUpdate { users });
         // A crisis responder gets the alerts no admin has closed yet.

@@ -39,6 +39,20 @@ async fn engine() -> ChatEngine {
     engine_with(EngineConfig::default()).await.0
 }
 
+/// An engine on a memory store whose clock stands at `start` and moves
+/// only when the test moves it.
+pub(super) async fn clocked_engine(start_ms: i64) -> (ChatEngine, Arc<crate::clock::ManualClock>) {
+    let clock = Arc::new(crate::clock::ManualClock::new(Timestamp::from_millis(
+        start_ms,
+    )));
+    let engine = ChatEngine::builder(Arc::new(MemoryStore::new()))
+        .clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    (engine, clock)
+}
+
 pub(super) struct Client {
     session: Session,
     out: Outbox,
@@ -2044,6 +2058,12 @@ impl crate::store::Store for PanicsOnce {
     }
     async fn key_packages_of(&self, user: &UserId) -> Result<Vec<crate::mls::PublishedKeyPackage>> {
         self.inner.key_packages_of(user).await
+    }
+    async fn record_session(&self, user: &UserId, at: crate::model::Timestamp) -> Result<()> {
+        self.inner.record_session(user, at).await
+    }
+    async fn stats(&self, from: i64, to: i64) -> Result<crate::store::StatsRows> {
+        self.inner.stats(from, to).await
     }
     async fn answer_checkin(&self, answer: crate::store::CheckinAnswer) -> Result<()> {
         self.inner.answer_checkin(answer).await

@@ -475,6 +475,7 @@ async fn fan_out(
                 read_seq,
                 delivered_moved,
                 read_moved,
+                ..
             },
         ) => {
             let audience = signal_audience(members, user_id);

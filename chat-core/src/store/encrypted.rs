@@ -734,6 +734,14 @@ impl Store for EncryptedStore {
         self.inner.key_packages_of(user).await
     }
 
+    async fn record_session(&self, user: &UserId, at: crate::model::Timestamp) -> Result<()> {
+        self.inner.record_session(user, at).await
+    }
+
+    async fn stats(&self, from: i64, to: i64) -> Result<crate::store::StatsRows> {
+        self.inner.stats(from, to).await
+    }
+
     async fn answer_checkin(&self, answer: crate::store::CheckinAnswer) -> Result<()> {
         self.inner.answer_checkin(answer).await
     }

@@ -843,13 +843,16 @@ impl Marked {
     }
 }
 
-impl From<Marked> for Applied {
-    fn from(m: Marked) -> Self {
+impl Marked {
+    /// The store's answer: these watermarks, and when the messages this
+    /// mark delivered first were created.
+    pub fn applied(self, first_delivered: Vec<Timestamp>) -> Applied {
         Applied::Marked {
-            delivered_seq: m.delivered_seq,
-            read_seq: m.read_seq,
-            delivered_moved: m.delivered_moved,
-            read_moved: m.read_moved,
+            delivered_seq: self.delivered_seq,
+            read_seq: self.read_seq,
+            delivered_moved: self.delivered_moved,
+            read_moved: self.read_moved,
+            first_delivered,
         }
     }
 }

@@ -37,10 +37,12 @@ mod mls;
 mod receipts;
 mod retention;
 mod safety;
+mod stats;
 mod users;
 pub use self::{
     audience::*, audit::*, chats::*, checkins::*, concurrency::*, erasure::*, key_packages::*,
-    log::*, maintenance::*, membership::*, mls::*, receipts::*, retention::*, safety::*, users::*,
+    log::*, maintenance::*, membership::*, mls::*, receipts::*, retention::*, safety::*, stats::*,
+    users::*,
 };
 
 // --- helpers -------------------------------------------------------------
@@ -126,6 +128,7 @@ fn marked(result: Result<Applied>, what: &str) -> (u64, u64, bool, bool) {
             read_seq,
             delivered_moved,
             read_moved,
+            ..
         } => (delivered_seq, read_seq, delivered_moved, read_moved),
         other => panic!("{what}: expected Applied::Marked, got {other:?}"),
     }
@@ -313,6 +316,7 @@ fn mark(chat: ChatId, user: &UserId, delivered_up_to: u64, read_up_to: u64) -> C
         user_id: user.clone(),
         delivered_up_to,
         read_up_to,
+        at: at(100),
     }
 }
 

@@ -8,7 +8,6 @@ use crate::{
     ErrorCode,
     clock::ManualClock,
     engine::{ModerationAction, NewGroup, SendMessage},
-    memory::MemoryStore,
     model::{Encryption, MessageId, Role, Timestamp, UserId},
     store::GroupPatch,
 };
@@ -28,13 +27,7 @@ fn root() -> Actor {
 const T0_MS: i64 = 1_795_464_000_000;
 
 async fn engine() -> (ChatEngine, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0_MS)));
-    let engine = ChatEngine::builder(Arc::new(MemoryStore::new()))
-        .clock(clock.clone())
-        .build()
-        .await
-        .unwrap();
-    (engine, clock)
+    super::super::tests::clocked_engine(T0_MS).await
 }
 
 async fn send(e: &ChatEngine, who: &str, chat: ChatId, cid: &str) -> MessageId {

@@ -755,6 +755,7 @@ pub async fn participant_settings_round_trip(store: Arc<dyn Store>) {
         user_id: alice.clone(),
         delivered_up_to: 0,
         read_up_to: 0,
+        at: at(3),
     };
     let _ = s.apply(vec![mark]).await;
     let after = ok(s.get_chat(chat.id).await, "get_chat").expect("chat exists");
