@@ -613,6 +613,25 @@ pub(crate) async fn audit_log(
     to_json(app.engine.audit_log(&actor, query).await?)
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct StatsParams {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `GET /api/v1/admin/stats?from&to` (PROTOCOL.md 5.5): counts only.
+pub(crate) async fn stats(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    Params(p): Params<StatsParams>,
+) -> ApiResult {
+    to_json(
+        app.engine
+            .stats(&actor, p.from.as_deref(), p.to.as_deref())
+            .await?,
+    )
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct Resolve {
     #[serde(flatten)]

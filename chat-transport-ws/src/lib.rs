@@ -164,6 +164,7 @@ fn routes(state: AppState) -> Router {
         .route("/admin/users/{id}", axum::routing::delete(erase_user))
         .route("/users/me/privacy", put(set_privacy))
         .route("/admin/audit", get(audit_log))
+        .route("/admin/stats", get(stats))
         .route("/admin/reports", get(list_reports))
         .route("/admin/reports/{id}/resolve", post(resolve_report))
         .route("/admin/users/{id}/suspend", post(suspend).delete(unsuspend))

@@ -163,6 +163,17 @@ async fn run(settings: Settings) -> Result<(), Failure> {
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
         ])
         .map_err(fail)?
+        // Receipts come from devices that may have been offline for hours:
+        // the delivery latency's buckets reach a day.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                chat_core::metrics::DELIVERY_LATENCY_SECONDS.to_owned(),
+            ),
+            &[
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0,
+            ],
+        )
+        .map_err(fail)?
         .install_recorder()
         .map_err(fail)?;
     // Histograms keep every sample until upkeep folds them into buckets; the
