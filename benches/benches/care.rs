@@ -64,11 +64,7 @@ fn matching(c: &mut Criterion) {
 }
 
 fn send_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let mut group = c.benchmark_group("send_with_crisis");
     for crisis in [false, true] {
         let (engine, chat, drains) = rt.block_on(async {

@@ -44,11 +44,7 @@ fn mode(encrypted: bool) -> &'static str {
 }
 
 fn send_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let mut group = c.benchmark_group("engine_send");
     for (members, encrypted) in [(2usize, false), (2, true), (50, false), (50, true)] {
         let (engine, chat, drains) = rt.block_on(async {
@@ -119,11 +115,7 @@ fn serialization(c: &mut Criterion) {
 /// A history page of 50 messages of 100 bytes, from ten senders: with
 /// encryption at rest every body is opened on the way out.
 fn history_page(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let mut group = c.benchmark_group("engine_history_50");
     group.throughput(Throughput::Elements(50));
     for encrypted in [false, true] {

@@ -20,11 +20,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod common;
 
 fn receipts(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     // Without fsync: a mark is one commit before and after the change (the
     // receipt rows ride in its transaction), so the disk's flush time,

@@ -10,6 +10,16 @@ use chat_core::{
 use criterion::{Throughput, measurement::WallTime};
 use tokio::task::JoinHandle;
 
+/// The runtime every bench runs its engine on: two workers, as the
+/// machine has two cores.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// User `i`.
 pub(crate) fn uid(i: usize) -> UserId {
     UserId::new(format!("u{i}")).expect("valid id")
