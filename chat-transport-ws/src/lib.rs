@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`auth`] | JWT verification (one algorithm, `exp` required) |
 //! | `ws` | `GET /ws`: the upgrade, then socket glue around chat-core's [connection driver](chat_core::protocol::driver) |
+//! | `socketio` | `/socket.io/` (cargo feature `socketio`): socket.io-client v4 on the same driver |
 //! | `http` | the HTTP API of `docs/protocol.md` section 4 |
 //! | `server` | the accept loop of [`serve`]: header read timeout, graceful shutdown |
 //!
@@ -65,6 +66,8 @@ pub mod auth;
 mod config;
 mod http;
 mod server;
+#[cfg(feature = "socketio")]
+pub mod socketio;
 mod ws;
 
 pub use chat_core::{limits, metrics};
@@ -171,7 +174,7 @@ fn routes(state: AppState) -> Router {
         .route("/mls/key-packages", post(publish_key_packages))
         .route("/mls/key-packages/claim", post(claim_key_packages))
         .method_not_allowed_fallback(http::wrong_method);
-    Router::new()
+    let router = Router::new()
         .route("/ws", get(ws::upgrade))
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -179,7 +182,12 @@ fn routes(state: AppState) -> Router {
         .route("/dev/token", get(dev_token))
         .fallback(http::no_route)
         .method_not_allowed_fallback(http::wrong_method)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(body_limit));
+    // `/socket.io/` is answered by its layer before routing; the request
+    // limits below wrap it too.
+    #[cfg(feature = "socketio")]
+    let router = router.layer(socketio::layer(&state));
+    router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::request_limits,
