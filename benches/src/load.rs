@@ -26,6 +26,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 use crate::{
     Error, procstat, reads,
     server::{self, Server},
+    sio,
 };
 
 /// What to drive.
@@ -35,6 +36,19 @@ pub(crate) enum Target {
     Chat,
     /// The bare broadcast relay baseline (spawned).
     Relay,
+    /// A Node.js Socket.IO server doing the same chat traffic without
+    /// storage (`benches/socketio/server.mjs`, spawned with `node`; run
+    /// `npm ci` in that folder first). Always `--protocol socketio`.
+    NodeSocketio,
+}
+
+/// How the generator's clients speak to a chat target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Protocol {
+    /// `/ws`: the JSON frames of PROTOCOL.md.
+    Ws,
+    /// `/socket.io/`: Socket.IO 5 over a WebSocket.
+    Socketio,
 }
 
 /// `chat-bench load`
@@ -43,6 +57,9 @@ pub(crate) struct LoadArgs {
     /// What to drive.
     #[arg(long, value_enum, default_value = "chat")]
     target: Target,
+    /// The chat server's endpoint to drive.
+    #[arg(long, value_enum, default_value = "ws")]
+    protocol: Protocol,
     /// A running chat server instead of spawning one (needs --secret).
     #[arg(long)]
     addr: Option<SocketAddr>,
@@ -158,6 +175,11 @@ async fn spawn_server(args: &LoadArgs, secret: &str) -> Result<Server, Error> {
             c.args(["relay", "--bind", "127.0.0.1:0"]);
             c
         }
+        Target::NodeSocketio => {
+            let mut c = Command::new("node");
+            c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/socketio/server.mjs"));
+            c
+        }
         Target::Chat => {
             let unlimited = server::UNLIMITED;
             let config = format!(
@@ -173,7 +195,11 @@ async fn spawn_server(args: &LoadArgs, secret: &str) -> Result<Server, Error> {
 }
 
 async fn connect(args: &LoadArgs, addr: SocketAddr, secret: &str, i: usize) -> Result<Ws, Error> {
+    if args.socketio() {
+        return sio::connect(addr, &server::token(secret, &format!("u{i}"))?).await;
+    }
     let url = match args.target {
+        Target::NodeSocketio => unreachable!("always socketio"),
         Target::Chat => {
             let token = server::token(secret, &format!("u{i}"))?;
             format!("ws://{addr}/ws?token={token}")
@@ -209,13 +235,48 @@ pub(crate) async fn request(
     Err("connection closed during setup".into())
 }
 
+impl LoadArgs {
+    fn socketio(&self) -> bool {
+        self.protocol == Protocol::Socketio || self.target == Target::NodeSocketio
+    }
+
+    /// Whether the target is a chat (it has chats to create).
+    fn chat(&self) -> bool {
+        self.target != Target::Relay
+    }
+
+    /// The report's name of what was driven.
+    fn name(&self) -> String {
+        match (self.target, self.protocol) {
+            (Target::Chat, Protocol::Socketio) => "chat-socketio".to_owned(),
+            (Target::NodeSocketio, _) => "node-socketio".to_owned(),
+            (target, _) => format!("{target:?}").to_lowercase(),
+        }
+    }
+}
+
+/// [`request`] or its Socket.IO twin (`n` numbers the Socket.IO ack).
+async fn setup_request(
+    args: &LoadArgs,
+    ws: &mut Ws,
+    n: u64,
+    kind: &str,
+    data: serde_json::Value,
+) -> Result<serde_json::Value, Error> {
+    if args.socketio() {
+        sio::request(ws, 1_000_000 + n, kind, data).await
+    } else {
+        request(ws, &format!("setup-{n}"), kind, data).await
+    }
+}
+
 /// Content of warm-up messages; readers skip them.
 const WARMUP: &str = "warmup";
 
 /// One message per connection, all at once, and a moment for their
 /// deliveries to go out: first-use work (a sender's keys in each chat, the
 /// store's caches) happens here, not in the measured window.
-async fn warm_up(sockets: &mut [Ws], chat_of: &[String]) -> Result<(), Error> {
+async fn warm_up(args: &LoadArgs, sockets: &mut [Ws], chat_of: &[String]) -> Result<(), Error> {
     let sends = sockets
         .iter_mut()
         .zip(chat_of)
@@ -223,7 +284,7 @@ async fn warm_up(sockets: &mut [Ws], chat_of: &[String]) -> Result<(), Error> {
         .map(|(i, (ws, chat))| async move {
             let id = format!("warmup-{i}");
             let data = serde_json::json!({"chat_id": chat, "client_msg_id": id, "content": WARMUP});
-            request(ws, &id, "send_message", data).await
+            setup_request(args, ws, 2_000_000 + i as u64, "send_message", data).await
         });
     for result in futures::future::join_all(sends).await {
         result?;
@@ -312,7 +373,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_secs(args.duration.max(1))).await;
         let after = pid.map(procstat::sample).unwrap_or_default();
         let report = Report {
-            target: format!("{:?}", args.target).to_lowercase(),
+            target: args.name(),
             connections: n,
             server_rss_mib_before: before.rss as f64 / 1048576.0,
             server_rss_mib_after: after.rss as f64 / 1048576.0,
@@ -331,24 +392,26 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
         .map(|s| (s..(s + group).min(n)).collect())
         .collect();
     let mut chat_of = vec![String::new(); n];
-    if args.target == Target::Chat {
+    if args.chat() {
         for (g, members) in groups.iter().enumerate() {
             let Some(&creator) = members.first() else {
                 continue;
             };
             let others: Vec<String> = members[1..].iter().map(|m| format!("u{m}")).collect();
             let data = if group == 2 && others.len() == 1 {
-                request(
+                setup_request(
+                    &args,
                     &mut sockets[creator],
-                    &format!("setup-{g}"),
+                    g as u64,
                     "create_direct",
                     serde_json::json!({"user_id": others[0]}),
                 )
                 .await?
             } else {
-                request(
+                setup_request(
+                    &args,
                     &mut sockets[creator],
-                    &format!("setup-{g}"),
+                    g as u64,
                     "create_group",
                     serde_json::json!({"name": format!("g{g}"), "member_ids": others}),
                 )
@@ -365,7 +428,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
     }
     let group_of: Vec<usize> = (0..n).map(|i| i / group).collect();
 
-    if let (Some(kind), Target::Chat) = (args.reads, args.target) {
+    if let (Some(kind), Target::Chat, Protocol::Ws) = (args.reads, args.target, args.protocol) {
         let duration = Duration::from_secs(args.duration.max(1));
         let workload = reads::Workload {
             kind,
@@ -379,8 +442,8 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
         return Ok(());
     }
 
-    if args.target == Target::Chat && !args.no_warmup {
-        warm_up(&mut sockets, &chat_of).await?;
+    if args.chat() && !args.no_warmup {
+        warm_up(&args, &mut sockets, &chat_of).await?;
     }
 
     // Run.
@@ -394,15 +457,18 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
     let cpu_before = pid.map(procstat::sample).unwrap_or_default();
     for (i, ws) in sockets.into_iter().enumerate() {
         let (sink, stream) = ws.split();
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let window = Arc::new(Semaphore::new(args.inflight.max(1)));
         let outstanding: Arc<Mutex<std::collections::VecDeque<u64>>> = Arc::default();
         let relay = args.target == Target::Relay;
         readers.push(tokio::spawn(read_loop(
             stream,
+            sink.clone(),
             reader_stop.clone(),
             i,
             base,
             relay,
+            args.socketio(),
             window.clone(),
             outstanding.clone(),
             delivered.clone(),
@@ -473,8 +539,11 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
     for r in readers {
         stats.push(r.await??);
     }
-    for mut sink in sinks {
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    for sink in sinks {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            sink.lock().await.close().await
+        })
+        .await;
     }
 
     let mut ack = histogram()?;
@@ -502,7 +571,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
     let secs = send_elapsed.as_secs_f64();
     let cpu = cpu_after.cpu.saturating_sub(cpu_before.cpu).as_secs_f64();
     let report = Report {
-        target: format!("{:?}", args.target).to_lowercase(),
+        target: args.name(),
         connections: n,
         group_size: group,
         rate: args.rate,
@@ -529,11 +598,13 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Error> {
     Ok(())
 }
 
-type Sink = SplitSink<Ws, Message>;
+/// A connection's writing half, shared by its writer and (for Socket.IO,
+/// whose pings the client answers) its reader.
+type Sink = Arc<tokio::sync::Mutex<SplitSink<Ws, Message>>>;
 
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
-    mut sink: Sink,
+    sink: Sink,
     i: usize,
     n: usize,
     chat_id: String,
@@ -576,14 +647,24 @@ async fn write_loop(
         // Written by hand so that "type" comes first (the relay echoes the
         // frame as sent, and readers classify frames by their prefix); no
         // field needs escaping.
-        let frame = format!(
-            r#"{{"type":"send_message","id":"m{count}","data":{{"chat_id":"{chat_id}","client_msg_id":"{i}-{count}","content":"{content}"}}}}"#
-        );
+        let frame = if args.socketio() {
+            sio::command(
+                count,
+                "send_message",
+                &format!(
+                    r#"{{"chat_id":"{chat_id}","client_msg_id":"{i}-{count}","content":"{content}"}}"#
+                ),
+            )
+        } else {
+            format!(
+                r#"{{"type":"send_message","id":"m{count}","data":{{"chat_id":"{chat_id}","client_msg_id":"{i}-{count}","content":"{content}"}}}}"#
+            )
+        };
         outstanding
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(t);
-        sink.send(Message::Text(frame.into())).await?;
+        sink.lock().await.send(Message::Text(frame.into())).await?;
         count += 1;
         sent.fetch_add(1, Ordering::Relaxed);
     }
@@ -593,10 +674,12 @@ async fn write_loop(
 #[allow(clippy::too_many_arguments)]
 async fn read_loop(
     mut stream: futures::stream::SplitStream<Ws>,
+    sink: Sink,
     mut stop: tokio::sync::watch::Receiver<bool>,
     me: usize,
     base: Instant,
     relay: bool,
+    socketio: bool,
     window: Arc<Semaphore>,
     outstanding: Arc<Mutex<std::collections::VecDeque<u64>>>,
     delivered: Arc<AtomicU64>,
@@ -630,8 +713,26 @@ async fn read_loop(
             continue;
         };
         let frame: &str = &text;
+        // A Socket.IO packet, told apart by its prefix; anything but a
+        // delivery is handled here.
+        let incoming = socketio.then(|| sio::classify(frame));
+        let error = match incoming {
+            Some(sio::Incoming::Ping) => {
+                sink.lock().await.send(Message::Text("3".into())).await?;
+                continue;
+            }
+            Some(sio::Incoming::Ack(Ok(()))) => {
+                on_ack(&mut stats);
+                continue;
+            }
+            Some(sio::Incoming::Ack(Err(()))) => true,
+            Some(sio::Incoming::Other) => continue,
+            Some(sio::Incoming::Delivery) | None => false,
+        };
         let delivery = if relay {
             frame.starts_with("{\"type\":\"send_message\"")
+        } else if socketio {
+            !error
         } else {
             frame.starts_with("{\"type\":\"message_received\"")
         };
@@ -664,7 +765,7 @@ async fn read_loop(
             if field(frame, &ID).is_some_and(|id| id.starts_with('m')) {
                 on_ack(&mut stats);
             }
-        } else if frame.starts_with("{\"type\":\"error\"") {
+        } else if error || frame.starts_with("{\"type\":\"error\"") {
             let code = field(frame, &CODE).unwrap_or("unknown").to_owned();
             *stats.errors.entry(code).or_default() += 1;
             // An error answers a send too: release its slot.

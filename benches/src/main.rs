@@ -14,6 +14,7 @@ mod procstat;
 mod reads;
 mod relay;
 mod server;
+mod sio;
 mod store;
 mod upload;
 
