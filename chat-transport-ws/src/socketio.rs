@@ -48,7 +48,7 @@ use futures::{Sink, Stream};
 use serde::{Deserialize, Serialize, de};
 use serde_json::value::RawValue;
 use socketioxide::{
-    SendError, SocketError, SocketIo, TransportType,
+    ParserConfig, SendError, SocketError, SocketIo, TransportType,
     adapter::LocalAdapter,
     extract::{AckSender, SocketRef, State, TryData},
     handler::{ConnectHandler, FromMessageParts, Value},
@@ -84,7 +84,15 @@ const LIVENESS: Duration = Duration::from_secs(20);
 pub(crate) fn layer(state: &AppState) -> SocketIoLayer<LocalAdapter> {
     let driver = state.driver.config();
     let max_packet = state.config.max_frame_bytes + PACKET_OVERHEAD;
+    // Commands are JSON: binary attachments are refused by the driver, so
+    // one of a command's size is all a packet may bring (socketioxide
+    // would buffer 10 MB of them per socket by default).
+    let parser = ParserConfig::common()
+        .max_incoming_binary_buf_size(state.config.max_frame_bytes)
+        .max_incoming_binaries(1)
+        .packet_completion_timeout(Duration::from_secs(5));
     let (layer, io) = SocketIo::builder()
+        .with_parser(parser)
         .with_state(state.clone())
         .ping_interval(Duration::from_secs(25))
         .ping_timeout(Duration::from_secs(20))
@@ -568,5 +576,68 @@ impl Sink<Outbound> for SioSink {
 
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Gone>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(text: &str) -> Option<(String, String)> {
+        serde_json::from_str::<Packet>(text)
+            .ok()
+            .map(|Packet(event, data)| (event, data.get().to_owned()))
+    }
+
+    #[test]
+    fn a_packet_is_its_name_and_first_argument_verbatim() {
+        let p = |e: &str, d: &str| Some((e.to_owned(), d.to_owned()));
+        assert_eq!(
+            packet(r#"["send_message",{"chat_id":"c","content":"a \"b\""}]"#),
+            p("send_message", r#"{"chat_id":"c","content":"a \"b\""}"#)
+        );
+        assert_eq!(packet(r#"["ping"]"#), p("ping", "null"));
+        assert_eq!(packet(r#"["x",1,2,3]"#), p("x", "1"));
+        assert_eq!(packet(r#"[]"#), None);
+        assert_eq!(packet(r#"[1,{}]"#), None);
+        assert_eq!(packet(r#"{"type":"x"}"#), None);
+    }
+
+    #[test]
+    fn a_driver_frame_is_scanned_without_a_value_tree() {
+        let frame: Frame<'_> =
+            serde_json::from_str(r#"{"type":"ack","id":"a7","data":{"message":{"seq":3}}}"#)
+                .expect("frame");
+        assert_eq!((&*frame.kind, frame.id.as_deref()), ("ack", Some("a7")));
+        assert_eq!(
+            frame.data.map(RawValue::get),
+            Some(r#"{"message":{"seq":3}}"#)
+        );
+        let event: Frame<'_> =
+            serde_json::from_str(r#"{"type":"user_typing","data":{"chat_id":"c"}}"#)
+                .expect("event");
+        assert_eq!((&*event.kind, event.id), ("user_typing", None));
+    }
+
+    #[test]
+    fn commands_for_the_driver_are_its_frames() {
+        let data = RawValue::from_string(r#"{"chat_id":"c"}"#.to_owned()).expect("raw");
+        let frame = serde_json::to_string(&Command {
+            kind: "typing_start",
+            id: Some("a1"),
+            data: &data,
+        })
+        .expect("json");
+        assert_eq!(
+            frame,
+            r#"{"type":"typing_start","id":"a1","data":{"chat_id":"c"}}"#
+        );
+        let odd = serde_json::to_string(&Command {
+            kind: "a\"b",
+            id: None,
+            data: &data,
+        })
+        .expect("json");
+        assert_eq!(odd, r#"{"type":"a\"b","data":{"chat_id":"c"}}"#);
     }
 }
