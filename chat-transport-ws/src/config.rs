@@ -103,6 +103,29 @@ impl WsConfig {
         driver
     }
 
+    /// Whether a browser page from the request's `Origin` may connect:
+    /// pages this server serves itself (the origin's host is the request's
+    /// `Host`), and the configured origins. A request without `Origin` is
+    /// not from a browser page and is allowed.
+    pub(crate) fn request_origin_allowed(&self, headers: &axum::http::HeaderMap) -> bool {
+        use axum::http::header;
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let own = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| {
+                origin
+                    .split_once("://")
+                    .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+            });
+        own || self.origin_allowed(origin)
+    }
+
     /// Whether a browser from `origin` may connect.
     pub fn origin_allowed(&self, origin: &str) -> bool {
         self.allowed_origins

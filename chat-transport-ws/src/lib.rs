@@ -212,10 +212,24 @@ pub async fn serve(
     config: WsConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    serve_with(listener, engine, config, Router::new(), shutdown).await
+}
+
+/// [`serve`], with the application's own routes (`chat-server` adds its
+/// web client at `/`) merged into the protocol's. They must not overlap
+/// the protocol's paths; requests that match neither get the protocol's
+/// `not_found`.
+pub async fn serve_with(
+    listener: TcpListener,
+    engine: ChatEngine,
+    config: WsConfig,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let state = AppState::new(engine, config)?;
     let (driver, tasks) = (state.driver.clone(), state.tasks.clone());
     let header_read_timeout = state.config.header_read_timeout;
-    let app = routes(state);
+    let app = routes(state).merge(extra);
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: closing connections");

@@ -39,7 +39,6 @@ use std::{
     time::Duration,
 };
 
-use axum::http::header;
 use chat_core::{
     Error, metrics as m,
     protocol::{Auth, Credentials, Inbound, Outbound},
@@ -144,9 +143,7 @@ async fn authenticate(
     TryData(auth): TryData<HandshakeAuth>,
     State(app): State<AppState>,
 ) -> Result<(), Refused> {
-    if let Some(origin) = s.req_parts().headers.get(header::ORIGIN)
-        && !origin.to_str().is_ok_and(|o| app.config.origin_allowed(o))
-    {
+    if !app.config.request_origin_allowed(&s.req_parts().headers) {
         return Err(Refused::new("forbidden", "origin not allowed"));
     }
     let token = auth.ok().and_then(|a| a.token).unwrap_or_default();

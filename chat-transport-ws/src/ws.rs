@@ -7,7 +7,7 @@ use axum::{
         Query, State, WebSocketUpgrade,
         ws::{CloseFrame, Message, Utf8Bytes},
     },
-    http::{HeaderMap, header},
+    http::HeaderMap,
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
@@ -36,11 +36,8 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = origin.to_str().is_ok_and(|o| app.config.origin_allowed(o));
-        if !allowed {
-            return ApiError(Error::forbidden("origin not allowed")).into_response();
-        }
+    if !app.config.request_origin_allowed(&headers) {
+        return ApiError(Error::forbidden("origin not allowed")).into_response();
     }
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         return ApiError(Error::conflict(

@@ -304,6 +304,13 @@ async fn only_allowed_origins_may_connect() {
         .await
         .expect("allowed origin");
     ws.ok("ping", json!({})).await;
+    // The server's own pages (its web client) are always allowed.
+    let own = server.url("");
+    let mut ws = server
+        .connect("alice", Auth::Header(&t), &[("origin", own.as_str())])
+        .await
+        .expect("the server's own origin");
+    ws.ok("ping", json!({})).await;
     let mut ws = server
         .connect("alice", Auth::Header(&t), &[])
         .await
