@@ -7,6 +7,7 @@
 mod config;
 mod mls;
 mod push;
+mod web;
 mod webhook;
 
 use std::{io::Write, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
@@ -310,7 +311,14 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     let _ = writeln!(stdout, "listening on http://{addr}");
     let _ = stdout.flush();
 
-    let served = chat_transport_ws::serve(listener, engine.clone(), ws, shutdown_signal()).await;
+    let served = chat_transport_ws::serve_with(
+        listener,
+        engine.clone(),
+        ws,
+        web::routes(),
+        shutdown_signal(),
+    )
+    .await;
     // The engine is ours, not the transport's: drain its write lanes (every
     // acknowledged change is committed) even if serving failed.
     engine.shutdown().await;

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command as StdCommand};
-
 use common::*;
 
 /// Write budgets small enough for the flood in the test to go over.
@@ -17,32 +15,11 @@ typing = { per_second = 100, burst = 100 }
 other = { per_second = 1000, burst = 1000 }
 ";
 
-fn node_available() -> bool {
-    StdCommand::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[tokio::test]
 async fn socket_io_clients_connect_unchanged() {
-    if !node_available() {
-        assert!(
-            std::env::var_os("CHAT_REQUIRE_SERVICES").is_none(),
-            "Node.js is required for the Socket.IO test (CHAT_REQUIRE_SERVICES is set)"
-        );
-        eprintln!("skipped: no Node.js");
+    let Some(dir) = node_tests("socketio", "socket.io-client", &[]) else {
         return;
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
-    if !dir.join("node_modules/socket.io-client").exists() {
-        let installed = StdCommand::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm");
-        assert!(installed.success(), "npm ci in {}", dir.display());
-    }
+    };
     let server = Server::with_config(LIMITS).await;
     let tokens: serde_json::Map<String, serde_json::Value> =
         ["ann", "bob", "cat", "dan", "eve", "flo"]
@@ -54,30 +31,14 @@ async fn socket_io_clients_connect_unchanged() {
         b"another-secret-another-secret-another-secret",
         &claims("ann"),
     );
-    let run = tokio::process::Command::new("node")
-        .args([
-            "--experimental-websocket",
-            "--no-warnings",
-            "--test",
-            "--test-reporter=spec",
-            "socketio.test.mjs",
-        ])
-        .current_dir(&dir)
-        .env("CHAT_URL", server.url(""))
-        .env("TOKENS", serde_json::Value::Object(tokens).to_string())
-        .env("BAD_TOKEN", bad)
-        .env("ADMIN_TOKEN", admin_token("root"))
-        .output()
-        .await
-        .expect("node");
-    let out = String::from_utf8_lossy(&run.stdout);
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "the Socket.IO test failed:\n{out}\n{err}\n--- server log ---\n{}",
-        server.log()
-    );
-    eprintln!("{out}");
+    let tokens = serde_json::Value::Object(tokens).to_string();
+    let admin = admin_token("root");
+    let env = [
+        ("TOKENS", tokens.as_str()),
+        ("BAD_TOKEN", bad.as_str()),
+        ("ADMIN_TOKEN", admin.as_str()),
+    ];
+    node_test(&dir, "socketio.test.mjs", &server, &env).await;
 
     // README's example, as written.
     let example = tokio::process::Command::new("node")

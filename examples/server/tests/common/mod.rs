@@ -1086,3 +1086,78 @@ pub(crate) async fn upload_as(
         )
         .await
 }
+
+/// The Node.js test folder `tests/<folder>`, with its packages installed
+/// (`npm ci` when `node_modules/<package>` is missing), or `None` when
+/// Node.js (or another program the test needs, `needs`) is not on this
+/// machine: the test is then skipped, unless `CHAT_REQUIRE_SERVICES` is set.
+#[allow(dead_code)]
+pub(crate) fn node_tests(
+    folder: &str,
+    package: &str,
+    needs: &[&str],
+) -> Option<std::path::PathBuf> {
+    let runs = |program: &str| {
+        std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let missing: Vec<&str> = std::iter::once("node")
+        .chain(needs.iter().copied())
+        .filter(|p| !(runs(p) || std::path::Path::new(p).exists()))
+        .collect();
+    if !missing.is_empty() {
+        assert!(
+            std::env::var_os("CHAT_REQUIRE_SERVICES").is_none(),
+            "{missing:?} needed by tests/{folder} (CHAT_REQUIRE_SERVICES is set)"
+        );
+        eprintln!("skipped: {missing:?} not found");
+        return None;
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(folder);
+    if !dir.join("node_modules").join(package).exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm");
+        assert!(installed.success(), "npm ci in {}", dir.display());
+    }
+    Some(dir)
+}
+
+/// Runs a `node --test` file of `dir` against `server` with `env`; fails
+/// with its report and the server's log unless every test passed.
+#[allow(dead_code)]
+pub(crate) async fn node_test(
+    dir: &std::path::Path,
+    file: &str,
+    server: &Server,
+    env: &[(&str, &str)],
+) {
+    let run = tokio::process::Command::new("node")
+        .args([
+            "--experimental-websocket",
+            "--no-warnings",
+            "--test",
+            "--test-reporter=spec",
+            file,
+        ])
+        .current_dir(dir)
+        .env("CHAT_URL", server.url(""))
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("node");
+    let out = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "{file} failed:\n{out}\n{err}\n--- server log ---\n{}",
+        server.log()
+    );
+    eprintln!("{out}");
+}
