@@ -158,3 +158,56 @@ test("two people chat in the browser, through an offline spell", async () => {
     assert.deepEqual(p.errors.map(String), []);
   }
 });
+
+test("a group: members with roles, reply, edit (Escape cancels), reaction, delete", async () => {
+  const dee = await person("web-dee");
+  const eli = await person("web-eli");
+  await dee.page.fill("#new-group-name", "Circle");
+  await dee.page.fill("#new-group-members", "web-eli, web-fay");
+  await dee.page.press("#new-group-members", "Enter");
+  await dee.page.locator("#chat-title", { hasText: "Circle" }).waitFor(WAIT);
+  await dee.page.click("#members-toggle");
+  await dee.page.locator("#members li", { hasText: "web-dee · admin" }).waitFor(WAIT);
+  await dee.page.locator("#members li", { hasText: "web-eli · member" }).waitFor(WAIT);
+  assert.equal(await dee.page.getAttribute("#members-toggle", "aria-expanded"), "true");
+
+  await dee.page.fill("#text", "welcome, everyone");
+  await dee.page.press("#text", "Enter");
+  await eli.page.locator(".chat-item", { hasText: "Circle" }).click();
+  const welcome = eli.page.locator("#messages li.message", { hasText: "welcome, everyone" });
+  await welcome.waitFor(WAIT);
+
+  // Eli replies: the answer quotes the message.
+  await welcome.getByRole("button", { name: "Reply" }).click();
+  await eli.page.locator("#context", { hasText: "Replying to web-dee" }).waitFor(WAIT);
+  await eli.page.fill("#text", "thanks!");
+  await eli.page.press("#text", "Enter");
+  const answer = dee.page.locator("#messages li.message", { hasText: "thanks!" });
+  await answer.locator("blockquote", { hasText: "web-dee: welcome, everyone" }).waitFor(WAIT);
+
+  // Dee starts an edit and cancels it with Escape, then edits for real.
+  const mine = dee.page.locator("#messages li.mine", { hasText: "welcome, everyone" });
+  await mine.getByRole("button", { name: "Edit" }).click();
+  assert.equal(await dee.page.inputValue("#text"), "welcome, everyone");
+  await dee.page.press("#text", "Escape");
+  assert.equal(await dee.page.isHidden("#context"), true);
+  assert.equal(await dee.page.inputValue("#text"), "");
+  await mine.getByRole("button", { name: "Edit" }).click();
+  await dee.page.fill("#text", "welcome, all of you");
+  await dee.page.press("#text", "Enter");
+  const edited = eli.page.locator("#messages li.message")
+    .filter({ has: eli.page.locator(".text", { hasText: /^welcome, all of you$/ }) });
+  await edited.locator(".meta", { hasText: "edited" }).waitFor(WAIT);
+
+  // A reaction shows on the other side; a deletion leaves a tombstone.
+  await edited.getByRole("button", { name: "React with 👍" }).click();
+  await dee.page.locator("#messages li.mine .reaction", { hasText: "1" }).waitFor(WAIT);
+  const gone = eli.page.locator("#messages li.mine", { hasText: "thanks!" });
+  await gone.getByRole("button", { name: "Delete" }).click();
+  await dee.page.locator("#messages li.message em", { hasText: "Message deleted" }).waitFor(WAIT);
+  assert.equal(await dee.page.locator("#messages .text", { hasText: "thanks!" }).count(), 0);
+
+  for (const p of [dee.page, eli.page]) {
+    assert.deepEqual(p.errors.map(String), []);
+  }
+});
