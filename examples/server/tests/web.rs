@@ -11,6 +11,13 @@ use std::path::PathBuf;
 
 use common::*;
 
+/// Crisis phrases and the resources the sender is shown.
+const CRISIS: &str = "[crisis]
+phrases = [\"want to die\"]
+responders = [\"web-counselor\"]
+resources = [{ title = \"Crisis line\", url = \"https://example.org/help\", phone = \"988\" }]
+";
+
 #[tokio::test]
 async fn the_web_client_works_in_a_browser() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -19,7 +26,7 @@ async fn the_web_client_works_in_a_browser() {
     };
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
-    let server = Server::start_dev().await;
+    let server = Server::start_dev_with_config(CRISIS).await;
     let shots_dir = shots.to_string_lossy();
     let env = [
         ("SCREENSHOT_DIR", &*shots_dir),

@@ -37,6 +37,9 @@ const state = {
   editing: null, // message being edited
   replyTo: null, // message being answered
   lastTyping: 0,
+  loaded: false, // the chat list came (see initialLoad)
+  results: new Map(), // check-in id -> {counts, total}, for check-ins I asked
+  answered: new Map(), // check-in id -> the option I picked
 };
 
 // --- the connection -------------------------------------------------------
@@ -73,8 +76,42 @@ async function onAuthenticated(who) {
   state.retry = 0;
   showOffline(false);
   $("me").textContent = state.me;
+  if (!state.loaded) await initialLoad();
   await syncAll();
   await flushOutbox();
+}
+
+/** A JSON answer of the HTTP API. */
+async function api(path) {
+  const r = await fetch(path, { headers: { authorization: `Bearer ${state.token}` } });
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.message ?? `${path}: ${r.status}`);
+  return body;
+}
+
+/** First load: the chat list (not every chat's whole log, which `sync`
+ * without cursors would bring), each chat's last message for its
+ * preview, and a cursor at each chat's `last_seq`, so that `sync` brings
+ * only what changes from now on; a chat's history loads when it opens. */
+async function initialLoad() {
+  try {
+    const chats = [];
+    let cursor = null;
+    do {
+      const page = await api(`/api/v1/chat/sessions?limit=100${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+      chats.push(...page.chats);
+      cursor = page.next_cursor;
+    } while (cursor && chats.length < 1000);
+    for (const chat of chats) {
+      state.chats.set(chat.id, chat);
+      state.cursors[chat.id] = chat.last_seq ?? 0;
+    }
+    await Promise.all(chats.map((chat) => request("history", { chat_id: chat.id, limit: 1 })
+      .then(({ messages }) => { for (const m of messages) logOf(chat.id).set(m.seq, m); }, () => {})));
+    state.loaded = true;
+  } catch (e) {
+    toast(e.message);
+  }
 }
 
 function request(type, data) {
@@ -141,7 +178,10 @@ const events = {
     } else syncAll();
   },
   support_resources: (s) => showResources(s),
-  checkin_answered: () => {},
+  checkin_answered: (r) => {
+    state.results.set(r.message_id, r);
+    if (r.chat_id === state.current) renderMessages();
+  },
   rate_limit_exceeded: (r) => toast(`Slow down: try again in ${Math.ceil(r.retry_after_ms / 1000)} s.`),
   error: (e) => toast(e.message),
   authentication_error: (e) => signOut(e.message),
@@ -335,6 +375,7 @@ function renderHeader() {
   const chat = state.chats.get(state.current);
   if (!chat) return;
   $("chat-title").textContent = chatName(chat);
+  $("checkin-panel").hidden = !mayAsk(chat);
   $("members").replaceChildren(...(chat.participants ?? []).map((p) =>
     el("li", { text: `${p.user_id} · ${p.role}` })));
 }
@@ -362,13 +403,23 @@ function renderMessage(chat, m, pending = false) {
   } else if (m.type === "checkin" && m.checkin) {
     body.append(el("p", { class: "prompt", text: m.checkin.prompt }));
     const options = m.checkin.options ?? ["1", "2", "3", "4", "5"];
-    body.append(el("div", { class: "options" }, ...options.map((o, i) => el("button", {
-      type: "button",
-      text: o,
-      disabled: mine,
-      onclick: () => request("answer_checkin", { message_id: m.id, option: i })
-        .then(() => toast("Answer saved"), (e) => toast(e.message)),
-    }))));
+    if (mine) {
+      const r = state.results.get(m.id);
+      if (!r) loadResults(m);
+      body.append(el("p", { class: "results", "data-total": r?.total ?? 0,
+        text: r ? `${r.total} ${r.total === 1 ? "answer" : "answers"}: ${options.map((o, i) => `${o} ${r.counts[i] ?? 0}`).join(" · ")}` : "No answers yet" }));
+    } else {
+      body.append(el("div", { class: "options", role: "group", "aria-label": "Your answer" }, ...options.map((o, i) => el("button", {
+        type: "button",
+        text: o,
+        "aria-pressed": String(state.answered.get(m.id) === i),
+        onclick: () => request("answer_checkin", { message_id: m.id, option: i }).then(() => {
+          state.answered.set(m.id, i);
+          renderMessages();
+        }, (e) => toast(e.message)),
+      }))));
+      if (m.checkin.anonymous) body.append(el("p", { class: "hint", text: "Anonymous: nobody sees who answered what." }));
+    }
   } else {
     if (m.media && m.type === "image") {
       const img = el("img", { class: "thumb", alt: m.content || "Image", "data-media": m.media.id });
@@ -405,6 +456,24 @@ function renderMessage(chat, m, pending = false) {
     mine ? el("button", { type: "button", text: "Delete", onclick: () => request("delete_message", { message_id: m.id }).catch((e) => toast(e.message)) }) : "");
   return el("li", { class: `message${mine ? " mine" : ""}`, "data-seq": m.seq ?? "", "data-client-msg-id": m.client_msg_id ?? "" },
     meta, body, reactions.length ? el("div", { class: "reactions" }, ...reactions) : "", actions);
+}
+
+const loading = new Set();
+function loadResults(m) {
+  if (loading.has(m.id) || !state.ready) return;
+  loading.add(m.id);
+  request("checkin_results", { message_id: m.id }).then((r) => {
+    state.results.set(m.id, { ...r, message_id: m.id, chat_id: m.chat_id });
+    if (m.chat_id === state.current) renderMessages();
+  }, () => {});
+}
+
+/** Whether I may ask a check-in in `chat`: either side of a direct chat,
+ * a group's admins and moderators. */
+function mayAsk(chat) {
+  if (chat.type === "direct") return true;
+  const me = chat.participants?.find((p) => p.user_id === state.me);
+  return me?.role === "admin" || me?.role === "moderator";
 }
 
 function systemText(m) {
@@ -591,6 +660,7 @@ function signOut(reason) {
   state.logs.clear();
   state.cursors = {};
   state.outbox = [];
+  state.loaded = false;
   closeChat();
   $("app").hidden = true;
   $("signin").hidden = false;
@@ -634,6 +704,27 @@ $("new-group").addEventListener("submit", async (e) => {
     $("new-group-name").value = "";
     $("new-group-members").value = "";
     openChat(chat.id);
+  } catch (err) {
+    toast(err.message === "offline" ? "You are offline." : err.message);
+  }
+});
+
+$("checkin-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const options = $("checkin-options").value.split(",").map((o) => o.trim()).filter(Boolean);
+  const data = {
+    chat_id: state.current,
+    client_msg_id: newId(),
+    prompt: $("checkin-prompt").value.trim(),
+    anonymous: $("checkin-anonymous").checked,
+  };
+  if (options.length) data.options = options;
+  else data.kind = "mood";
+  try {
+    const { message } = await request("create_checkin", data);
+    upsert(message);
+    $("checkin-form").reset();
+    $("checkin-panel").open = false;
   } catch (err) {
     toast(err.message === "offline" ? "You are offline." : err.message);
   }

@@ -167,6 +167,15 @@ impl Server {
         Self::launch(Arc::new(tempfile::tempdir().expect("tempdir")), None, true).await
     }
 
+    /// A server in `--dev` mode with `toml` as its `--config` file.
+    #[allow(dead_code)]
+    pub(crate) async fn start_dev_with_config(toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("chat.toml");
+        std::fs::write(&path, toml).expect("write config");
+        Self::launch_with(Arc::new(dir), Some(path), true, &[]).await
+    }
+
     /// A server with `toml` as its `--config` file.
     pub(crate) async fn with_config(toml: &str) -> Self {
         Self::with_config_env(toml, &[]).await

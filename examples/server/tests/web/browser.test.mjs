@@ -211,3 +211,86 @@ test("a group: members with roles, reply, edit (Escape cancels), reaction, delet
     assert.deepEqual(p.errors.map(String), []);
   }
 });
+
+test("a crisis phrase: the sender gets support resources apart, the other person only the message", async () => {
+  const gus = await person("web-gus");
+  const hal = await person("web-hal");
+  await gus.page.fill("#new-direct-user", "web-hal");
+  await gus.page.press("#new-direct-user", "Enter");
+  await gus.page.locator("#chat-title", { hasText: "web-hal" }).waitFor(WAIT);
+  await hal.page.locator(".chat-item", { hasText: "web-gus" }).click();
+  await gus.page.fill("#text", "some days I want to die");
+  await gus.page.press("#text", "Enter");
+
+  const notice = gus.page.locator("#resources");
+  await notice.waitFor({ state: "visible", ...WAIT });
+  const link = notice.getByRole("link", { name: "Crisis line" });
+  assert.equal(await link.getAttribute("href"), "https://example.org/help");
+  assert.equal(await link.getAttribute("rel"), "noopener noreferrer");
+  assert.match(await notice.textContent(), /988/);
+  // Apart from the conversation, not one of its messages.
+  assert.equal(await gus.page.locator("#messages #resources").count(), 0);
+
+  await messageText(hal.page, "some days I want to die").waitFor(WAIT);
+  await hal.page.waitForTimeout(500);
+  assert.equal(await hal.page.isHidden("#resources"), true);
+
+  await notice.getByRole("button", { name: "Close" }).click();
+  await notice.waitFor({ state: "hidden", ...WAIT });
+});
+
+test("check-ins: an admin asks, a member answers privately, the admin sees the counts", async () => {
+  const ivy = await person("web-ivy");
+  const jon = await person("web-jon");
+  await ivy.page.fill("#new-group-name", "Check-ins");
+  await ivy.page.fill("#new-group-members", "web-jon");
+  await ivy.page.press("#new-group-members", "Enter");
+  await ivy.page.locator("#chat-title", { hasText: "Check-ins" }).waitFor(WAIT);
+  await ivy.page.click("#checkin-panel summary");
+  await ivy.page.fill("#checkin-prompt", "How are you today?");
+  await ivy.page.fill("#checkin-options", "good, hard");
+  await ivy.page.click("#checkin-form button[type=submit]");
+  const asked = ivy.page.locator("#messages li.mine", { hasText: "How are you today?" });
+  await asked.locator(".results", { hasText: "No answers yet" }).waitFor(WAIT);
+
+  await jon.page.locator(".chat-item", { hasText: "Check-ins" }).click();
+  const question = jon.page.locator("#messages li.message", { hasText: "How are you today?" });
+  await question.getByRole("button", { name: "hard" }).click();
+  await question.locator("button[aria-pressed=true]", { hasText: "hard" }).waitFor(WAIT);
+  assert.equal(await jon.page.locator("#messages .results").count(), 0, "members see no counts");
+  assert.equal(await jon.page.isHidden("#checkin-panel"), true, "members do not ask");
+
+  await asked.locator(".results", { hasText: "1 answer: good 0 · hard 1" }).waitFor(WAIT);
+});
+
+test("older messages load when scrolling up", async () => {
+  // Sixty messages written over the protocol, then read in the browser.
+  const token = (await (await fetch(`${URL}/dev/token?user=web-kim`)).json()).token;
+  const ws = new WebSocket(`${URL.replace(/^http/, "ws")}/ws`);
+  const acks = new Map();
+  ws.onmessage = (m) => {
+    const f = JSON.parse(m.data);
+    if (f.id && acks.has(f.id)) acks.get(f.id)(f);
+  };
+  await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+  let n = 0;
+  const call = (type, data) => new Promise((resolve) => {
+    const id = `k${n++}`;
+    acks.set(id, resolve);
+    ws.send(JSON.stringify({ type, id, data }));
+  });
+  await call("authenticate", { token });
+  const { data: { chat } } = await call("create_direct", { user_id: "web-lou" });
+  for (let i = 1; i <= 60; i++) {
+    await call("send_message", { chat_id: chat.id, client_msg_id: `old-${i}`, content: `old message ${i}` });
+  }
+  ws.close();
+
+  const lou = await person("web-lou");
+  await lou.page.locator(".chat-item", { hasText: "web-kim" }).click();
+  await messageText(lou.page, /^old message 60$/).waitFor(WAIT);
+  assert.equal(await messageText(lou.page, /^old message 1$/).count(), 0, "the first page is the last 50");
+  await lou.page.evaluate(() => { document.getElementById("messages").scrollTop = 0; });
+  await messageText(lou.page, /^old message 1$/).waitFor(WAIT);
+  assert.equal(await lou.page.locator("#messages li.message").count(), 60);
+});
