@@ -39,6 +39,14 @@ async function person(user, viewport = { width: 1000, height: 720 }) {
 const messageText = (page, text) =>
   page.locator("#messages li.message .text", { hasText: text });
 
+/** Creates a group from the sidebar and waits until it is open. */
+async function createGroup(page, name, members) {
+  await page.fill("#new-group-name", name);
+  await page.fill("#new-group-members", members);
+  await page.press("#new-group-members", "Enter");
+  await page.locator("#chat-title", { hasText: name }).waitFor(WAIT);
+}
+
 /** A 160x120 PNG, made here (no fixture file). */
 function png() {
   const chunk = (type, data) => {
@@ -162,10 +170,7 @@ test("two people chat in the browser, through an offline spell", async () => {
 test("a group: members with roles, reply, edit (Escape cancels), reaction, delete", async () => {
   const dee = await person("web-dee");
   const eli = await person("web-eli");
-  await dee.page.fill("#new-group-name", "Circle");
-  await dee.page.fill("#new-group-members", "web-eli, web-fay");
-  await dee.page.press("#new-group-members", "Enter");
-  await dee.page.locator("#chat-title", { hasText: "Circle" }).waitFor(WAIT);
+  await createGroup(dee.page, "Circle", "web-eli, web-fay");
   await dee.page.click("#members-toggle");
   await dee.page.locator("#members li", { hasText: "web-dee · admin" }).waitFor(WAIT);
   await dee.page.locator("#members li", { hasText: "web-eli · member" }).waitFor(WAIT);
@@ -242,10 +247,7 @@ test("a crisis phrase: the sender gets support resources apart, the other person
 test("check-ins: an admin asks, a member answers privately, the admin sees the counts", async () => {
   const ivy = await person("web-ivy");
   const jon = await person("web-jon");
-  await ivy.page.fill("#new-group-name", "Check-ins");
-  await ivy.page.fill("#new-group-members", "web-jon");
-  await ivy.page.press("#new-group-members", "Enter");
-  await ivy.page.locator("#chat-title", { hasText: "Check-ins" }).waitFor(WAIT);
+  await createGroup(ivy.page, "Check-ins", "web-jon");
   await ivy.page.click("#checkin-panel summary");
   await ivy.page.fill("#checkin-prompt", "How are you today?");
   await ivy.page.fill("#checkin-options", "good, hard");
