@@ -407,7 +407,7 @@ function renderMessage(chat, m, pending = false) {
       const r = state.results.get(m.id);
       if (!r) loadResults(m);
       body.append(el("p", { class: "results", "data-total": r?.total ?? 0,
-        text: r ? `${r.total} ${r.total === 1 ? "answer" : "answers"}: ${options.map((o, i) => `${o} ${r.counts[i] ?? 0}`).join(" · ")}` : "No answers yet" }));
+        text: r?.total ? `${r.total} ${r.total === 1 ? "answer" : "answers"}: ${options.map((o, i) => `${o} ${r.counts[i] ?? 0}`).join(" · ")}` : "No answers yet" }));
     } else {
       body.append(el("div", { class: "options", role: "group", "aria-label": "Your answer" }, ...options.map((o, i) => el("button", {
         type: "button",
