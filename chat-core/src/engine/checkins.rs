@@ -198,7 +198,7 @@ impl ChatEngine {
         message_id: MessageId,
         option: u32,
     ) -> Result<()> {
-        let (_, message, checkin) = self.checkin_of(actor, message_id).await?;
+        let (chat, message, checkin) = self.checkin_of(actor, message_id).await?;
         if message.sender_id == actor.user_id {
             return Err(Error::forbidden(
                 "the poster does not answer their check-in",
@@ -230,8 +230,17 @@ impl ChatEngine {
             counts,
             total,
         };
-        let poster = Audience::users(vec![message.sender_id.clone()]);
-        self.publish(poster, Action::Event(event.encode())).await;
+        // The counts are for the poster while they are in the chat: one
+        // who left learns nothing more of it (their results are refused
+        // too, as to any outsider).
+        if chat
+            .participants
+            .iter()
+            .any(|p| p.user_id == message.sender_id)
+        {
+            let poster = Audience::users(vec![message.sender_id.clone()]);
+            self.publish(poster, Action::Event(event.encode())).await;
+        }
         if checkin.kind == CheckinKind::Mood {
             self.share_mood(actor, &message, option, now).await;
         }

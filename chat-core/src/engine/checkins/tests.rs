@@ -52,6 +52,27 @@ async fn engine() -> (ChatEngine, Arc<Moods>) {
     (e, moods)
 }
 
+/// A poster who left the chat gets no more counts, and no results.
+#[tokio::test]
+async fn a_poster_who_left_learns_nothing_more() {
+    let (e, _) = engine().await;
+    let g = group(&e, "ann", &["bob", "cat"]).await;
+    let q = e.create_checkin(&actor("ann"), poll(g, "q")).await.unwrap();
+    e.answer_checkin(&actor("bob"), q.id, 0).await.unwrap();
+    let mut ann = Client::connect(&e, "ann").await;
+    e.remove_participant(&actor("ann"), g, &uid("ann"))
+        .await
+        .unwrap();
+    ann.next_of("participant_removed").await;
+    e.answer_checkin(&actor("cat"), q.id, 1).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(!ann.types().iter().any(|t| t == "checkin_answered"));
+    assert_eq!(
+        code(e.checkin_results(&actor("ann"), q.id).await),
+        ErrorCode::NotFound
+    );
+}
+
 #[tokio::test]
 async fn checkins_follow_the_rules_of_who_posts_answers_and_reads() {
     let (e, _) = engine().await;
