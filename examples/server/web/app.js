@@ -38,6 +38,7 @@ const state = {
   replyTo: null, // message being answered
   lastTyping: 0,
   loaded: false, // the chat list came (see initialLoad)
+  joining: false, // a chat's first page is on its way (join_chat)
   results: new Map(), // check-in id -> {counts, total}, for check-ins I asked
   answered: new Map(), // check-in id -> the option I picked
 };
@@ -508,11 +509,14 @@ async function openChat(chatId) {
   renderHeader();
   renderMessages();
   renderList();
+  state.joining = true;
   try {
     const { messages } = await request("join_chat", { chat_id: chatId });
     for (const m of messages) upsert(m);
   } catch (e) {
     if (e.message !== "offline") toast(e.message);
+  } finally {
+    state.joining = false;
   }
   $("messages").scrollTop = $("messages").scrollHeight;
   markRead(chatId);
@@ -528,6 +532,8 @@ function closeChat() {
 }
 
 async function olderMessages() {
+  // The first page is still coming: older ones are asked for after it.
+  if (state.joining) return;
   const chatId = state.current;
   const seqs = [...logOf(chatId).keys()];
   if (!chatId || !seqs.length || Math.min(...seqs) <= 1) return;

@@ -290,8 +290,11 @@ test("older messages load when scrolling up", async () => {
 
   const lou = await person("web-lou");
   await lou.page.locator(".chat-item", { hasText: "web-kim" }).click();
-  await messageText(lou.page, /^old message 60$/).waitFor(WAIT);
-  assert.equal(await messageText(lou.page, /^old message 1$/).count(), 0, "the first page is the last 50");
+  // The chat opened: its last 50 messages are shown (not the first ten).
+  await lou.page.waitForFunction(
+    () => document.querySelectorAll("#messages li.message").length === 50, null, WAIT);
+  await messageText(lou.page, /^old message 11$/).waitFor(WAIT);
+  assert.equal(await messageText(lou.page, /^old message 10$/).count(), 0, "the first page is the last 50");
   await lou.page.evaluate(() => { document.getElementById("messages").scrollTop = 0; });
   await messageText(lou.page, /^old message 1$/).waitFor(WAIT);
   assert.equal(await lou.page.locator("#messages li.message").count(), 60);
