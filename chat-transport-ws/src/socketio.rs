@@ -223,17 +223,8 @@ async fn on_connect(s: SocketRef, State(app): State<AppState>) {
     // Tracked: a graceful shutdown waits for the connection to close.
     tokio::spawn(app.tasks.track_future(async move {
         let _permit = permit;
-        run(driver, credentials, sink, stream).await;
+        Box::pin(driver.run(Auth::Verified(credentials), sink, stream)).await;
     }));
-}
-
-async fn run(
-    driver: chat_core::protocol::Driver,
-    credentials: Credentials,
-    sink: SioSink,
-    stream: InboundStream,
-) {
-    Box::pin(driver.run(Auth::Verified(credentials), sink, stream)).await;
 }
 
 /// What the connect handler takes over from the middleware.

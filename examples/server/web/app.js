@@ -153,7 +153,7 @@ const events = {
   },
   message_edited: (m) => upsert(m),
   message_deleted: (d) => {
-    const m = [...logOf(d.chat_id).values()].find((x) => x.id === d.message_id);
+    const m = messageById(d.chat_id, d.message_id);
     if (m) upsert({ ...m, deleted: true, content: null, media: null, updated_seq: d.updated_seq });
   },
   reaction_added: (r) => react(r, true),
@@ -195,6 +195,12 @@ function logOf(chatId) {
   return state.logs.get(chatId);
 }
 
+/** A message of `chatId`'s log we hold, by its id. */
+function messageById(chatId, id) {
+  for (const m of logOf(chatId).values()) if (m.id === id) return m;
+  return undefined;
+}
+
 function upsert(m) {
   logOf(m.chat_id).set(m.seq, m);
   state.cursors[m.chat_id] = Math.max(state.cursors[m.chat_id] ?? 0, m.updated_seq);
@@ -207,7 +213,7 @@ function upsert(m) {
 }
 
 function react(r, add) {
-  const m = [...logOf(r.chat_id).values()].find((x) => x.id === r.message_id);
+  const m = messageById(r.chat_id, r.message_id);
   if (!m) return;
   const reactions = { ...(m.reactions ?? {}) };
   const users = new Set(reactions[r.emoji] ?? []);
@@ -435,7 +441,7 @@ function renderMessage(chat, m, pending = false) {
     if (m.content) body.append(el("p", { class: "text", text: m.content }));
   }
   if (m.reply_to) {
-    const quoted = [...logOf(m.chat_id).values()].find((x) => x.id === m.reply_to);
+    const quoted = messageById(m.chat_id, m.reply_to);
     body.prepend(el("blockquote", { text: quoted ? `${quoted.sender_id}: ${preview(quoted)}` : "an earlier message" }));
   }
   const reactions = Object.entries(m.reactions ?? {}).map(([emoji, users]) =>
@@ -617,6 +623,11 @@ async function download(media) {
   }
 }
 
+/** Tells why a command failed. */
+function failed(err) {
+  toast(err.message === "offline" ? "You are offline." : err.message);
+}
+
 let toastTimer;
 function toast(text) {
   $("toast").textContent = text;
@@ -697,7 +708,7 @@ $("new-direct").addEventListener("submit", async (e) => {
     $("new-direct-user").value = "";
     openChat(chat.id);
   } catch (err) {
-    toast(err.message === "offline" ? "You are offline." : err.message);
+    failed(err);
   }
 });
 
@@ -711,7 +722,7 @@ $("new-group").addEventListener("submit", async (e) => {
     $("new-group-members").value = "";
     openChat(chat.id);
   } catch (err) {
-    toast(err.message === "offline" ? "You are offline." : err.message);
+    failed(err);
   }
 });
 
@@ -732,7 +743,7 @@ $("checkin-form").addEventListener("submit", async (e) => {
     $("checkin-form").reset();
     $("checkin-panel").open = false;
   } catch (err) {
-    toast(err.message === "offline" ? "You are offline." : err.message);
+    failed(err);
   }
 });
 
